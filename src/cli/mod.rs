@@ -1,0 +1,91 @@
+//! The command line: clap commands that call the library and print tables or JSON. No domain
+//! logic lives here.
+
+mod bench;
+mod datasets;
+mod inspect;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "scmz", version, about = "The single-cell model zoo: train, keep and apply scVI-like models")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Scan folders (recursively) for datasets and list them.
+    Datasets {
+        /// Folders or files to scan [default: .]
+        dirs: Vec<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Ignore the metadata cache and open every file.
+        #[arg(long)]
+        no_cache: bool,
+    },
+    /// Everything known about one dataset.
+    Inspect {
+        path: PathBuf,
+        #[command(flatten)]
+        open: OpenArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks whose figures go into issues and release notes.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+    /// Versions of scmz and libtorch, and the devices libtorch sees.
+    Version,
+}
+
+/// How to open a dataset.
+#[derive(clap::Args, Clone, Default)]
+pub struct OpenArgs {
+    /// Matrix to use: X, raw, or a layer name [default: the first holding raw counts]
+    #[arg(long)]
+    layer: Option<String>,
+    /// 10x v3: keep every feature type, not only Gene Expression.
+    #[arg(long)]
+    all_features: bool,
+}
+
+impl OpenArgs {
+    fn options(&self) -> scmz::data::OpenOptions {
+        scmz::data::OpenOptions {
+            layer: self.layer.clone(),
+            all_features: self.all_features,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+        Some(Command::Datasets { dirs, json, no_cache }) => datasets::run(dirs, json, no_cache),
+        Some(Command::Inspect { path, open, json }) => inspect::run(&path, &open.options(), json),
+        Some(Command::Bench(b)) => bench::run(b),
+        Some(Command::Version) => {
+            println!("scmz {}", env!("CARGO_PKG_VERSION"));
+            println!("libtorch devices: {}", scmz::model::tensor::describe_devices());
+            println!("hdf5 {}", hdf5_version());
+            Ok(())
+        }
+    }
+}
+
+fn hdf5_version() -> String {
+    let v = hdf5::library_version();
+    format!("{}.{}.{}", v.0, v.1, v.2)
+}

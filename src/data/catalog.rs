@@ -1,0 +1,247 @@
+//! The catalog: datasets found by scanning folders, one summary row each. Summaries are cached
+//! in the user cache directory keyed by path, size and modification time, so a re-scan of
+//! unchanged files opens none of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use serde::{Deserialize, Serialize};
+
+use super::dataset::{Dataset, DatasetInfo};
+use super::detect::{looks_supported, mtx_file};
+use super::gene_ids::{classify, GeneIdKind};
+
+/// Bump when `Summary` changes shape: old caches are then ignored.
+const CACHE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelColumn {
+    pub name: String,
+    pub n_categories: usize,
+}
+
+/// One catalog row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub path: PathBuf,
+    /// Format and version, e.g. `h5ad (anndata >= 0.8)`; None when the file could not be read.
+    pub format: Option<String>,
+    pub n_cells: usize,
+    pub n_genes: usize,
+    pub gene_id_kind: GeneIdKind,
+    /// Key holding Ensembl ids, when there is one besides the index.
+    pub gene_id_key: Option<String>,
+    pub species: Option<String>,
+    /// `counts` or `normalised`.
+    pub values: String,
+    pub matrix: String,
+    pub label_columns: Vec<LabelColumn>,
+    pub duplicated_genes: Vec<String>,
+    pub warnings: Vec<String>,
+    /// Why the dataset could not be opened.
+    pub error: Option<String>,
+    /// True when this row came from the cache without opening the file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+}
+
+impl Summary {
+    pub fn from_info(info: &DatasetInfo) -> Self {
+        let ids = &info.genes;
+        let kind = ids.index_kind.clone();
+        // Species from Ensembl ids where any key holds them: they are unambiguous.
+        let species = ids
+            .gene_ids()
+            .map(|v| classify(v).species)
+            .unwrap_or(kind.species.clone());
+        let mut warnings = info.warnings.clone();
+        let dup = super::dataset::GeneTable::duplicates(&ids.index);
+        if !dup.is_empty() {
+            let unique = ids
+                .columns
+                .iter()
+                .find(|(_, v)| super::dataset::GeneTable::duplicates(v).is_empty())
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            warnings.push(format!(
+                "{} duplicated gene names in `{}` ({}); `{unique}` is unique: match on it",
+                dup.len(),
+                ids.index_name,
+                super::dataset::preview(&dup, 3)
+            ));
+        }
+        Summary {
+            path: info.path.clone(),
+            format: Some(info.format.to_string()),
+            n_cells: info.n_cells,
+            n_genes: info.n_genes,
+            gene_id_kind: kind.kind,
+            gene_id_key: ids.gene_id_key.clone(),
+            species,
+            values: info.values.label().to_string(),
+            matrix: info.matrix.clone(),
+            label_columns: info
+                .label_columns()
+                .map(|c| LabelColumn {
+                    name: c.name.clone(),
+                    n_categories: match &c.kind {
+                        super::dataset::ColumnKind::Categorical { categories, .. } => categories.len(),
+                        _ => 0,
+                    },
+                })
+                .collect(),
+            duplicated_genes: dup,
+            warnings,
+            error: None,
+            cached: false,
+        }
+    }
+
+    fn failed(path: &Path, error: String) -> Self {
+        Summary {
+            path: path.to_path_buf(),
+            format: None,
+            n_cells: 0,
+            n_genes: 0,
+            gene_id_kind: GeneIdKind::Empty,
+            gene_id_key: None,
+            species: None,
+            values: String::new(),
+            matrix: String::new(),
+            label_columns: Vec::new(),
+            duplicated_genes: Vec::new(),
+            warnings: Vec::new(),
+            error: Some(error),
+            cached: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CacheRecord {
+    size: u64,
+    mtime_ns: u128,
+    summary: Summary,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    version: u32,
+    entries: BTreeMap<PathBuf, CacheRecord>,
+}
+
+/// The file whose size and mtime stand for the dataset (the .mtx inside a 10x folder).
+fn stamp(path: &Path) -> Option<(u64, u128)> {
+    let target = if path.is_dir() { mtx_file(path)? } else { path.to_path_buf() };
+    let meta = std::fs::metadata(target).ok()?;
+    let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+    Some((meta.len(), mtime))
+}
+
+/// Every dataset under `roots` (recursively), in path order.
+pub fn find_datasets(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for root in roots {
+        if root.is_file() || (root.is_dir() && mtx_file(root).is_some()) {
+            out.push(root.clone());
+        }
+        if root.is_dir() {
+            walk(root, &mut out);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            if mtx_file(&p).is_some() {
+                out.push(p.clone());
+            }
+            walk(&p, out);
+        } else if looks_supported(&p) {
+            out.push(p);
+        }
+    }
+}
+
+/// Scans `roots` and summarises every dataset, reusing cached summaries of unchanged files.
+/// `cache`: the cache file, or None to read everything afresh.
+pub fn scan(roots: &[PathBuf], cache: Option<&Path>) -> Vec<Summary> {
+    let mut store: CacheFile = cache
+        .and_then(|c| std::fs::read(c).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .filter(|c: &CacheFile| c.version == CACHE_VERSION)
+        .unwrap_or_default();
+    let mut changed = false;
+    let mut rows = Vec::new();
+    for path in find_datasets(roots) {
+        let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let st = stamp(&path);
+        if let (Some((size, mtime_ns)), Some(rec)) = (st, store.entries.get(&key)) {
+            if rec.size == size && rec.mtime_ns == mtime_ns {
+                let mut s = rec.summary.clone();
+                s.path = path.clone();
+                s.cached = true;
+                rows.push(s);
+                continue;
+            }
+        }
+        let summary = match Dataset::open(&path) {
+            Ok(ds) => Summary::from_info(ds.info()),
+            Err(e) => Summary::failed(&path, e.to_string()),
+        };
+        if let Some((size, mtime_ns)) = st {
+            store.entries.insert(
+                key,
+                CacheRecord {
+                    size,
+                    mtime_ns,
+                    summary: summary.clone(),
+                },
+            );
+            changed = true;
+        }
+        rows.push(summary);
+    }
+    if let (Some(cache), true) = (cache, changed) {
+        store.version = CACHE_VERSION;
+        // A cache that cannot be written only costs speed next time.
+        let _ = write_atomic(cache, &serde_json::to_vec(&store).unwrap_or_default());
+    }
+    rows
+}
+
+/// Writes `bytes` to a temporary sibling and renames it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The default cache file.
+pub fn default_cache() -> PathBuf {
+    crate::dirs::cache_dir().join("catalog.json")
+}
+
+/// True if the gene-id kind is worth showing as-is (helps table rendering).
+pub fn id_kind_label(s: &Summary) -> String {
+    match (&s.gene_id_kind, &s.gene_id_key) {
+        (GeneIdKind::Ensembl, _) => "ensembl".into(),
+        (k, Some(key)) => format!("{k}+ensembl({key})"),
+        (k, None) => k.to_string(),
+    }
+}

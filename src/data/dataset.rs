@@ -1,0 +1,413 @@
+//! `Dataset`: one count matrix (cells x genes) with its metadata, whatever the file format.
+//! Opening reads metadata only; the matrix is served as a stream of CSR row chunks.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{DataError, Result};
+use super::gene_ids::{self, GeneIdSummary};
+use super::matrix::{CsrChunk, H5Matrix, MatrixEncoding};
+use super::values::ValueKind;
+use super::{detect, h5ad, mtx, tenx};
+
+/// How many datasets this process has opened (lets tests prove that cached scans open none).
+static OPENED: AtomicUsize = AtomicUsize::new(0);
+
+pub fn datasets_opened() -> usize {
+    OPENED.load(Ordering::Relaxed)
+}
+
+/// The on-disk format of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Format {
+    H5ad { layout: H5adLayout },
+    TenxH5 { version: u8, genome: Option<String> },
+    TenxMtx { version: u8, gzipped: bool },
+}
+
+/// AnnData on-disk generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum H5adLayout {
+    /// anndata >= 0.8: `encoding-type` on everything, categoricals as groups.
+    Modern,
+    /// anndata 0.7: dataframe groups, categories in `__categories`.
+    V07,
+    /// before 0.7: compound `obs`/`var` datasets, `uns/<col>_categories`, `raw.X`.
+    Legacy,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Format::H5ad { layout: H5adLayout::Modern } => write!(f, "h5ad (anndata >= 0.8)"),
+            Format::H5ad { layout: H5adLayout::V07 } => write!(f, "h5ad (anndata 0.7)"),
+            Format::H5ad { layout: H5adLayout::Legacy } => write!(f, "h5ad (pre-0.7)"),
+            Format::TenxH5 { version, .. } => write!(f, "10x h5 v{version}"),
+            Format::TenxMtx { version, .. } => write!(f, "10x mtx v{version}"),
+        }
+    }
+}
+
+/// The gene (var) table: the index plus every string column, with the keys recognised as
+/// Ensembl ids and as symbols.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GeneTable {
+    /// Where the index came from (`var/_index`, `features/id`, `genes.tsv column 1`).
+    pub index_name: String,
+    pub index: Vec<String>,
+    pub columns: Vec<(String, Vec<String>)>,
+    /// Name of the key (`index` or a column name) holding Ensembl ids, if any.
+    pub gene_id_key: Option<String>,
+    /// Name of the key holding gene symbols, if any.
+    pub symbol_key: Option<String>,
+    /// Summary of the index's identifiers.
+    pub index_kind: GeneIdSummary,
+}
+
+impl GeneTable {
+    pub fn new(index_name: String, index: Vec<String>, columns: Vec<(String, Vec<String>)>) -> Self {
+        let index_kind = gene_ids::classify(&index);
+        let mut t = GeneTable {
+            index_name,
+            index,
+            columns,
+            gene_id_key: None,
+            symbol_key: None,
+            index_kind,
+        };
+        let kinds: Vec<(String, gene_ids::GeneIdKind)> =
+            t.keys().map(|(k, v)| (k.to_string(), gene_ids::classify(v).kind)).collect();
+        for (key, kind) in kinds {
+            if t.gene_id_key.is_none() && kind == gene_ids::GeneIdKind::Ensembl {
+                t.gene_id_key = Some(key);
+            } else if t.symbol_key.is_none() && kind == gene_ids::GeneIdKind::Symbol {
+                t.symbol_key = Some(key);
+            }
+        }
+        t
+    }
+
+    /// `("index", index)` followed by every column.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &[String])> {
+        std::iter::once(("index", self.index.as_slice()))
+            .chain(self.columns.iter().map(|(n, v)| (n.as_str(), v.as_slice())))
+    }
+
+    pub fn key(&self, name: &str) -> Option<&[String]> {
+        self.keys().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn gene_ids(&self) -> Option<&[String]> {
+        self.gene_id_key.as_deref().and_then(|k| self.key(k))
+    }
+
+    pub fn symbols(&self) -> Option<&[String]> {
+        self.symbol_key.as_deref().and_then(|k| self.key(k))
+    }
+
+    /// Values that occur more than once in the given key, in first-seen order.
+    pub fn duplicates(values: &[String]) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut dup = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        for v in values {
+            if !seen.insert(v.as_str()) && dup.insert(v.as_str()) {
+                out.push(v.clone());
+            }
+        }
+        out
+    }
+}
+
+/// One `obs` column: name and what it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObsColumn {
+    pub name: String,
+    pub kind: ColumnKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ColumnKind {
+    /// Categories with the number of cells in each (missing values not counted) and each cell's
+    /// code (-1: missing). Codes stay out of the catalog cache.
+    Categorical {
+        categories: Vec<String>,
+        counts: Vec<u64>,
+        ordered: bool,
+        #[serde(skip)]
+        codes: Vec<i32>,
+    },
+    Numeric { dtype: String },
+    Boolean,
+    String,
+    Other { encoding: String },
+}
+
+impl ObsColumn {
+    /// A column that could hold cell labels or batches: categorical with 2..=500 categories.
+    pub fn is_label_like(&self) -> bool {
+        matches!(&self.kind, ColumnKind::Categorical { categories, .. } if (2..=500).contains(&categories.len()))
+    }
+
+    /// Categories sorted by cell count, largest first.
+    pub fn top_categories(&self, n: usize) -> Vec<(String, u64)> {
+        match &self.kind {
+            ColumnKind::Categorical { categories, counts, .. } => {
+                let mut v: Vec<_> = categories.iter().cloned().zip(counts.iter().copied()).collect();
+                v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                v.truncate(n);
+                v
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// One matrix found in the file (`X`, `layers/<name>`, `raw/X`, 10x `matrix`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatrixInfo {
+    pub location: String,
+    pub encoding: MatrixEncoding,
+    pub n_cells: usize,
+    pub n_genes: usize,
+    pub nnz: u64,
+}
+
+/// Everything known about a dataset without reading its matrix (beyond a small value sample).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    pub path: PathBuf,
+    pub format: Format,
+    pub n_cells: usize,
+    pub n_genes: usize,
+    pub cell_ids: Vec<String>,
+    pub genes: GeneTable,
+    pub obs: Vec<ObsColumn>,
+    /// Every matrix in the file.
+    pub matrices: Vec<MatrixInfo>,
+    /// The matrix served by this `Dataset`, and why it was chosen.
+    pub matrix: String,
+    pub matrix_reason: String,
+    pub values: ValueKind,
+    /// Things the user should know that do not stop the dataset from being used.
+    pub warnings: Vec<String>,
+}
+
+impl DatasetInfo {
+    pub fn label_columns(&self) -> impl Iterator<Item = &ObsColumn> {
+        self.obs.iter().filter(|c| c.is_label_like())
+    }
+
+    pub fn obs_column(&self, name: &str) -> Option<&ObsColumn> {
+        self.obs.iter().find(|c| c.name == name)
+    }
+
+    pub fn selected_matrix(&self) -> Option<&MatrixInfo> {
+        self.matrices.iter().find(|m| m.location == self.matrix)
+    }
+}
+
+/// Choices the user can make when opening.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Which matrix to serve: `X`, `raw` / `raw/X`, or a layer name (`counts` or `layers/counts`).
+    pub layer: Option<String>,
+    /// 10x v3: serve every feature type, not only `Gene Expression`.
+    pub all_features: bool,
+}
+
+pub(crate) enum Source {
+    H5 { file: hdf5::File, matrix: H5Matrix },
+    Mtx(mtx::MtxMatrix),
+}
+
+/// An opened dataset: metadata plus a way to stream its matrix.
+pub struct Dataset {
+    info: DatasetInfo,
+    source: Source,
+}
+
+impl Dataset {
+    pub fn open(path: impl AsRef<Path>) -> Result<Dataset> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Dataset> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(DataError::file(path, "no such file or directory"));
+        }
+        OPENED.fetch_add(1, Ordering::Relaxed);
+        let (info, source) = match detect::detect(path)? {
+            detect::Detected::H5ad(file, layout) => h5ad::open(path, file, layout, opts)?,
+            detect::Detected::TenxH5(file, version) => tenx::open(path, file, version, opts)?,
+            detect::Detected::TenxMtx(dir) => mtx::open(&dir, opts)?,
+        };
+        let ds = Dataset { info, source };
+        ds.check_genes()?;
+        Ok(ds)
+    }
+
+    pub fn info(&self) -> &DatasetInfo {
+        &self.info
+    }
+
+    pub fn into_info(self) -> DatasetInfo {
+        self.info
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.info.path
+    }
+
+    pub fn n_cells(&self) -> usize {
+        self.info.n_cells
+    }
+
+    pub fn n_genes(&self) -> usize {
+        self.info.n_genes
+    }
+
+    /// Cells `start..end` of the served matrix as CSR.
+    pub fn read_rows(&self, start: usize, end: usize) -> Result<CsrChunk> {
+        match &self.source {
+            Source::H5 { file, matrix } => matrix.read_rows(&self.info.path, file, start, end),
+            Source::Mtx(m) => m.read_rows(start, end),
+        }
+    }
+
+    /// The whole matrix in one chunk.
+    pub fn read_all(&self) -> Result<CsrChunk> {
+        self.read_rows(0, self.n_cells())
+    }
+
+    /// The matrix as consecutive chunks of `rows` cells; memory is bounded by the chunk.
+    pub fn chunks(&self, rows: usize) -> Chunks<'_> {
+        Chunks {
+            ds: self,
+            next: 0,
+            rows: rows.max(1),
+        }
+    }
+
+    /// Duplicated gene names are fine while another key identifies every gene uniquely.
+    fn check_genes(&self) -> Result<()> {
+        let genes = &self.info.genes;
+        let dup = GeneTable::duplicates(&genes.index);
+        if dup.is_empty() {
+            return Ok(());
+        }
+        let unique_key = genes
+            .columns
+            .iter()
+            .find(|(_, v)| GeneTable::duplicates(v).is_empty())
+            .map(|(n, _)| n.clone());
+        if unique_key.is_none() {
+            return Err(DataError::at(
+                &self.info.path,
+                &genes.index_name,
+                format!(
+                    "holds {} duplicated gene names ({}) and no other gene column is unique",
+                    dup.len(),
+                    preview(&dup, 5)
+                ),
+            )
+            .hint("make the names unique (anndata: var_names_make_unique) or add a column of unique gene ids"));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn preview(items: &[String], n: usize) -> String {
+    let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > n {
+        s.push_str(", ...");
+    }
+    s
+}
+
+/// Iterator over row chunks of a dataset.
+pub struct Chunks<'a> {
+    ds: &'a Dataset,
+    next: usize,
+    rows: usize,
+}
+
+impl Iterator for Chunks<'_> {
+    type Item = Result<CsrChunk>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.ds.n_cells() {
+            return None;
+        }
+        let end = (self.next + self.rows).min(self.ds.n_cells());
+        let chunk = self.ds.read_rows(self.next, end);
+        self.next = if chunk.is_ok() { end } else { usize::MAX };
+        Some(chunk)
+    }
+}
+
+/// Picks the matrix to serve: the user's `--layer`, else the first that holds counts in the order
+/// X, counts-named layers, raw/X, other layers; else X. Returns (index, reason).
+pub(crate) fn choose_matrix(
+    path: &Path,
+    candidates: &[MatrixInfo],
+    requested: Option<&str>,
+    mut values: impl FnMut(usize) -> Result<ValueKind>,
+) -> Result<(usize, String)> {
+    if candidates.is_empty() {
+        return Err(DataError::file(path, "holds no matrix (no X, layers or raw/X)"));
+    }
+    if let Some(req) = requested {
+        let want = match req {
+            "raw" | "raw.X" => "raw/X".to_string(),
+            "X" | "raw/X" => req.to_string(),
+            l if l.starts_with("layers/") => l.to_string(),
+            l => format!("layers/{l}"),
+        };
+        let i = candidates
+            .iter()
+            .position(|m| m.location == want || m.location == req)
+            .ok_or_else(|| {
+                let have: Vec<_> = candidates.iter().map(|m| m.location.clone()).collect();
+                DataError::at(path, &want, "no such matrix in the file")
+                    .hint(format!("choose one of: {}", have.join(", ")))
+            })?;
+        return Ok((i, "chosen with --layer".to_string()));
+    }
+    let counts_name = |l: &str| {
+        let l = l.to_ascii_lowercase();
+        l.contains("count") || l.contains("raw") || l.contains("umi")
+    };
+    let mut order: Vec<usize> = Vec::new();
+    let push = |order: &mut Vec<usize>, pred: &dyn Fn(&str) -> bool| {
+        for (i, m) in candidates.iter().enumerate() {
+            if pred(&m.location) && !order.contains(&i) {
+                order.push(i);
+            }
+        }
+    };
+    push(&mut order, &|l| l == "X" || l == "matrix");
+    push(&mut order, &|l| l.starts_with("layers/") && counts_name(l));
+    push(&mut order, &|l| l == "raw/X");
+    push(&mut order, &|_| true);
+    let mut rejected = Vec::new();
+    for &i in &order {
+        match values(i)? {
+            ValueKind::Counts => {
+                let reason = if rejected.is_empty() {
+                    "holds raw counts".to_string()
+                } else {
+                    format!("holds raw counts ({} does not)", rejected.join(", "))
+                };
+                return Ok((i, reason));
+            }
+            ValueKind::Normalised { .. } => rejected.push(candidates[i].location.clone()),
+        }
+    }
+    Ok((order[0], "no matrix holds raw counts; serving the first".to_string()))
+}

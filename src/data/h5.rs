@@ -1,0 +1,200 @@
+//! Small helpers over `hdf5-metno` for what AnnData and 10x files store: strings of every HDF5
+//! flavour (variable or fixed length, ASCII or UTF-8), attributes, and fields of the compound
+//! datasets that pre-0.7 AnnData used for `obs`/`var`.
+
+use std::path::Path;
+
+use hdf5::types::{CompoundField, CompoundType, TypeDescriptor, VarLenAscii, VarLenUnicode};
+use hdf5::{Container, Datatype, File, Group, Location};
+
+use super::error::{Context, DataError, Result};
+
+const HDF5_SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+
+/// True if the file starts with the HDF5 signature (at 0 or at a user-block offset).
+pub fn has_hdf5_signature(path: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = [0u8; 8];
+    for offset in [0u64, 512, 1024, 2048] {
+        if offset + 8 > len {
+            break;
+        }
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf)?;
+        if &buf == HDF5_SIGNATURE {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Opens an HDF5 file read-only, with a clear message for non-HDF5 and damaged files.
+pub fn open_file(path: &Path) -> Result<File> {
+    match has_hdf5_signature(path) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(DataError::file(path, "not an HDF5 file (no HDF5 signature)")
+                .hint("check that the file is an .h5ad or 10x .h5 file and was copied completely"))
+        }
+        Err(e) => return Err(DataError::file(path, format!("cannot read: {e}"))),
+    }
+    hdf5::File::open(path).map_err(|e| {
+        DataError::file(path, format!("HDF5 cannot open it ({e})"))
+            .hint("the file is damaged or truncated; copy it again")
+    })
+}
+
+pub fn has(group: &Group, name: &str) -> bool {
+    group.link_exists(name)
+}
+
+pub fn is_group(group: &Group, name: &str) -> bool {
+    has(group, name) && group.group(name).is_ok()
+}
+
+pub fn is_dataset(group: &Group, name: &str) -> bool {
+    has(group, name) && group.dataset(name).is_ok()
+}
+
+/// A string attribute, whatever its HDF5 string type; None when absent or not a string.
+pub fn attr_string(loc: &Location, name: &str) -> Option<String> {
+    let attr = loc.attr(name).ok()?;
+    read_strings(&attr).ok()?.into_iter().next()
+}
+
+/// A string-array attribute (`column-order`); empty when absent. anndata writes an empty
+/// column order as an empty float array, which reads as no strings here.
+pub fn attr_strings(loc: &Location, name: &str) -> Vec<String> {
+    loc.attr(name)
+        .ok()
+        .and_then(|a| read_strings(&a).ok())
+        .unwrap_or_default()
+}
+
+pub fn attr_ints(loc: &Location, name: &str) -> Option<Vec<i64>> {
+    loc.attr(name).ok()?.read_raw::<i64>().ok()
+}
+
+pub fn attr_bool(loc: &Location, name: &str) -> Option<bool> {
+    let attr = loc.attr(name).ok()?;
+    if let Ok(v) = attr.read_raw::<bool>() {
+        return v.first().copied();
+    }
+    attr.read_raw::<i64>().ok()?.first().map(|v| *v != 0)
+}
+
+/// Reads a 1-D (or scalar) string dataset or attribute of any HDF5 string type.
+pub fn read_strings(c: &Container) -> hdf5::Result<Vec<String>> {
+    match c.dtype()?.to_descriptor()? {
+        TypeDescriptor::VarLenUnicode => Ok(c
+            .read_raw::<VarLenUnicode>()?
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect()),
+        TypeDescriptor::VarLenAscii => Ok(c
+            .read_raw::<VarLenAscii>()?
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect()),
+        TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
+            let bytes = read_raw_bytes(c, &c.dtype()?, n)?;
+            Ok(split_fixed(&bytes, n))
+        }
+        other => Err(hdf5::Error::from(format!("holds {other}, not strings"))),
+    }
+}
+
+/// Reads strings and reports failures against the file and element.
+pub fn strings_at(path: &Path, c: &Container, element: &str) -> Result<Vec<String>> {
+    read_strings(c).at(path, element)
+}
+
+fn split_fixed(bytes: &[u8], n: usize) -> Vec<String> {
+    if n == 0 {
+        return Vec::new();
+    }
+    bytes
+        .chunks(n)
+        .map(|b| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8_lossy(&b[..end]).trim_end().to_string()
+        })
+        .collect()
+}
+
+/// Reads the whole container into bytes laid out as `mem_type`, which must have `elem_size`.
+fn read_raw_bytes(c: &Container, mem_type: &Datatype, elem_size: usize) -> hdf5::Result<Vec<u8>> {
+    let n = c.size();
+    let mut buf = vec![0u8; n * elem_size];
+    if n == 0 {
+        return Ok(buf);
+    }
+    let status = hdf5::sync::sync(|| unsafe {
+        if c.id_type() == hdf5_sys::h5i::H5I_type_t::H5I_ATTR {
+            hdf5_sys::h5a::H5Aread(c.id(), mem_type.id(), buf.as_mut_ptr().cast())
+        } else {
+            hdf5_sys::h5d::H5Dread(
+                c.id(),
+                mem_type.id(),
+                hdf5_sys::h5s::H5S_ALL,
+                hdf5_sys::h5s::H5S_ALL,
+                hdf5_sys::h5p::H5P_DEFAULT,
+                buf.as_mut_ptr().cast(),
+            )
+        }
+    });
+    if status < 0 {
+        return Err(hdf5::Error::from("HDF5 read failed"));
+    }
+    Ok(buf)
+}
+
+/// Fields of a compound dataset (pre-0.7 AnnData `obs`/`var`).
+pub fn compound_fields(ds: &Container) -> hdf5::Result<Vec<CompoundField>> {
+    match ds.dtype()?.to_descriptor()? {
+        TypeDescriptor::Compound(ct) => Ok(ct.fields),
+        other => Err(hdf5::Error::from(format!("holds {other}, not a compound type"))),
+    }
+}
+
+/// Reads one field of a compound dataset, converted by HDF5 to the memory type `ty`.
+fn read_field(ds: &Container, field: &str, ty: TypeDescriptor) -> hdf5::Result<Vec<u8>> {
+    let size = ty.size();
+    let mem = Datatype::from_descriptor(&TypeDescriptor::Compound(CompoundType {
+        fields: vec![CompoundField::new(field, ty, 0, 0)],
+        size,
+    }))?;
+    read_raw_bytes(ds, &mem, size)
+}
+
+pub fn read_field_f64(ds: &Container, field: &str) -> hdf5::Result<Vec<f64>> {
+    let bytes = read_field(ds, field, TypeDescriptor::Float(hdf5::types::FloatSize::U8))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|b| f64::from_ne_bytes(b.try_into().expect("8 bytes")))
+        .collect())
+}
+
+pub fn read_field_i64(ds: &Container, field: &str) -> hdf5::Result<Vec<i64>> {
+    let bytes = read_field(ds, field, TypeDescriptor::Integer(hdf5::types::IntSize::U8))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|b| i64::from_ne_bytes(b.try_into().expect("8 bytes")))
+        .collect())
+}
+
+pub fn read_field_strings(ds: &Container, field: &str, ty: &TypeDescriptor) -> hdf5::Result<Vec<String>> {
+    match ty {
+        TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
+            Ok(split_fixed(&read_field(ds, field, ty.clone())?, *n))
+        }
+        other => Err(hdf5::Error::from(format!("field {field} holds {other}; only fixed-length strings are read"))),
+    }
+}
+
+/// Number of elements along the first axis.
+pub fn len(ds: &Container) -> usize {
+    ds.shape().first().copied().unwrap_or(0)
+}

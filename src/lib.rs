@@ -1,0 +1,29 @@
+//! # scmz: the single-cell model zoo
+//!
+//! A library with two clients, the `scmz` command line (`src/cli/`, in the binary) and, later,
+//! the terminal UI. The library knows nothing of terminals. Its modules read in pipeline order,
+//! and each imports only those above it in this list:
+//!
+//! - [`dirs`]: the user directories scmz keeps files in (cache, later zoo and jobs), each
+//!   overridable by an environment variable (`SCMZ_CACHE_DIR`, ...).
+//! - [`data`]: dataset formats and the stream of CSR row chunks every later stage reads through.
+//!   `Dataset::open` detects the format from content (AnnData `.h5ad` in the modern, 0.7 and
+//!   pre-0.7 layouts; 10x HDF5 v2/v3; 10x Matrix Market folders), reads metadata only (shape,
+//!   gene table with the keys holding Ensembl ids and symbols, cell ids, obs columns with
+//!   category counts, every matrix in the file), picks the matrix holding raw counts (or the
+//!   one named by `--layer`), and tells counts from normalised values on a sample of rows.
+//!   `Dataset::chunks(n)` then serves the matrix `n` cells at a time, validating each chunk, so
+//!   memory is bounded by the chunk, not the file. `data::writer` writes modern `.h5ad`
+//!   (streamed CSR `X`, dataframes, `obsm`, `uns`) through a temporary file renamed into place.
+//!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
+//!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species);
+//!   the gene matching module will build on it.
+//! - [`model`]: libtorch (`tch`) code; today the CSR-chunk-to-tensor bridge and device
+//!   discovery, next the VAE and its training loop.
+//!
+//! Errors of the data layer are [`data::DataError`]: file, element inside it, problem and what to
+//! do. The binary prints them as one line and exits non-zero.
+
+pub mod data;
+pub mod dirs;
+pub mod model;

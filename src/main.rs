@@ -1,0 +1,14 @@
+//! The `scmz` binary: parses the command line and prints any error as one line.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    if let Err(e) = cli::run(args) {
+        let msg = format!("{e:#}");
+        eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        std::process::exit(1);
+    }
+}
