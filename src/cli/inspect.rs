@@ -7,8 +7,11 @@ use scmz::data::{ColumnKind, Dataset, OpenOptions, ValueKind};
 
 use super::table::thousands;
 
-pub fn run(path: &Path, opts: &OpenOptions, json: bool) -> anyhow::Result<()> {
+pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) -> anyhow::Result<()> {
     let ds = Dataset::open_with(path, opts)?;
+    if require_counts {
+        ds.require_counts()?;
+    }
     let info = ds.info();
     let summary = Summary::from_info(info);
     if json {

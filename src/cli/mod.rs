@@ -38,6 +38,9 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Fail unless the matrix holds raw counts (for scripts).
+        #[arg(long)]
+        counts: bool,
     },
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
@@ -74,7 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Datasets { dirs, json, no_cache }) => datasets::run(dirs, json, no_cache),
-        Some(Command::Inspect { path, open, json }) => inspect::run(&path, &open.options(), json),
+        Some(Command::Inspect { path, open, json, counts }) => inspect::run(&path, &open.options(), json, counts),
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));

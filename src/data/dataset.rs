@@ -249,8 +249,45 @@ impl Dataset {
             detect::Detected::TenxMtx(dir) => mtx::open(&dir, opts)?,
         };
         let ds = Dataset { info, source };
+        ds.check_not_empty()?;
         ds.check_genes()?;
         Ok(ds)
+    }
+
+    fn check_not_empty(&self) -> Result<()> {
+        let i = &self.info;
+        let nnz = i.selected_matrix().map_or(0, |m| m.nnz);
+        if i.n_cells == 0 || i.n_genes == 0 || nnz == 0 {
+            return Err(DataError::at(
+                &i.path,
+                &i.matrix,
+                format!("is empty ({} cells x {} genes, {nnz} stored values)", i.n_cells, i.n_genes),
+            )
+            .hint("choose another matrix with --layer or another file"));
+        }
+        Ok(())
+    }
+
+    /// Fails unless the served matrix holds raw counts, saying why and what to do.
+    pub fn require_counts(&self) -> Result<()> {
+        match &self.info.values {
+            ValueKind::Counts => Ok(()),
+            ValueKind::Normalised { reason } => {
+                let others: Vec<&str> = self
+                    .info
+                    .matrices
+                    .iter()
+                    .map(|m| m.location.as_str())
+                    .filter(|l| *l != self.info.matrix)
+                    .collect();
+                let hint = if others.is_empty() {
+                    "count models need raw UMI counts; use the file the counts came from".to_string()
+                } else {
+                    format!("count models need raw UMI counts; try --layer with one of: {}", others.join(", "))
+                };
+                Err(DataError::at(&self.info.path, &self.info.matrix, format!("holds normalised values, not raw counts ({reason})")).hint(hint))
+            }
+        }
     }
 
     pub fn info(&self) -> &DatasetInfo {

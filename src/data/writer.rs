@@ -225,26 +225,29 @@ impl H5adWriter {
         if ann.var.index.len() != self.n_cols {
             return Err(DataError::at(&out, "var", format!("has {} rows but X has {} columns", ann.var.index.len(), self.n_cols)));
         }
-        let f = &self.file;
-        (|| -> hdf5::Result<()> {
-            encoding(f, "anndata", "0.1.0")?;
-            let x = f.group("X")?;
-            encoding(&x, "csr_matrix", "0.1.0")?;
-            x.new_attr_builder().with_data(&[self.n_rows as i64, self.n_cols as i64]).create("shape")?;
-            Ok(())
-        })()
-        .at(&out, "X")?;
-        write_frame(f, "obs", &ann.obs).at(&out, "obs")?;
-        write_frame(f, "var", &ann.var).at(&out, "var")?;
-        let obsm = dict(f, "obsm").at(&out, "obsm")?;
-        for m in &ann.obsm {
-            write_obsm(&obsm, m, self.n_rows).at(&out, &format!("obsm/{}", m.name))?;
+        {
+            let f = &self.file;
+            (|| -> hdf5::Result<()> {
+                encoding(f, "anndata", "0.1.0")?;
+                let x = f.group("X")?;
+                encoding(&x, "csr_matrix", "0.1.0")?;
+                x.new_attr_builder().with_data(&[self.n_rows as i64, self.n_cols as i64]).create("shape")?;
+                Ok(())
+            })()
+            .at(&out, "X")?;
+            write_frame(f, "obs", &ann.obs).at(&out, "obs")?;
+            write_frame(f, "var", &ann.var).at(&out, "var")?;
+            let obsm = dict(f, "obsm").at(&out, "obsm")?;
+            for m in &ann.obsm {
+                write_obsm(&obsm, m, self.n_rows).at(&out, &format!("obsm/{}", m.name))?;
+            }
+            for name in ["layers", "obsp", "varm", "varp"] {
+                dict(f, name).at(&out, name)?;
+            }
+            let uns = dict(f, "uns").at(&out, "uns")?;
+            write_uns(&uns, &ann.uns).at(&out, "uns")?;
+
         }
-        for name in ["layers", "obsp", "varm", "varp"] {
-            dict(f, name).at(&out, name)?;
-        }
-        let uns = dict(f, "uns").at(&out, "uns")?;
-        write_uns(&uns, &ann.uns).at(&out, "uns")?;
         let H5adWriter { temp, file, .. } = self;
         file.close().at(&out, "/")?;
         temp.commit()
@@ -368,10 +371,22 @@ pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> 
         std::fs::copy(&info.path, &temp.tmp).map_err(|e| DataError::file(out, format!("cannot copy input: {e}")))?;
         {
             let f = File::open_rw(&temp.tmp).at(out, "/")?;
+            amend(&f, out, info.n_cells, add)?;
+            f.close().at(out, "/")?;
+        }
+        return temp.commit();
+    }
+    convert(ds, out, add)
+}
+
+/// Adds obs columns and obsm entries to an open modern `.h5ad`.
+fn amend(f: &File, out: &Path, n_cells: usize, add: &Additions) -> Result<()> {
+    {
+        {
             let obs = f.group("obs").at(out, "obs")?;
             let mut order = super::h5::attr_strings(&obs, "column-order");
             for c in &add.obs {
-                write_column(&obs, c, info.n_cells).at(out, &format!("obs/{}", c.name))?;
+                write_column(&obs, c, n_cells).at(out, &format!("obs/{}", c.name))?;
                 if !order.contains(&c.name) {
                     order.push(c.name.clone());
                 }
@@ -379,15 +394,19 @@ pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> 
             set_column_order(&obs, &order).at(out, "obs")?;
             let obsm = match f.group("obsm") {
                 Ok(g) => g,
-                Err(_) => dict(&f, "obsm").at(out, "obsm")?,
+                Err(_) => dict(f, "obsm").at(out, "obsm")?,
             };
             for m in &add.obsm {
-                write_obsm(&obsm, m, info.n_cells).at(out, &format!("obsm/{}", m.name))?;
+                write_obsm(&obsm, m, n_cells).at(out, &format!("obsm/{}", m.name))?;
             }
-            f.close().at(out, "/")?;
         }
-        return temp.commit();
     }
+    Ok(())
+}
+
+/// Converts any dataset to a new modern `.h5ad` with the additions.
+fn convert(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> {
+    let info = ds.info();
     let mut w = H5adWriter::create(out, info.n_genes)?;
     for chunk in ds.chunks(4096) {
         w.append(&chunk?)?;

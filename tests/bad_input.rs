@@ -1,0 +1,174 @@
+//! Damaged and malformed files, built from the real ones: each gives one line naming the file and
+//! the element, a non-zero exit code and no panic.
+
+mod common;
+
+use std::path::Path;
+
+use common::{copy_of, scmz, stderr};
+use hdf5::types::VarLenUnicode;
+
+/// Runs `scmz inspect` (plus `extra` flags) and checks the one-line error mentions every `needle`.
+fn fails_clearly(path: &Path, extra: &[&str], needles: &[&str]) {
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = vec!["inspect", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let out = scmz(&args, cache.path());
+    let err = stderr(&out);
+    assert!(!out.status.success(), "succeeded on {}: {}", path.display(), common::stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "file not named: {err}");
+    for n in needles {
+        assert!(err.contains(n), "`{n}` missing from: {err}");
+    }
+}
+
+fn rw(path: &Path, f: impl FnOnce(&hdf5::File)) {
+    let file = hdf5::File::open_rw(path).unwrap();
+    f(&file);
+    file.close().unwrap();
+}
+
+#[test]
+fn truncated_file() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    fails_clearly(&p, &[], &["truncated"]);
+}
+
+#[test]
+fn not_hdf5_with_h5ad_name() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("table.h5ad");
+    std::fs::write(&p, "cell,gene,count\nA,B,1\n").unwrap();
+    fails_clearly(&p, &[], &["not an HDF5 file"]);
+}
+
+#[test]
+fn unknown_encoding_type() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let x = f.group("X").unwrap();
+        x.delete_attr("encoding-type").unwrap();
+        let v: VarLenUnicode = "zarr_matrix".parse().unwrap();
+        x.new_attr::<VarLenUnicode>().create("encoding-type").unwrap().write_scalar(&v).unwrap();
+    });
+    fails_clearly(&p, &[], &["`X`", "zarr_matrix"]);
+}
+
+#[test]
+fn indptr_inconsistent_with_shape_and_data() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let ptr = f.dataset("X/indptr").unwrap();
+        let mut v = ptr.read_raw::<i32>().unwrap();
+        v[10] = 0; // decreasing offsets inside the first rows
+        ptr.write_raw(&v).unwrap();
+    });
+    fails_clearly(&p, &[], &["X/indptr", "non-decreasing"]);
+
+    let (_d2, p2) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p2, |f| {
+        f.unlink("X/indptr").unwrap();
+        let short: Vec<i32> = (0..600).collect();
+        f.group("X").unwrap().new_dataset_builder().with_data(&short).create("indptr").unwrap();
+    });
+    fails_clearly(&p2, &[], &["X/indptr", "600 entries", "701"]);
+}
+
+#[test]
+fn indices_out_of_range() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let idx = f.dataset("X/indices").unwrap();
+        let mut v = idx.read_raw::<i32>().unwrap();
+        v[3] = 5000;
+        idx.write_raw(&v).unwrap();
+    });
+    fails_clearly(&p, &[], &["X/indices", "column 5000", "765 columns"]);
+}
+
+#[test]
+fn nan_and_infinite_values() {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let (_d, p) = copy_of("mouse_10k_subset.h5ad");
+        rw(&p, |f| {
+            let data = f.dataset("X/data").unwrap();
+            let mut v = data.read_raw::<f32>().unwrap();
+            v[7] = bad;
+            data.write_raw(&v).unwrap();
+        });
+        fails_clearly(&p, &[], &["X/data", &bad.to_string()]);
+    }
+}
+
+#[test]
+fn negative_values_are_not_counts() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        for m in ["X/data", "layers/counts/data"] {
+            let data = f.dataset(m).unwrap();
+            let mut v = data.read_raw::<f32>().unwrap();
+            v[2] = -3.0;
+            data.write_raw(&v).unwrap();
+        }
+    });
+    // Opening works (scaled data is legitimate) but it is reported as normalised...
+    let ds = scmz::data::Dataset::open(&p).unwrap();
+    assert!(!ds.info().values.is_counts());
+    // ...and anything that needs counts refuses it.
+    fails_clearly(&p, &["--counts"], &["`X`", "negative values", "not raw counts"]);
+}
+
+#[test]
+fn normalised_file_refused_where_counts_are_needed() {
+    fails_clearly(&common::data("pbmc68k_reduced.h5ad"), &["--counts"], &["not raw counts", "raw/X"]);
+}
+
+#[test]
+fn empty_matrix() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("empty.h5ad");
+    let w = scmz::data::writer::H5adWriter::create(&p, 3).unwrap();
+    let mut ann = scmz::data::writer::Annotations::default();
+    ann.var.index = vec!["A".into(), "B".into(), "C".into()];
+    w.finish(&ann).unwrap();
+    fails_clearly(&p, &[], &["`X`", "empty"]);
+}
+
+#[test]
+fn missing_index() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| f.unlink("obs/index").unwrap());
+    fails_clearly(&p, &[], &["obs/index", "no index"]);
+}
+
+#[test]
+fn duplicated_gene_names_without_a_unique_key() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let ds = f.dataset("var/index").unwrap();
+        let mut names: Vec<VarLenUnicode> = ds.read_raw().unwrap();
+        names[1] = names[0].clone();
+        names[5] = names[4].clone();
+        ds.write_raw(&names).unwrap();
+    });
+    fails_clearly(&p, &[], &["var/index", "2 duplicated", "HES4"]);
+}
+
+#[test]
+fn truncated_matrix_market() {
+    let d = tempfile::tempdir().unwrap();
+    let src = common::data("10x/1.2.0/filtered_gene_bc_matrices/hg19_chr21");
+    for f in ["genes.tsv", "barcodes.tsv"] {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(src.join("matrix.mtx")).unwrap();
+    let cut: String = text.lines().take(8).map(|l| format!("{l}\n")).collect();
+    std::fs::write(d.path().join("matrix.mtx"), cut).unwrap();
+    fails_clearly(&d.path().join("matrix.mtx"), &[], &["truncated"]);
+}
