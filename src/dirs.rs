@@ -10,7 +10,9 @@ fn project() -> Option<directories::ProjectDirs> {
 fn from_env_or(var: &str, default: impl FnOnce(&directories::ProjectDirs) -> PathBuf) -> PathBuf {
     match std::env::var_os(var) {
         Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => project().map(|p| default(&p)).unwrap_or_else(|| std::env::temp_dir().join("scmz")),
+        _ => project()
+            .map(|p| default(&p))
+            .unwrap_or_else(|| std::env::temp_dir().join("scmz")),
     }
 }
 

@@ -15,7 +15,12 @@ fn fails_clearly(path: &Path, extra: &[&str], needles: &[&str]) {
     args.extend_from_slice(extra);
     let out = scmz(&args, cache.path());
     let err = stderr(&out);
-    assert!(!out.status.success(), "succeeded on {}: {}", path.display(), common::stdout(&out));
+    assert!(
+        !out.status.success(),
+        "succeeded on {}: {}",
+        path.display(),
+        common::stdout(&out)
+    );
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
@@ -55,7 +60,11 @@ fn unknown_encoding_type() {
         let x = f.group("X").unwrap();
         x.delete_attr("encoding-type").unwrap();
         let v: VarLenUnicode = "zarr_matrix".parse().unwrap();
-        x.new_attr::<VarLenUnicode>().create("encoding-type").unwrap().write_scalar(&v).unwrap();
+        x.new_attr::<VarLenUnicode>()
+            .create("encoding-type")
+            .unwrap()
+            .write_scalar(&v)
+            .unwrap();
     });
     fails_clearly(&p, &[], &["`X`", "zarr_matrix"]);
 }
@@ -75,7 +84,12 @@ fn indptr_inconsistent_with_shape_and_data() {
     rw(&p2, |f| {
         f.unlink("X/indptr").unwrap();
         let short: Vec<i32> = (0..600).collect();
-        f.group("X").unwrap().new_dataset_builder().with_data(&short).create("indptr").unwrap();
+        f.group("X")
+            .unwrap()
+            .new_dataset_builder()
+            .with_data(&short)
+            .create("indptr")
+            .unwrap();
     });
     fails_clearly(&p2, &[], &["X/indptr", "600 entries", "701"]);
 }
@@ -126,7 +140,11 @@ fn negative_values_are_not_counts() {
 
 #[test]
 fn normalised_file_refused_where_counts_are_needed() {
-    fails_clearly(&common::data("pbmc68k_reduced.h5ad"), &["--counts"], &["not raw counts", "raw/X"]);
+    fails_clearly(
+        &common::data("pbmc68k_reduced.h5ad"),
+        &["--counts"],
+        &["not raw counts", "raw/X"],
+    );
 }
 
 #[test]

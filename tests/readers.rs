@@ -45,8 +45,16 @@ fn every_shared_file_opens() {
 #[test]
 fn tenx_h5_and_matrix_market_twins_are_identical() {
     for (h5, mtx, version) in [
-        ("10x/1.2.0/filtered_gene_bc_matrices_h5.h5", "10x/1.2.0/filtered_gene_bc_matrices/hg19_chr21", 2),
-        ("10x/3.0.0/filtered_feature_bc_matrix.h5", "10x/3.0.0/filtered_feature_bc_matrix", 3),
+        (
+            "10x/1.2.0/filtered_gene_bc_matrices_h5.h5",
+            "10x/1.2.0/filtered_gene_bc_matrices/hg19_chr21",
+            2,
+        ),
+        (
+            "10x/3.0.0/filtered_feature_bc_matrix.h5",
+            "10x/3.0.0/filtered_feature_bc_matrix",
+            3,
+        ),
     ] {
         let a = Dataset::open(data(h5)).unwrap();
         let b = Dataset::open(data(mtx)).unwrap();
@@ -66,10 +74,22 @@ fn tenx_h5_and_matrix_market_twins_are_identical() {
 #[test]
 fn counts_and_normalised_are_told_apart() {
     let reduced = Dataset::open(data("pbmc68k_reduced.h5ad")).unwrap();
-    assert_eq!(reduced.info().format, Format::H5ad { layout: H5adLayout::Legacy });
+    assert_eq!(
+        reduced.info().format,
+        Format::H5ad {
+            layout: H5adLayout::Legacy
+        }
+    );
     assert!(matches!(reduced.info().values, ValueKind::Normalised { .. }));
     // raw.X is log-normalised: still not counts, and said so.
-    let raw = Dataset::open_with(data("pbmc68k_reduced.h5ad"), &OpenOptions { layer: Some("raw".into()), ..Default::default() }).unwrap();
+    let raw = Dataset::open_with(
+        data("pbmc68k_reduced.h5ad"),
+        &OpenOptions {
+            layer: Some("raw".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(raw.info().matrix, "raw/X");
     match &raw.info().values {
         ValueKind::Normalised { reason } => assert!(reason.contains("log-normalised"), "{reason}"),
@@ -80,7 +100,12 @@ fn counts_and_normalised_are_told_apart() {
     let labels = counts.info().obs_column("bulk_labels").unwrap();
     assert!(labels.is_label_like());
     match &labels.kind {
-        ColumnKind::Categorical { categories, counts, codes, .. } => {
+        ColumnKind::Categorical {
+            categories,
+            counts,
+            codes,
+            ..
+        } => {
             assert_eq!(categories.len(), 10);
             assert_eq!(counts.iter().sum::<u64>(), 700);
             assert_eq!(codes.len(), 700);
@@ -101,7 +126,10 @@ fn duplicated_symbols_are_reported_and_ensembl_ids_found() {
     let summary = scmz::data::catalog::Summary::from_info(ds.info());
     assert_eq!(summary.duplicated_genes, vec!["Rp1".to_string()]);
     assert_eq!(summary.species.as_deref(), Some("mouse"));
-    assert!(summary.warnings.iter().any(|w| w.contains("Rp1") && w.contains("gene_ids")));
+    assert!(summary
+        .warnings
+        .iter()
+        .any(|w| w.contains("Rp1") && w.contains("gene_ids")));
 }
 
 #[test]
@@ -164,16 +192,46 @@ fn layers_and_raw_are_chosen_and_reported() {
     let ds = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
     assert_eq!(ds.info().matrix, "X");
     assert!(ds.info().matrices.iter().any(|m| m.location == "layers/counts"));
-    let layer = Dataset::open_with(data("pbmc68k_counts.h5ad"), &OpenOptions { layer: Some("counts".into()), ..Default::default() }).unwrap();
+    let layer = Dataset::open_with(
+        data("pbmc68k_counts.h5ad"),
+        &OpenOptions {
+            layer: Some("counts".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(layer.info().matrix, "layers/counts");
     assert_eq!(layer.read_all().unwrap(), ds.read_all().unwrap());
-    let err = Dataset::open_with(data("pbmc68k_counts.h5ad"), &OpenOptions { layer: Some("spliced".into()), ..Default::default() }).err().unwrap();
-    assert!(err.to_string().contains("layers/spliced") && err.to_string().contains("layers/counts"), "{err}");
+    let err = Dataset::open_with(
+        data("pbmc68k_counts.h5ad"),
+        &OpenOptions {
+            layer: Some("spliced".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        err.to_string().contains("layers/spliced") && err.to_string().contains("layers/counts"),
+        "{err}"
+    );
     // anndata 0.7: raw/X has its own gene list (40 genes vs 20).
-    let raw = Dataset::open_with(data("anndata/v0.7.0.h5ad"), &OpenOptions { layer: Some("raw".into()), ..Default::default() }).unwrap();
+    let raw = Dataset::open_with(
+        data("anndata/v0.7.0.h5ad"),
+        &OpenOptions {
+            layer: Some("raw".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!((raw.n_cells(), raw.n_genes()), (30, 40));
     let v07 = Dataset::open(data("anndata/v0.7.0.h5ad")).unwrap();
-    assert_eq!(v07.info().format, Format::H5ad { layout: H5adLayout::V07 });
+    assert_eq!(
+        v07.info().format,
+        Format::H5ad {
+            layout: H5adLayout::V07
+        }
+    );
     assert!(v07.info().obs_column("obs_cat").unwrap().is_label_like());
 }
 

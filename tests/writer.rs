@@ -3,7 +3,9 @@
 mod common;
 
 use common::{data, run_python};
-use scmz::data::writer::{write_copy_with, Additions, Annotations, ColumnValues, Frame, FrameColumn, H5adWriter, Obsm, UnsValue};
+use scmz::data::writer::{
+    write_copy_with, Additions, Annotations, ColumnValues, Frame, FrameColumn, H5adWriter, Obsm, UnsValue,
+};
 use scmz::data::{ColumnKind, Dataset, OpenOptions};
 
 #[test]
@@ -19,7 +21,9 @@ fn new_anndata_round_trips_through_python() {
         w.append(&src.read_rows(a, b).unwrap()).unwrap();
     }
     let labels: Vec<String> = match &info.obs_column("bulk_labels").unwrap().kind {
-        ColumnKind::Categorical { categories, codes, .. } => codes[..n].iter().map(|&c| categories[c as usize].clone()).collect(),
+        ColumnKind::Categorical { categories, codes, .. } => {
+            codes[..n].iter().map(|&c| categories[c as usize].clone()).collect()
+        }
         _ => unreachable!(),
     };
     let obsm: Vec<f32> = (0..n * 3).map(|i| i as f32 * 0.5).collect();
@@ -27,17 +31,36 @@ fn new_anndata_round_trips_through_python() {
         obs: Frame {
             index: info.cell_ids[..n].to_vec(),
             columns: vec![
-                FrameColumn { name: "label".into(), values: ColumnValues::categorical_from(&labels) },
-                FrameColumn { name: "note".into(), values: ColumnValues::Strings((0..n).map(|i| format!("cell {i}")).collect()) },
-                FrameColumn { name: "score".into(), values: ColumnValues::Float((0..n).map(|i| i as f64 / 10.0).collect()) },
-                FrameColumn { name: "kept".into(), values: ColumnValues::Bool((0..n).map(|i| i % 2 == 0).collect()) },
+                FrameColumn {
+                    name: "label".into(),
+                    values: ColumnValues::categorical_from(&labels),
+                },
+                FrameColumn {
+                    name: "note".into(),
+                    values: ColumnValues::Strings((0..n).map(|i| format!("cell {i}")).collect()),
+                },
+                FrameColumn {
+                    name: "score".into(),
+                    values: ColumnValues::Float((0..n).map(|i| i as f64 / 10.0).collect()),
+                },
+                FrameColumn {
+                    name: "kept".into(),
+                    values: ColumnValues::Bool((0..n).map(|i| i % 2 == 0).collect()),
+                },
             ],
         },
         var: Frame {
             index: info.genes.index.clone(),
-            columns: vec![FrameColumn { name: "symbol".into(), values: ColumnValues::Strings(info.genes.index.clone()) }],
+            columns: vec![FrameColumn {
+                name: "symbol".into(),
+                values: ColumnValues::Strings(info.genes.index.clone()),
+            }],
         },
-        obsm: vec![Obsm { name: "X_test".into(), n_cols: 3, values: obsm }],
+        obsm: vec![Obsm {
+            name: "X_test".into(),
+            n_cols: 3,
+            values: obsm,
+        }],
         uns: vec![(
             "scmz".into(),
             UnsValue::Dict(vec![
@@ -48,7 +71,9 @@ fn new_anndata_round_trips_through_python() {
         )],
     };
     w.finish(&ann).unwrap();
-    assert!(!std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
+    assert!(!std::fs::read_dir(dir.path())
+        .unwrap()
+        .any(|e| e.unwrap().file_name().to_string_lossy().contains(".tmp")));
     let py = r#"
 import sys, anndata, numpy as np
 a = anndata.read_h5ad(sys.argv[1]); src = anndata.read_h5ad(sys.argv[2])[:100]
@@ -67,16 +92,27 @@ print('ok')
     assert_eq!(run_python(py, &[&out, &data("pbmc68k_counts.h5ad")]).trim(), "ok");
     // And scmz reads back what it wrote.
     let back = Dataset::open(&out).unwrap();
-    assert_eq!(back.read_all().unwrap().to_dense(), src.read_rows(0, n).unwrap().to_dense());
+    assert_eq!(
+        back.read_all().unwrap().to_dense(),
+        src.read_rows(0, n).unwrap().to_dense()
+    );
 }
 
 fn additions(n: usize) -> Additions {
     Additions {
         obs: vec![FrameColumn {
             name: "predicted".into(),
-            values: ColumnValues::categorical_from(&(0..n).map(|i| if i % 3 == 0 { "T" } else { "B" }.to_string()).collect::<Vec<_>>()),
+            values: ColumnValues::categorical_from(
+                &(0..n)
+                    .map(|i| if i % 3 == 0 { "T" } else { "B" }.to_string())
+                    .collect::<Vec<_>>(),
+            ),
         }],
-        obsm: vec![Obsm { name: "X_scmz".into(), n_cols: 2, values: (0..n * 2).map(|i| i as f32).collect() }],
+        obsm: vec![Obsm {
+            name: "X_scmz".into(),
+            n_cols: 2,
+            values: (0..n * 2).map(|i| i as f32).collect(),
+        }],
     }
 }
 
@@ -104,22 +140,57 @@ fn copy_of_modern_h5ad_keeps_everything_and_adds() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("with_latent.h5ad");
     write_copy_with(&ds, &out, &additions(ds.n_cells())).unwrap();
-    let r = run_python(CHECK_COPY, &[&out, &src_path, std::path::Path::new("X"), std::path::Path::new("bulk_labels"), std::path::Path::new("louvain")]);
+    let r = run_python(
+        CHECK_COPY,
+        &[
+            &out,
+            &src_path,
+            std::path::Path::new("X"),
+            std::path::Path::new("bulk_labels"),
+            std::path::Path::new("louvain"),
+        ],
+    );
     assert_eq!(r.trim(), "ok");
     // Layers survive the byte copy.
-    let back = Dataset::open_with(&out, &OpenOptions { layer: Some("counts".into()), ..Default::default() }).unwrap();
+    let back = Dataset::open_with(
+        &out,
+        &OpenOptions {
+            layer: Some("counts".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(back.info().matrix, "layers/counts");
-    assert_eq!(write_copy_with(&ds, &src_path, &additions(700)).unwrap_err().problem, "is the input file");
+    assert_eq!(
+        write_copy_with(&ds, &src_path, &additions(700)).unwrap_err().problem,
+        "is the input file"
+    );
 }
 
 #[test]
 fn copy_of_legacy_and_10x_files_is_converted() {
     let dir = tempfile::tempdir().unwrap();
     let legacy = data("pbmc68k_reduced.h5ad");
-    let ds = Dataset::open_with(&legacy, &OpenOptions { layer: Some("raw".into()), ..Default::default() }).unwrap();
+    let ds = Dataset::open_with(
+        &legacy,
+        &OpenOptions {
+            layer: Some("raw".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let out = dir.path().join("legacy.h5ad");
     write_copy_with(&ds, &out, &additions(700)).unwrap();
-    let r = run_python(CHECK_COPY, &[&out, &legacy, std::path::Path::new("raw"), std::path::Path::new("bulk_labels"), std::path::Path::new("phase")]);
+    let r = run_python(
+        CHECK_COPY,
+        &[
+            &out,
+            &legacy,
+            std::path::Path::new("raw"),
+            std::path::Path::new("bulk_labels"),
+            std::path::Path::new("phase"),
+        ],
+    );
     assert_eq!(r.trim(), "ok");
 
     let tenx = data("10x/3.0.0/filtered_feature_bc_matrix");

@@ -34,7 +34,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(b: Bench) -> anyhow::Result<()> {
     match b {
-        Bench::Read { path, repeat, chunk_rows } => {
+        Bench::Read {
+            path,
+            repeat,
+            chunk_rows,
+        } => {
             let repeat = repeat.max(1);
             let rss_before = peak_rss_mib();
             let mut open_ms = Vec::new();

@@ -7,7 +7,11 @@ use scmz::data::catalog::{default_cache, id_kind_label, scan};
 use super::table::{thousands, Table};
 
 pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()> {
-    let dirs = if dirs.is_empty() { vec![PathBuf::from(".")] } else { dirs };
+    let dirs = if dirs.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        dirs
+    };
     for d in &dirs {
         if !d.exists() {
             anyhow::bail!("{}: no such file or folder", d.display());
@@ -19,11 +23,19 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let mut t = Table::new(&["path", "format", "cells", "genes", "gene ids", "species", "values", "labels"]).right(&[2, 3]);
+    let mut t = Table::new(&[
+        "path", "format", "cells", "genes", "gene ids", "species", "values", "labels",
+    ])
+    .right(&[2, 3]);
     let mut notes = Vec::new();
     for r in &rows {
         if let Some(e) = &r.error {
-            t.row(vec![r.path.display().to_string(), "error".into(), "-".into(), "-".into()]);
+            t.row(vec![
+                r.path.display().to_string(),
+                "error".into(),
+                "-".into(),
+                "-".into(),
+            ]);
             notes.push(format!("error: {e}"));
             continue;
         }
@@ -40,7 +52,11 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
             thousands(r.n_genes as u64),
             id_kind_label(r),
             r.species.clone().unwrap_or_else(|| "?".into()),
-            if r.matrix == "X" || r.matrix == "matrix" { r.values.clone() } else { format!("{} ({})", r.values, r.matrix) },
+            if r.matrix == "X" || r.matrix == "matrix" {
+                r.values.clone()
+            } else {
+                format!("{} ({})", r.values, r.matrix)
+            },
             labels,
         ]);
         for w in &r.warnings {

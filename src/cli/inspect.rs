@@ -20,13 +20,26 @@ pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) ->
             summary: &'a Summary,
             info: &'a scmz::data::DatasetInfo,
         }
-        println!("{}", serde_json::to_string_pretty(&Out { summary: &summary, info })?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&Out {
+                summary: &summary,
+                info
+            })?
+        );
         return Ok(());
     }
     let line = |k: &str, v: String| println!("{k:<10} {v}");
     line("path", info.path.display().to_string());
     line("format", info.format.to_string());
-    line("shape", format!("{} cells x {} genes", thousands(info.n_cells as u64), thousands(info.n_genes as u64)));
+    line(
+        "shape",
+        format!(
+            "{} cells x {} genes",
+            thousands(info.n_cells as u64),
+            thousands(info.n_genes as u64)
+        ),
+    );
     let m = info.selected_matrix();
     line(
         "matrix",
@@ -61,12 +74,22 @@ pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) ->
             "index `{}`: {}{}{}",
             g.index_name,
             g.index_kind.kind,
-            g.index_kind.species.as_ref().map(|s| format!(" ({s})")).unwrap_or_default(),
+            g.index_kind
+                .species
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default(),
             if g.index_kind.versioned { ", versioned" } else { "" }
         ),
     );
     if let Some(k) = &g.gene_id_key {
-        line("", format!("Ensembl ids in `{k}`; species {}", summary.species.clone().unwrap_or("?".into())));
+        line(
+            "",
+            format!(
+                "Ensembl ids in `{k}`; species {}",
+                summary.species.clone().unwrap_or("?".into())
+            ),
+        );
     }
     if let Some(k) = &g.symbol_key {
         line("", format!("symbols in `{k}`"));

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "scmz", version, about = "The single-cell model zoo: train, keep and apply scVI-like models")]
+#[command(
+    name = "scmz",
+    version,
+    about = "The single-cell model zoo: train, keep and apply scVI-like models"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -77,7 +81,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Datasets { dirs, json, no_cache }) => datasets::run(dirs, json, no_cache),
-        Some(Command::Inspect { path, open, json, counts }) => inspect::run(&path, &open.options(), json, counts),
+        Some(Command::Inspect {
+            path,
+            open,
+            json,
+            counts,
+        }) => inspect::run(&path, &open.options(), json, counts),
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));

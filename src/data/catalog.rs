@@ -133,7 +133,11 @@ struct CacheFile {
 
 /// The file whose size and mtime stand for the dataset (the .mtx inside a 10x folder).
 fn stamp(path: &Path) -> Option<(u64, u128)> {
-    let target = if path.is_dir() { mtx_file(path)? } else { path.to_path_buf() };
+    let target = if path.is_dir() {
+        mtx_file(path)?
+    } else {
+        path.to_path_buf()
+    };
     let meta = std::fs::metadata(target).ok()?;
     let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
     Some((meta.len(), mtime))
@@ -160,7 +164,10 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
-        let hidden = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }

@@ -43,9 +43,15 @@ pub enum H5adLayout {
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Format::H5ad { layout: H5adLayout::Modern } => write!(f, "h5ad (anndata >= 0.8)"),
-            Format::H5ad { layout: H5adLayout::V07 } => write!(f, "h5ad (anndata 0.7)"),
-            Format::H5ad { layout: H5adLayout::Legacy } => write!(f, "h5ad (pre-0.7)"),
+            Format::H5ad {
+                layout: H5adLayout::Modern,
+            } => write!(f, "h5ad (anndata >= 0.8)"),
+            Format::H5ad {
+                layout: H5adLayout::V07,
+            } => write!(f, "h5ad (anndata 0.7)"),
+            Format::H5ad {
+                layout: H5adLayout::Legacy,
+            } => write!(f, "h5ad (pre-0.7)"),
             Format::TenxH5 { version, .. } => write!(f, "10x h5 v{version}"),
             Format::TenxMtx { version, .. } => write!(f, "10x mtx v{version}"),
         }
@@ -79,8 +85,10 @@ impl GeneTable {
             symbol_key: None,
             index_kind,
         };
-        let kinds: Vec<(String, gene_ids::GeneIdKind)> =
-            t.keys().map(|(k, v)| (k.to_string(), gene_ids::classify(v).kind)).collect();
+        let kinds: Vec<(String, gene_ids::GeneIdKind)> = t
+            .keys()
+            .map(|(k, v)| (k.to_string(), gene_ids::classify(v).kind))
+            .collect();
         for (key, kind) in kinds {
             if t.gene_id_key.is_none() && kind == gene_ids::GeneIdKind::Ensembl {
                 t.gene_id_key = Some(key);
@@ -142,10 +150,14 @@ pub enum ColumnKind {
         #[serde(skip)]
         codes: Vec<i32>,
     },
-    Numeric { dtype: String },
+    Numeric {
+        dtype: String,
+    },
     Boolean,
     String,
-    Other { encoding: String },
+    Other {
+        encoding: String,
+    },
 }
 
 impl ObsColumn {
@@ -261,7 +273,10 @@ impl Dataset {
             return Err(DataError::at(
                 &i.path,
                 &i.matrix,
-                format!("is empty ({} cells x {} genes, {nnz} stored values)", i.n_cells, i.n_genes),
+                format!(
+                    "is empty ({} cells x {} genes, {nnz} stored values)",
+                    i.n_cells, i.n_genes
+                ),
             )
             .hint("choose another matrix with --layer or another file"));
         }
@@ -283,9 +298,17 @@ impl Dataset {
                 let hint = if others.is_empty() {
                     "count models need raw UMI counts; use the file the counts came from".to_string()
                 } else {
-                    format!("count models need raw UMI counts; try --layer with one of: {}", others.join(", "))
+                    format!(
+                        "count models need raw UMI counts; try --layer with one of: {}",
+                        others.join(", ")
+                    )
                 };
-                Err(DataError::at(&self.info.path, &self.info.matrix, format!("holds normalised values, not raw counts ({reason})")).hint(hint))
+                Err(DataError::at(
+                    &self.info.path,
+                    &self.info.matrix,
+                    format!("holds normalised values, not raw counts ({reason})"),
+                )
+                .hint(hint))
             }
         }
     }

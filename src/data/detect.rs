@@ -63,11 +63,17 @@ pub(crate) fn detect(path: &Path) -> Result<Detected> {
     // 10x v2: one group per genome holding genes, barcodes and the sparse matrix.
     for g in file.member_names().unwrap_or_default() {
         if let Ok(group) = file.group(&g) {
-            if ["genes", "barcodes", "indptr", "data"].iter().all(|n| group.link_exists(n)) {
+            if ["genes", "barcodes", "indptr", "data"]
+                .iter()
+                .all(|n| group.link_exists(n))
+            {
                 return Ok(Detected::TenxH5(file, 2));
             }
         }
     }
-    Err(DataError::file(path, "HDF5 file is neither AnnData (no X or obs) nor a 10x matrix (no matrix/features or genome group)")
-        .hint("scmz reads .h5ad, 10x .h5 (v2, v3) and 10x Matrix Market folders"))
+    Err(DataError::file(
+        path,
+        "HDF5 file is neither AnnData (no X or obs) nor a 10x matrix (no matrix/features or genome group)",
+    )
+    .hint("scmz reads .h5ad, 10x .h5 (v2, v3) and 10x Matrix Market folders"))
 }

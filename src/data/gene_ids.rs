@@ -151,9 +151,15 @@ mod tests {
         assert_eq!(ensembl_prefix("ENSG0000014151"), None);
         assert_eq!(ensembl_prefix("ENSEMBL"), None);
         let s = classify(&v(&["ENSMUSG00000051951", "ENSMUSG00000089699"]));
-        assert_eq!((s.kind, s.species.as_deref(), s.versioned), (GeneIdKind::Ensembl, Some("mouse"), false));
+        assert_eq!(
+            (s.kind, s.species.as_deref(), s.versioned),
+            (GeneIdKind::Ensembl, Some("mouse"), false)
+        );
         let s = classify(&v(&["ENSG00000141510.16", "ENSG00000141511.2"]));
-        assert_eq!((s.kind, s.species.as_deref(), s.versioned), (GeneIdKind::Ensembl, Some("human"), true));
+        assert_eq!(
+            (s.kind, s.species.as_deref(), s.versioned),
+            (GeneIdKind::Ensembl, Some("human"), true)
+        );
     }
 
     #[test]

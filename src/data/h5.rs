@@ -190,7 +190,9 @@ pub fn read_field_strings(ds: &Container, field: &str, ty: &TypeDescriptor) -> h
         TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
             Ok(split_fixed(&read_field(ds, field, ty.clone())?, *n))
         }
-        other => Err(hdf5::Error::from(format!("field {field} holds {other}; only fixed-length strings are read"))),
+        other => Err(hdf5::Error::from(format!(
+            "field {field} holds {other}; only fixed-length strings are read"
+        ))),
     }
 }
 

@@ -7,8 +7,7 @@ use hdf5::types::TypeDescriptor;
 use hdf5::{File, Group};
 
 use super::dataset::{
-    choose_matrix, ColumnKind, DatasetInfo, Format, GeneTable, H5adLayout, MatrixInfo, ObsColumn, OpenOptions,
-    Source,
+    choose_matrix, ColumnKind, DatasetInfo, Format, GeneTable, H5adLayout, MatrixInfo, ObsColumn, OpenOptions, Source,
 };
 use super::error::{Context, DataError, Result};
 use super::h5;
@@ -16,7 +15,8 @@ use super::matrix::{H5Matrix, MatrixEncoding};
 use super::values::sample_values;
 
 /// Encodings this reader understands, for the error message about others.
-const KNOWN: &str = "csr_matrix, csc_matrix, array, dataframe, categorical, string-array, nullable-integer, nullable-boolean";
+const KNOWN: &str =
+    "csr_matrix, csc_matrix, array, dataframe, categorical, string-array, nullable-integer, nullable-boolean";
 
 pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptions) -> Result<(DatasetInfo, Source)> {
     let mut found: Vec<(MatrixInfo, H5Matrix)> = Vec::new();
@@ -54,14 +54,24 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
         return Err(DataError::at(
             path,
             &obs_index_name,
-            format!("lists {} cells but `{}` has {} rows", cell_ids.len(), matrix.element, matrix.n_rows),
+            format!(
+                "lists {} cells but `{}` has {} rows",
+                cell_ids.len(),
+                matrix.element,
+                matrix.n_rows
+            ),
         ));
     }
     if genes.len() != matrix.n_cols {
         return Err(DataError::at(
             path,
             &var_index_name,
-            format!("lists {} genes but `{}` has {} columns", genes.len(), matrix.element, matrix.n_cols),
+            format!(
+                "lists {} genes but `{}` has {} columns",
+                genes.len(),
+                matrix.element,
+                matrix.n_cols
+            ),
         ));
     }
     let gene_columns = var_columns
@@ -89,15 +99,16 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
 /// Describes the matrix stored at HDF5 path `element`, shown to users as `location`.
 fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<(MatrixInfo, H5Matrix)> {
     let (encoding, shape) = if let Ok(g) = file.group(element) {
-        let enc = h5::attr_string(&g, "encoding-type").or_else(|| {
-            h5::attr_string(&g, "h5sparse_format").map(|f| format!("{f}_matrix"))
-        });
+        let enc = h5::attr_string(&g, "encoding-type")
+            .or_else(|| h5::attr_string(&g, "h5sparse_format").map(|f| format!("{f}_matrix")));
         let encoding = match enc.as_deref() {
             Some("csr_matrix") => MatrixEncoding::Csr,
             Some("csc_matrix") => MatrixEncoding::Csc,
             Some(other) => {
-                return Err(DataError::at(path, element, format!("has unknown encoding-type `{other}`"))
-                    .hint(format!("scmz reads {KNOWN}; rewrite the file with anndata >= 0.8")))
+                return Err(
+                    DataError::at(path, element, format!("has unknown encoding-type `{other}`"))
+                        .hint(format!("scmz reads {KNOWN}; rewrite the file with anndata >= 0.8")),
+                )
             }
             None => {
                 return Err(DataError::at(path, element, "is a group without `encoding-type`")
@@ -114,15 +125,24 @@ fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<
         match h5::attr_string(&ds, "encoding-type").as_deref() {
             None | Some("array") => {}
             Some(other) => {
-                return Err(DataError::at(path, element, format!("has unknown encoding-type `{other}`"))
-                    .hint(format!("scmz reads {KNOWN}")))
+                return Err(
+                    DataError::at(path, element, format!("has unknown encoding-type `{other}`"))
+                        .hint(format!("scmz reads {KNOWN}")),
+                )
             }
         }
         let s = ds.shape();
         if s.len() != 2 {
-            return Err(DataError::at(path, element, format!("is a {}-D array, not a matrix", s.len())));
+            return Err(DataError::at(
+                path,
+                element,
+                format!("is a {}-D array, not a matrix", s.len()),
+            ));
         }
-        if !matches!(ds.dtype().and_then(|t| t.to_descriptor()), Ok(TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_))) {
+        if !matches!(
+            ds.dtype().and_then(|t| t.to_descriptor()),
+            Ok(TypeDescriptor::Float(_) | TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_))
+        ) {
             return Err(DataError::at(path, element, "is not a numeric array"));
         }
         (MatrixEncoding::Dense, (s[0], s[1]))
@@ -147,7 +167,11 @@ pub(crate) struct Column {
 
 pub(crate) enum ColumnData {
     Strings(Option<Vec<String>>),
-    Categorical { categories: Vec<String>, codes: Vec<i64>, ordered: bool },
+    Categorical {
+        categories: Vec<String>,
+        codes: Vec<i64>,
+        ordered: bool,
+    },
     Numeric(String),
     Boolean,
     Other(String),
@@ -161,7 +185,13 @@ impl Column {
             ColumnData::Categorical { categories, codes, .. } => Some(
                 codes
                     .iter()
-                    .map(|&c| usize::try_from(c).ok().and_then(|c| categories.get(c)).cloned().unwrap_or_default())
+                    .map(|&c| {
+                        usize::try_from(c)
+                            .ok()
+                            .and_then(|c| categories.get(c))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
                     .collect(),
             ),
             _ => None,
@@ -171,7 +201,11 @@ impl Column {
     fn into_obs(self) -> ObsColumn {
         let kind = match self.data {
             ColumnData::Strings(_) => ColumnKind::String,
-            ColumnData::Categorical { categories, codes, ordered } => {
+            ColumnData::Categorical {
+                categories,
+                codes,
+                ordered,
+            } => {
                 let mut counts = vec![0u64; categories.len()];
                 for &c in &codes {
                     if let Some(n) = usize::try_from(c).ok().and_then(|c| counts.get_mut(c)) {
@@ -179,7 +213,12 @@ impl Column {
                     }
                 }
                 let codes = codes.into_iter().map(|c| c as i32).collect();
-                ColumnKind::Categorical { categories, counts, ordered, codes }
+                ColumnKind::Categorical {
+                    categories,
+                    counts,
+                    ordered,
+                    codes,
+                }
             }
             ColumnData::Numeric(dtype) => ColumnKind::Numeric { dtype },
             ColumnData::Boolean => ColumnKind::Boolean,
@@ -217,7 +256,11 @@ fn read_frame_group(
 ) -> Result<(String, Vec<String>, Vec<Column>)> {
     if let Some(enc) = h5::attr_string(g, "encoding-type") {
         if enc != "dataframe" {
-            return Err(DataError::at(path, element, format!("has encoding-type `{enc}`, expected `dataframe`")));
+            return Err(DataError::at(
+                path,
+                element,
+                format!("has encoding-type `{enc}`, expected `dataframe`"),
+            ));
         }
     }
     let index_key = h5::attr_string(g, "_index").unwrap_or_else(|| "_index".to_string());
@@ -263,12 +306,19 @@ fn read_column(
         return match enc.as_str() {
             "categorical" => {
                 let codes_el = format!("{el}/codes");
-                let codes = g.dataset("codes").and_then(|d| d.read_raw::<i64>()).at(path, &codes_el)?;
+                let codes = g
+                    .dataset("codes")
+                    .and_then(|d| d.read_raw::<i64>())
+                    .at(path, &codes_el)?;
                 let cats = g.dataset("categories").at(path, &format!("{el}/categories"))?;
                 let categories = category_strings(path, &cats, &format!("{el}/categories"))?;
                 check_codes(path, &codes_el, &codes, categories.len(), n)?;
                 let ordered = h5::attr_bool(&g, "ordered").unwrap_or(false);
-                Ok(ColumnData::Categorical { categories, codes, ordered })
+                Ok(ColumnData::Categorical {
+                    categories,
+                    codes,
+                    ordered,
+                })
             }
             "nullable-integer" => Ok(ColumnData::Numeric("nullable int".into())),
             "nullable-boolean" => Ok(ColumnData::Boolean),
@@ -279,7 +329,11 @@ fn read_column(
     }
     let ds = frame.dataset(name).at(path, el)?;
     if h5::len(&ds) != n {
-        return Err(DataError::at(path, el, format!("has {} rows but the index has {n}", h5::len(&ds))));
+        return Err(DataError::at(
+            path,
+            el,
+            format!("has {} rows but the index has {n}", h5::len(&ds)),
+        ));
     }
     let enc = h5::attr_string(&ds, "encoding-type");
     let desc = ds.dtype().and_then(|t| t.to_descriptor()).at(path, el)?;
@@ -291,19 +345,34 @@ fn read_column(
         let codes = ds.read_raw::<i64>().at(path, el)?;
         check_codes(path, el, &codes, categories.len(), n)?;
         let ordered = h5::attr_bool(&cats, "ordered").unwrap_or(false);
-        return Ok(ColumnData::Categorical { categories, codes, ordered });
+        return Ok(ColumnData::Categorical {
+            categories,
+            codes,
+            ordered,
+        });
     }
     match (enc.as_deref(), &desc) {
-        (Some("string-array") | None, TypeDescriptor::VarLenUnicode | TypeDescriptor::VarLenAscii | TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => {
-            Ok(ColumnData::Strings(if want_strings { Some(h5::strings_at(path, &ds, el)?) } else { None }))
-        }
+        (
+            Some("string-array") | None,
+            TypeDescriptor::VarLenUnicode
+            | TypeDescriptor::VarLenAscii
+            | TypeDescriptor::FixedAscii(_)
+            | TypeDescriptor::FixedUnicode(_),
+        ) => Ok(ColumnData::Strings(if want_strings {
+            Some(h5::strings_at(path, &ds, el)?)
+        } else {
+            None
+        })),
         (Some("array") | None, TypeDescriptor::Boolean) => Ok(ColumnData::Boolean),
-        (Some("array") | None, d @ (TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_))) => {
-            Ok(ColumnData::Numeric(d.to_string()))
-        }
+        (
+            Some("array") | None,
+            d @ (TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_)),
+        ) => Ok(ColumnData::Numeric(d.to_string())),
         (Some(e @ ("string-array" | "array")), d) => Ok(ColumnData::Other(format!("{e} of {d}"))),
-        (Some(other), _) => Err(DataError::at(path, el, format!("has unknown encoding-type `{other}`"))
-            .hint(format!("scmz reads {KNOWN}"))),
+        (Some(other), _) => {
+            Err(DataError::at(path, el, format!("has unknown encoding-type `{other}`"))
+                .hint(format!("scmz reads {KNOWN}")))
+        }
         (None, d) => Ok(ColumnData::Other(d.to_string())),
     }
 }
@@ -322,7 +391,11 @@ fn category_strings(path: &Path, ds: &hdf5::Dataset, el: &str) -> Result<Vec<Str
 
 fn check_codes(path: &Path, el: &str, codes: &[i64], n_categories: usize, n: usize) -> Result<()> {
     if codes.len() != n {
-        return Err(DataError::at(path, el, format!("has {} rows but the index has {n}", codes.len())));
+        return Err(DataError::at(
+            path,
+            el,
+            format!("has {} rows but the index has {n}", codes.len()),
+        ));
     }
     if let Some(c) = codes.iter().find(|&&c| c < -1 || c >= n_categories as i64) {
         return Err(DataError::at(
@@ -364,20 +437,29 @@ fn read_frame_compound(
                 let categories = category_strings(path, &cats, &cat_el)?;
                 let codes = h5::read_field_i64(&ds, &f.name).at(path, &el)?;
                 check_codes(path, &el, &codes, categories.len(), n)?;
-                ColumnData::Categorical { categories, codes, ordered: false }
+                ColumnData::Categorical {
+                    categories,
+                    codes,
+                    ordered: false,
+                }
             }
             TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_) => {
                 ColumnData::Numeric(f.ty.to_string())
             }
             TypeDescriptor::Boolean => ColumnData::Boolean,
-            t @ (TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => ColumnData::Strings(if want_strings {
-                Some(h5::read_field_strings(&ds, &f.name, t).at(path, &el)?)
-            } else {
-                None
-            }),
+            t @ (TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => {
+                ColumnData::Strings(if want_strings {
+                    Some(h5::read_field_strings(&ds, &f.name, t).at(path, &el)?)
+                } else {
+                    None
+                })
+            }
             other => ColumnData::Other(other.to_string()),
         };
-        cols.push(Column { name: f.name.clone(), data });
+        cols.push(Column {
+            name: f.name.clone(),
+            data,
+        });
     }
     Ok((index_el, index, cols))
 }

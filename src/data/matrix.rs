@@ -164,7 +164,11 @@ impl H5Matrix {
                         format!("has {} entries but data has {nnz}", indices.size()),
                     ));
                 }
-                let major = if encoding == MatrixEncoding::Csr { n_rows } else { n_cols };
+                let major = if encoding == MatrixEncoding::Csr {
+                    n_rows
+                } else {
+                    n_cols
+                };
                 if indptr.size() != major + 1 {
                     return Err(DataError::at(
                         path,
@@ -191,7 +195,11 @@ impl H5Matrix {
                     return Err(DataError::at(
                         path,
                         &format!("{element}/indptr"),
-                        format!("runs from {:?} to {:?} but data has {nnz} entries", ends.first(), ends.last()),
+                        format!(
+                            "runs from {:?} to {:?} but data has {nnz} entries",
+                            ends.first(),
+                            ends.last()
+                        ),
                     )
                     .hint("the matrix is inconsistent; rewrite it with anndata"));
                 }
@@ -254,7 +262,10 @@ impl H5Matrix {
             return Err(DataError::at(
                 path,
                 &el,
-                format!("is not a non-decreasing offset list within 0..={} (rows {start}..{end})", self.nnz),
+                format!(
+                    "is not a non-decreasing offset list within 0..={} (rows {start}..{end})",
+                    self.nnz
+                ),
             )
             .hint("the matrix is inconsistent; rewrite it with anndata"));
         }
@@ -290,7 +301,10 @@ impl H5Matrix {
             return Err(DataError::at(
                 path,
                 &self.part("indices"),
-                format!("holds column {c} in row {row}, but the matrix has {} columns", self.file_cols),
+                format!(
+                    "holds column {c} in row {row}, but the matrix has {} columns",
+                    self.file_cols
+                ),
             )
             .hint("the matrix is inconsistent; rewrite it with anndata"));
         }
@@ -302,12 +316,10 @@ impl H5Matrix {
 
     fn value(&self, path: &Path, v: f32, row: usize) -> Result<f32> {
         if !v.is_finite() {
-            return Err(DataError::at(
-                path,
-                &self.part("data"),
-                format!("holds {v} in row {row}"),
-            )
-            .hint("NaN and infinite values are not expression values; fix or drop those cells"));
+            return Err(
+                DataError::at(path, &self.part("data"), format!("holds {v} in row {row}"))
+                    .hint("NaN and infinite values are not expression values; fix or drop those cells"),
+            );
         }
         Ok(v)
     }
@@ -369,15 +381,15 @@ impl H5Matrix {
 
     fn read_dense(&self, path: &Path, file: &File, start: usize, end: usize) -> Result<CsrChunk> {
         let ds = file.dataset(&self.element).at(path, &self.element)?;
-        let block = ds
-            .read_slice_2d::<f32, _>((start..end, ..))
-            .at(path, &self.element)?;
+        let block = ds.read_slice_2d::<f32, _>((start..end, ..)).at(path, &self.element)?;
         let mut chunk = CsrChunk::empty(start, self.n_cols);
         for (r, row) in block.rows().into_iter().enumerate() {
             for (c, &v) in row.iter().enumerate() {
                 if !v.is_finite() {
-                    return Err(DataError::at(path, &self.element, format!("holds {v} in row {}", start + r))
-                        .hint("NaN and infinite values are not expression values; fix or drop those cells"));
+                    return Err(
+                        DataError::at(path, &self.element, format!("holds {v} in row {}", start + r))
+                            .hint("NaN and infinite values are not expression values; fix or drop those cells"),
+                    );
                 }
                 if v != 0.0 {
                     chunk.indices.push(c as u32);

@@ -14,7 +14,9 @@ mod tenx;
 pub mod values;
 pub mod writer;
 
-pub use dataset::{ColumnKind, Dataset, DatasetInfo, Format, GeneTable, H5adLayout, MatrixInfo, ObsColumn, OpenOptions};
+pub use dataset::{
+    ColumnKind, Dataset, DatasetInfo, Format, GeneTable, H5adLayout, MatrixInfo, ObsColumn, OpenOptions,
+};
 pub use error::{DataError, Result};
 pub use matrix::CsrChunk;
 pub use values::ValueKind;

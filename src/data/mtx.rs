@@ -91,8 +91,12 @@ fn parse_entry(path: &Path, line: &str, n: usize, genes: usize, cells: usize) ->
     let (Some(g), Some(c)) = (it.next(), it.next()) else {
         return Err(bad(format!("`{}` is not `gene cell value`", line.trim())));
     };
-    let g: usize = g.parse().map_err(|_| bad(format!("gene index `{g}` is not a number")))?;
-    let c: usize = c.parse().map_err(|_| bad(format!("cell index `{c}` is not a number")))?;
+    let g: usize = g
+        .parse()
+        .map_err(|_| bad(format!("gene index `{g}` is not a number")))?;
+    let c: usize = c
+        .parse()
+        .map_err(|_| bad(format!("cell index `{c}` is not a number")))?;
     let v: f32 = match it.next() {
         Some(v) => v.parse().map_err(|_| bad(format!("value `{v}` is not a number")))?,
         None => 1.0,
@@ -122,17 +126,28 @@ pub(crate) fn open(dir: &Path, opts: &OpenOptions) -> Result<(DatasetInfo, Sourc
     let mut reader = open_text(&file)?;
     let (n_features, n_cells, nnz, header_lines) = read_header(&file, &mut reader)?;
     let features = read_tsv(&features_file)?;
-    let barcodes: Vec<String> = read_tsv(&barcodes_file)?.into_iter().map(|mut r| r.swap_remove(0)).collect();
+    let barcodes: Vec<String> = read_tsv(&barcodes_file)?
+        .into_iter()
+        .map(|mut r| r.swap_remove(0))
+        .collect();
     if features.len() != n_features {
         return Err(DataError::file(
             &features_file,
-            format!("lists {} features but {} says {n_features}", features.len(), file.display()),
+            format!(
+                "lists {} features but {} says {n_features}",
+                features.len(),
+                file.display()
+            ),
         ));
     }
     if barcodes.len() != n_cells {
         return Err(DataError::file(
             &barcodes_file,
-            format!("lists {} barcodes but {} says {n_cells}", barcodes.len(), file.display()),
+            format!(
+                "lists {} barcodes but {} says {n_cells}",
+                barcodes.len(),
+                file.display()
+            ),
         ));
     }
     let column = |i: usize| -> Vec<String> { features.iter().map(|r| r.get(i).cloned().unwrap_or_default()).collect() };
@@ -140,22 +155,36 @@ pub(crate) fn open(dir: &Path, opts: &OpenOptions) -> Result<(DatasetInfo, Sourc
     let mut columns = vec![(if version == 3 { "name" } else { "gene_names" }.to_string(), column(1))];
     let keep: Vec<bool> = if version == 3 && features.iter().all(|r| r.len() >= 3) {
         columns.push(("feature_type".into(), column(2)));
-        features.iter().map(|r| opts.all_features || r[2] == GENE_EXPRESSION).collect()
+        features
+            .iter()
+            .map(|r| opts.all_features || r[2] == GENE_EXPRESSION)
+            .collect()
     } else {
         vec![true; n_features]
     };
     let mut next = 0u32;
     let col_map: Vec<u32> = keep
         .iter()
-        .map(|&k| if k { next += 1; next - 1 } else { u32::MAX })
+        .map(|&k| {
+            if k {
+                next += 1;
+                next - 1
+            } else {
+                u32::MAX
+            }
+        })
         .collect();
     let n_genes = next as usize;
-    let filter = |v: Vec<String>| -> Vec<String> { v.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s).collect() };
+    let filter =
+        |v: Vec<String>| -> Vec<String> { v.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s).collect() };
     let index = filter(ids);
     let columns = columns.into_iter().map(|(n, v)| (n, filter(v))).collect();
     let mut warnings = Vec::new();
     if n_genes < n_features {
-        warnings.push(format!("{} non-gene features left out; --all-features keeps them", n_features - n_genes));
+        warnings.push(format!(
+            "{} non-gene features left out; --all-features keeps them",
+            n_features - n_genes
+        ));
     }
 
     // Value check on the first entries only: opening stays cheap.
@@ -165,14 +194,25 @@ pub(crate) fn open(dir: &Path, opts: &OpenOptions) -> Result<(DatasetInfo, Sourc
     while sample.len() < SAMPLE_ENTRIES.min(nnz) {
         line.clear();
         n += 1;
-        if reader.read_line(&mut line).map_err(|e| DataError::at(&file, &format!("line {n}"), e.to_string()))? == 0 {
-            return Err(DataError::at(&file, &format!("line {n}"), format!("file ends after {} of {nnz} entries", sample.len()))
-                .hint("the file is truncated; copy it again"));
+        if reader
+            .read_line(&mut line)
+            .map_err(|e| DataError::at(&file, &format!("line {n}"), e.to_string()))?
+            == 0
+        {
+            return Err(DataError::at(
+                &file,
+                &format!("line {n}"),
+                format!("file ends after {} of {nnz} entries", sample.len()),
+            )
+            .hint("the file is truncated; copy it again"));
         }
         sample.push(parse_entry(&file, &line, n, n_features, n_cells)?.2);
     }
     if nnz == 0 || n_cells == 0 || n_genes == 0 {
-        return Err(DataError::file(&file, format!("matrix is empty ({n_features} genes x {n_cells} cells, {nnz} entries)")));
+        return Err(DataError::file(
+            &file,
+            format!("matrix is empty ({n_features} genes x {n_cells} cells, {nnz} entries)"),
+        ));
     }
     let values = classify(&sample).unwrap_or(ValueKind::Counts);
 
@@ -213,7 +253,11 @@ pub(crate) fn open(dir: &Path, opts: &OpenOptions) -> Result<(DatasetInfo, Sourc
 
 impl MtxMatrix {
     pub(crate) fn read_rows(&self, start: usize, end: usize) -> Result<CsrChunk> {
-        let all = self.parsed.get_or_init(|| self.parse()).as_ref().map_err(Clone::clone)?;
+        let all = self
+            .parsed
+            .get_or_init(|| self.parse())
+            .as_ref()
+            .map_err(Clone::clone)?;
         let end = end.min(self.n_cells);
         let start = start.min(end);
         let mut chunk = CsrChunk::empty(start, self.n_genes);
@@ -250,8 +294,11 @@ impl MtxMatrix {
             }
         }
         if seen != self.nnz {
-            return Err(DataError::file(&self.file, format!("holds {seen} entries but its size line says {}", self.nnz))
-                .hint("the file is truncated or damaged; copy it again"));
+            return Err(DataError::file(
+                &self.file,
+                format!("holds {seen} entries but its size line says {}", self.nnz),
+            )
+            .hint("the file is truncated or damaged; copy it again"));
         }
         let mut chunk = CsrChunk::empty(0, self.n_genes);
         for mut row in per_cell {

@@ -36,7 +36,11 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
         .and_then(|d| d.read_raw::<i64>())
         .at(path, &shape_el)?;
     if shape.len() != 2 || shape.iter().any(|&v| v < 0) {
-        return Err(DataError::at(path, &shape_el, format!("is {shape:?}, expected [genes, cells]")));
+        return Err(DataError::at(
+            path,
+            &shape_el,
+            format!("is {shape:?}, expected [genes, cells]"),
+        ));
     }
     let (n_features, n_cells) = (shape[0] as usize, shape[1] as usize);
     let barcodes = strings("barcodes")?;
@@ -49,10 +53,18 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
         (format!("{group}/features/id"), ids, cols)
     } else {
         let ids = strings("genes")?;
-        (format!("{group}/genes"), ids, vec![("gene_names".to_string(), strings("gene_names")?)])
+        (
+            format!("{group}/genes"),
+            ids,
+            vec![("gene_names".to_string(), strings("gene_names")?)],
+        )
     };
     if ids.len() != n_features {
-        return Err(DataError::at(path, &ids_el, format!("lists {} features but shape says {n_features}", ids.len())));
+        return Err(DataError::at(
+            path,
+            &ids_el,
+            format!("lists {} features but shape says {n_features}", ids.len()),
+        ));
     }
     if barcodes.len() != n_cells {
         return Err(DataError::at(
@@ -64,11 +76,20 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
     let mut matrix = H5Matrix::open(path, &file, &group, MatrixEncoding::Csr, (n_cells, n_features))?;
     let mut index = ids;
     let mut warnings = Vec::new();
-    if let Some(types) = columns.iter().find(|(n, _)| n == "feature_type").map(|(_, v)| v.clone()) {
-        let keep: Vec<bool> = types.iter().map(|t| opts.all_features || t == GENE_EXPRESSION).collect();
+    if let Some(types) = columns
+        .iter()
+        .find(|(n, _)| n == "feature_type")
+        .map(|(_, v)| v.clone())
+    {
+        let keep: Vec<bool> = types
+            .iter()
+            .map(|t| opts.all_features || t == GENE_EXPRESSION)
+            .collect();
         let dropped = keep.iter().filter(|k| !**k).count();
         if dropped > 0 {
-            warnings.push(format!("{dropped} non-gene features (antibody, CRISPR, ...) left out; --all-features keeps them"));
+            warnings.push(format!(
+                "{dropped} non-gene features (antibody, CRISPR, ...) left out; --all-features keeps them"
+            ));
             matrix.keep_columns(&keep);
             let filter = |v: Vec<String>| v.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s).collect();
             index = filter(index);

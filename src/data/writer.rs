@@ -29,7 +29,11 @@ pub struct FrameColumn {
 pub enum ColumnValues {
     Strings(Vec<String>),
     /// Codes index `categories`; -1 marks a missing value.
-    Categorical { categories: Vec<String>, codes: Vec<i32>, ordered: bool },
+    Categorical {
+        categories: Vec<String>,
+        codes: Vec<i32>,
+        ordered: bool,
+    },
     Float(Vec<f64>),
     Int(Vec<i64>),
     Bool(Vec<bool>),
@@ -114,7 +118,8 @@ impl TempFile {
     }
 
     fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.out).map_err(|e| DataError::file(&self.out, format!("cannot rename into place: {e}")))?;
+        std::fs::rename(&self.tmp, &self.out)
+            .map_err(|e| DataError::file(&self.out, format!("cannot rename into place: {e}")))?;
         self.done = true;
         Ok(())
     }
@@ -155,7 +160,10 @@ fn encoding(loc: &Location, kind: &str, version: &str) -> hdf5::Result<()> {
 fn vlen(values: &[String]) -> hdf5::Result<Vec<VarLenUnicode>> {
     values
         .iter()
-        .map(|s| s.parse::<VarLenUnicode>().map_err(|e| hdf5::Error::from(format!("{e}"))))
+        .map(|s| {
+            s.parse::<VarLenUnicode>()
+                .map_err(|e| hdf5::Error::from(format!("{e}")))
+        })
         .collect()
 }
 
@@ -203,14 +211,24 @@ impl H5adWriter {
     pub fn append(&mut self, chunk: &CsrChunk) -> Result<()> {
         let out = self.temp.out.clone();
         if chunk.n_cols != self.n_cols {
-            return Err(DataError::at(&out, "X", format!("chunk has {} columns, file has {}", chunk.n_cols, self.n_cols)));
+            return Err(DataError::at(
+                &out,
+                "X",
+                format!("chunk has {} columns, file has {}", chunk.n_cols, self.n_cols),
+            ));
         }
         let x = self.file.group("X").at(&out, "X")?;
         let indices: Vec<i32> = chunk.indices.iter().map(|&i| i as i32).collect();
         let indptr: Vec<i64> = chunk.indptr[1..].iter().map(|&p| (p + self.nnz) as i64).collect();
-        x.dataset("data").and_then(|d| append(&d, self.nnz, &chunk.data)).at(&out, "X/data")?;
-        x.dataset("indices").and_then(|d| append(&d, self.nnz, &indices)).at(&out, "X/indices")?;
-        x.dataset("indptr").and_then(|d| append(&d, self.n_rows + 1, &indptr)).at(&out, "X/indptr")?;
+        x.dataset("data")
+            .and_then(|d| append(&d, self.nnz, &chunk.data))
+            .at(&out, "X/data")?;
+        x.dataset("indices")
+            .and_then(|d| append(&d, self.nnz, &indices))
+            .at(&out, "X/indices")?;
+        x.dataset("indptr")
+            .and_then(|d| append(&d, self.n_rows + 1, &indptr))
+            .at(&out, "X/indptr")?;
         self.n_rows += chunk.n_rows();
         self.nnz += chunk.nnz();
         Ok(())
@@ -220,10 +238,18 @@ impl H5adWriter {
     pub fn finish(self, ann: &Annotations) -> Result<()> {
         let out = self.out().to_path_buf();
         if ann.obs.index.len() != self.n_rows {
-            return Err(DataError::at(&out, "obs", format!("has {} rows but X has {}", ann.obs.index.len(), self.n_rows)));
+            return Err(DataError::at(
+                &out,
+                "obs",
+                format!("has {} rows but X has {}", ann.obs.index.len(), self.n_rows),
+            ));
         }
         if ann.var.index.len() != self.n_cols {
-            return Err(DataError::at(&out, "var", format!("has {} rows but X has {} columns", ann.var.index.len(), self.n_cols)));
+            return Err(DataError::at(
+                &out,
+                "var",
+                format!("has {} rows but X has {} columns", ann.var.index.len(), self.n_cols),
+            ));
         }
         {
             let f = &self.file;
@@ -231,7 +257,9 @@ impl H5adWriter {
                 encoding(f, "anndata", "0.1.0")?;
                 let x = f.group("X")?;
                 encoding(&x, "csr_matrix", "0.1.0")?;
-                x.new_attr_builder().with_data(&[self.n_rows as i64, self.n_cols as i64]).create("shape")?;
+                x.new_attr_builder()
+                    .with_data(&[self.n_rows as i64, self.n_cols as i64])
+                    .create("shape")?;
                 Ok(())
             })()
             .at(&out, "X")?;
@@ -246,7 +274,6 @@ impl H5adWriter {
             }
             let uns = dict(f, "uns").at(&out, "uns")?;
             write_uns(&uns, &ann.uns).at(&out, "uns")?;
-
         }
         let H5adWriter { temp, file, .. } = self;
         file.close().at(&out, "/")?;
@@ -262,12 +289,17 @@ fn dict(f: &Group, name: &str) -> hdf5::Result<Group> {
 
 fn write_obsm(g: &Group, m: &Obsm, n_rows: usize) -> hdf5::Result<()> {
     if m.values.len() != n_rows * m.n_cols {
-        return Err(hdf5::Error::from(format!("has {} values, expected {n_rows} x {}", m.values.len(), m.n_cols)));
+        return Err(hdf5::Error::from(format!(
+            "has {} values, expected {n_rows} x {}",
+            m.values.len(),
+            m.n_cols
+        )));
     }
     if g.link_exists(&m.name) {
         g.unlink(&m.name)?;
     }
-    let arr = ndarray::Array2::from_shape_vec((n_rows, m.n_cols), m.values.clone()).map_err(|e| hdf5::Error::from(e.to_string()))?;
+    let arr = ndarray::Array2::from_shape_vec((n_rows, m.n_cols), m.values.clone())
+        .map_err(|e| hdf5::Error::from(e.to_string()))?;
     let ds = g.new_dataset_builder().with_data(&arr).create(m.name.as_str())?;
     encoding(&ds, "array", "0.2.0")
 }
@@ -277,7 +309,10 @@ fn write_uns(g: &Group, items: &[(String, UnsValue)]) -> hdf5::Result<()> {
         match v {
             UnsValue::String(s) => {
                 let ds = g.new_dataset::<VarLenUnicode>().create(name.as_str())?;
-                ds.write_scalar(&s.parse::<VarLenUnicode>().map_err(|e| hdf5::Error::from(format!("{e}")))?)?;
+                ds.write_scalar(
+                    &s.parse::<VarLenUnicode>()
+                        .map_err(|e| hdf5::Error::from(format!("{e}")))?,
+                )?;
                 encoding(&ds, "string", "0.2.0")?;
             }
             UnsValue::Float(x) => {
@@ -330,7 +365,11 @@ fn write_array<T: hdf5::H5Type>(g: &Group, name: &str, values: &[T]) -> hdf5::Re
 
 fn write_column(g: &Group, c: &FrameColumn, n: usize) -> hdf5::Result<()> {
     if c.values.len() != n {
-        return Err(hdf5::Error::from(format!("column {} has {} rows, index has {n}", c.name, c.values.len())));
+        return Err(hdf5::Error::from(format!(
+            "column {} has {} rows, index has {n}",
+            c.name,
+            c.values.len()
+        )));
     }
     if g.link_exists(&c.name) {
         g.unlink(&c.name)?;
@@ -338,7 +377,11 @@ fn write_column(g: &Group, c: &FrameColumn, n: usize) -> hdf5::Result<()> {
     let name = c.name.as_str();
     match &c.values {
         ColumnValues::Strings(v) => write_strings(g, name, v),
-        ColumnValues::Categorical { categories, codes, ordered } => {
+        ColumnValues::Categorical {
+            categories,
+            codes,
+            ordered,
+        } => {
             let cg = g.create_group(name)?;
             encoding(&cg, "categorical", "0.2.0")?;
             cg.new_attr::<bool>().create("ordered")?.write_scalar(ordered)?;
@@ -366,7 +409,11 @@ pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> 
     if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(&info.path).ok() {
         return Err(DataError::file(out, "is the input file").hint("write the copy to another path"));
     }
-    if info.format == (Format::H5ad { layout: H5adLayout::Modern }) {
+    if info.format
+        == (Format::H5ad {
+            layout: H5adLayout::Modern,
+        })
+    {
         let temp = TempFile::new(out);
         std::fs::copy(&info.path, &temp.tmp).map_err(|e| DataError::file(out, format!("cannot copy input: {e}")))?;
         {
@@ -415,7 +462,12 @@ fn convert(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> {
         .obs
         .iter()
         .filter_map(|c| match &c.kind {
-            ColumnKind::Categorical { categories, codes, ordered, .. } if codes.len() == info.n_cells => Some(FrameColumn {
+            ColumnKind::Categorical {
+                categories,
+                codes,
+                ordered,
+                ..
+            } if codes.len() == info.n_cells => Some(FrameColumn {
                 name: c.name.clone(),
                 values: ColumnValues::Categorical {
                     categories: categories.clone(),

@@ -10,7 +10,10 @@ pub fn dense(chunk: &CsrChunk, device: Device) -> Tensor {
     let cols = chunk.n_cols as i64;
     let mut row_idx = Vec::with_capacity(chunk.nnz());
     for r in 0..chunk.n_rows() {
-        row_idx.extend(std::iter::repeat_n(r as i64 * cols, chunk.indptr[r + 1] - chunk.indptr[r]));
+        row_idx.extend(std::iter::repeat_n(
+            r as i64 * cols,
+            chunk.indptr[r + 1] - chunk.indptr[r],
+        ));
     }
     let flat: Vec<i64> = row_idx.iter().zip(&chunk.indices).map(|(b, &c)| b + c as i64).collect();
     let out = Tensor::zeros([rows * cols], (Kind::Float, device));
@@ -21,7 +24,10 @@ pub fn dense(chunk: &CsrChunk, device: Device) -> Tensor {
 
 /// Per-cell log library size, `log(sum of counts)`, computed by libtorch.
 pub fn log_library_size(chunk: &CsrChunk, device: Device) -> Vec<f32> {
-    let t = dense(chunk, device).sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0).log();
+    let t = dense(chunk, device)
+        .sum_dim_intlist(1, false, Kind::Float)
+        .clamp_min(1.0)
+        .log();
     Vec::<f32>::try_from(t.to_device(Device::Cpu)).unwrap_or_default()
 }
 

@@ -54,7 +54,16 @@ pub fn python() -> PathBuf {
 pub fn run_python(code: &str, args: &[&Path]) -> String {
     let py = python();
     assert!(py.exists(), "{} is missing: run scripts/setup.sh first", py.display());
-    let out = Command::new(&py).arg("-c").arg(code).args(args).output().expect("run python");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&py)
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
