@@ -31,6 +31,10 @@ pub fn has_hdf5_signature(path: &Path) -> std::io::Result<bool> {
 }
 
 /// Opens an HDF5 file read-only, with a clear message for non-HDF5 and damaged files.
+///
+/// scmz never takes HDF5 file locks: a lock lives on the file descriptor, which child processes
+/// (jobs, tests) inherit, so one running child could block every other reader of the file.
+/// Writers write to private temporary paths instead (see `writer`).
 pub fn open_file(path: &Path) -> Result<File> {
     match has_hdf5_signature(path) {
         Ok(true) => {}
@@ -40,10 +44,13 @@ pub fn open_file(path: &Path) -> Result<File> {
         }
         Err(e) => return Err(DataError::file(path, format!("cannot read: {e}"))),
     }
-    hdf5::File::open(path).map_err(|e| {
-        DataError::file(path, format!("HDF5 cannot open it ({e})"))
-            .hint("the file is damaged or truncated; copy it again")
-    })
+    hdf5::File::with_options()
+        .with_fapl(|p| p.file_locking(false))
+        .open(path)
+        .map_err(|e| {
+            DataError::file(path, format!("HDF5 cannot open it ({e})"))
+                .hint("the file is damaged or truncated; copy it again")
+        })
 }
 
 pub fn has(group: &Group, name: &str) -> bool {
@@ -199,4 +206,13 @@ pub fn read_field_strings(ds: &Container, field: &str, ty: &TypeDescriptor) -> h
 /// Number of elements along the first axis.
 pub fn len(ds: &Container) -> usize {
     ds.shape().first().copied().unwrap_or(0)
+}
+
+/// Creates (truncating) or opens read-write an HDF5 file, without file locks (see `open_file`).
+pub fn create_unlocked(path: &Path) -> hdf5::Result<File> {
+    File::with_options().with_fapl(|p| p.file_locking(false)).create(path)
+}
+
+pub fn open_rw_unlocked(path: &Path) -> hdf5::Result<File> {
+    File::with_options().with_fapl(|p| p.file_locking(false)).open_rw(path)
 }

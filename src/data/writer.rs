@@ -187,7 +187,7 @@ fn append<T: hdf5::H5Type>(ds: &hdf5::Dataset, at: usize, values: &[T]) -> hdf5:
 impl H5adWriter {
     pub fn create(out: &Path, n_cols: usize) -> Result<Self> {
         let temp = TempFile::new(out);
-        let file = File::create(&temp.tmp).at(&temp.tmp, "/")?;
+        let file = super::h5::create_unlocked(&temp.tmp).at(&temp.tmp, "/")?;
         let w = H5adWriter {
             temp,
             file,
@@ -417,7 +417,7 @@ pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> 
         let temp = TempFile::new(out);
         std::fs::copy(&info.path, &temp.tmp).map_err(|e| DataError::file(out, format!("cannot copy input: {e}")))?;
         {
-            let f = File::open_rw(&temp.tmp).at(out, "/")?;
+            let f = super::h5::open_rw_unlocked(&temp.tmp).at(out, "/")?;
             amend(&f, out, info.n_cells, add)?;
             f.close().at(out, "/")?;
         }
