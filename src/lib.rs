@@ -18,12 +18,16 @@
 //!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
 //!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species);
 //!   the gene matching module will build on it.
-//! - [`model`]: libtorch (`tch`) code; today the CSR-chunk-to-tensor bridge and device
-//!   discovery, next the VAE and its training loop.
+//!
+//! Two binaries use the library. `scmz` (`src/main.rs`, `src/cli/`) is the front end: it never
+//! calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
+//! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
+//! the libtorch worker: the CSR-chunk-to-tensor bridge and device discovery today, the VAE and
+//! its training loop next; `scmz` runs it as a child process, which is also how jobs outlive
+//! the terminal. Keep every `tch` call inside `src/engine/`.
 //!
 //! Errors of the data layer are [`data::DataError`]: file, element inside it, problem and what to
 //! do. The binary prints them as one line and exits non-zero.
 
 pub mod data;
 pub mod dirs;
-pub mod model;

@@ -236,16 +236,18 @@ fn layers_and_raw_are_chosen_and_reported() {
 }
 
 #[test]
-fn libtorch_computes_library_sizes_of_a_chunk() {
-    let ds = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
-    let chunk = ds.read_rows(0, 64).unwrap();
-    let from_torch = scmz::model::tensor::log_library_size(&chunk, tch::Device::Cpu);
-    let from_rust: Vec<f32> = chunk.row_sums().iter().map(|s| (s.max(1.0) as f32).ln()).collect();
-    assert_eq!(from_torch.len(), 64);
-    for (a, b) in from_torch.iter().zip(&from_rust) {
-        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-    }
-    let dense = scmz::model::tensor::dense(&chunk, tch::Device::Cpu);
-    assert_eq!(dense.size(), vec![64, 765]);
-    assert_eq!(Vec::<f32>::try_from(dense.flatten(0, 1)).unwrap(), chunk.to_dense());
+fn libtorch_runs_in_the_engine_process() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args([
+            "selftest",
+            data("pbmc68k_counts.h5ad").to_str().unwrap(),
+            "--cells",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["cells"].as_u64(), v["genes"].as_u64()), (Some(100), Some(765)));
+    assert!(v["max_abs_diff"].as_f64().unwrap() < 1e-4);
 }

@@ -49,7 +49,7 @@ enum Command {
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
     Bench(bench::Bench),
-    /// Versions of scmz and libtorch, and the devices libtorch sees.
+    /// Versions of scmz and HDF5, and the devices libtorch sees (asked of `scmz-engine`).
     Version,
 }
 
@@ -90,11 +90,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));
-            println!("libtorch devices: {}", scmz::model::tensor::describe_devices());
             println!("hdf5 {}", hdf5_version());
+            let engine = engine_path();
+            match std::process::Command::new(&engine).arg("devices").output() {
+                Ok(o) if o.status.success() => print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout)),
+                _ => println!("libtorch: {} not found or failed", engine.display()),
+            }
             Ok(())
         }
     }
+}
+
+/// `scmz-engine`, installed beside `scmz`.
+fn engine_path() -> PathBuf {
+    std::env::current_exe()
+        .map(|p| p.with_file_name("scmz-engine"))
+        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
 }
 
 fn hdf5_version() -> String {

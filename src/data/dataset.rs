@@ -412,13 +412,13 @@ impl Iterator for Chunks<'_> {
 }
 
 /// Picks the matrix to serve: the user's `--layer`, else the first that holds counts in the order
-/// X, counts-named layers, raw/X, other layers; else X. Returns (index, reason).
+/// X, counts-named layers, raw/X, other layers; else X. Returns (index, reason, its values).
 pub(crate) fn choose_matrix(
     path: &Path,
     candidates: &[MatrixInfo],
     requested: Option<&str>,
     mut values: impl FnMut(usize) -> Result<ValueKind>,
-) -> Result<(usize, String)> {
+) -> Result<(usize, String, ValueKind)> {
     if candidates.is_empty() {
         return Err(DataError::file(path, "holds no matrix (no X, layers or raw/X)"));
     }
@@ -437,7 +437,7 @@ pub(crate) fn choose_matrix(
                 DataError::at(path, &want, "no such matrix in the file")
                     .hint(format!("choose one of: {}", have.join(", ")))
             })?;
-        return Ok((i, "chosen with --layer".to_string()));
+        return Ok((i, "chosen with --layer".to_string(), values(i)?));
     }
     let counts_name = |l: &str| {
         let l = l.to_ascii_lowercase();
@@ -456,18 +456,20 @@ pub(crate) fn choose_matrix(
     push(&mut order, &|l| l == "raw/X");
     push(&mut order, &|_| true);
     let mut rejected = Vec::new();
+    let mut first = None;
     for &i in &order {
-        match values(i)? {
-            ValueKind::Counts => {
-                let reason = if rejected.is_empty() {
-                    "holds raw counts".to_string()
-                } else {
-                    format!("holds raw counts ({} does not)", rejected.join(", "))
-                };
-                return Ok((i, reason));
-            }
-            ValueKind::Normalised { .. } => rejected.push(candidates[i].location.clone()),
+        let v = values(i)?;
+        if v.is_counts() {
+            let reason = if rejected.is_empty() {
+                "holds raw counts".to_string()
+            } else {
+                format!("holds raw counts ({} does not)", rejected.join(", "))
+            };
+            return Ok((i, reason, v));
         }
+        rejected.push(candidates[i].location.clone());
+        first.get_or_insert(v);
     }
-    Ok((order[0], "no matrix holds raw counts; serving the first".to_string()))
+    let v = first.expect("at least one candidate");
+    Ok((order[0], "no matrix holds raw counts; serving the first".to_string(), v))
 }

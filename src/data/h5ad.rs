@@ -35,13 +35,12 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
         found.push(matrix_at(path, &file, raw_x, "raw/X")?);
     }
     let infos: Vec<MatrixInfo> = found.iter().map(|(i, _)| i.clone()).collect();
-    let (chosen, reason) = choose_matrix(path, &infos, opts.layer.as_deref(), |i| {
+    let (chosen, reason, values) = choose_matrix(path, &infos, opts.layer.as_deref(), |i| {
         let m = &found[i].1;
         sample_values(m.n_rows, m.nnz, |a, b| m.read_rows(path, &file, a, b))
     })?;
     let matrix = found[chosen].1.clone();
     let location = infos[chosen].location.clone();
-    let values = sample_values(matrix.n_rows, matrix.nnz, |a, b| matrix.read_rows(path, &file, a, b))?;
 
     let var_element = match (location.as_str(), layout) {
         ("raw/X", H5adLayout::Legacy) => "raw.var",

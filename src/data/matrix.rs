@@ -116,6 +116,21 @@ pub struct H5Matrix {
     col_map: Option<Vec<u32>>,
 }
 
+/// Reads integers in their stored width and widens them here: HDF5's own int32 -> int64
+/// conversion is several times slower than this loop.
+fn read_ints(ds: &hdf5::Dataset, range: std::ops::Range<usize>) -> hdf5::Result<Vec<i64>> {
+    use hdf5::types::{IntSize, TypeDescriptor};
+    match ds.dtype()?.to_descriptor()? {
+        TypeDescriptor::Integer(IntSize::U4) => {
+            Ok(ds.read_slice_1d::<i32, _>(range)?.iter().map(|&v| v as i64).collect())
+        }
+        TypeDescriptor::Unsigned(IntSize::U4) => {
+            Ok(ds.read_slice_1d::<u32, _>(range)?.iter().map(|&v| v as i64).collect())
+        }
+        _ => Ok(ds.read_slice_1d::<i64, _>(range)?.to_vec()),
+    }
+}
+
 /// Rows of a CSC matrix are gathered from this many stored entries at a time.
 const CSC_BLOCK: usize = 1 << 20;
 
@@ -272,7 +287,7 @@ impl H5Matrix {
         let (lo, hi) = (lo as usize, hi as usize);
         let idx = g
             .dataset("indices")
-            .and_then(|d| d.read_slice_1d::<i64, _>(lo..hi))
+            .and_then(|d| read_ints(&d, lo..hi))
             .at(path, &self.part("indices"))?;
         let val = g
             .dataset("data")
@@ -342,9 +357,7 @@ impl H5Matrix {
         let mut lo = 0usize;
         while lo < nnz {
             let hi = (lo + CSC_BLOCK).min(nnz);
-            let idx = indices
-                .read_slice_1d::<i64, _>(lo..hi)
-                .at(path, &self.part("indices"))?;
+            let idx = read_ints(&indices, lo..hi).at(path, &self.part("indices"))?;
             let val = data.read_slice_1d::<f32, _>(lo..hi).at(path, &self.part("data"))?;
             for k in lo..hi {
                 while col + 1 < colptr.len() && colptr[col + 1] as usize <= k {

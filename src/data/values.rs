@@ -27,7 +27,7 @@ impl ValueKind {
 }
 
 /// Stored entries read per sample position (three positions).
-const SAMPLE_ENTRIES: usize = 100_000;
+const SAMPLE_ENTRIES: usize = 20_000;
 
 /// Samples rows of a matrix of `n_rows` rows and `nnz` entries through `read(start, end)`.
 pub fn sample_values(

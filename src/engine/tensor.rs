@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::CsrChunk;
+use scmz::data::CsrChunk;
 
 /// A dense `[rows, genes]` float tensor of the chunk on `device`.
 pub fn dense(chunk: &CsrChunk, device: Device) -> Tensor {
@@ -31,11 +31,30 @@ pub fn log_library_size(chunk: &CsrChunk, device: Device) -> Vec<f32> {
     Vec::<f32>::try_from(t.to_device(Device::Cpu)).unwrap_or_default()
 }
 
-/// `cpu`, or `cuda (N devices)` when libtorch sees a GPU.
-pub fn describe_devices() -> String {
-    if tch::Cuda::is_available() {
-        format!("cuda ({} devices), cpu", tch::Cuda::device_count())
-    } else {
-        "cpu (no CUDA device visible)".to_string()
+/// What libtorch sees: CUDA availability and device count.
+pub fn devices_json() -> serde_json::Value {
+    serde_json::json!({
+        "cuda": tch::Cuda::is_available(),
+        "cuda_devices": tch::Cuda::device_count(),
+        "cpu_threads": tch::get_num_threads(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_tensor_matches_the_chunk_and_library_sizes_match_rust() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pbmc68k_counts.h5ad");
+        let ds = scmz::data::Dataset::open(path).unwrap();
+        let chunk = ds.read_rows(0, 64).unwrap();
+        let t = dense(&chunk, Device::Cpu);
+        assert_eq!(t.size(), vec![64, 765]);
+        assert_eq!(Vec::<f32>::try_from(t.flatten(0, 1)).unwrap(), chunk.to_dense());
+        let lib = log_library_size(&chunk, Device::Cpu);
+        for (a, s) in lib.iter().zip(chunk.row_sums()) {
+            assert!((a - (s.max(1.0) as f32).ln()).abs() < 1e-4);
+        }
     }
 }

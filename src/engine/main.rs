@@ -1,0 +1,64 @@
+//! `scmz-engine`: the process that runs libtorch. Training, projection and anything else that
+//! needs `tch` live here, apart from the `scmz` front end, so that the CLI and the TUI start in
+//! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
+//! (the job model of scmz: long work survives the terminal that started it).
+
+mod tensor;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "scmz-engine", version, about = "libtorch worker of scmz (started by `scmz`)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Devices libtorch sees, as JSON.
+    Devices,
+    /// Runs a libtorch computation on the first cells of a dataset and checks it against Rust.
+    Selftest {
+        path: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        cells: usize,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        let msg = format!("{e:#}");
+        eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Devices => {
+            println!("{}", tensor::devices_json());
+            Ok(())
+        }
+        Command::Selftest { path, cells } => {
+            let ds = scmz::data::Dataset::open(&path)?;
+            let chunk = ds.read_rows(0, cells)?;
+            let from_torch = tensor::log_library_size(&chunk, tch::Device::Cpu);
+            let from_rust: Vec<f32> = chunk.row_sums().iter().map(|s| (s.max(1.0) as f32).ln()).collect();
+            let max_diff = from_torch
+                .iter()
+                .zip(&from_rust)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            println!(
+                "{}",
+                serde_json::json!({ "cells": chunk.n_rows(), "genes": chunk.n_cols, "max_abs_diff": max_diff,
+                    "first_log_library_size": from_torch.first() })
+            );
+            anyhow::ensure!(max_diff < 1e-4, "libtorch and Rust disagree by {max_diff}");
+            Ok(())
+        }
+    }
+}
