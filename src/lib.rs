@@ -31,3 +31,5 @@
 
 pub mod data;
 pub mod dirs;
+pub mod genes;
+pub mod tables;

@@ -17,6 +17,13 @@ pub enum Bench {
         #[arg(long, default_value_t = 1000)]
         chunk_rows: usize,
     },
+    /// Time matching two gene lists of N genes each (ids vs ids, symbols vs symbols, ids vs symbols).
+    Overlap {
+        #[arg(long, default_value_t = 20_000)]
+        genes: usize,
+        #[arg(long, default_value_t = 20)]
+        repeat: usize,
+    },
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux `VmHWM`).
@@ -32,8 +39,42 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+fn bench_overlap(genes: usize, repeat: usize) -> anyhow::Result<()> {
+    use scmz::genes::{compare_lists, reference::reference, GeneList};
+    let t = Instant::now();
+    let r = reference();
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut pairs: Vec<(String, String)> = r.id_to_symbol.iter().map(|(i, s)| (i.clone(), s.clone())).collect();
+    pairs.sort();
+    anyhow::ensure!(pairs.len() >= genes + genes / 4, "the reference table has only {} genes", pairs.len());
+    // Two lists sharing three quarters of their genes.
+    let a = &pairs[..genes];
+    let b = &pairs[genes / 4..genes + genes / 4];
+    let ids = |v: &[(String, String)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+    let syms = |v: &[(String, String)]| v.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
+    let cases = [
+        ("ids vs ids", GeneList::from_names("a", ids(a)), GeneList::from_names("b", ids(b))),
+        ("symbols vs symbols", GeneList::from_names("a", syms(a)), GeneList::from_names("b", syms(b))),
+        ("ids vs symbols", GeneList::from_names("a", ids(a)), GeneList::from_names("b", syms(b))),
+    ];
+    let mut rows = Vec::new();
+    for (name, la, lb) in &cases {
+        let mut ms = Vec::new();
+        let mut found = 0;
+        for _ in 0..repeat.max(1) {
+            let t = Instant::now();
+            found = compare_lists(la, lb).found;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        rows.push(serde_json::json!({"case": name, "genes": genes, "found": found, "median_ms": median(ms)}));
+    }
+    println!("{}", serde_json::json!({"reference_load_ms": load_ms, "cases": rows}));
+    Ok(())
+}
+
 pub fn run(b: Bench) -> anyhow::Result<()> {
     match b {
+        Bench::Overlap { genes, repeat } => bench_overlap(genes, repeat),
         Bench::Read {
             path,
             repeat,

@@ -4,6 +4,7 @@
 mod bench;
 mod datasets;
 mod inspect;
+mod overlap;
 mod table;
 
 use std::path::PathBuf;
@@ -46,6 +47,35 @@ enum Command {
         #[arg(long)]
         counts: bool,
     },
+    /// How much of B's gene set A has, and through which key; with more than two datasets, the
+    /// pairwise matrix.
+    Overlap {
+        /// A (the data) then B (the reference), or several datasets.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        open: OpenArgs,
+        #[arg(long)]
+        json: bool,
+        /// Also write the table to FILE.csv or FILE.parquet.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Merge datasets over the union of their genes, recording which genes each measured.
+    Merge {
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+        /// The merged .h5ad to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        #[command(flatten)]
+        open: OpenArgs,
+        /// Merge normalised data with raw counts anyway.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -87,6 +117,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             counts,
         }) => inspect::run(&path, &open.options(), json, counts),
+        Some(Command::Overlap { paths, open, json, out }) => overlap::overlap(&paths, &open.options(), json, out.as_deref()),
+        Some(Command::Merge { paths, output, open, force, json }) => {
+            overlap::merge_cmd(&paths, &output, &open.options(), force, json)
+        }
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));

@@ -341,6 +341,14 @@ impl Dataset {
         }
     }
 
+    /// The values of an `obs` column (None for formats without obs, or unsupported columns).
+    pub fn obs_values(&self, name: &str) -> Result<Option<super::writer::ColumnValues>> {
+        match (&self.source, &self.info.format) {
+            (Source::H5 { file, .. }, Format::H5ad { .. }) => h5ad::read_obs_values(&self.info.path, file, name),
+            _ => Ok(None),
+        }
+    }
+
     /// The whole matrix in one chunk.
     pub fn read_all(&self) -> Result<CsrChunk> {
         self.read_rows(0, self.n_cells())

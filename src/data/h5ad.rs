@@ -13,6 +13,7 @@ use super::error::{Context, DataError, Result};
 use super::h5;
 use super::matrix::{H5Matrix, MatrixEncoding};
 use super::values::sample_values;
+use super::writer::ColumnValues;
 
 /// Encodings this reader understands, for the error message about others.
 const KNOWN: &str =
@@ -461,4 +462,72 @@ fn read_frame_compound(
         });
     }
     Ok((index_el, index, cols))
+}
+
+/// The values of one `obs` column, for copying it into another file (merge). None when the
+/// column does not exist or holds something other than strings, numbers, booleans or categories.
+pub(crate) fn read_obs_values(path: &Path, file: &File, name: &str) -> Result<Option<ColumnValues>> {
+    let el = format!("obs/{name}");
+    if let Ok(g) = file.group("obs") {
+        if let Ok(cg) = g.group(name) {
+            if h5::attr_string(&cg, "encoding-type").as_deref() == Some("categorical") {
+                let codes = cg.dataset("codes").and_then(|d| d.read_raw::<i64>()).at(path, &el)?;
+                let cats = cg.dataset("categories").at(path, &el)?;
+                let categories = category_strings(path, &cats, &el)?;
+                return Ok(Some(ColumnValues::Categorical {
+                    categories,
+                    codes: codes.into_iter().map(|c| c as i32).collect(),
+                    ordered: h5::attr_bool(&cg, "ordered").unwrap_or(false),
+                }));
+            }
+            return Ok(None);
+        }
+        let Ok(ds) = g.dataset(name) else { return Ok(None) };
+        if ds.attr("categories").is_ok() {
+            let cat_el = format!("obs/__categories/{name}");
+            let cats = file.dataset(&cat_el).at(path, &cat_el)?;
+            let codes = ds.read_raw::<i64>().at(path, &el)?;
+            return Ok(Some(ColumnValues::Categorical {
+                categories: category_strings(path, &cats, &cat_el)?,
+                codes: codes.into_iter().map(|c| c as i32).collect(),
+                ordered: false,
+            }));
+        }
+        let desc = ds.dtype().and_then(|t| t.to_descriptor()).at(path, &el)?;
+        return Ok(match desc {
+            TypeDescriptor::Boolean => Some(ColumnValues::Bool(ds.read_raw::<bool>().at(path, &el)?)),
+            TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => {
+                Some(ColumnValues::Int(ds.read_raw::<i64>().at(path, &el)?))
+            }
+            TypeDescriptor::Float(_) => Some(ColumnValues::Float(ds.read_raw::<f64>().at(path, &el)?)),
+            TypeDescriptor::VarLenUnicode
+            | TypeDescriptor::VarLenAscii
+            | TypeDescriptor::FixedAscii(_)
+            | TypeDescriptor::FixedUnicode(_) => Some(ColumnValues::Strings(h5::strings_at(path, &ds, &el)?)),
+            _ => None,
+        });
+    }
+    // Pre-0.7 compound obs.
+    let ds = file.dataset("obs").at(path, "obs")?;
+    let fields = h5::compound_fields(&ds).at(path, "obs")?;
+    let Some(f) = fields.iter().find(|f| f.name == name) else { return Ok(None) };
+    let cat_el = format!("uns/{name}_categories");
+    Ok(match &f.ty {
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) if file.link_exists(&cat_el) => {
+            let cats = file.dataset(&cat_el).at(path, &cat_el)?;
+            Some(ColumnValues::Categorical {
+                categories: category_strings(path, &cats, &cat_el)?,
+                codes: h5::read_field_i64(&ds, name).at(path, &el)?.into_iter().map(|c| c as i32).collect(),
+                ordered: false,
+            })
+        }
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => {
+            Some(ColumnValues::Int(h5::read_field_i64(&ds, name).at(path, &el)?))
+        }
+        TypeDescriptor::Float(_) => Some(ColumnValues::Float(h5::read_field_f64(&ds, name).at(path, &el)?)),
+        t @ (TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => {
+            Some(ColumnValues::Strings(h5::read_field_strings(&ds, name, t).at(path, &el)?))
+        }
+        _ => None,
+    })
 }

@@ -87,12 +87,21 @@ pub enum UnsValue {
     Dict(Vec<(String, UnsValue)>),
 }
 
+/// A boolean `varm` entry, row-major `n_genes x n_cols` (the merge's presence mask).
+#[derive(Debug, Clone)]
+pub struct VarmMask {
+    pub name: String,
+    pub n_cols: usize,
+    pub values: Vec<bool>,
+}
+
 /// Everything but `X`.
 #[derive(Debug, Clone, Default)]
 pub struct Annotations {
     pub obs: Frame,
     pub var: Frame,
     pub obsm: Vec<Obsm>,
+    pub varm: Vec<VarmMask>,
     pub uns: Vec<(String, UnsValue)>,
 }
 
@@ -269,7 +278,11 @@ impl H5adWriter {
             for m in &ann.obsm {
                 write_obsm(&obsm, m, self.n_rows).at(&out, &format!("obsm/{}", m.name))?;
             }
-            for name in ["layers", "obsp", "varm", "varp"] {
+            let varm = dict(f, "varm").at(&out, "varm")?;
+            for m in &ann.varm {
+                write_mask(&varm, m, self.n_cols).at(&out, &format!("varm/{}", m.name))?;
+            }
+            for name in ["layers", "obsp", "varp"] {
                 dict(f, name).at(&out, name)?;
             }
             let uns = dict(f, "uns").at(&out, "uns")?;
@@ -297,6 +310,16 @@ fn write_obsm(g: &Group, m: &Obsm, n_rows: usize) -> hdf5::Result<()> {
     }
     if g.link_exists(&m.name) {
         g.unlink(&m.name)?;
+    }
+    let arr = ndarray::Array2::from_shape_vec((n_rows, m.n_cols), m.values.clone())
+        .map_err(|e| hdf5::Error::from(e.to_string()))?;
+    let ds = g.new_dataset_builder().with_data(&arr).create(m.name.as_str())?;
+    encoding(&ds, "array", "0.2.0")
+}
+
+fn write_mask(g: &Group, m: &VarmMask, n_rows: usize) -> hdf5::Result<()> {
+    if m.values.len() != n_rows * m.n_cols {
+        return Err(hdf5::Error::from(format!("has {} values, expected {n_rows} x {}", m.values.len(), m.n_cols)));
     }
     let arr = ndarray::Array2::from_shape_vec((n_rows, m.n_cols), m.values.clone())
         .map_err(|e| hdf5::Error::from(e.to_string()))?;
@@ -499,6 +522,7 @@ fn convert(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> {
             columns: var_cols,
         },
         obsm: add.obsm.clone(),
+        varm: Vec::new(),
         uns: Vec::new(),
     })
 }
