@@ -16,7 +16,11 @@ pub enum TableError {
 /// Writes `df` to `path` (`.csv` or `.parquet`).
 pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<(), TableError> {
     let shown = path.display().to_string();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if ext != "csv" && ext != "parquet" {
         return Err(TableError::Format(shown));
     }

@@ -61,6 +61,7 @@ fn new_anndata_round_trips_through_python() {
             n_cols: 3,
             values: obsm,
         }],
+        varm: Vec::new(),
         uns: vec![(
             "scmz".into(),
             UnsValue::Dict(vec![

@@ -46,16 +46,32 @@ fn bench_overlap(genes: usize, repeat: usize) -> anyhow::Result<()> {
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let mut pairs: Vec<(String, String)> = r.id_to_symbol.iter().map(|(i, s)| (i.clone(), s.clone())).collect();
     pairs.sort();
-    anyhow::ensure!(pairs.len() >= genes + genes / 4, "the reference table has only {} genes", pairs.len());
+    anyhow::ensure!(
+        pairs.len() >= genes + genes / 4,
+        "the reference table has only {} genes",
+        pairs.len()
+    );
     // Two lists sharing three quarters of their genes.
     let a = &pairs[..genes];
     let b = &pairs[genes / 4..genes + genes / 4];
     let ids = |v: &[(String, String)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
     let syms = |v: &[(String, String)]| v.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
     let cases = [
-        ("ids vs ids", GeneList::from_names("a", ids(a)), GeneList::from_names("b", ids(b))),
-        ("symbols vs symbols", GeneList::from_names("a", syms(a)), GeneList::from_names("b", syms(b))),
-        ("ids vs symbols", GeneList::from_names("a", ids(a)), GeneList::from_names("b", syms(b))),
+        (
+            "ids vs ids",
+            GeneList::from_names("a", ids(a)),
+            GeneList::from_names("b", ids(b)),
+        ),
+        (
+            "symbols vs symbols",
+            GeneList::from_names("a", syms(a)),
+            GeneList::from_names("b", syms(b)),
+        ),
+        (
+            "ids vs symbols",
+            GeneList::from_names("a", ids(a)),
+            GeneList::from_names("b", syms(b)),
+        ),
     ];
     let mut rows = Vec::new();
     for (name, la, lb) in &cases {

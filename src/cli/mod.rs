@@ -117,10 +117,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             counts,
         }) => inspect::run(&path, &open.options(), json, counts),
-        Some(Command::Overlap { paths, open, json, out }) => overlap::overlap(&paths, &open.options(), json, out.as_deref()),
-        Some(Command::Merge { paths, output, open, force, json }) => {
-            overlap::merge_cmd(&paths, &output, &open.options(), force, json)
+        Some(Command::Overlap { paths, open, json, out }) => {
+            overlap::overlap(&paths, &open.options(), json, out.as_deref())
         }
+        Some(Command::Merge {
+            paths,
+            output,
+            open,
+            force,
+            json,
+        }) => overlap::merge_cmd(&paths, &output, &open.options(), force, json),
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));

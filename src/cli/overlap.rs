@@ -11,11 +11,17 @@ use scmz::tables::write_table;
 use super::table::{thousands, Table};
 
 fn open_all(paths: &[PathBuf], opts: &OpenOptions) -> anyhow::Result<Vec<Dataset>> {
-    Ok(paths.iter().map(|p| Dataset::open_with(p, opts)).collect::<Result<_, _>>()?)
+    Ok(paths
+        .iter()
+        .map(|p| Dataset::open_with(p, opts))
+        .collect::<Result<_, _>>()?)
 }
 
 pub fn overlap(paths: &[PathBuf], opts: &OpenOptions, json: bool, out: Option<&Path>) -> anyhow::Result<()> {
-    anyhow::ensure!(paths.len() >= 2, "overlap needs two datasets (A: the data, B: the reference) or more");
+    anyhow::ensure!(
+        paths.len() >= 2,
+        "overlap needs two datasets (A: the data, B: the reference) or more"
+    );
     let ds = open_all(paths, opts)?;
     if ds.len() == 2 {
         let r = compare_datasets(&ds[0], &ds[1])?;
@@ -72,8 +78,14 @@ fn short_key(key: &str) -> &str {
 
 fn print_report(r: &OverlapReport) {
     let line = |k: &str, v: String| println!("{k:<9} {v}");
-    line("data A", format!("{}: {} genes, {}", r.a, thousands(r.a_genes as u64), r.a_ids));
-    line("ref B", format!("{}: {} genes, {}", r.b, thousands(r.b_genes as u64), r.b_ids));
+    line(
+        "data A",
+        format!("{}: {} genes, {}", r.a, thousands(r.a_genes as u64), r.a_ids),
+    );
+    line(
+        "ref B",
+        format!("{}: {} genes, {}", r.b, thousands(r.b_genes as u64), r.b_ids),
+    );
     line("key", format!("{}: {}", r.key, r.reason));
     line(
         "found",
@@ -85,12 +97,19 @@ fn print_report(r: &OverlapReport) {
             r.pct_a_used
         ),
     );
-    let routes: Vec<String> = r.routes.iter().map(|(route, n)| format!("{} {}", route.describe(), n)).collect();
+    let routes: Vec<String> = r
+        .routes
+        .iter()
+        .map(|(route, n)| format!("{} {}", route.describe(), n))
+        .collect();
     if !routes.is_empty() {
         line("routes", routes.join(", "));
     }
     if let Some(c) = r.counts_coverage {
-        line("counts", format!("{:.1} % of A's counts fall on the shared genes", 100.0 * c));
+        line(
+            "counts",
+            format!("{:.1} % of A's counts fall on the shared genes", 100.0 * c),
+        );
     }
     let missing: Vec<String> = r
         .missing
@@ -102,10 +121,19 @@ fn print_report(r: &OverlapReport) {
         })
         .collect();
     if !r.missing.is_empty() {
-        let by = if r.missing.iter().any(|g| g.mean_in_b.is_some()) { ", by mean count in B" } else { "" };
+        let by = if r.missing.iter().any(|g| g.mean_in_b.is_some()) {
+            ", by mean count in B"
+        } else {
+            ""
+        };
         line(
             "missing",
-            format!("{} genes{by}: {}{}", r.missing.len(), missing.join(", "), if r.missing.len() > 10 { ", ..." } else { "" }),
+            format!(
+                "{} genes{by}: {}{}",
+                r.missing.len(),
+                missing.join(", "),
+                if r.missing.len() > 10 { ", ..." } else { "" }
+            ),
         );
     }
     for w in &r.warnings {
@@ -115,7 +143,14 @@ fn print_report(r: &OverlapReport) {
 
 pub fn merge_cmd(paths: &[PathBuf], out: &Path, opts: &OpenOptions, force: bool, json: bool) -> anyhow::Result<()> {
     let ds = open_all(paths, opts)?;
-    let s = merge(&ds, out, &MergeOptions { force, chunk_rows: 4096 })?;
+    let s = merge(
+        &ds,
+        out,
+        &MergeOptions {
+            force,
+            chunk_rows: 4096,
+        },
+    )?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -128,7 +163,8 @@ pub fn merge_cmd(paths: &[PathBuf], out: &Path, opts: &OpenOptions, force: bool,
         s.key,
         s.species.as_ref().map(|x| format!(", {x}")).unwrap_or_default()
     );
-    let mut t = Table::new(&["input", "cells", "genes", "shared with earlier", "renamed duplicates"]).right(&[1, 2, 3, 4]);
+    let mut t =
+        Table::new(&["input", "cells", "genes", "shared with earlier", "renamed duplicates"]).right(&[1, 2, 3, 4]);
     for i in &s.inputs {
         t.row(vec![
             i.label.clone(),

@@ -510,14 +510,20 @@ pub(crate) fn read_obs_values(path: &Path, file: &File, name: &str) -> Result<Op
     // Pre-0.7 compound obs.
     let ds = file.dataset("obs").at(path, "obs")?;
     let fields = h5::compound_fields(&ds).at(path, "obs")?;
-    let Some(f) = fields.iter().find(|f| f.name == name) else { return Ok(None) };
+    let Some(f) = fields.iter().find(|f| f.name == name) else {
+        return Ok(None);
+    };
     let cat_el = format!("uns/{name}_categories");
     Ok(match &f.ty {
         TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) if file.link_exists(&cat_el) => {
             let cats = file.dataset(&cat_el).at(path, &cat_el)?;
             Some(ColumnValues::Categorical {
                 categories: category_strings(path, &cats, &cat_el)?,
-                codes: h5::read_field_i64(&ds, name).at(path, &el)?.into_iter().map(|c| c as i32).collect(),
+                codes: h5::read_field_i64(&ds, name)
+                    .at(path, &el)?
+                    .into_iter()
+                    .map(|c| c as i32)
+                    .collect(),
                 ordered: false,
             })
         }
@@ -525,9 +531,9 @@ pub(crate) fn read_obs_values(path: &Path, file: &File, name: &str) -> Result<Op
             Some(ColumnValues::Int(h5::read_field_i64(&ds, name).at(path, &el)?))
         }
         TypeDescriptor::Float(_) => Some(ColumnValues::Float(h5::read_field_f64(&ds, name).at(path, &el)?)),
-        t @ (TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => {
-            Some(ColumnValues::Strings(h5::read_field_strings(&ds, name, t).at(path, &el)?))
-        }
+        t @ (TypeDescriptor::FixedAscii(_) | TypeDescriptor::FixedUnicode(_)) => Some(ColumnValues::Strings(
+            h5::read_field_strings(&ds, name, t).at(path, &el)?,
+        )),
         _ => None,
     })
 }

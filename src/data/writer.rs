@@ -319,7 +319,11 @@ fn write_obsm(g: &Group, m: &Obsm, n_rows: usize) -> hdf5::Result<()> {
 
 fn write_mask(g: &Group, m: &VarmMask, n_rows: usize) -> hdf5::Result<()> {
     if m.values.len() != n_rows * m.n_cols {
-        return Err(hdf5::Error::from(format!("has {} values, expected {n_rows} x {}", m.values.len(), m.n_cols)));
+        return Err(hdf5::Error::from(format!(
+            "has {} values, expected {n_rows} x {}",
+            m.values.len(),
+            m.n_cols
+        )));
     }
     let arr = ndarray::Array2::from_shape_vec((n_rows, m.n_cols), m.values.clone())
         .map_err(|e| hdf5::Error::from(e.to_string()))?;

@@ -3,7 +3,7 @@
 //! the other only symbols, the ortholog table across human and mouse; case-insensitive symbols
 //! only where the tables say nothing. Every match records the route it took.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -79,17 +79,24 @@ impl GeneList {
         if parts.is_empty() {
             parts.push(format!("{} names", classify(&self.names).kind));
         }
-        format!("{} of {}", parts.join(" and "), self.species.as_deref().unwrap_or("unknown species"))
+        format!(
+            "{} of {}",
+            parts.join(" and "),
+            self.species.as_deref().unwrap_or("unknown species")
+        )
     }
 
     /// Symbols per gene: native symbols, else (human) ids through GENCODE.
-    fn symbols_or_converted(&self) -> Vec<Option<String>> {
+    fn symbols_or_converted(&self) -> Vec<Option<&str>> {
         if let Some(s) = &self.symbols {
-            return s.iter().map(|x| Some(x.clone())).collect();
+            return s.iter().map(|x| Some(x.as_str())).collect();
         }
         let r = reference();
         match &self.gene_ids {
-            Some(ids) => ids.iter().map(|id| r.id_to_symbol.get(strip_version(id)).cloned()).collect(),
+            Some(ids) => ids
+                .iter()
+                .map(|id| r.id_to_symbol.get(strip_version(id)).map(String::as_str))
+                .collect(),
             None => vec![None; self.len()],
         }
     }
@@ -163,16 +170,14 @@ impl Matching {
 }
 
 /// key -> first index in A; later duplicates are recorded.
-fn index_of<'a>(keys: impl Iterator<Item = Option<String>> + 'a, dups: &mut Vec<String>) -> HashMap<String, usize> {
-    let mut map = HashMap::new();
+fn index_of<'a>(keys: impl Iterator<Item = Option<&'a str>>, dups: &mut Vec<String>) -> HashMap<&'a str, usize> {
+    let mut map = HashMap::default();
+    map.reserve(keys.size_hint().0);
     for (i, k) in keys.enumerate() {
-        let Some(k) = k else { continue };
-        if k.is_empty() {
-            continue;
-        }
-        if map.contains_key(&k) {
-            if !dups.contains(&k) {
-                dups.push(k);
+        let Some(k) = k.filter(|k| !k.is_empty()) else { continue };
+        if let Some(_first) = map.get(k) {
+            if !dups.iter().any(|d| d == k) {
+                dups.push(k.to_string());
             }
         } else {
             map.insert(k, i);
@@ -181,9 +186,10 @@ fn index_of<'a>(keys: impl Iterator<Item = Option<String>> + 'a, dups: &mut Vec<
     map
 }
 
-fn upper_index(a: &[Option<String>]) -> HashMap<String, usize> {
-    let mut map = HashMap::new();
-    for (i, s) in a.iter().enumerate() {
+/// Upper-cased key -> first index, for the case-insensitive fallback.
+fn upper_index<'a>(keys: impl Iterator<Item = Option<&'a str>>) -> HashMap<String, usize> {
+    let mut map = HashMap::default();
+    for (i, s) in keys.enumerate() {
         if let Some(s) = s {
             map.entry(s.to_uppercase()).or_insert(i);
         }
@@ -212,7 +218,7 @@ pub fn match_genes(a: &GeneList, b: &GeneList) -> Matching {
     if let (Some(ia), Some(ib)) = (&a.gene_ids, &b.gene_ids) {
         m.key = "Ensembl id".into();
         m.reason = "both sides have Ensembl ids, which are unambiguous (version suffixes ignored)".into();
-        let map = index_of(ia.iter().map(|s| Some(strip_version(s).to_string())), &mut dups);
+        let map = index_of(ia.iter().map(|s| Some(strip_version(s))), &mut dups);
         for (j, id) in ib.iter().enumerate() {
             if let Some(&i) = map.get(strip_version(id)) {
                 m.b_to_a[j] = Some((i, Route::GeneId));
@@ -233,25 +239,27 @@ pub fn match_genes(a: &GeneList, b: &GeneList) -> Matching {
         // One side's ids may still name a current symbol the other side uses.
         let r = reference();
         let via_ids = |l: &GeneList| -> Option<Vec<Option<String>>> {
-            l.gene_ids
-                .as_ref()
-                .map(|ids| ids.iter().map(|id| r.id_to_symbol.get(strip_version(id)).cloned()).collect())
+            l.gene_ids.as_ref().map(|ids| {
+                ids.iter()
+                    .map(|id| r.id_to_symbol.get(strip_version(id)).cloned())
+                    .collect()
+            })
         };
         if let Some(b_conv) = via_ids(b) {
-            let map = index_of(sa.iter().map(|s| Some(s.clone())), &mut Vec::new());
+            let map = index_of(sa.iter().map(|s| Some(s.as_str())), &mut Vec::new());
             for (j, s) in b_conv.iter().enumerate() {
                 if m.b_to_a[j].is_none() {
-                    if let Some(&i) = s.as_ref().and_then(|s| map.get(s)) {
+                    if let Some(&i) = s.as_deref().and_then(|s| map.get(s)) {
                         m.b_to_a[j] = Some((i, Route::IdToSymbol));
                     }
                 }
             }
         }
         if let Some(a_conv) = via_ids(a) {
-            let map = index_of(a_conv.into_iter(), &mut Vec::new());
+            let map = index_of(a_conv.iter().map(|s| s.as_deref()), &mut Vec::new());
             for (j, s) in sb.iter().enumerate() {
                 if m.b_to_a[j].is_none() {
-                    if let Some(&i) = map.get(s) {
+                    if let Some(&i) = map.get(s.as_str()) {
                         m.b_to_a[j] = Some((i, Route::IdToSymbol));
                     }
                 }
@@ -264,22 +272,19 @@ pub fn match_genes(a: &GeneList, b: &GeneList) -> Matching {
             .into();
         let ha = a.symbols_or_converted();
         let hb = b.symbols_or_converted();
-        let map = index_of(ha.iter().cloned(), &mut dups);
-        let upper = upper_index(&ha);
+        let map = index_of(ha.iter().copied(), &mut dups);
         for (j, s) in hb.iter().enumerate() {
-            let Some(s) = s else { continue };
-            if let Some(&i) = map.get(s) {
+            if let Some(&i) = s.and_then(|s| map.get(s)) {
                 m.b_to_a[j] = Some((i, Route::IdToSymbol));
-            } else if let Some(&i) = upper.get(&s.to_uppercase()) {
-                m.b_to_a[j] = Some((i, Route::CaseInsensitive));
             }
         }
+        case_insensitive(ha.iter().copied(), hb.iter().copied(), &mut m);
     } else {
         m.key = "name".into();
         m.reason = "no Ensembl ids or symbols on both sides: names compared as they are".into();
-        let map = index_of(a.names.iter().map(|s| Some(s.clone())), &mut dups);
+        let map = index_of(a.names.iter().map(|s| Some(s.as_str())), &mut dups);
         for (j, n) in b.names.iter().enumerate() {
-            if let Some(&i) = map.get(n) {
+            if let Some(&i) = map.get(n.as_str()) {
                 m.b_to_a[j] = Some((i, Route::Name));
             }
         }
@@ -290,16 +295,39 @@ pub fn match_genes(a: &GeneList, b: &GeneList) -> Matching {
 
 /// Exact symbol matches for unmatched genes, then case-insensitive ones.
 fn symbols_fallback(sa: &[String], sb: &[String], m: &mut Matching, route: Route, dups: &mut Vec<String>) {
-    let map = index_of(sa.iter().map(|s| Some(s.clone())), dups);
-    let opt: Vec<Option<String>> = sa.iter().map(|s| Some(s.clone())).collect();
-    let upper = upper_index(&opt);
+    let map = index_of(sa.iter().map(|s| Some(s.as_str())), dups);
     for (j, s) in sb.iter().enumerate() {
-        if m.b_to_a[j].is_some() {
-            continue;
+        if m.b_to_a[j].is_none() {
+            if let Some(&i) = map.get(s.as_str()) {
+                m.b_to_a[j] = Some((i, route));
+            }
         }
-        if let Some(&i) = map.get(s) {
-            m.b_to_a[j] = Some((i, route));
-        } else if let Some(&i) = upper.get(&s.to_uppercase()) {
+    }
+    case_insensitive(
+        sa.iter().map(|s| Some(s.as_str())),
+        sb.iter().map(|s| Some(s.as_str())),
+        m,
+    );
+}
+
+/// Case-insensitive matches for genes still unmatched; the upper-cased index of A is built only
+/// when there are such genes.
+fn case_insensitive<'a>(
+    sa: impl Iterator<Item = Option<&'a str>>,
+    sb: impl Iterator<Item = Option<&'a str>>,
+    m: &mut Matching,
+) {
+    let open: Vec<(usize, &str)> = sb
+        .enumerate()
+        .filter(|(j, _)| m.b_to_a[*j].is_none())
+        .filter_map(|(j, s)| s.map(|s| (j, s)))
+        .collect();
+    if open.is_empty() {
+        return;
+    }
+    let upper = upper_index(sa);
+    for (j, s) in open {
+        if let Some(&i) = upper.get(&s.to_uppercase()) {
             m.b_to_a[j] = Some((i, Route::CaseInsensitive));
         }
     }
@@ -311,21 +339,24 @@ fn match_orthologs(a: &GeneList, b: &GeneList, m: &mut Matching) {
     let r = reference();
     let (x, y) = m.cross_species.clone().expect("cross-species");
     m.key = format!("ortholog ({ORTHOLOG_NAME})");
-    m.reason = format!("{} is {x}, {} is {y}: genes are paired through orthologs", a.label, b.label);
+    m.reason = format!(
+        "{} is {x}, {} is {y}: genes are paired through orthologs",
+        a.label, b.label
+    );
     let sa = a.symbols_or_converted();
     let sb = b.symbols_or_converted();
-    let map = index_of(sa.iter().cloned(), &mut m.a_duplicates);
-    let upper = upper_index(&sa);
+    let map = index_of(sa.iter().copied(), &mut m.a_duplicates);
+    let upper = upper_index(sa.iter().copied());
     let table = match (x.as_str(), y.as_str()) {
         ("human", "mouse") => Some(&r.mouse_to_human),
         ("mouse", "human") => Some(&r.human_to_mouse),
         _ => None,
     };
     for (j, s) in sb.iter().enumerate() {
-        let Some(s) = s else { continue };
+        let Some(s) = *s else { continue };
         match table.and_then(|t| t.get(s)) {
             Some(partners) => {
-                if let Some(&i) = partners.iter().find_map(|p| map.get(p)) {
+                if let Some(&i) = partners.iter().find_map(|p| map.get(p.as_str())) {
                     m.b_to_a[j] = Some((i, Route::Ortholog));
                 }
             }

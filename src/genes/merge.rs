@@ -74,7 +74,13 @@ fn keys_of(list: &GeneList, by_id: bool, species: Option<&str>) -> Vec<(String, 
         None if list.species.as_deref() == Some("human") => match &list.symbols {
             Some(sym) => sym
                 .iter()
-                .map(|s| r.symbol_to_ids.get(s).and_then(|v| v.first()).cloned().unwrap_or_default())
+                .map(|s| {
+                    r.symbol_to_ids
+                        .get(s)
+                        .and_then(|v| v.first())
+                        .cloned()
+                        .unwrap_or_default()
+                })
                 .collect(),
             None => vec![String::new(); n],
         },
@@ -86,9 +92,15 @@ fn keys_of(list: &GeneList, by_id: bool, species: Option<&str>) -> Vec<(String, 
     let symbols: Vec<String> = match &list.symbols {
         Some(s) => s.clone(),
         None => (0..n)
-            .map(|i| match list.gene_ids.as_ref().and_then(|v| r.id_to_symbol.get(strip_version(&v[i]))) {
-                Some(s) => s.clone(),
-                None => list.names[i].clone(),
+            .map(|i| {
+                match list
+                    .gene_ids
+                    .as_ref()
+                    .and_then(|v| r.id_to_symbol.get(strip_version(&v[i])))
+                {
+                    Some(s) => s.clone(),
+                    None => list.names[i].clone(),
+                }
             })
             .collect(),
     };
@@ -101,7 +113,11 @@ fn keys_of(list: &GeneList, by_id: bool, species: Option<&str>) -> Vec<(String, 
         .into_iter()
         .zip(ids)
         .map(|(s, id)| {
-            let key = cross.and_then(|t| t.get(&s)).and_then(|p| p.first()).cloned().unwrap_or(s);
+            let key = cross
+                .and_then(|t| t.get(&s))
+                .and_then(|p| p.first())
+                .cloned()
+                .unwrap_or(s);
             (key, if cross.is_some() { String::new() } else { id })
         })
         .collect()
@@ -114,7 +130,12 @@ pub fn merge(inputs: &[Dataset], out: &Path, opts: &MergeOptions) -> Result<Merg
     }
     let counts: Vec<bool> = inputs.iter().map(|d| d.info().values.is_counts()).collect();
     if counts.iter().any(|c| *c) && counts.iter().any(|c| !*c) && !opts.force {
-        let bad = inputs.iter().zip(&counts).find(|(_, c)| !**c).map(|(d, _)| d).expect("one normalised");
+        let bad = inputs
+            .iter()
+            .zip(&counts)
+            .find(|(_, c)| !**c)
+            .map(|(d, _)| d)
+            .expect("one normalised");
         return Err(DataError::at(
             bad.path(),
             &bad.info().matrix,
@@ -122,7 +143,10 @@ pub fn merge(inputs: &[Dataset], out: &Path, opts: &MergeOptions) -> Result<Merg
         )
         .hint("pick a counts matrix with --layer, or pass --force to merge anyway"));
     }
-    let lists: Vec<GeneList> = inputs.iter().map(|d| GeneList::from_table(label(d), &d.info().genes)).collect();
+    let lists: Vec<GeneList> = inputs
+        .iter()
+        .map(|d| GeneList::from_table(label(d), &d.info().genes))
+        .collect();
     let species = lists.iter().find_map(|l| l.species.clone());
     let same_species = lists.iter().all(|l| l.species == species);
     let by_id = same_species && lists.iter().all(|l| l.gene_ids.is_some());
@@ -148,7 +172,11 @@ pub fn merge(inputs: &[Dataset], out: &Path, opts: &MergeOptions) -> Result<Merg
         let mut col = Vec::with_capacity(keys.len());
         let (mut shared, mut renamed) = (0, 0);
         for (i, (key, id)) in keys.iter().enumerate() {
-            let key = if key.is_empty() { list.names[i].clone() } else { key.clone() };
+            let key = if key.is_empty() {
+                list.names[i].clone()
+            } else {
+                key.clone()
+            };
             // Case-insensitive joins only with genes of earlier inputs: within one input, `Abc`
             // and `ABC` are two genes.
             let existing = union
@@ -226,7 +254,10 @@ pub fn merge(inputs: &[Dataset], out: &Path, opts: &MergeOptions) -> Result<Merg
             "scmz_merge".into(),
             UnsValue::Dict(vec![
                 ("datasets".into(), UnsValue::Dict(datasets)),
-                ("key".into(), UnsValue::String(if by_id { "Ensembl id" } else { "symbol" }.into())),
+                (
+                    "key".into(),
+                    UnsValue::String(if by_id { "Ensembl id" } else { "symbol" }.into()),
+                ),
             ]),
         )],
     })?;
@@ -323,11 +354,19 @@ fn stack(parts: Vec<(usize, Option<ColumnValues>)>) -> Option<ColumnValues> {
     for (n, v) in parts {
         let labels: Vec<Option<String>> = match v {
             None => vec![None; n],
-            Some(ColumnValues::Categorical { categories: c, codes: k, .. }) => {
-                k.iter().map(|&i| usize::try_from(i).ok().and_then(|i| c.get(i)).cloned()).collect()
-            }
+            Some(ColumnValues::Categorical {
+                categories: c,
+                codes: k,
+                ..
+            }) => k
+                .iter()
+                .map(|&i| usize::try_from(i).ok().and_then(|i| c.get(i)).cloned())
+                .collect(),
             Some(ColumnValues::Strings(s)) => s.into_iter().map(Some).collect(),
-            Some(ColumnValues::Bool(b)) => b.into_iter().map(|x| Some(if x { "True" } else { "False" }.into())).collect(),
+            Some(ColumnValues::Bool(b)) => b
+                .into_iter()
+                .map(|x| Some(if x { "True" } else { "False" }.into()))
+                .collect(),
             Some(ColumnValues::Float(x)) => x.into_iter().map(|v| Some(v.to_string())).collect(),
             Some(ColumnValues::Int(x)) => x.into_iter().map(|v| Some(v.to_string())).collect(),
         };

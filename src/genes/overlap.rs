@@ -156,7 +156,13 @@ pub fn compare_datasets(a: &Dataset, b: &Dataset) -> Result<OverlapReport> {
         used[*i] = true;
     }
     // `0.0 +`: an empty float sum is -0.0.
-    let shared: f64 = 0.0 + totals_a.iter().zip(&used).filter(|(_, u)| **u).map(|(t, _)| t).sum::<f64>();
+    let shared: f64 = 0.0
+        + totals_a
+            .iter()
+            .zip(&used)
+            .filter(|(_, u)| **u)
+            .map(|(t, _)| t)
+            .sum::<f64>();
     report.counts_coverage = Some(if all > 0.0 { shared / all } else { 0.0 });
     if b.info().values.is_counts() {
         let totals_b = gene_totals(b, 4096)?;
@@ -171,7 +177,11 @@ pub fn compare_datasets(a: &Dataset, b: &Dataset) -> Result<OverlapReport> {
                 mean_in_b: Some(totals_b[j] / n),
             })
             .collect();
-        missing.sort_by(|x, y| y.mean_in_b.partial_cmp(&x.mean_in_b).unwrap_or(std::cmp::Ordering::Equal));
+        missing.sort_by(|x, y| {
+            y.mean_in_b
+                .partial_cmp(&x.mean_in_b)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         report.missing = missing;
     }
     Ok(report)
@@ -201,14 +211,25 @@ pub fn zero_overlap_message(r: &OverlapReport) -> String {
 }
 
 /// One row per gene of B: whether and how it was found in A, and its mean in B.
-pub fn genes_frame(r: &OverlapReport, a: &GeneList, b: &GeneList) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+pub fn genes_frame(
+    r: &OverlapReport,
+    a: &GeneList,
+    b: &GeneList,
+) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
     use polars::prelude::*;
     let m = r.matching.as_ref().expect("matching");
-    let mean: std::collections::HashMap<&str, f64> =
-        r.missing.iter().filter_map(|g| g.mean_in_b.map(|v| (g.name.as_str(), v))).collect();
+    let mean: std::collections::HashMap<&str, f64> = r
+        .missing
+        .iter()
+        .filter_map(|g| g.mean_in_b.map(|v| (g.name.as_str(), v)))
+        .collect();
     let gene: Vec<String> = (0..b.len()).map(|j| b.display(j).to_string()).collect();
     let found: Vec<bool> = m.b_to_a.iter().map(|x| x.is_some()).collect();
-    let in_a: Vec<Option<String>> = m.b_to_a.iter().map(|x| x.map(|(i, _)| a.display(i).to_string())).collect();
+    let in_a: Vec<Option<String>> = m
+        .b_to_a
+        .iter()
+        .map(|x| x.map(|(i, _)| a.display(i).to_string()))
+        .collect();
     let route: Vec<Option<String>> = m.b_to_a.iter().map(|x| x.map(|(_, r)| r.describe())).collect();
     let mean_in_b: Vec<Option<f64>> = gene.iter().map(|g| mean.get(g.as_str()).copied()).collect();
     DataFrame::new_infer_height(vec![
@@ -226,11 +247,26 @@ pub fn pairs_frame(reports: &[OverlapReport]) -> polars::prelude::PolarsResult<p
     DataFrame::new_infer_height(vec![
         Column::new("a".into(), reports.iter().map(|r| r.a.clone()).collect::<Vec<_>>()),
         Column::new("b".into(), reports.iter().map(|r| r.b.clone()).collect::<Vec<_>>()),
-        Column::new("b_genes".into(), reports.iter().map(|r| r.b_genes as u64).collect::<Vec<_>>()),
-        Column::new("found".into(), reports.iter().map(|r| r.found as u64).collect::<Vec<_>>()),
-        Column::new("pct_b_found".into(), reports.iter().map(|r| r.pct_b_found).collect::<Vec<_>>()),
-        Column::new("pct_a_used".into(), reports.iter().map(|r| r.pct_a_used).collect::<Vec<_>>()),
-        Column::new("counts_coverage".into(), reports.iter().map(|r| r.counts_coverage).collect::<Vec<_>>()),
+        Column::new(
+            "b_genes".into(),
+            reports.iter().map(|r| r.b_genes as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "found".into(),
+            reports.iter().map(|r| r.found as u64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "pct_b_found".into(),
+            reports.iter().map(|r| r.pct_b_found).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "pct_a_used".into(),
+            reports.iter().map(|r| r.pct_a_used).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "counts_coverage".into(),
+            reports.iter().map(|r| r.counts_coverage).collect::<Vec<_>>(),
+        ),
         Column::new("key".into(), reports.iter().map(|r| r.key.clone()).collect::<Vec<_>>()),
     ])
 }

@@ -2,7 +2,7 @@
 //! GENCODE v44 human Ensembl gene ids to symbols, and Ensembl 105 human-to-mouse orthologs
 //! (both from the celltypist package, MIT licence). Parsed once, on first use.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::io::Read;
 use std::sync::OnceLock;
 
@@ -41,10 +41,12 @@ pub fn strip_version(id: &str) -> &str {
 
 impl Reference {
     fn load() -> Self {
-        let mut id_to_symbol = HashMap::with_capacity(63_000);
-        let mut symbol_to_ids: HashMap<String, Vec<String>> = HashMap::with_capacity(63_000);
+        let mut id_to_symbol = HashMap::default();
+        let mut symbol_to_ids: HashMap<String, Vec<String>> = HashMap::default();
         for line in gunzip(GENCODE).lines() {
-            let Some((id, symbol)) = line.split_once(',') else { continue };
+            let Some((id, symbol)) = line.split_once(',') else {
+                continue;
+            };
             let id = strip_version(id.trim()).to_string();
             let symbol = symbol.trim();
             if id.is_empty() || symbol.is_empty() {
@@ -53,10 +55,12 @@ impl Reference {
             symbol_to_ids.entry(symbol.to_string()).or_default().push(id.clone());
             id_to_symbol.insert(id, symbol.to_string());
         }
-        let mut human_to_mouse: HashMap<String, Vec<String>> = HashMap::with_capacity(48_000);
-        let mut mouse_to_human: HashMap<String, Vec<String>> = HashMap::with_capacity(48_000);
+        let mut human_to_mouse: HashMap<String, Vec<String>> = HashMap::default();
+        let mut mouse_to_human: HashMap<String, Vec<String>> = HashMap::default();
         for line in gunzip(ORTHOLOGS).lines() {
-            let Some((human, mouse)) = line.split_once(',') else { continue };
+            let Some((human, mouse)) = line.split_once(',') else {
+                continue;
+            };
             let (human, mouse) = (human.trim(), mouse.trim());
             if human.is_empty() {
                 continue;
@@ -64,7 +68,10 @@ impl Reference {
             let list = human_to_mouse.entry(human.to_string()).or_default();
             if !mouse.is_empty() {
                 list.push(mouse.to_string());
-                mouse_to_human.entry(mouse.to_string()).or_default().push(human.to_string());
+                mouse_to_human
+                    .entry(mouse.to_string())
+                    .or_default()
+                    .push(human.to_string());
             }
         }
         Reference {
