@@ -18,6 +18,18 @@
 //!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
 //!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species);
 //!   the gene matching module will build on it.
+//! - [`genes`]: identifiers across datasets and models. `genes::reference` embeds the GENCODE v44
+//!   id-to-symbol and Ensembl 105 human-to-mouse ortholog tables (parsed once, ~50 ms).
+//!   `genes::matching` matches a reference gene list B (a dataset's, later a model's: both are a
+//!   `GeneList`) against a query A through the best shared key (Ensembl ids when both have them,
+//!   symbols when both have them, GENCODE when one side has only ids and the other only symbols,
+//!   orthologs across species, case-insensitive symbols only where the tables say nothing) and
+//!   records the route of every match. `genes::overlap` turns a matching into the report users
+//!   read before applying a model (coverage both ways, counts-weighted coverage streamed from A,
+//!   missing genes by B's mean expression, annotation drift, id/species warnings);
+//!   `genes::merge` stacks datasets over the union of their genes with a genes x datasets
+//!   presence mask in `varm/scmz_presence`.
+//! - [`tables`]: report tables as polars DataFrames written to CSV or Parquet.
 //!
 //! Two binaries use the library. `scmz` (`src/main.rs`, `src/cli/`) is the front end: it never
 //! calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
