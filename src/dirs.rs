@@ -20,3 +20,8 @@ fn from_env_or(var: &str, default: impl FnOnce(&directories::ProjectDirs) -> Pat
 pub fn cache_dir() -> PathBuf {
     from_env_or("SCMZ_CACHE_DIR", |p| p.cache_dir().to_path_buf())
 }
+
+/// Data that must persist: the zoo (`SCMZ_DATA_DIR`).
+pub fn data_dir() -> PathBuf {
+    from_env_or("SCMZ_DATA_DIR", |p| p.data_dir().to_path_buf())
+}

@@ -43,5 +43,7 @@
 
 pub mod data;
 pub mod dirs;
+pub mod events;
 pub mod genes;
 pub mod tables;
+pub mod zoo;

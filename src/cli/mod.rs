@@ -4,6 +4,7 @@
 mod bench;
 mod datasets;
 mod inspect;
+mod models;
 mod overlap;
 mod table;
 
@@ -76,11 +77,39 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Train a model on a dataset and keep it in the zoo (runs in `scmz-engine`; see `scmz train --help`).
+    #[command(disable_help_flag = true)]
+    Train {
+        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// The models in the zoo.
+    Models {
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model of the zoo.
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
     Bench(bench::Bench),
     /// Versions of scmz and HDF5, and the devices libtorch sees (asked of `scmz-engine`).
     Version,
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Everything the manifest says about a model.
+    Show {
+        name: String,
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How to open a dataset.
@@ -127,11 +156,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             json,
         }) => overlap::merge_cmd(&paths, &output, &open.options(), force, json),
+        Some(Command::Train { args }) => {
+            let mut all = vec!["train".to_string()];
+            all.extend(args);
+            let code = models::run_engine(&all)?;
+            if code != 0 {
+                // The engine has printed its one-line error.
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Some(Command::Models { zoo, json }) => models::list(zoo, json),
+        Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));
             println!("hdf5 {}", hdf5_version());
-            let engine = engine_path();
+            let engine = models::engine_path();
             match std::process::Command::new(&engine).arg("devices").output() {
                 Ok(o) if o.status.success() => print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout)),
                 _ => println!("libtorch: {} not found or failed", engine.display()),
@@ -139,13 +180,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// `scmz-engine`, installed beside `scmz`.
-fn engine_path() -> PathBuf {
-    std::env::current_exe()
-        .map(|p| p.with_file_name("scmz-engine"))
-        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
 }
 
 fn hdf5_version() -> String {

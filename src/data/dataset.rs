@@ -224,6 +224,21 @@ impl DatasetInfo {
     }
 }
 
+/// Which genes each cell's dataset measured (a merged file's presence mask).
+#[derive(Debug, Clone)]
+pub struct Presence {
+    pub n_datasets: usize,
+    /// Row-major genes x datasets.
+    pub mask: Vec<bool>,
+    pub dataset_of_cell: Vec<i32>,
+}
+
+impl Presence {
+    pub fn measured(&self, cell: usize, gene: usize) -> bool {
+        self.mask[gene * self.n_datasets + self.dataset_of_cell[cell] as usize]
+    }
+}
+
 /// Choices the user can make when opening.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
@@ -347,6 +362,50 @@ impl Dataset {
             (Source::H5 { file, .. }, Format::H5ad { .. }) => h5ad::read_obs_values(&self.info.path, file, name),
             _ => Ok(None),
         }
+    }
+
+    /// The presence mask of a merged file (`varm/scmz_presence`, genes x datasets) with each cell's
+    /// dataset code (`obs/dataset`): which genes each cell's dataset measured. None elsewhere.
+    pub fn presence(&self) -> Result<Option<Presence>> {
+        let Source::H5 { file, .. } = &self.source else {
+            return Ok(None);
+        };
+        let el = "varm/scmz_presence";
+        if !file.link_exists(el) {
+            return Ok(None);
+        }
+        let ds = file
+            .dataset(el)
+            .map_err(|e| DataError::at(&self.info.path, el, e.to_string()))?;
+        let shape = ds.shape();
+        if shape.len() != 2 || shape[0] != self.info.n_genes {
+            return Err(DataError::at(
+                &self.info.path,
+                el,
+                format!("has shape {shape:?}, expected [genes, datasets]"),
+            ));
+        }
+        let mask = ds
+            .read_raw::<bool>()
+            .map_err(|e| DataError::at(&self.info.path, el, e.to_string()))?;
+        let codes = match self.info.obs_column("dataset").map(|c| &c.kind) {
+            Some(ColumnKind::Categorical { codes, .. }) if codes.iter().all(|&c| c >= 0 && (c as usize) < shape[1]) => {
+                codes.clone()
+            }
+            _ => {
+                return Err(DataError::at(
+                    &self.info.path,
+                    "obs/dataset",
+                    "is missing or does not match the presence mask",
+                )
+                .hint("write merged files with `scmz merge`"))
+            }
+        };
+        Ok(Some(Presence {
+            n_datasets: shape[1],
+            mask,
+            dataset_of_cell: codes,
+        }))
     }
 
     /// The whole matrix in one chunk.

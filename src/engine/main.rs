@@ -3,7 +3,10 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
+mod loader;
 mod tensor;
+mod train;
+mod vae;
 
 use std::path::PathBuf;
 
@@ -20,6 +23,21 @@ struct Cli {
 enum Command {
     /// Devices libtorch sees, as JSON.
     Devices,
+    /// Train a model and save it in the zoo.
+    Train(Box<train::TrainArgs>),
+    /// Latent means of the first cells of a dataset under a zoo model, as JSON.
+    Encode {
+        /// Model name.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        data: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        cells: usize,
+        #[arg(long)]
+        batch_key: Option<String>,
+    },
     /// Runs a libtorch computation on the first cells of a dataset and checks it against Rust.
     Selftest {
         path: PathBuf,
@@ -40,6 +58,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => {
             println!("{}", tensor::devices_json());
+            Ok(())
+        }
+        Command::Train(args) => train::train(*args),
+        Command::Encode {
+            model,
+            zoo,
+            data,
+            cells,
+            batch_key,
+        } => {
+            let zoo = scmz::zoo::Zoo::new(zoo.unwrap_or_else(scmz::zoo::default_zoo));
+            zoo.load(&model)?;
+            let (ids, latent) = train::encode_dataset(&zoo.model_dir(&model), &data, cells, batch_key.as_deref())?;
+            println!("{}", serde_json::json!({ "cell_ids": ids, "latent": latent }));
             Ok(())
         }
         Command::Selftest { path, cells } => {

@@ -1,0 +1,192 @@
+//! `scmz models`, `scmz model show NAME`, and `scmz train`, which runs in `scmz-engine`.
+
+use std::path::PathBuf;
+
+use scmz::zoo::{default_zoo, Manifest, Zoo};
+
+use super::table::{thousands, Table};
+
+fn zoo(dir: Option<PathBuf>) -> Zoo {
+    Zoo::new(dir.unwrap_or_else(default_zoo))
+}
+
+pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let zoo = zoo(dir);
+    let all = zoo.list();
+    if json {
+        let ok: Vec<&Manifest> = all.iter().filter_map(|m| m.as_ref().ok()).collect();
+        println!("{}", serde_json::to_string_pretty(&ok)?);
+    } else {
+        let mut t = Table::new(&[
+            "name",
+            "created",
+            "genes",
+            "cells",
+            "likelihood",
+            "latent",
+            "epochs",
+            "val elbo",
+            "labels",
+        ])
+        .right(&[2, 3, 5, 6, 7]);
+        for m in all.iter().flatten() {
+            t.row(vec![
+                m.name.clone(),
+                m.created.clone(),
+                thousands(m.architecture.n_genes as u64),
+                thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
+                m.architecture.likelihood.clone(),
+                m.architecture.n_latent.to_string(),
+                m.training.epochs_run.to_string(),
+                m.metrics.best_val_elbo.map(|v| format!("{v:.2}")).unwrap_or_default(),
+                m.training.label_key.clone().unwrap_or_default(),
+            ]);
+        }
+        if all.is_empty() {
+            println!(
+                "no models in {} (train one with `scmz train DATA --name NAME`)",
+                zoo.dir.display()
+            );
+        } else {
+            print!("{}", t.render());
+        }
+    }
+    let bad: Vec<String> = all
+        .iter()
+        .filter_map(|m| m.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    for b in &bad {
+        eprintln!("error: {b}");
+    }
+    anyhow::ensure!(bad.is_empty(), "{} model folders could not be read", bad.len());
+    Ok(())
+}
+
+pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> {
+    let m = zoo(dir).load(name)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    let a = &m.architecture;
+    let t = &m.training;
+    let line = |k: &str, v: String| println!("{k:<12} {v}");
+    line(
+        "name",
+        format!(
+            "{} (version {}, created {}, scmz {})",
+            m.name, m.version, m.created, m.scmz_version
+        ),
+    );
+    line(
+        "model",
+        format!(
+            "{} genes -> {} x {} hidden ({} norm, dropout {}) -> {} latent; likelihood {}{}{}",
+            thousands(a.n_genes as u64),
+            a.n_layers,
+            a.n_hidden,
+            a.norm,
+            a.dropout,
+            a.n_latent,
+            a.likelihood,
+            if a.batch_categories.is_empty() {
+                String::new()
+            } else {
+                format!("; {} batches", a.batch_categories.len())
+            },
+            if a.masked_input { "; masked input" } else { "" }
+        ),
+    );
+    line(
+        "training",
+        format!(
+            "{} of {} epochs (best {}), batch {}, lr {}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
+            t.epochs_run,
+            t.max_epochs,
+            t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
+            t.batch_size,
+            t.lr,
+            t.gene_dropout,
+            t.seed,
+            fmt_duration(t.seconds),
+            t.device,
+            t.cells_per_s
+        ),
+    );
+    for d in &m.datasets {
+        line(
+            "data",
+            format!(
+                "{} ({} cells, {}; sha256 {})",
+                d.path,
+                thousands(d.n_cells as u64),
+                d.matrix,
+                &d.sha256[..d.sha256.len().min(12)]
+            ),
+        );
+    }
+    line(
+        "genes",
+        format!(
+            "{}{}{}; first: {}",
+            m.genes.species.clone().unwrap_or("unknown species".into()),
+            if m.genes.gene_ids.is_some() {
+                ", Ensembl ids"
+            } else {
+                ""
+            },
+            if m.genes.symbols.is_some() { ", symbols" } else { "" },
+            m.genes.names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    );
+    if let (Some(tr), Some(v)) = (&m.metrics.final_train, &m.metrics.final_val) {
+        line(
+            "loss",
+            format!(
+                "final train {:.2} (recon {:.2}, KL {:.2}); validation ELBO {:.2} (recon {:.2}, KL {:.2})",
+                tr.total, tr.recon, tr.kl, v.elbo, v.recon, v.kl
+            ),
+        );
+    }
+    if let Some(r) = &m.reference {
+        line(
+            "reference",
+            format!(
+                "{} cells{}",
+                thousands(r.n_cells as u64),
+                t.label_key
+                    .as_ref()
+                    .map(|k| format!(" labelled by `{k}`"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn fmt_duration(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.1} s")
+    } else {
+        format!("{:.1} min", s / 60.0)
+    }
+}
+
+/// `scmz-engine`, installed beside `scmz`.
+pub fn engine_path() -> PathBuf {
+    std::env::current_exe()
+        .map(|p| p.with_file_name("scmz-engine"))
+        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
+}
+
+/// Runs `scmz-engine <args>` with this terminal, returning its exit code.
+pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
+    let engine = engine_path();
+    let status = std::process::Command::new(&engine).args(args).status().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: cannot start the libtorch engine ({e}); reinstall scmz",
+            engine.display()
+        )
+    })?;
+    Ok(status.code().unwrap_or(1))
+}

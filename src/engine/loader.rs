@@ -1,0 +1,149 @@
+//! Streaming minibatches: a background thread reads row chunks in shuffled order, shuffles cells
+//! within a buffer of several chunks, and hands batches over a bounded channel, so reading runs
+//! ahead of training and memory stays bounded however many cells the file has.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+
+use scmz::data::{CsrChunk, Dataset, OpenOptions};
+
+/// SplitMix64: small, seedable, good enough for shuffling and splits.
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// Whether cell `i` belongs to the validation split (10 % of cells, fixed by the seed).
+pub fn is_validation(seed: u64, i: usize) -> bool {
+    Rng::new(seed.wrapping_mul(31).wrapping_add(i as u64))
+        .next_u64()
+        .is_multiple_of(10)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Validation,
+}
+
+/// Cells of one minibatch: counts and each cell's row in the dataset.
+pub struct Batch {
+    pub x: CsrChunk,
+    pub rows: Vec<usize>,
+}
+
+pub struct LoaderConfig {
+    pub path: PathBuf,
+    pub open: OpenOptions,
+    pub batch_size: usize,
+    pub chunk_rows: usize,
+    /// Chunks whose cells are shuffled together.
+    pub buffer_chunks: usize,
+    pub seed: u64,
+    pub split: Split,
+    /// Shuffle chunk order and cells (training); off for evaluation.
+    pub shuffle: bool,
+}
+
+/// Starts the reader thread for one pass over the data; batches arrive in the returned channel.
+pub fn batches(cfg: LoaderConfig, epoch: usize) -> Receiver<Result<Batch, String>> {
+    let (tx, rx) = sync_channel(4);
+    std::thread::spawn(move || {
+        let ds = match Dataset::open_with(&cfg.path, &cfg.open) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let n = ds.n_cells();
+        let mut rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 1_000_003));
+        let mut starts: Vec<usize> = (0..n).step_by(cfg.chunk_rows.max(1)).collect();
+        if cfg.shuffle {
+            rng.shuffle(&mut starts);
+        }
+        let keep = |i: usize| match cfg.split {
+            Split::Validation => is_validation(cfg.seed, i),
+            Split::Train => !is_validation(cfg.seed, i),
+        };
+        let mut pool: Vec<(usize, Vec<(u32, f32)>)> = Vec::new();
+        let n_cols = ds.n_genes();
+        let emit = |pool: &mut Vec<(usize, Vec<(u32, f32)>)>, all: bool, rng: &mut Rng| -> bool {
+            if cfg.shuffle {
+                rng.shuffle(pool);
+            }
+            let mut rest = Vec::new();
+            for group in pool.chunks(cfg.batch_size) {
+                // BatchNorm needs at least two cells; keep a short tail for the next group.
+                if group.len() < cfg.batch_size && (!all || group.len() < 2) {
+                    if !all || !cfg.shuffle {
+                        rest.extend(group.iter().cloned());
+                    }
+                    continue;
+                }
+                let mut x = CsrChunk::empty(0, n_cols);
+                let mut rows = Vec::with_capacity(group.len());
+                for (r, entries) in group {
+                    x.push_row(entries.iter().copied());
+                    rows.push(*r);
+                }
+                if tx.send(Ok(Batch { x, rows })).is_err() {
+                    return false;
+                }
+            }
+            *pool = rest;
+            true
+        };
+        for (k, &s) in starts.iter().enumerate() {
+            let chunk = match ds.read_rows(s, s + cfg.chunk_rows) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            for r in 0..chunk.n_rows() {
+                if keep(s + r) {
+                    let (idx, val) = chunk.row(r);
+                    pool.push((s + r, idx.iter().copied().zip(val.iter().copied()).collect()));
+                }
+            }
+            if (k + 1) % cfg.buffer_chunks.max(1) == 0 && !emit(&mut pool, false, &mut rng) {
+                return;
+            }
+        }
+        if !emit(&mut pool, true, &mut rng) {
+            return;
+        }
+        // Evaluation passes must see every cell, even a last single one.
+        if !cfg.shuffle && !pool.is_empty() {
+            let mut x = CsrChunk::empty(0, n_cols);
+            let mut rows = Vec::new();
+            for (r, entries) in pool.drain(..) {
+                x.push_row(entries);
+                rows.push(r);
+            }
+            let _ = tx.send(Ok(Batch { x, rows }));
+        }
+    });
+    rx
+}

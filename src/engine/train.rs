@@ -1,0 +1,703 @@
+//! The training loop: streamed minibatches, a seeded 90/10 train/validation split, validation
+//! ELBO every epoch, early stopping, an atomic checkpoint every epoch (`--resume` continues from
+//! it), the run's event log, and at the end a model folder installed into the zoo in one rename.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+
+use scmz::data::{ColumnKind, Dataset, OpenOptions};
+use scmz::events::{Event, EventLog, LossTerms};
+use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
+use scmz::zoo::{sha256_file, Zoo};
+
+use crate::loader::{batches, is_validation, Batch, LoaderConfig, Split};
+use crate::tensor::dense;
+use crate::vae::{Input, Vae};
+
+#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// The dataset to train on (merge several first with `scmz merge`).
+    #[arg(required = true)]
+    pub data: Vec<PathBuf>,
+    /// Name of the model in the zoo.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub zoo: Option<PathBuf>,
+    /// Matrix to train on: X, raw, or a layer name [default: the first holding raw counts].
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// obs column with the batch covariate.
+    #[arg(long)]
+    pub batch_key: Option<String>,
+    /// obs column with cell labels, kept with the reference sample for label transfer.
+    #[arg(long)]
+    pub label_key: Option<String>,
+    /// nb, zinb or poisson.
+    #[arg(long, default_value = "nb")]
+    pub likelihood: String,
+    /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-6)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 128)]
+    pub n_hidden: usize,
+    #[arg(long, default_value_t = 10)]
+    pub n_latent: usize,
+    #[arg(long, default_value_t = 1)]
+    pub n_layers: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// batch or layer.
+    #[arg(long, default_value = "batch")]
+    pub norm: String,
+    /// Epochs over which the KL weight rises from 0 to 1.
+    #[arg(long, default_value_t = 400)]
+    pub kl_warmup: usize,
+    /// Hide this share of genes from the encoder in every minibatch (learns partial gene sets).
+    #[arg(long, default_value_t = 0.0)]
+    pub gene_dropout: f64,
+    /// Stop after this many epochs without a better validation ELBO (0: never).
+    #[arg(long, default_value_t = 45)]
+    pub patience: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto (CUDA when available), cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Discard an interrupted run of the same name and start over.
+    #[arg(long)]
+    pub restart: bool,
+    /// Replace a model of the same name in the zoo.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Train on values that are not raw counts.
+    #[arg(long)]
+    pub force: bool,
+    /// Cells per chunk read from disk.
+    #[arg(long, default_value_t = 1024)]
+    pub chunk_rows: usize,
+    /// Reference cells kept with the model for label transfer.
+    #[arg(long, default_value_t = 2000)]
+    pub reference_cells: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    epoch: usize,
+    best_epoch: Option<usize>,
+    best_val: Option<f64>,
+    since_best: usize,
+    step: u64,
+    seconds: f64,
+}
+
+pub fn device(name: &str) -> anyhow::Result<Device> {
+    Ok(match name {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: libtorch sees no CUDA device here; use --device cpu or auto");
+            }
+            Device::Cuda(0)
+        }
+        other => bail!("--device {other}: use auto, cpu or cuda"),
+    })
+}
+
+/// Per-cell covariates taken from obs.
+struct Covariates {
+    batch: Option<(Vec<String>, Vec<i32>)>,
+    labels: Option<(Vec<String>, Vec<i32>)>,
+    presence: Option<scmz::data::dataset::Presence>,
+}
+
+fn categorical(ds: &Dataset, key: &str, flag: &str) -> anyhow::Result<(Vec<String>, Vec<i32>)> {
+    match ds.info().obs_column(key).map(|c| &c.kind) {
+        Some(ColumnKind::Categorical { categories, codes, .. }) => Ok((categories.clone(), codes.clone())),
+        Some(_) => bail!(
+            "{}: obs column `{key}` is not categorical; {flag} needs categories",
+            ds.path().display()
+        ),
+        None => {
+            let have: Vec<&str> = ds.info().label_columns().map(|c| c.name.as_str()).collect();
+            bail!(
+                "{}: no obs column `{key}` for {flag}; label-like columns: {}",
+                ds.path().display(),
+                have.join(", ")
+            )
+        }
+    }
+}
+
+/// Dense tensors for one minibatch.
+struct Prepared {
+    x: Tensor,
+    measured: Option<Tensor>,
+    visible: Option<Tensor>,
+    batch: Option<Tensor>,
+}
+
+fn prepare(b: &Batch, cov: &Covariates, n_genes: usize, gene_dropout: f64, dev: Device) -> Prepared {
+    let x = dense(&b.x, dev);
+    let measured = cov.presence.as_ref().map(|p| {
+        let mut m = vec![0f32; b.rows.len() * n_genes];
+        for (r, &row) in b.rows.iter().enumerate() {
+            for g in 0..n_genes {
+                m[r * n_genes + g] = f32::from(u8::from(p.measured(row, g)));
+            }
+        }
+        Tensor::from_slice(&m)
+            .view([b.rows.len() as i64, n_genes as i64])
+            .to_device(dev)
+    });
+    let visible = (gene_dropout > 0.0).then(|| {
+        let keep = Tensor::rand([b.rows.len() as i64, n_genes as i64], (Kind::Float, dev))
+            .ge(gene_dropout)
+            .to_kind(Kind::Float);
+        match &measured {
+            Some(m) => keep * m,
+            None => keep,
+        }
+    });
+    let batch = cov.batch.as_ref().map(|(cats, codes)| {
+        let c: Vec<i64> = b.rows.iter().map(|&r| codes[r].max(0) as i64).collect();
+        Tensor::from_slice(&c)
+            .to_device(dev)
+            .one_hot(cats.len() as i64)
+            .to_kind(Kind::Float)
+    });
+    Prepared {
+        x,
+        measured,
+        visible,
+        batch,
+    }
+}
+
+impl Prepared {
+    fn input(&self) -> Input<'_> {
+        Input {
+            x: &self.x,
+            measured: self.measured.as_ref(),
+            visible: self.visible.as_ref(),
+            batch: self.batch.as_ref(),
+        }
+    }
+}
+
+fn terms(recon: f64, kl: f64, kl_weight: f64) -> LossTerms {
+    LossTerms {
+        recon,
+        kl,
+        total: recon + kl_weight * kl,
+        elbo: recon + kl,
+    }
+}
+
+fn save_atomic(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp.safetensors");
+    vs.save(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
+    if !["nb", "zinb", "poisson"].contains(&args.likelihood.as_str()) {
+        bail!("--likelihood {}: use nb, zinb or poisson", args.likelihood);
+    }
+    if args.data.len() > 1 {
+        bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
+    }
+    let path = args.data[0].clone();
+    let open = OpenOptions {
+        layer: args.layer.clone(),
+        ..Default::default()
+    };
+    let ds = Dataset::open_with(&path, &open)?;
+    if !args.force {
+        ds.require_counts()
+            .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
+    }
+    let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
+    if zoo.model_dir(&args.name).join("manifest.json").exists() && !args.overwrite {
+        bail!(
+            "model `{}` already exists in {}; pass --overwrite to replace it",
+            args.name,
+            zoo.dir.display()
+        );
+    }
+    let run_dir = zoo.run_dir(&args.name);
+    let ckpt_json = run_dir.join("checkpoint.json");
+    let resuming = ckpt_json.exists();
+    if resuming && !args.resume && !args.restart {
+        let c: Checkpoint = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
+        bail!(
+            "an interrupted run of `{}` exists (epoch {} done); pass --resume to continue it or --restart to start over",
+            args.name,
+            c.epoch + 1
+        );
+    }
+    if args.restart && run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir)?;
+    }
+    std::fs::create_dir_all(&run_dir)?;
+
+    let info = ds.info().clone();
+    let n_cells = info.n_cells;
+    let n_genes = info.n_genes;
+    let cov = Covariates {
+        batch: args
+            .batch_key
+            .as_deref()
+            .map(|k| categorical(&ds, k, "--batch-key"))
+            .transpose()?,
+        labels: args
+            .label_key
+            .as_deref()
+            .map(|k| categorical(&ds, k, "--label-key"))
+            .transpose()?,
+        presence: ds.presence()?,
+    };
+    let max_epochs = args
+        .epochs
+        .unwrap_or_else(|| ((20_000.0 / n_cells as f64 * 400.0).round() as usize).clamp(1, 400));
+    let arch = Architecture {
+        n_genes,
+        n_hidden: args.n_hidden,
+        n_latent: args.n_latent,
+        n_layers: args.n_layers,
+        dropout: args.dropout,
+        norm: args.norm.clone(),
+        likelihood: args.likelihood.clone(),
+        batch_categories: cov.batch.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
+        masked_input: cov.presence.is_some() || args.gene_dropout > 0.0,
+    };
+    let dev = device(&args.device)?;
+    tch::manual_seed(args.seed as i64);
+    let mut vs = nn::VarStore::new(dev);
+    let vae = Vae::new(&vs.root(), arch.clone());
+    let mut opt = nn::Adam {
+        wd: args.weight_decay,
+        eps: 0.01,
+        ..Default::default()
+    }
+    .build(&vs, args.lr)?;
+
+    let mut state = Checkpoint {
+        epoch: 0,
+        best_epoch: None,
+        best_val: None,
+        since_best: 0,
+        step: 0,
+        seconds: 0.0,
+    };
+    let mut first_epoch = 0;
+    if resuming && args.resume {
+        state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
+        vs.load(run_dir.join("checkpoint.safetensors"))
+            .context("loading the checkpoint")?;
+        first_epoch = state.epoch + 1;
+    }
+    let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
+    let mut log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
+    log.write(Event::Start {
+        name: args.name.clone(),
+        config: serde_json::to_value(&args)?,
+        device: format!("{dev:?}").to_lowercase(),
+        data: vec![path.display().to_string()],
+        n_train: n_cells - n_val,
+        n_val,
+        first_epoch,
+        max_epochs,
+    })?;
+    let loader = |split: Split, shuffle: bool| LoaderConfig {
+        path: path.clone(),
+        open: open.clone(),
+        batch_size: args.batch_size,
+        chunk_rows: args.chunk_rows,
+        buffer_chunks: 8,
+        seed: args.seed,
+        split,
+        shuffle,
+    };
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_step_event = Instant::now();
+    let mut final_train = None;
+    let mut final_val = None;
+    let mut epochs_run = first_epoch;
+    let mut cells_per_s = 0.0;
+    for epoch in first_epoch..max_epochs {
+        let kl_weight = if args.kl_warmup == 0 {
+            1.0
+        } else {
+            (epoch as f64 / args.kl_warmup as f64).min(1.0)
+        };
+        let t_epoch = Instant::now();
+        let (mut sr, mut sk, mut n) = (0.0, 0.0, 0usize);
+        for b in batches(loader(Split::Train, true), epoch) {
+            let b = b.map_err(anyhow::Error::msg)?;
+            let p = prepare(&b, &cov, n_genes, args.gene_dropout, dev);
+            let l = vae.losses(&p.input(), kl_weight, true);
+            opt.backward_step(&l.total);
+            let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
+            if !r.is_finite() || !k.is_finite() {
+                log.write(Event::Error {
+                    message: format!("loss became {r} at epoch {epoch}"),
+                })?;
+                bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
+            }
+            let m = b.rows.len();
+            sr += r * m as f64;
+            sk += k * m as f64;
+            n += m;
+            state.step += 1;
+            if last_step_event.elapsed().as_secs_f64() > 0.5 {
+                last_step_event = Instant::now();
+                let cps = n as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9);
+                log.write(Event::Step {
+                    step: state.step,
+                    epoch,
+                    loss: r + kl_weight * k,
+                    recon: r,
+                    kl: k,
+                    cells_per_s: cps,
+                })?;
+                if tty {
+                    eprint!(
+                        "\repoch {}/{max_epochs}  step {}  loss {:.1}  {:.0} cells/s   ",
+                        epoch + 1,
+                        state.step,
+                        r + kl_weight * k,
+                        cps
+                    );
+                }
+            }
+        }
+        let train_secs = t_epoch.elapsed().as_secs_f64();
+        cells_per_s = n as f64 / train_secs.max(1e-9);
+        let train_terms = terms(sr / n.max(1) as f64, sk / n.max(1) as f64, kl_weight);
+        // Validation: full KL, no dropout, no gene hiding.
+        let (mut vr, mut vk, mut vn) = (0.0, 0.0, 0usize);
+        let mut kl_dims = vec![0f64; args.n_latent];
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for b in batches(loader(Split::Validation, false), epoch) {
+                let b = b.map_err(anyhow::Error::msg)?;
+                let p = prepare(&b, &cov, n_genes, 0.0, dev);
+                let l = vae.losses(&p.input(), 1.0, false);
+                let m = b.rows.len() as f64;
+                vr += l.recon.double_value(&[]) * m;
+                vk += l.kl.double_value(&[]) * m;
+                let per: Vec<f64> = Vec::<f64>::try_from(l.kl_per_dim.to_kind(Kind::Double).to_device(Device::Cpu))?;
+                for (a, v) in kl_dims.iter_mut().zip(per) {
+                    *a += v * m;
+                }
+                vn += b.rows.len();
+            }
+            Ok(())
+        })?;
+        let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
+        for v in &mut kl_dims {
+            *v /= vn.max(1) as f64;
+        }
+        let elapsed = state.seconds + started.elapsed().as_secs_f64();
+        let per_epoch = started.elapsed().as_secs_f64() / (epoch + 1 - first_epoch) as f64;
+        let eta = per_epoch * (max_epochs - epoch - 1) as f64;
+        log.write(Event::Epoch {
+            epoch,
+            train: train_terms,
+            val: val_terms,
+            kl_weight,
+            kl_per_dim: kl_dims,
+            cells_per_s,
+            elapsed_s: elapsed,
+            eta_s: eta,
+        })?;
+        let improved = vn > 0 && state.best_val.is_none_or(|b| val_terms.elbo < b);
+        if improved || vn == 0 {
+            state.best_val = (vn > 0).then_some(val_terms.elbo);
+            state.best_epoch = Some(epoch);
+            state.since_best = 0;
+            save_atomic(&vs, &run_dir.join("best.safetensors"))?;
+        } else {
+            state.since_best += 1;
+        }
+        state.epoch = epoch;
+        state.seconds = state.seconds.max(0.0);
+        save_atomic(&vs, &run_dir.join("checkpoint.safetensors"))?;
+        write_json_atomic(&ckpt_json, &state)?;
+        log.write(Event::Checkpoint { epoch })?;
+        final_train = Some(train_terms);
+        final_val = Some(val_terms);
+        epochs_run = epoch + 1;
+        let line = format!(
+            "epoch {}/{max_epochs}  train {:.2}  val elbo {:.2}  {:.0} cells/s  ETA {}",
+            epoch + 1,
+            train_terms.total,
+            val_terms.elbo,
+            cells_per_s,
+            fmt_secs(eta)
+        );
+        if tty {
+            eprint!("\r{line}      ");
+        } else {
+            eprintln!("{line}");
+        }
+        if args.patience > 0 && state.since_best >= args.patience {
+            eprintln!("\nearly stop: no better validation ELBO for {} epochs", args.patience);
+            break;
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    // The model keeps the best validation weights.
+    vs.load(run_dir.join("best.safetensors"))?;
+    let seconds = state.seconds + started.elapsed().as_secs_f64();
+    let staging = zoo.staging_dir(&args.name)?;
+    let result = (|| -> anyhow::Result<PathBuf> {
+        let weights = staging.join("weights.safetensors");
+        vs.save(&weights)?;
+        let reference = reference_sample(&vae, &ds, &path, &open, &cov, &args, dev, &staging)?;
+        std::fs::copy(run_dir.join("events.jsonl"), staging.join("history.jsonl"))?;
+        let g = &info.genes;
+        let species = scmz::genes::GeneList::from_table(&args.name, g).species;
+        let manifest = Manifest {
+            schema_version: manifest::SCHEMA_VERSION,
+            name: args.name.clone(),
+            version: 1,
+            created: scmz::events::now_rfc3339(),
+            scmz_version: env!("CARGO_PKG_VERSION").to_string(),
+            architecture: arch.clone(),
+            training: Training {
+                max_epochs,
+                epochs_run,
+                best_epoch: state.best_epoch,
+                batch_size: args.batch_size,
+                lr: args.lr,
+                weight_decay: args.weight_decay,
+                kl_warmup_epochs: args.kl_warmup,
+                gene_dropout: args.gene_dropout,
+                seed: args.seed,
+                device: format!("{dev:?}").to_lowercase(),
+                batch_key: args.batch_key.clone(),
+                label_key: args.label_key.clone(),
+                seconds,
+                cells_per_s,
+            },
+            genes: Genes {
+                names: g.index.clone(),
+                gene_ids: g.gene_ids().map(<[String]>::to_vec),
+                symbols: g.symbols().map(<[String]>::to_vec),
+                species,
+            },
+            datasets: vec![TrainingData {
+                path: std::fs::canonicalize(&path)
+                    .unwrap_or(path.clone())
+                    .display()
+                    .to_string(),
+                sha256: if path.is_file() {
+                    sha256_file(&path)?
+                } else {
+                    String::new()
+                },
+                n_cells,
+                matrix: info.matrix.clone(),
+            }],
+            metrics: Metrics {
+                best_val_elbo: state.best_val,
+                final_train,
+                final_val,
+            },
+            weights: FileRef {
+                file: "weights.safetensors".into(),
+                sha256: sha256_file(&weights)?,
+            },
+            reference: Some(reference),
+        };
+        std::fs::write(staging.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        Ok(zoo.install(&staging, &args.name)?)
+    })();
+    let model_dir = match result {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            log.write(Event::Error { message: e.to_string() })?;
+            return Err(e);
+        }
+    };
+    log.write(Event::End {
+        status: "done".into(),
+        best_epoch: state.best_epoch,
+        best_val_elbo: state.best_val,
+        model: Some(model_dir.display().to_string()),
+    })?;
+    std::fs::copy(run_dir.join("events.jsonl"), model_dir.join("history.jsonl"))?;
+    std::fs::remove_dir_all(&run_dir)?;
+    eprintln!(
+        "model `{}` saved in {} ({} epochs, best validation ELBO {:.2} at epoch {})",
+        args.name,
+        model_dir.display(),
+        epochs_run,
+        state.best_val.unwrap_or(f64::NAN),
+        state.best_epoch.map_or(0, |e| e + 1)
+    );
+    Ok(())
+}
+
+/// Latent means of up to `reference_cells` training cells (every k-th), with their labels.
+#[allow(clippy::too_many_arguments)]
+fn reference_sample(
+    vae: &Vae,
+    ds: &Dataset,
+    path: &Path,
+    open: &OpenOptions,
+    cov: &Covariates,
+    args: &TrainArgs,
+    dev: Device,
+    dir: &Path,
+) -> anyhow::Result<Reference> {
+    let n = ds.n_cells();
+    let train_rows: Vec<usize> = (0..n).filter(|&i| !is_validation(args.seed, i)).collect();
+    let step = (train_rows.len() / args.reference_cells.max(1)).max(1);
+    let chosen: Vec<usize> = train_rows
+        .iter()
+        .step_by(step)
+        .take(args.reference_cells)
+        .copied()
+        .collect();
+    let latent = encode_rows(vae, path, open, cov, &chosen, dev)?;
+    let t = Tensor::from_slice(&latent).view([chosen.len() as i64, args.n_latent as i64]);
+    let file = dir.join("reference.safetensors");
+    Tensor::write_safetensors(&[("latent", &t)], &file)?;
+    Ok(Reference {
+        file: "reference.safetensors".into(),
+        sha256: sha256_file(&file)?,
+        n_cells: chosen.len(),
+        cell_ids: chosen.iter().map(|&i| ds.info().cell_ids[i].clone()).collect(),
+        labels: cov.labels.as_ref().map(|(cats, codes)| {
+            chosen
+                .iter()
+                .map(|&i| cats.get(codes[i].max(0) as usize).cloned().unwrap_or_default())
+                .collect()
+        }),
+    })
+}
+
+/// Latent means (row-major, rows in the order given) of the given cells.
+fn encode_rows(
+    vae: &Vae,
+    path: &Path,
+    open: &OpenOptions,
+    cov: &Covariates,
+    rows: &[usize],
+    dev: Device,
+) -> anyhow::Result<Vec<f32>> {
+    let ds = Dataset::open_with(path, open)?;
+    let l = vae.arch.n_latent;
+    let mut out = vec![0f32; rows.len() * l];
+    let mut order: Vec<(usize, usize)> = rows.iter().copied().enumerate().map(|(k, r)| (r, k)).collect();
+    order.sort_unstable();
+    tch::no_grad(|| -> anyhow::Result<()> {
+        for group in order.chunks(512) {
+            let mut x = scmz::data::CsrChunk::empty(0, ds.n_genes());
+            let mut batch_rows = Vec::new();
+            // One read for the group's span when it is dense enough, else one per cell.
+            let (lo, hi) = (group[0].0, group[group.len() - 1].0 + 1);
+            let span = (hi - lo <= 8 * group.len()).then(|| ds.read_rows(lo, hi)).transpose()?;
+            for &(r, _) in group {
+                let c;
+                let (idx, val) = match &span {
+                    Some(s) => s.row(r - lo),
+                    None => {
+                        c = ds.read_rows(r, r + 1)?;
+                        c.row(0)
+                    }
+                };
+                x.push_row(idx.iter().copied().zip(val.iter().copied()));
+                batch_rows.push(r);
+            }
+            let b = Batch { x, rows: batch_rows };
+            let p = prepare(&b, cov, ds.n_genes(), 0.0, dev);
+            let (mu, _) = vae.encode(&p.input(), false);
+            let v = Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?;
+            for (i, &(_, k)) in group.iter().enumerate() {
+                out[k * l..(k + 1) * l].copy_from_slice(&v[i * l..(i + 1) * l]);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Loads a zoo model for inference.
+pub fn load_model(dir: &Path, dev: Device) -> anyhow::Result<(Manifest, nn::VarStore, Vae)> {
+    let m = scmz::zoo::load_dir(dir)?;
+    let mut vs = nn::VarStore::new(dev);
+    let vae = Vae::new(&vs.root(), m.architecture.clone());
+    vs.load(dir.join(&m.weights.file))
+        .with_context(|| format!("{}: loading weights", dir.display()))?;
+    Ok((m, vs, vae))
+}
+
+/// Latent means of the first `cells` cells of a dataset whose genes are the model's, in order.
+pub fn encode_dataset(
+    dir: &Path,
+    data: &Path,
+    cells: usize,
+    batch_key: Option<&str>,
+) -> anyhow::Result<(Vec<String>, Vec<Vec<f32>>)> {
+    let (m, _vs, vae) = load_model(dir, Device::Cpu)?;
+    let ds = Dataset::open(data)?;
+    if ds.info().genes.index != m.genes.names {
+        bail!(
+            "{}: its genes differ from model `{}`'s; align them first (projection with gene matching comes with `scmz project`)",
+            data.display(),
+            m.name
+        );
+    }
+    let cov = Covariates {
+        batch: batch_key.map(|k| categorical(&ds, k, "--batch-key")).transpose()?,
+        labels: None,
+        presence: None,
+    };
+    let rows: Vec<usize> = (0..cells.min(ds.n_cells())).collect();
+    let flat = encode_rows(&vae, data, &OpenOptions::default(), &cov, &rows, Device::Cpu)?;
+    let l = m.architecture.n_latent;
+    Ok((
+        rows.iter().map(|&r| ds.info().cell_ids[r].clone()).collect(),
+        flat.chunks(l).map(<[f32]>::to_vec).collect(),
+    ))
+}

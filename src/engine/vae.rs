@@ -1,0 +1,205 @@
+//! The scVI-style variational autoencoder: an encoder on log1p counts (optionally with a
+//! presence mask and a one-hot batch) to a Gaussian latent, a decoder to a softmax gene scale
+//! times the observed library size, and an NB / ZINB / Poisson likelihood with gene-wise
+//! dispersion. Genes outside the mask are unmeasured: they enter the encoder as zero (with the
+//! mask telling it so) and never enter the loss.
+
+use tch::{nn, nn::Module, nn::ModuleT, Kind, Tensor};
+
+use scmz::zoo::manifest::Architecture;
+
+const EPS: f64 = 1e-8;
+
+enum Norm {
+    Batch(nn::BatchNorm),
+    Layer(nn::LayerNorm),
+}
+
+struct Block {
+    linear: nn::Linear,
+    norm: Norm,
+    dropout: f64,
+}
+
+impl Block {
+    fn new(p: nn::Path, n_in: i64, n_out: i64, norm: &str, dropout: f64) -> Self {
+        let linear = nn::linear(&p / "linear", n_in, n_out, Default::default());
+        let norm = if norm == "layer" {
+            let cfg = nn::LayerNormConfig {
+                elementwise_affine: false,
+                ..Default::default()
+            };
+            Norm::Layer(nn::layer_norm(&p / "norm", vec![n_out], cfg))
+        } else {
+            let cfg = nn::BatchNormConfig {
+                momentum: 0.01,
+                eps: 1e-3,
+                ..Default::default()
+            };
+            Norm::Batch(nn::batch_norm1d(&p / "norm", n_out, cfg))
+        };
+        Block { linear, norm, dropout }
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.linear.forward(x);
+        let h = match &self.norm {
+            Norm::Batch(b) => b.forward_t(&h, train),
+            Norm::Layer(l) => l.forward(&h),
+        };
+        h.relu().dropout(self.dropout, train)
+    }
+}
+
+pub struct Vae {
+    pub arch: Architecture,
+    encoder: Vec<Block>,
+    mean: nn::Linear,
+    logvar: nn::Linear,
+    decoder: Block,
+    scale: nn::Linear,
+    zi_logits: Option<nn::Linear>,
+    /// Gene-wise log inverse dispersion.
+    log_theta: Tensor,
+}
+
+/// One minibatch on the device.
+pub struct Input<'a> {
+    /// Counts, cells x genes.
+    pub x: &'a Tensor,
+    /// 1 where a gene was measured for the cell (enters the loss); None: all measured.
+    pub measured: Option<&'a Tensor>,
+    /// 1 where the encoder may see the gene (measured and not dropped out); None: `measured`.
+    pub visible: Option<&'a Tensor>,
+    /// One-hot batch, cells x n_batch.
+    pub batch: Option<&'a Tensor>,
+}
+
+/// Per-cell means over the minibatch.
+pub struct Losses {
+    pub recon: Tensor,
+    pub kl: Tensor,
+    pub total: Tensor,
+    /// Mean KL per latent dimension.
+    pub kl_per_dim: Tensor,
+}
+
+impl Vae {
+    pub fn new(vs: &nn::Path, arch: Architecture) -> Self {
+        let g = arch.n_genes as i64;
+        let nb = arch.batch_categories.len() as i64;
+        let h = arch.n_hidden as i64;
+        let l = arch.n_latent as i64;
+        let n_in = if arch.masked_input { 2 * g } else { g } + nb;
+        let mut encoder = Vec::new();
+        for i in 0..arch.n_layers.max(1) {
+            let input = if i == 0 { n_in } else { h };
+            encoder.push(Block::new(vs / "encoder" / i, input, h, &arch.norm, arch.dropout));
+        }
+        let mean = nn::linear(vs / "z_mean", h, l, Default::default());
+        let logvar = nn::linear(vs / "z_logvar", h, l, Default::default());
+        let decoder = Block::new(vs / "decoder", l + nb, h, &arch.norm, 0.0);
+        let scale = nn::linear(vs / "px_scale", h, g, Default::default());
+        let zi_logits = (arch.likelihood == "zinb").then(|| nn::linear(vs / "px_dropout", h, g, Default::default()));
+        let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        Vae {
+            arch,
+            encoder,
+            mean,
+            logvar,
+            decoder,
+            scale,
+            zi_logits,
+            log_theta,
+        }
+    }
+
+    /// Latent mean and log-variance.
+    pub fn encode(&self, input: &Input, train: bool) -> (Tensor, Tensor) {
+        let mut h = input.x.log1p();
+        if self.arch.masked_input {
+            let visible = input
+                .visible
+                .or(input.measured)
+                .map(Tensor::shallow_clone)
+                .unwrap_or_else(|| h.ones_like());
+            h = Tensor::cat(&[&h * &visible, visible], 1);
+        }
+        if let Some(b) = input.batch {
+            h = Tensor::cat(&[&h, b], 1);
+        }
+        for block in &self.encoder {
+            h = block.forward(&h, train);
+        }
+        (self.mean.forward(&h), self.logvar.forward(&h).clamp(-12.0, 12.0))
+    }
+
+    pub fn losses(&self, input: &Input, kl_weight: f64, train: bool) -> Losses {
+        let (mu, logvar) = self.encode(input, train);
+        let z = if train {
+            &mu + (&logvar * 0.5).exp() * mu.randn_like()
+        } else {
+            mu.shallow_clone()
+        };
+        let mut h = z;
+        if let Some(b) = input.batch {
+            h = Tensor::cat(&[&h, b], 1);
+        }
+        let h = self.decoder.forward(&h, train);
+        let x = input.x;
+        let mut scale = self.scale.forward(&h).softmax(-1, Kind::Float);
+        if let Some(m) = input.measured {
+            // Renormalise over the genes the cell's dataset measured.
+            scale = &scale * m;
+            scale = &scale / scale.sum_dim_intlist(1, true, Kind::Float).clamp_min(EPS);
+        }
+        let library = x.sum_dim_intlist(1, true, Kind::Float);
+        let mu_x = &scale * &library;
+        let theta = self.log_theta.exp();
+        let ll = match self.arch.likelihood.as_str() {
+            "poisson" => x * (&mu_x + EPS).log() - &mu_x - (x + 1.0).lgamma(),
+            "zinb" => log_zinb(
+                x,
+                &mu_x,
+                &theta,
+                &self.zi_logits.as_ref().expect("zinb head").forward(&h),
+            ),
+            _ => log_nb(x, &mu_x, &theta),
+        };
+        let ll = match input.measured {
+            Some(m) => ll * m,
+            None => ll,
+        };
+        let recon = -ll.sum_dim_intlist(1, false, Kind::Float);
+        let kl_dims = ((&mu * &mu) + logvar.exp() - &logvar - 1.0) * 0.5;
+        let kl = kl_dims.sum_dim_intlist(1, false, Kind::Float);
+        let total = &recon + &kl * kl_weight;
+        Losses {
+            recon: recon.mean(Kind::Float),
+            kl: kl.mean(Kind::Float),
+            total: total.mean(Kind::Float),
+            kl_per_dim: kl_dims.mean_dim(0, false, Kind::Float),
+        }
+    }
+}
+
+/// Negative binomial log-likelihood with mean `mu` and inverse dispersion `theta` (per gene).
+fn log_nb(x: &Tensor, mu: &Tensor, theta: &Tensor) -> Tensor {
+    let log_theta_mu = (theta + mu + EPS).log();
+    theta * ((theta + EPS).log() - &log_theta_mu) + x * ((mu + EPS).log() - &log_theta_mu) + (x + theta).lgamma()
+        - theta.lgamma()
+        - (x + 1.0).lgamma()
+}
+
+/// Zero-inflated NB; `pi` are the logits of the zero-inflation probability.
+fn log_zinb(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: &Tensor) -> Tensor {
+    let softplus_pi = (-pi).softplus();
+    let log_theta_mu = (theta + mu + EPS).log();
+    let pi_theta_log = -pi + theta * ((theta + EPS).log() - &log_theta_mu);
+    let case_zero = pi_theta_log.softplus() - &softplus_pi;
+    let case_non_zero = -&softplus_pi + &pi_theta_log + x * ((mu + EPS).log() - &log_theta_mu) + (x + theta).lgamma()
+        - theta.lgamma()
+        - (x + 1.0).lgamma();
+    let is_zero = x.lt(EPS).to_kind(Kind::Float);
+    &is_zero * case_zero + (1.0 - &is_zero) * case_non_zero
+}

@@ -1,0 +1,158 @@
+//! The run event log: append-only JSON lines, one object per event, flushed per line. Training
+//! writes it; the CLI progress bar, `scmz jobs` and the TUI read it, also while it grows and from
+//! other processes. Schema: every line has `t` (RFC 3339, UTC) and `event`.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Loss terms per cell: reconstruction (negative log-likelihood), KL divergence, and the total
+/// that was optimised (`recon + kl_weight * kl`); `elbo` is `recon + kl`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LossTerms {
+    pub recon: f64,
+    pub kl: f64,
+    pub total: f64,
+    pub elbo: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Start {
+        name: String,
+        config: serde_json::Value,
+        device: String,
+        data: Vec<String>,
+        n_train: usize,
+        n_val: usize,
+        first_epoch: usize,
+        max_epochs: usize,
+    },
+    Step {
+        step: u64,
+        epoch: usize,
+        loss: f64,
+        recon: f64,
+        kl: f64,
+        cells_per_s: f64,
+    },
+    Epoch {
+        epoch: usize,
+        train: LossTerms,
+        val: LossTerms,
+        kl_weight: f64,
+        kl_per_dim: Vec<f64>,
+        cells_per_s: f64,
+        elapsed_s: f64,
+        eta_s: f64,
+    },
+    Checkpoint {
+        epoch: usize,
+    },
+    End {
+        status: String,
+        best_epoch: Option<usize>,
+        best_val_elbo: Option<f64>,
+        model: Option<String>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub t: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Current time as RFC 3339 in UTC, e.g. `2026-11-25T16:40:00Z`.
+pub fn now_rfc3339() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Appends events to a log file, one flushed line each.
+pub struct EventLog {
+    file: std::fs::File,
+}
+
+impl EventLog {
+    pub fn append_to(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(EventLog { file })
+    }
+
+    pub fn write(&mut self, event: Event) -> std::io::Result<()> {
+        let mut line = serde_json::to_string(&Record {
+            t: now_rfc3339(),
+            event,
+        })
+        .map_err(std::io::Error::other)?;
+        line.push('\n');
+        self.file.write_all(line.as_bytes())?;
+        self.file.flush()
+    }
+}
+
+/// Reads every complete line of a log; a partly written last line is skipped.
+pub fn read_log(path: &Path) -> std::io::Result<Vec<Record>> {
+    let f = std::fs::File::open(path)?;
+    Ok(std::io::BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_time_is_rfc3339() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let mut log = EventLog::append_to(&p).unwrap();
+        log.write(Event::Checkpoint { epoch: 3 }).unwrap();
+        log.write(Event::Error { message: "x".into() }).unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"t\":\"2026")
+            .unwrap();
+        let recs = read_log(&p).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].event, Event::Checkpoint { epoch: 3 });
+        let t = &recs[0].t;
+        assert_eq!((t.len(), &t[4..5], &t[10..11], &t[19..]), (20, "-", "T", "Z"), "{t}");
+        assert!(t.as_str() > "2025-01-01");
+    }
+}

@@ -1,0 +1,115 @@
+//! `manifest.json`: everything about a model a person or a later scmz needs, in plain JSON.
+//! Schema changes bump `SCHEMA_VERSION` and add a step to `migrate`, so every model ever saved
+//! keeps loading (the frozen fixture in `tests/data/zoo` guards that).
+
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Architecture {
+    pub n_genes: usize,
+    pub n_hidden: usize,
+    pub n_latent: usize,
+    pub n_layers: usize,
+    pub dropout: f64,
+    /// `batch` or `layer`.
+    pub norm: String,
+    /// `nb`, `zinb` or `poisson`.
+    pub likelihood: String,
+    /// Categories of the batch covariate (empty: none).
+    pub batch_categories: Vec<String>,
+    /// The encoder takes `[log1p(x) * mask, mask]`: trained with a presence mask or gene dropout.
+    pub masked_input: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Training {
+    pub max_epochs: usize,
+    pub epochs_run: usize,
+    pub best_epoch: Option<usize>,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub kl_warmup_epochs: usize,
+    pub gene_dropout: f64,
+    pub seed: u64,
+    pub device: String,
+    pub batch_key: Option<String>,
+    pub label_key: Option<String>,
+    pub seconds: f64,
+    pub cells_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Genes {
+    /// The names the model's columns go by.
+    pub names: Vec<String>,
+    pub gene_ids: Option<Vec<String>>,
+    pub symbols: Option<Vec<String>>,
+    pub species: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingData {
+    pub path: String,
+    pub sha256: String,
+    pub n_cells: usize,
+    pub matrix: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub best_val_elbo: Option<f64>,
+    pub final_train: Option<crate::events::LossTerms>,
+    pub final_val: Option<crate::events::LossTerms>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub file: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Latent means of training cells (`latent`, cells x n_latent) in a safetensors file.
+    pub file: String,
+    pub sha256: String,
+    pub n_cells: usize,
+    pub cell_ids: Vec<String>,
+    /// Label of each reference cell, when trained with `--label-key`.
+    pub labels: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub schema_version: u32,
+    pub name: String,
+    pub version: u32,
+    pub created: String,
+    pub scmz_version: String,
+    pub architecture: Architecture,
+    pub training: Training,
+    pub genes: Genes,
+    pub datasets: Vec<TrainingData>,
+    pub metrics: Metrics,
+    pub weights: FileRef,
+    pub reference: Option<Reference>,
+}
+
+/// Brings a manifest of any earlier schema to the current one.
+pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+    let version = value
+        .get("schema_version")
+        .and_then(|v| v.as_u64())
+        .ok_or("no schema_version")? as u32;
+    if version > SCHEMA_VERSION {
+        return Err(format!(
+            "schema version {version} is newer than this scmz understands ({SCHEMA_VERSION}); upgrade scmz"
+        ));
+    }
+    // Future steps go here: `if version < 2 { ...; value["schema_version"] = 2.into() }`.
+    value["schema_version"] = SCHEMA_VERSION.into();
+    Ok(value)
+}

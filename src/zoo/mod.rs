@@ -1,0 +1,172 @@
+//! The zoo: one folder per model under the zoo directory (`--zoo`, `SCMZ_ZOO`, else the user data
+//! directory). A model folder holds `manifest.json`, `weights.safetensors`, `history.jsonl` (the
+//! training event log) and `reference.safetensors` (latent means of training cells for label
+//! transfer). Folders are written under a temporary name and renamed, so the zoo never shows a
+//! half-written model; loading checks the manifest schema and every file's sha256.
+
+pub mod manifest;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+pub use manifest::Manifest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZooError {
+    #[error("model `{name}` not found in {zoo}; `scmz models` lists the models there")]
+    NotFound { name: String, zoo: String },
+    #[error("{path}: {problem}")]
+    Bad { path: String, problem: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ZooError + '_ {
+    move |source| ZooError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The zoo directory: `SCMZ_ZOO`, else `<user data dir>/zoo`.
+pub fn default_zoo() -> PathBuf {
+    match std::env::var_os("SCMZ_ZOO") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => crate::dirs::data_dir().join("zoo"),
+    }
+}
+
+/// A model name must be a plain folder name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid model name: use letters, digits, `-`, `_` and `.`"
+        ))
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, ZooError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+pub struct Zoo {
+    pub dir: PathBuf,
+}
+
+impl Zoo {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Zoo { dir: dir.into() }
+    }
+
+    pub fn model_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Where runs in progress keep their event log and checkpoints.
+    pub fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(".runs").join(name)
+    }
+
+    /// A fresh temporary folder beside the models, for writing one.
+    pub fn staging_dir(&self, name: &str) -> Result<PathBuf, ZooError> {
+        let p = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(io(&p))?;
+        }
+        std::fs::create_dir_all(&p).map_err(io(&p))?;
+        Ok(p)
+    }
+
+    /// Moves a fully written staging folder into place as model `name`, replacing an older one.
+    pub fn install(&self, staging: &Path, name: &str) -> Result<PathBuf, ZooError> {
+        let target = self.model_dir(name);
+        if target.exists() {
+            let old = self.dir.join(format!(".old-{name}-{}", std::process::id()));
+            std::fs::rename(&target, &old).map_err(io(&target))?;
+            std::fs::rename(staging, &target).map_err(io(&target))?;
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            std::fs::rename(staging, &target).map_err(io(&target))?;
+        }
+        Ok(target)
+    }
+
+    /// Reads and verifies a model's manifest: schema (migrated if older) and weights checksum.
+    pub fn load(&self, name: &str) -> Result<Manifest, ZooError> {
+        let dir = self.model_dir(name);
+        if !dir.join("manifest.json").exists() {
+            return Err(ZooError::NotFound {
+                name: name.to_string(),
+                zoo: self.dir.display().to_string(),
+            });
+        }
+        load_dir(&dir)
+    }
+
+    /// Every model, sorted by name; broken ones are returned as errors beside the good ones.
+    pub fn list(&self) -> Vec<Result<Manifest, ZooError>> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .collect();
+        dirs.sort();
+        dirs.iter().map(|d| load_dir(d)).collect()
+    }
+}
+
+/// Loads the manifest in `dir` and checks the files it names.
+pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
+    let path = dir.join("manifest.json");
+    let bad = |problem: String| ZooError::Bad {
+        path: path.display().to_string(),
+        problem,
+    };
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
+    let value = manifest::migrate(value).map_err(bad)?;
+    let m: Manifest =
+        serde_json::from_value(value).map_err(|e| bad(format!("does not match the manifest schema ({e})")))?;
+    let weights = dir.join(&m.weights.file);
+    let sum = sha256_file(&weights)?;
+    if sum != m.weights.sha256 {
+        return Err(ZooError::Bad {
+            path: weights.display().to_string(),
+            problem: format!(
+                "sha256 {sum} differs from the manifest's {}: the weights were changed or damaged; retrain or restore the model",
+                m.weights.sha256
+            ),
+        });
+    }
+    if let Some(r) = &m.reference {
+        let p = dir.join(&r.file);
+        let sum = sha256_file(&p)?;
+        if sum != r.sha256 {
+            return Err(ZooError::Bad {
+                path: p.display().to_string(),
+                problem: "sha256 differs from the manifest's: the reference sample was changed or damaged".into(),
+            });
+        }
+    }
+    Ok(m)
+}

@@ -1,0 +1,344 @@
+//! Training on real data with real libtorch, the zoo on disk, resuming after kill -9, and the
+//! frozen model fixture that every later scmz must keep loading.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{data, stderr, stdout};
+use scmz::data::{ColumnKind, Dataset};
+use scmz::events::{read_log, Event};
+use serde_json::Value;
+
+fn engine(args: &[&str], zoo: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args(args)
+        .env("SCMZ_ZOO", zoo)
+        .output()
+        .unwrap()
+}
+
+fn scmz(args: &[&str], zoo: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(args)
+        .env("SCMZ_ZOO", zoo)
+        .output()
+        .unwrap()
+}
+
+fn encode(zoo: &Path, model: &str, data: &Path, cells: usize) -> (Vec<String>, Vec<Vec<f32>>) {
+    let o = engine(
+        &[
+            "encode",
+            "--model",
+            model,
+            data.to_str().unwrap(),
+            "--cells",
+            &cells.to_string(),
+        ],
+        zoo,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    (
+        serde_json::from_value(v["cell_ids"].clone()).unwrap(),
+        serde_json::from_value(v["latent"].clone()).unwrap(),
+    )
+}
+
+/// Majority label of the k nearest training points, for each query point.
+fn knn_accuracy(train: &[Vec<f32>], train_y: &[i32], test: &[Vec<f32>], test_y: &[i32], k: usize) -> f64 {
+    let mut correct = 0;
+    for (q, y) in test.iter().zip(test_y) {
+        let mut d: Vec<(f32, i32)> = train
+            .iter()
+            .zip(train_y)
+            .map(|(p, &l)| (p.iter().zip(q).map(|(a, b)| (a - b) * (a - b)).sum::<f32>(), l))
+            .collect();
+        d.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut votes = std::collections::HashMap::new();
+        for (_, l) in d.iter().take(k) {
+            *votes.entry(*l).or_insert(0) += 1;
+        }
+        let best = votes.iter().max_by_key(|(l, n)| (**n, -**l)).map(|(l, _)| *l).unwrap();
+        correct += usize::from(best == *y);
+    }
+    correct as f64 / test.len() as f64
+}
+
+#[test]
+fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
+    let zoo = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        &[
+            "train",
+            pbmc.to_str().unwrap(),
+            "--name",
+            "pbmc",
+            "--epochs",
+            "60",
+            "--label-key",
+            "bulk_labels",
+            "--seed",
+            "1",
+        ],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model `pbmc` saved"), "{}", stderr(&o));
+    // Validation ELBO per epoch, from the model's history.
+    let history = read_log(&zoo.path().join("pbmc/history.jsonl")).unwrap();
+    let val: Vec<f64> = history
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::Epoch { val, .. } => Some(val.elbo),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(val.len(), 60);
+    assert!(val[59] < val[0] * 0.9, "validation ELBO {} -> {}", val[0], val[59]);
+    assert!(matches!(history.last().unwrap().event, Event::End { .. }));
+    assert!(!zoo.path().join(".runs/pbmc").exists(), "run folder left behind");
+
+    // kNN label accuracy of held-out cells: latent vs 10 random projections of log1p counts.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(zoo.path().join("pbmc/manifest.json")).unwrap()).unwrap();
+    let reference: std::collections::HashSet<String> =
+        serde_json::from_value(manifest["reference"]["cell_ids"].clone()).unwrap();
+    let ds = Dataset::open(&pbmc).unwrap();
+    let codes = match &ds.info().obs_column("bulk_labels").unwrap().kind {
+        ColumnKind::Categorical { codes, .. } => codes.clone(),
+        _ => unreachable!(),
+    };
+    let (ids, latent) = encode(zoo.path(), "pbmc", &pbmc, 700);
+    let counts = ds.read_all().unwrap().to_dense();
+    let mut seed = 12345u64;
+    let mut gauss = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5
+    };
+    let proj: Vec<f32> = (0..765 * 10).map(|_| gauss()).collect();
+    let random: Vec<Vec<f32>> = (0..700)
+        .map(|c| {
+            (0..10)
+                .map(|k| (0..765).map(|g| (counts[c * 765 + g]).ln_1p() * proj[g * 10 + k]).sum())
+                .collect()
+        })
+        .collect();
+    let split = |v: &[Vec<f32>]| {
+        let (mut tr, mut ty, mut te, mut tey) = (vec![], vec![], vec![], vec![]);
+        for (i, id) in ids.iter().enumerate() {
+            if reference.contains(id) {
+                tr.push(v[i].clone());
+                ty.push(codes[i]);
+            } else {
+                te.push(v[i].clone());
+                tey.push(codes[i]);
+            }
+        }
+        (tr, ty, te, tey)
+    };
+    let (tr, ty, te, tey) = split(&latent);
+    assert!(te.len() >= 50, "held-out cells: {}", te.len());
+    let acc_latent = knn_accuracy(&tr, &ty, &te, &tey, 15);
+    let (tr, ty, te, tey) = split(&random);
+    let acc_random = knn_accuracy(&tr, &ty, &te, &tey, 15);
+    eprintln!("kNN accuracy on held-out cells: latent {acc_latent:.3}, random projections {acc_random:.3}");
+    assert!(acc_latent > acc_random, "latent {acc_latent} vs random {acc_random}");
+
+    // Saving then loading reproduces the latent: the reference sample stored at training time
+    // equals a fresh encoding by the loaded model.
+    let stored = tch::Tensor::read_safetensors(zoo.path().join("pbmc/reference.safetensors")).unwrap();
+    let stored: Vec<f32> = Vec::try_from(stored[0].1.flatten(0, 1)).unwrap();
+    let ref_ids: Vec<String> = serde_json::from_value(manifest["reference"]["cell_ids"].clone()).unwrap();
+    let pos = ids.iter().position(|i| i == &ref_ids[0]).unwrap();
+    for (a, b) in latent[pos].iter().zip(&stored[..10]) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    let (_, again) = encode(zoo.path(), "pbmc", &pbmc, 700);
+    assert_eq!(again, latent);
+
+    // The CLI lists it.
+    let o = scmz(&["models"], zoo.path());
+    assert!(
+        stdout(&o).contains("pbmc") && stdout(&o).contains("bulk_labels"),
+        "{}",
+        stdout(&o)
+    );
+    let o = scmz(&["model", "show", "pbmc"], zoo.path());
+    assert!(stdout(&o).contains("60 of 60 epochs"), "{}", stdout(&o));
+}
+
+fn checkpoint_epoch(log: &Path) -> Option<usize> {
+    read_log(log).ok()?.iter().rev().find_map(|r| match r.event {
+        Event::Checkpoint { epoch } => Some(epoch),
+        _ => None,
+    })
+}
+
+#[test]
+fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
+    let zoo = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let args = ["train", pbmc.to_str().unwrap(), "--name", "killed", "--epochs", "40"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args(args)
+        .env("SCMZ_ZOO", zoo.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = zoo.path().join(".runs/killed/events.jsonl");
+    let t = Instant::now();
+    while checkpoint_epoch(&log).is_none_or(|e| e < 2) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = checkpoint_epoch(&log).unwrap();
+    assert!(done < 39, "finished before the kill");
+    let names: Vec<String> = std::fs::read_dir(zoo.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        vec![".runs".to_string()],
+        "the zoo shows something besides the run: {names:?}"
+    );
+
+    // Without --resume the user is told what to do.
+    let o = engine(&args, zoo.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+
+    let mut resume: Vec<&str> = args.to_vec();
+    resume.push("--resume");
+    let o = engine(&resume, zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let history = read_log(&zoo.path().join("killed/history.jsonl")).unwrap();
+    let starts: Vec<usize> = history
+        .iter()
+        .filter_map(|r| match r.event {
+            Event::Start { first_epoch, .. } => Some(first_epoch),
+            _ => None,
+        })
+        .collect();
+    let last_ckpt = history.iter().filter_map(|r| match r.event {
+        Event::Checkpoint { epoch } => Some(epoch),
+        _ => None,
+    });
+    assert_eq!(starts.len(), 2);
+    assert!(
+        starts[1] > done && starts[1] <= done + 2,
+        "resumed at {} after checkpoint {done}",
+        starts[1]
+    );
+    assert_eq!(last_ckpt.max(), Some(39));
+    let o = scmz(&["model", "show", "killed"], zoo.path());
+    assert!(stdout(&o).contains("40 of 40 epochs"), "{}", stdout(&o));
+}
+
+fn fixture_zoo() -> PathBuf {
+    data("zoo")
+}
+
+#[test]
+fn the_frozen_fixture_model_loads_and_reproduces_its_stored_latents() {
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(fixture_zoo().join("fixture_latents.json")).unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(fixture["latent"].clone()).unwrap();
+    let want_ids: Vec<String> = serde_json::from_value(fixture["cell_ids"].clone()).unwrap();
+    let (ids, got) = encode(&fixture_zoo(), "pbmc-tiny", &data("pbmc68k_counts.h5ad"), want.len());
+    assert_eq!(ids, want_ids);
+    for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let o = scmz(
+        &["models", "--zoo", fixture_zoo().to_str().unwrap()],
+        Path::new("/nonexistent"),
+    );
+    assert!(o.status.success() && stdout(&o).contains("pbmc-tiny"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_tampered_or_newer_model_is_refused_clearly() {
+    let zoo = tempfile::tempdir().unwrap();
+    let dir = zoo.path().join("pbmc-tiny");
+    std::fs::create_dir(&dir).unwrap();
+    for f in std::fs::read_dir(fixture_zoo().join("pbmc-tiny")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+    }
+    let weights = dir.join("weights.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let n = bytes.len();
+    bytes[n - 5] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    let o = scmz(&["model", "show", "pbmc-tiny"], zoo.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sha256") && stderr(&o).contains("weights.safetensors"),
+        "{}",
+        stderr(&o)
+    );
+    let o = engine(
+        &[
+            "encode",
+            "--model",
+            "pbmc-tiny",
+            data("pbmc68k_counts.h5ad").to_str().unwrap(),
+        ],
+        zoo.path(),
+    );
+    assert!(!o.status.success() && stderr(&o).contains("sha256"), "{}", stderr(&o));
+    // A manifest from a future scmz.
+    std::fs::copy(fixture_zoo().join("pbmc-tiny/weights.safetensors"), &weights).unwrap();
+    let mpath = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["schema_version"] = 99.into();
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let o = scmz(&["model", "show", "pbmc-tiny"], zoo.path());
+    assert!(stderr(&o).contains("newer than this scmz"), "{}", stderr(&o));
+    let o = scmz(&["model", "show", "nope"], zoo.path());
+    assert!(
+        stderr(&o).contains("not found") && stderr(&o).contains("scmz models"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn normalised_data_is_refused_and_mouse_trains_end_to_end() {
+    let zoo = tempfile::tempdir().unwrap();
+    let o = scmz(
+        &["train", data("pbmc68k_reduced.h5ad").to_str().unwrap(), "--name", "bad"],
+        zoo.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("not raw counts") && err.contains("--force"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let o = scmz(
+        &[
+            "train",
+            data("mouse_10k_subset.h5ad").to_str().unwrap(),
+            "--name",
+            "mouse",
+            "--epochs",
+            "2",
+            "--gene-dropout",
+            "0.2",
+        ],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&std::fs::read(zoo.path().join("mouse/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["architecture"]["masked_input"], true);
+    assert_eq!(m["datasets"][0]["n_cells"], 10000);
+    assert_eq!(m["genes"]["species"], "mouse");
+    assert!(m["genes"]["gene_ids"][0].as_str().unwrap().starts_with("ENSMUSG"));
+}
