@@ -153,7 +153,10 @@ impl Vae {
             scale = &scale * m;
             scale = &scale / scale.sum_dim_intlist(1, true, Kind::Float).clamp_min(EPS);
         }
-        let library = x.sum_dim_intlist(1, true, Kind::Float);
+        let library = match input.measured {
+            Some(m) => (x * m).sum_dim_intlist(1, true, Kind::Float),
+            None => x.sum_dim_intlist(1, true, Kind::Float),
+        };
         let mu_x = &scale * &library;
         let theta = self.log_theta.exp();
         let ll = match self.arch.likelihood.as_str() {
@@ -202,4 +205,62 @@ fn log_zinb(x: &Tensor, mu: &Tensor, theta: &Tensor, pi: &Tensor) -> Tensor {
         - (x + 1.0).lgamma();
     let is_zero = x.lt(EPS).to_kind(Kind::Float);
     &is_zero * case_zero + (1.0 - &is_zero) * case_non_zero
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arch(likelihood: &str) -> Architecture {
+        Architecture {
+            n_genes: 50,
+            n_hidden: 16,
+            n_latent: 4,
+            n_layers: 1,
+            dropout: 0.1,
+            norm: "batch".into(),
+            likelihood: likelihood.into(),
+            batch_categories: Vec::new(),
+            masked_input: true,
+        }
+    }
+
+    /// A gene a cell's dataset did not measure changes nothing, whatever value sits in it.
+    #[test]
+    fn unmeasured_genes_never_enter_the_loss() {
+        tch::manual_seed(3);
+        for likelihood in ["nb", "zinb", "poisson"] {
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let vae = Vae::new(&vs.root(), arch(likelihood));
+            let x = Tensor::randint(20, [8, 50], (Kind::Float, tch::Device::Cpu));
+            let measured = Tensor::rand([8, 50], (Kind::Float, tch::Device::Cpu))
+                .ge(0.3)
+                .to_kind(Kind::Float);
+            let junk = Tensor::randint(1000, [8, 50], (Kind::Float, tch::Device::Cpu));
+            let unmeasured: Tensor = 1.0 - &measured;
+            let x2: Tensor = &x * &measured + &junk * &unmeasured;
+            assert!(bool::try_from(x2.ne_tensor(&x).any()).unwrap());
+            let loss = |x: &Tensor| {
+                let l = vae.losses(
+                    &Input {
+                        x,
+                        measured: Some(&measured),
+                        visible: None,
+                        batch: None,
+                    },
+                    1.0,
+                    false,
+                );
+                (l.recon.double_value(&[]), l.kl.double_value(&[]))
+            };
+            let (a, b) = (loss(&x), loss(&x2));
+            assert!(
+                (a.0 - b.0).abs() < 1e-3 && (a.1 - b.1).abs() < 1e-5,
+                "{likelihood}: {a:?} vs {b:?}"
+            );
+            // And measured genes do matter.
+            let x3: Tensor = &x + &measured;
+            assert!((loss(&x3).0 - a.0).abs() > 1e-2, "{likelihood}");
+        }
+    }
 }

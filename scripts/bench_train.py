@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Benchmark: scmz training vs scvi-tools, same architecture, batch size, likelihood and epochs, CPU.
+
+    cargo build --release
+    python3 -m venv ~/.cache/scmz/bench-venv && ~/.cache/scmz/bench-venv/bin/pip install scvi-tools
+    ~/.cache/scmz/bench-venv/bin/python scripts/bench_train.py [DATA.h5ad] [--epochs N] [--device cpu|cuda]
+
+scvi-tools lives in its own venv so that its torch never replaces the one scmz links against.
+Prints cells/s (training cells x epochs / training seconds, validation passes included) and the
+final validation ELBO per cell (reconstruction NLL + KL) of each, and peak memory.
+"""
+import argparse, json, os, resource, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+ENGINE = os.path.join(TARGET, "release", "scmz-engine")
+
+p = argparse.ArgumentParser()
+p.add_argument("data", nargs="?", default=os.path.join(ROOT, "tests/data/mouse_10k_subset.h5ad"))
+p.add_argument("--epochs", type=int, default=10)
+p.add_argument("--device", default="cpu")
+p.add_argument("--skip-scvi", action="store_true")
+a = p.parse_args()
+
+rows = []
+with tempfile.TemporaryDirectory() as zoo:
+    t = time.perf_counter()
+    subprocess.run([ENGINE, "train", a.data, "--name", "bench", "--zoo", zoo, "--epochs", str(a.epochs),
+                    "--batch-size", "128", "--likelihood", "nb", "--n-hidden", "128", "--n-latent", "10",
+                    "--n-layers", "1", "--patience", "0", "--device", a.device], check=True,
+                   stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    m = json.load(open(os.path.join(zoo, "bench", "manifest.json")))
+    hist = [json.loads(l) for l in open(os.path.join(zoo, "bench", "history.jsonl"))]
+    start = next(h for h in hist if h["event"] == "start")
+    secs = m["training"]["seconds"]
+    rows.append(("scmz", start["n_train"] * a.epochs / secs, m["metrics"]["final_val"]["elbo"], secs, wall,
+                 resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
+
+if not a.skip_scvi:
+    import anndata, scvi, torch
+    torch.set_num_threads(os.cpu_count())
+    ad = anndata.read_h5ad(a.data)
+    ad.var_names_make_unique()
+    scvi.settings.seed = 0
+    scvi.model.SCVI.setup_anndata(ad)
+    model = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=0.1)
+    t = time.perf_counter()
+    model.train(max_epochs=a.epochs, batch_size=128, accelerator=a.device if a.device != "cuda" else "gpu",
+                train_size=0.9, check_val_every_n_epoch=1, early_stopping=False, enable_progress_bar=False)
+    secs = time.perf_counter() - t
+    n_train = int(round(0.9 * ad.n_obs))
+    val = float(model.history["elbo_validation"].iloc[-1, 0])
+    rows.append((f"scvi-tools {scvi.__version__}", n_train * a.epochs / secs, val, secs, secs,
+                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+print(f"data: {os.path.basename(a.data)}, {a.epochs} epochs, batch 128, nb, 1x128 hidden, 10 latent, device {a.device}")
+print(f"{'tool':24} {'cells/s':>10} {'val ELBO':>10} {'train s':>9} {'wall s':>8} {'peak RSS MiB':>13}")
+for name, cps, val, secs, wall, rss in rows:
+    print(f"{name:24} {cps:10.0f} {val:10.2f} {secs:9.1f} {wall:8.1f} {rss:13.0f}")
+if len(rows) == 2:
+    print(f"scmz / scvi-tools throughput: {rows[0][1] / rows[1][1]:.2f}x")
