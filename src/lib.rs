@@ -30,13 +30,19 @@
 //!   `genes::merge` stacks datasets over the union of their genes with a genes x datasets
 //!   presence mask in `varm/scmz_presence`.
 //! - [`tables`]: report tables as polars DataFrames written to CSV or Parquet.
+//! - [`events`]: the run event log (`events.jsonl`): its schema, writer and reader.
+//! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums, listing, and
+//!   installation of a fully written staging folder by one rename. Torch-free: the CLI and the TUI
+//!   read models without libtorch; weights are loaded in the engine.
 //!
 //! Two binaries use the library. `scmz` (`src/main.rs`, `src/cli/`) is the front end: it never
 //! calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
 //! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
-//! the libtorch worker: the CSR-chunk-to-tensor bridge and device discovery today, the VAE and
-//! its training loop next; `scmz` runs it as a child process, which is also how jobs outlive
-//! the terminal. Keep every `tch` call inside `src/engine/`.
+//! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
+//! loss), `loader` (a reader thread streaming shuffled minibatches over a bounded channel, the
+//! seeded train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
+//! the zoo) and `tensor` (CSR chunks to tensors). `scmz train` runs it as a child process, which
+//! is also how jobs will outlive the terminal. Keep every `tch` call inside `src/engine/`.
 //!
 //! Errors of the data layer are [`data::DataError`]: file, element inside it, problem and what to
 //! do. The binary prints them as one line and exits non-zero.
