@@ -80,6 +80,29 @@ impl CsrChunk {
     }
 }
 
+/// Stored column -> served column (`u32::MAX`: dropped) for the columns to keep, and how many
+/// are kept.
+pub(crate) fn column_map(keep: &[bool]) -> (Vec<u32>, usize) {
+    let mut next = 0u32;
+    let map = keep
+        .iter()
+        .map(|&k| {
+            if k {
+                next += 1;
+                next - 1
+            } else {
+                u32::MAX
+            }
+        })
+        .collect();
+    (map, next as usize)
+}
+
+/// The entries of `values` where `keep` is true.
+pub(crate) fn kept<T>(values: Vec<T>, keep: &[bool]) -> Vec<T> {
+    values.into_iter().zip(keep).filter(|(_, k)| **k).map(|(v, _)| v).collect()
+}
+
 /// How a matrix is laid out on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,19 +257,8 @@ impl H5Matrix {
 
     /// Serves only the stored columns where `keep` is true (10x: Gene Expression features).
     pub fn keep_columns(&mut self, keep: &[bool]) {
-        let mut next = 0u32;
-        let map = keep
-            .iter()
-            .map(|&k| {
-                if k {
-                    next += 1;
-                    next - 1
-                } else {
-                    u32::MAX
-                }
-            })
-            .collect();
-        self.n_cols = next as usize;
+        let (map, n) = column_map(keep);
+        self.n_cols = n;
         self.col_map = Some(map);
     }
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use super::dataset::{DatasetInfo, Format, GeneTable, MatrixInfo, OpenOptions, Source};
 use super::detect::mtx_file;
 use super::error::{DataError, Result};
-use super::matrix::{CsrChunk, MatrixEncoding};
+use super::matrix::{column_map, kept, CsrChunk, MatrixEncoding};
 use super::tenx::GENE_EXPRESSION;
 use super::values::{classify, ValueKind};
 
@@ -162,23 +162,9 @@ pub(crate) fn open(dir: &Path, opts: &OpenOptions) -> Result<(DatasetInfo, Sourc
     } else {
         vec![true; n_features]
     };
-    let mut next = 0u32;
-    let col_map: Vec<u32> = keep
-        .iter()
-        .map(|&k| {
-            if k {
-                next += 1;
-                next - 1
-            } else {
-                u32::MAX
-            }
-        })
-        .collect();
-    let n_genes = next as usize;
-    let filter =
-        |v: Vec<String>| -> Vec<String> { v.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s).collect() };
-    let index = filter(ids);
-    let columns = columns.into_iter().map(|(n, v)| (n, filter(v))).collect();
+    let (col_map, n_genes) = column_map(&keep);
+    let index = kept(ids, &keep);
+    let columns = columns.into_iter().map(|(n, v)| (n, kept(v, &keep))).collect();
     let mut warnings = Vec::new();
     if n_genes < n_features {
         warnings.push(format!(

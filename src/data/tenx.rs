@@ -9,7 +9,7 @@ use hdf5::File;
 use super::dataset::{DatasetInfo, Format, GeneTable, MatrixInfo, OpenOptions, Source};
 use super::error::{Context, DataError, Result};
 use super::h5;
-use super::matrix::{H5Matrix, MatrixEncoding};
+use super::matrix::{kept, H5Matrix, MatrixEncoding};
 use super::values::sample_values;
 
 pub const GENE_EXPRESSION: &str = "Gene Expression";
@@ -91,9 +91,8 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
                 "{dropped} non-gene features (antibody, CRISPR, ...) left out; --all-features keeps them"
             ));
             matrix.keep_columns(&keep);
-            let filter = |v: Vec<String>| v.into_iter().zip(&keep).filter(|(_, k)| **k).map(|(s, _)| s).collect();
-            index = filter(index);
-            columns = columns.into_iter().map(|(n, v)| (n, filter(v))).collect();
+            index = kept(index, &keep);
+            columns = columns.into_iter().map(|(n, v)| (n, kept(v, &keep))).collect();
         }
     }
     let values = sample_values(matrix.n_rows, matrix.nnz, |a, b| matrix.read_rows(path, &file, a, b))?;
