@@ -100,7 +100,12 @@ pub(crate) fn column_map(keep: &[bool]) -> (Vec<u32>, usize) {
 
 /// The entries of `values` where `keep` is true.
 pub(crate) fn kept<T>(values: Vec<T>, keep: &[bool]) -> Vec<T> {
-    values.into_iter().zip(keep).filter(|(_, k)| **k).map(|(v, _)| v).collect()
+    values
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(v, _)| v)
+        .collect()
 }
 
 /// How a matrix is laid out on disk.

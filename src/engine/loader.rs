@@ -64,8 +64,13 @@ pub struct LoaderConfig {
     pub shuffle: bool,
 }
 
-/// Starts the reader thread for one pass over the data; batches arrive in the returned channel.
-pub fn batches(cfg: LoaderConfig, epoch: usize) -> Receiver<Result<Batch, String>> {
+/// Starts the reader thread for one pass over the data; each batch is turned into `T` by `make`
+/// on that thread (tensor preparation overlaps training) and arrives in the returned channel.
+pub fn batches<T: Send + 'static>(
+    cfg: LoaderConfig,
+    epoch: usize,
+    make: impl Fn(Batch) -> T + Send + 'static,
+) -> Receiver<Result<T, String>> {
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
         let ds = match Dataset::open_with(&cfg.path, &cfg.open) {
@@ -106,7 +111,7 @@ pub fn batches(cfg: LoaderConfig, epoch: usize) -> Receiver<Result<Batch, String
                     x.push_row(entries.iter().copied());
                     rows.push(*r);
                 }
-                if tx.send(Ok(Batch { x, rows })).is_err() {
+                if tx.send(Ok(make(Batch { x, rows }))).is_err() {
                     return false;
                 }
             }
@@ -142,7 +147,7 @@ pub fn batches(cfg: LoaderConfig, epoch: usize) -> Receiver<Result<Batch, String
                 x.push_row(entries);
                 rows.push(r);
             }
-            let _ = tx.send(Ok(Batch { x, rows }));
+            let _ = tx.send(Ok(make(Batch { x, rows })));
         }
     });
     rx

@@ -10,6 +10,9 @@ use scmz::zoo::manifest::Architecture;
 
 const EPS: f64 = 1e-8;
 
+/// From this many genes on, the encoder's first layer runs over the nonzero counts only.
+const SPARSE_FIRST_LAYER_GENES: usize = 4000;
+
 enum Norm {
     Batch(nn::BatchNorm),
     Layer(nn::LayerNorm),
@@ -42,7 +45,11 @@ impl Block {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let h = self.linear.forward(x);
+        self.activate(self.linear.forward(x), train)
+    }
+
+    /// Normalisation, ReLU and dropout after the linear map.
+    fn activate(&self, h: Tensor, train: bool) -> Tensor {
         let h = match &self.norm {
             Norm::Batch(b) => b.forward_t(&h, train),
             Norm::Layer(l) => l.forward(&h),
@@ -63,8 +70,28 @@ pub struct Vae {
     log_theta: Tensor,
 }
 
+/// The nonzero counts of a minibatch in CSR form, for a first layer whose cost follows the
+/// nonzeros (an embedding bag weighted by log1p counts) instead of cells x genes.
+pub struct SparseX {
+    /// Gene of each nonzero entry.
+    pub genes: Tensor,
+    /// `cells + 1` offsets into `genes`.
+    pub offsets: Tensor,
+    /// log1p of each nonzero count.
+    pub log1p: Tensor,
+    /// Each nonzero count, its cell (row in the batch) and its flat index `row * genes + gene`.
+    pub values: Tensor,
+    pub rows: Tensor,
+    pub flat: Tensor,
+}
+
 /// One minibatch on the device.
 pub struct Input<'a> {
+    /// The same counts in CSR form (used by unmasked encoders).
+    pub sparse: Option<&'a SparseX>,
+    /// Per cell, the sum of lgamma(x + 1) over measured genes (a constant of the likelihood,
+    /// computed from the nonzeros); None: computed densely here.
+    pub lgamma_x1: Option<&'a Tensor>,
     /// Counts, cells x genes.
     pub x: &'a Tensor,
     /// 1 where a gene was measured for the cell (enters the loss); None: all measured.
@@ -116,6 +143,31 @@ impl Vae {
 
     /// Latent mean and log-variance.
     pub fn encode(&self, input: &Input, train: bool) -> (Tensor, Tensor) {
+        // Over the whole transcriptome most counts are zero: log1p(x) @ W^T is then computed over
+        // the nonzeros only (below a few thousand genes the dense product is faster).
+        let sparse_first = input
+            .sparse
+            .filter(|_| !self.arch.masked_input && self.arch.n_genes >= SPARSE_FIRST_LAYER_GENES);
+        if let Some(sp) = sparse_first {
+            // The batch one-hot uses the remaining columns of the first layer.
+            let first = &self.encoder[0];
+            let g = self.arch.n_genes as i64;
+            let w = &first.linear.ws;
+            let weight = w.narrow(1, 0, g).transpose(0, 1).contiguous();
+            let (mut h, _, _, _) =
+                Tensor::embedding_bag(&weight, &sp.genes, &sp.offsets, false, 0, false, Some(&sp.log1p), true);
+            if let Some(b) = input.batch {
+                h += b.matmul(&w.narrow(1, g, w.size()[1] - g).transpose(0, 1));
+            }
+            if let Some(bias) = &first.linear.bs {
+                h += bias;
+            }
+            let mut h = first.activate(h, train);
+            for block in &self.encoder[1..] {
+                h = block.forward(&h, train);
+            }
+            return (self.mean.forward(&h), self.logvar.forward(&h).clamp(-12.0, 12.0));
+        }
         let mut h = input.x.log1p();
         if self.arch.masked_input {
             let visible = input
@@ -159,21 +211,29 @@ impl Vae {
         };
         let mu_x = &scale * &library;
         let theta = self.log_theta.exp();
-        let ll = match self.arch.likelihood.as_str() {
-            "poisson" => x * (&mu_x + EPS).log() - &mu_x - (x + 1.0).lgamma(),
-            "zinb" => log_zinb(
-                x,
-                &mu_x,
-                &theta,
-                &self.zi_logits.as_ref().expect("zinb head").forward(&h),
-            ),
-            _ => log_nb(x, &mu_x, &theta),
+        let zi = self.zi_logits.as_ref().map(|z| z.forward(&h));
+        let ll_cell = match input.sparse {
+            Some(sp) => self.sparse_ll(sp, &mu_x, &theta, zi.as_ref(), input.measured),
+            None => {
+                let ll = match self.arch.likelihood.as_str() {
+                    "poisson" => x * (&mu_x + EPS).log() - &mu_x,
+                    "zinb" => log_zinb(x, &mu_x, &theta, zi.as_ref().expect("zinb head")),
+                    _ => log_nb(x, &mu_x, &theta),
+                };
+                match input.measured {
+                    Some(m) => ll * m,
+                    None => ll,
+                }
+                .sum_dim_intlist(1, false, Kind::Float)
+            }
         };
-        let ll = match input.measured {
-            Some(m) => ll * m,
-            None => ll,
+        // The constant lgamma(x + 1) term, from the nonzeros when the caller has it.
+        let lgamma_x1 = match (input.lgamma_x1, input.measured) {
+            (Some(l), _) => l.shallow_clone(),
+            (None, Some(m)) => ((x + 1.0).lgamma() * m).sum_dim_intlist(1, false, Kind::Float),
+            (None, None) => (x + 1.0).lgamma().sum_dim_intlist(1, false, Kind::Float),
         };
-        let recon = -ll.sum_dim_intlist(1, false, Kind::Float);
+        let recon = -ll_cell + lgamma_x1;
         let kl_dims = ((&mu * &mu) + logvar.exp() - &logvar - 1.0) * 0.5;
         let kl = kl_dims.sum_dim_intlist(1, false, Kind::Float);
         let total = &recon + &kl * kl_weight;
@@ -186,12 +246,63 @@ impl Vae {
     }
 }
 
+impl Vae {
+    /// Per-cell log-likelihood (without lgamma(x + 1)) computed as "every gene at a zero count"
+    /// densely plus a correction at the nonzero counts only: lgamma and the x-dependent terms,
+    /// the expensive part, then cost nonzeros instead of cells x genes.
+    fn sparse_ll(
+        &self,
+        sp: &SparseX,
+        mu: &Tensor,
+        theta: &Tensor,
+        zi: Option<&Tensor>,
+        measured: Option<&Tensor>,
+    ) -> Tensor {
+        let at = |t: &Tensor| t.reshape([-1]).index_select(0, &sp.flat);
+        let theta_nz = theta.index_select(0, &sp.genes);
+        let mu_nz = at(mu);
+        let xv = &sp.values;
+        let (zero, extra) = match self.arch.likelihood.as_str() {
+            "poisson" => (-mu, xv * (&mu_nz + EPS).log()),
+            "zinb" => {
+                let pi = zi.expect("zinb head");
+                let softplus_pi = (-pi).softplus();
+                let log_theta_mu = (theta + mu + EPS).log();
+                let pi_theta_log = -pi + theta * ((theta + EPS).log() - &log_theta_mu);
+                let case_zero = pi_theta_log.softplus() - &softplus_pi;
+                let case_non_zero = -at(&softplus_pi)
+                    + at(&pi_theta_log)
+                    + xv * ((&mu_nz + EPS).log() - at(&log_theta_mu))
+                    + (xv + &theta_nz).lgamma()
+                    - theta_nz.lgamma();
+                let extra = case_non_zero - at(&case_zero);
+                (case_zero, extra)
+            }
+            _ => {
+                let log_theta_mu = (theta + mu + EPS).log();
+                let zero = theta * ((theta + EPS).log() - &log_theta_mu);
+                let extra =
+                    xv * ((&mu_nz + EPS).log() - at(&log_theta_mu)) + (xv + &theta_nz).lgamma() - theta_nz.lgamma();
+                (zero, extra)
+            }
+        };
+        let (zero, extra) = match measured {
+            Some(m) => (zero * m, extra * at(m)),
+            None => (zero, extra),
+        };
+        let per_cell = zero.sum_dim_intlist(1, false, Kind::Float);
+        per_cell.index_add(0, &sp.rows, &extra)
+    }
+}
+
+/// The likelihoods below leave out `-lgamma(x + 1)`, which does not depend on the model: the
+/// caller adds it per cell (see `Vae::losses`).
+///
 /// Negative binomial log-likelihood with mean `mu` and inverse dispersion `theta` (per gene).
 fn log_nb(x: &Tensor, mu: &Tensor, theta: &Tensor) -> Tensor {
     let log_theta_mu = (theta + mu + EPS).log();
     theta * ((theta + EPS).log() - &log_theta_mu) + x * ((mu + EPS).log() - &log_theta_mu) + (x + theta).lgamma()
         - theta.lgamma()
-        - (x + 1.0).lgamma()
 }
 
 /// Zero-inflated NB; `pi` are the logits of the zero-inflation probability.
@@ -243,6 +354,8 @@ mod tests {
             let loss = |x: &Tensor| {
                 let l = vae.losses(
                     &Input {
+                        sparse: None,
+                        lgamma_x1: None,
                         x,
                         measured: Some(&measured),
                         visible: None,
