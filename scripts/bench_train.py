@@ -20,6 +20,7 @@ p.add_argument("data", nargs="?", default=os.path.join(ROOT, "tests/data/mouse_1
 p.add_argument("--epochs", type=int, default=10)
 p.add_argument("--device", default="cpu")
 p.add_argument("--skip-scvi", action="store_true")
+p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
 
 rows = []
@@ -27,7 +28,7 @@ with tempfile.TemporaryDirectory() as zoo:
     t = time.perf_counter()
     subprocess.run([ENGINE, "train", a.data, "--name", "bench", "--zoo", zoo, "--epochs", str(a.epochs),
                     "--batch-size", "128", "--likelihood", "nb", "--n-hidden", "128", "--n-latent", "10",
-                    "--n-layers", "1", "--patience", "0", "--device", a.device], check=True,
+                    "--n-layers", "1", "--patience", "0", "--device", a.device, "--seed", str(a.seed)], check=True,
                    stderr=subprocess.DEVNULL)
     wall = time.perf_counter() - t
     m = json.load(open(os.path.join(zoo, "bench", "manifest.json")))
@@ -42,7 +43,7 @@ if not a.skip_scvi:
     torch.set_num_threads(os.cpu_count())
     ad = anndata.read_h5ad(a.data)
     ad.var_names_make_unique()
-    scvi.settings.seed = 0
+    scvi.settings.seed = a.seed
     scvi.model.SCVI.setup_anndata(ad)
     model = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=0.1)
     t = time.perf_counter()
@@ -54,7 +55,7 @@ if not a.skip_scvi:
     rows.append((f"scvi-tools {scvi.__version__}", n_train * a.epochs / secs, val, secs, secs,
                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
-print(f"data: {os.path.basename(a.data)}, {a.epochs} epochs, batch 128, nb, 1x128 hidden, 10 latent, device {a.device}")
+print(f"data: {os.path.basename(a.data)}, {a.epochs} epochs, batch 128, nb, 1x128 hidden, 10 latent, device {a.device}, seed {a.seed}")
 print(f"{'tool':24} {'cells/s':>10} {'val ELBO':>10} {'train s':>9} {'wall s':>8} {'peak RSS MiB':>13}")
 for name, cps, val, secs, wall, rss in rows:
     print(f"{name:24} {cps:10.0f} {val:10.2f} {secs:9.1f} {wall:8.1f} {rss:13.0f}")
