@@ -83,6 +83,13 @@ enum Command {
         #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Apply a zoo model to a dataset: latent, transferred labels, predicted mapping quality (runs
+    /// in `scmz-engine`; see `scmz project --help`).
+    #[command(disable_help_flag = true)]
+    Project {
+        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// The models in the zoo.
     Models {
         #[arg(long)]
@@ -156,16 +163,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             json,
         }) => overlap::merge_cmd(&paths, &output, &open.options(), force, json),
-        Some(Command::Train { args }) => {
-            let mut all = vec!["train".to_string()];
-            all.extend(args);
-            let code = models::run_engine(&all)?;
-            if code != 0 {
-                // The engine has printed its one-line error.
-                std::process::exit(code);
-            }
-            Ok(())
-        }
+        Some(Command::Train { args }) => engine("train", args),
+        Some(Command::Project { args }) => engine("project", args),
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),
         Some(Command::Bench(b)) => bench::run(b),
@@ -180,6 +179,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn engine(command: &str, args: Vec<String>) -> anyhow::Result<()> {
+    let mut all = vec![command.to_string()];
+    all.extend(args);
+    let code = models::run_engine(&all)?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn hdf5_version() -> String {

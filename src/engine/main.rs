@@ -4,6 +4,7 @@
 //! (the job model of scmz: long work survives the terminal that started it).
 
 mod loader;
+mod project;
 mod tensor;
 mod train;
 mod vae;
@@ -25,6 +26,8 @@ enum Command {
     Devices,
     /// Train a model and save it in the zoo.
     Train(Box<train::TrainArgs>),
+    /// Project a dataset with a zoo model: latent, transferred labels, predicted mapping quality.
+    Project(Box<project::ProjectArgs>),
     /// Latent means of the first cells of a dataset under a zoo model, as JSON.
     Encode {
         /// Model name.
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => train::train(*args),
+        Command::Project(args) => project::project(*args),
         Command::Encode {
             model,
             zoo,

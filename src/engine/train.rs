@@ -120,10 +120,10 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 /// Per-cell covariates taken from obs.
-struct Covariates {
-    batch: Option<(Vec<String>, Vec<i32>)>,
-    labels: Option<(Vec<String>, Vec<i32>)>,
-    presence: Option<scmz::data::dataset::Presence>,
+pub(crate) struct Covariates {
+    pub batch: Option<(Vec<String>, Vec<i32>)>,
+    pub labels: Option<(Vec<String>, Vec<i32>)>,
+    pub presence: Option<scmz::data::dataset::Presence>,
 }
 
 fn categorical(ds: &Dataset, key: &str, flag: &str) -> anyhow::Result<(Vec<String>, Vec<i32>)> {
@@ -145,19 +145,19 @@ fn categorical(ds: &Dataset, key: &str, flag: &str) -> anyhow::Result<(Vec<Strin
 }
 
 /// Tensors for one minibatch.
-struct Prepared {
-    n: usize,
+pub(crate) struct Prepared {
+    pub n: usize,
     x: Tensor,
     sparse: SparseX,
     lgamma_x1: Tensor,
-    measured: Option<Tensor>,
-    visible: Option<Tensor>,
+    pub measured: Option<Tensor>,
+    pub visible: Option<Tensor>,
     batch: Option<Tensor>,
 }
 
 /// Builds the minibatch's tensors on the CPU (on the reader thread); `to` moves them to the device
 /// and hides genes for gene dropout.
-fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
+pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     let dev = Device::Cpu;
     let x = dense(&b.x, dev);
     let c = &b.x;
@@ -250,7 +250,7 @@ fn ln_factorial(x: f64) -> f64 {
 }
 
 impl Prepared {
-    fn to(self, dev: Device, gene_dropout: f64) -> Prepared {
+    pub(crate) fn to(self, dev: Device, gene_dropout: f64) -> Prepared {
         let mv = |t: Tensor| if dev == Device::Cpu { t } else { t.to_device(dev) };
         let measured = self.measured.map(mv);
         let visible = (gene_dropout > 0.0).then(|| {
@@ -280,7 +280,7 @@ impl Prepared {
         }
     }
 
-    fn input(&self) -> Input<'_> {
+    pub(crate) fn input(&self) -> Input<'_> {
         Input {
             sparse: Some(&self.sparse),
             lgamma_x1: Some(&self.lgamma_x1),
@@ -695,12 +695,25 @@ fn reference_sample(
     let latent = encode_rows(vae, path, open, cov, &chosen, dev)?;
     let t = Tensor::from_slice(&latent).view([chosen.len() as i64, args.n_latent as i64]);
     let file = dir.join("reference.safetensors");
-    Tensor::write_safetensors(&[("latent", &t)], &file)?;
+    let counts = read_rows(ds, &chosen)?;
+    let indptr = Tensor::from_slice(&counts.indptr.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    let indices = Tensor::from_slice(&counts.indices.iter().map(|&v| v as i64).collect::<Vec<_>>());
+    let data = Tensor::from_slice(&counts.data);
+    Tensor::write_safetensors(
+        &[
+            ("latent", &t),
+            ("counts_indptr", &indptr),
+            ("counts_indices", &indices),
+            ("counts_data", &data),
+        ],
+        &file,
+    )?;
     Ok(Reference {
         file: "reference.safetensors".into(),
         sha256: sha256_file(&file)?,
         n_cells: chosen.len(),
         cell_ids: chosen.iter().map(|&i| ds.info().cell_ids[i].clone()).collect(),
+        counts: true,
         labels: cov.labels.as_ref().map(|(cats, codes)| {
             chosen
                 .iter()
@@ -708,6 +721,34 @@ fn reference_sample(
                 .collect()
         }),
     })
+}
+
+/// The given cells' counts as one CSR chunk, in the order given.
+pub fn read_rows(ds: &Dataset, rows: &[usize]) -> anyhow::Result<scmz::data::CsrChunk> {
+    let mut out = scmz::data::CsrChunk::empty(0, ds.n_genes());
+    let mut order: Vec<(usize, usize)> = rows.iter().copied().enumerate().map(|(k, r)| (r, k)).collect();
+    order.sort_unstable();
+    let mut per: Vec<Vec<(u32, f32)>> = vec![Vec::new(); rows.len()];
+    for group in order.chunks(1024) {
+        let (lo, hi) = (group[0].0, group[group.len() - 1].0 + 1);
+        // One read for a dense enough span, one per cell otherwise: memory stays bounded.
+        if hi - lo <= 8 * group.len() {
+            let span = ds.read_rows(lo, hi)?;
+            for &(r, k) in group {
+                let (idx, val) = span.row(r - lo);
+                per[k] = idx.iter().copied().zip(val.iter().copied()).collect();
+            }
+        } else {
+            for &(r, k) in group {
+                let c = ds.read_rows(r, r + 1)?;
+                per[k] = c.row(0).0.iter().copied().zip(c.row(0).1.iter().copied()).collect();
+            }
+        }
+    }
+    for row in per {
+        out.push_row(row);
+    }
+    Ok(out)
 }
 
 /// Latent means (row-major, rows in the order given) of the given cells.

@@ -80,6 +80,11 @@ pub struct Reference {
     pub cell_ids: Vec<String>,
     /// Label of each reference cell, when trained with `--label-key`.
     pub labels: Option<Vec<String>>,
+    /// The file also holds the cells' counts in the model's gene order (`counts_indptr`,
+    /// `counts_indices`, `counts_data`), used to predict mapping quality. Added after schema 1
+    /// was first written; absent (false) in older models, which still load.
+    #[serde(default)]
+    pub counts: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,469 @@
+//! Applying a zoo model to a dataset it never saw: align the dataset's genes to the model's with
+//! the gene module, encode every cell (genes the dataset lacks masked, or zero-filled as
+//! scvi-tools does), transfer labels by kNN in latent space, and predict beforehand how much the
+//! missing genes will move cells, from the model's own reference cells.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use scmz::data::writer::{write_copy_with, Additions, ColumnValues, FrameColumn, Obsm};
+use scmz::data::{CsrChunk, Dataset, OpenOptions};
+use scmz::genes::overlap::{label, zero_overlap_message};
+use scmz::genes::{compare_lists, GeneList};
+use scmz::zoo::{Manifest, Zoo};
+
+use crate::loader::Batch;
+use crate::train::{load_model, prepare, Covariates};
+use crate::vae::Vae;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProjectArgs {
+    pub data: PathBuf,
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub zoo: Option<PathBuf>,
+    /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[arg(long)]
+    pub layer: Option<String>,
+    /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
+    #[arg(long, default_value = "mask")]
+    pub missing: String,
+    /// Refuse when fewer than this share of the model's genes are found (unless --force).
+    #[arg(long, default_value_t = 0.5)]
+    pub min_overlap: f64,
+    /// Project despite a low overlap or non-count values.
+    #[arg(long)]
+    pub force: bool,
+    /// Neighbours for label transfer.
+    #[arg(long, default_value_t = 15)]
+    pub k: usize,
+    /// Batch category of the model to encode the cells as [default: the first].
+    #[arg(long)]
+    pub batch_category: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProjectReport {
+    pub data: String,
+    pub model: String,
+    pub cells: usize,
+    pub model_genes: usize,
+    pub found: usize,
+    pub pct_found: f64,
+    pub key: String,
+    pub missing_policy: String,
+    pub warnings: Vec<String>,
+    /// Predicted from the model's reference cells with the same genes hidden.
+    pub predicted_displacement: Option<f64>,
+    pub predicted_agreement: Option<f64>,
+    /// Cells per transferred label.
+    pub labels: Vec<(String, usize)>,
+    pub mean_confidence: Option<f64>,
+    pub output: String,
+}
+
+pub(crate) fn model_genes(m: &Manifest) -> GeneList {
+    GeneList {
+        label: format!("model {}", m.name),
+        names: m.genes.names.clone(),
+        gene_ids: m.genes.gene_ids.clone(),
+        symbols: m.genes.symbols.clone(),
+        species: m.genes.species.clone(),
+        id_key: m.genes.gene_ids.as_ref().map(|_| "gene_ids".to_string()),
+        symbol_key: m.genes.symbols.as_ref().map(|_| "symbols".to_string()),
+    }
+}
+
+/// How cells are encoded: which model genes they carry and how missing ones are presented.
+struct Encoder<'a> {
+    vae: &'a Vae,
+    /// 1 for model genes the data has.
+    found: Vec<f32>,
+    mask: bool,
+    batch: Option<(Vec<String>, usize)>,
+}
+
+impl Encoder<'_> {
+    /// Latent means of cells given in the model's gene space.
+    fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
+        let n = x.n_rows();
+        let g = self.vae.arch.n_genes;
+        let cov = Covariates {
+            batch: self.batch.as_ref().map(|(cats, c)| (cats.clone(), vec![*c as i32; n])),
+            labels: None,
+            presence: None,
+        };
+        // Hidden genes carry no counts, whatever the policy.
+        let x = if hide {
+            let mut y = CsrChunk::empty(0, g);
+            for r in 0..n {
+                let (idx, val) = x.row(r);
+                y.push_row(
+                    idx.iter()
+                        .zip(val)
+                        .filter(|(c, _)| self.found[**c as usize] > 0.0)
+                        .map(|(c, v)| (*c, *v)),
+                );
+            }
+            y
+        } else {
+            x.clone()
+        };
+        let b = Batch {
+            x,
+            rows: (0..n).collect(),
+        };
+        let mut p = prepare(&b, &cov, g).to(Device::Cpu, 0.0);
+        if self.vae.arch.masked_input {
+            let visible = if hide && self.mask {
+                Tensor::from_slice(&self.found)
+                    .view([1, g as i64])
+                    .repeat([n as i64, 1])
+            } else {
+                Tensor::ones([n as i64, g as i64], (Kind::Float, Device::Cpu))
+            };
+            p.visible = Some(visible);
+        }
+        let (mu, _) = tch::no_grad(|| self.vae.encode(&p.input(), false));
+        Ok(Vec::<f32>::try_from(mu.flatten(0, 1))?)
+    }
+}
+
+/// kNN label transfer: for each query row, the majority label among the k nearest reference
+/// latents and the share of neighbours that agree. `exclude_self` skips reference row i for
+/// query row i (reference cells labelling themselves).
+fn knn_labels(query: &[f32], reference: &Tensor, labels: &[i64], k: usize, exclude_self: bool) -> (Vec<i64>, Vec<f64>) {
+    let l = reference.size()[1];
+    let q = Tensor::from_slice(query).view([-1, l]);
+    let n = q.size()[0];
+    let kk = (k + usize::from(exclude_self)).min(reference.size()[0] as usize) as i64;
+    let mut out = Vec::with_capacity(n as usize);
+    let mut conf = Vec::with_capacity(n as usize);
+    for start in (0..n).step_by(4096) {
+        let len = (n - start).min(4096);
+        let d = Tensor::cdist(&q.narrow(0, start, len), reference, 2.0, None::<i64>);
+        let (_, idx) = d.topk(kk, 1, false, true);
+        let idx = Vec::<i64>::try_from(idx.flatten(0, 1)).unwrap_or_default();
+        for r in 0..len as usize {
+            let mut votes = std::collections::BTreeMap::new();
+            let mut used = 0;
+            for &j in &idx[r * kk as usize..(r + 1) * kk as usize] {
+                if exclude_self && j == start + r as i64 || used == k {
+                    continue;
+                }
+                used += 1;
+                *votes.entry(labels[j as usize]).or_insert(0usize) += 1;
+            }
+            let (best, count) = votes
+                .iter()
+                .max_by_key(|(lab, c)| (**c, -**lab))
+                .map(|(a, b)| (*a, *b))
+                .unwrap_or((-1, 0));
+            out.push(best);
+            conf.push(count as f64 / used.max(1) as f64);
+        }
+    }
+    (out, conf)
+}
+
+pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
+    if args.missing != "mask" && args.missing != "zero" {
+        bail!("--missing {}: use mask or zero", args.missing);
+    }
+    let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
+    zoo.load(&args.model)?;
+    let dir = zoo.model_dir(&args.model);
+    let (m, _vs, vae) = load_model(&dir, Device::Cpu)?;
+    let ds = Dataset::open_with(
+        &args.data,
+        &OpenOptions {
+            layer: args.layer.clone(),
+            ..Default::default()
+        },
+    )?;
+    if !args.force {
+        ds.require_counts()
+            .map_err(|e| anyhow::anyhow!("{e}; pass --force to project anyway"))?;
+    }
+    let a = GeneList::from_table(label(&ds), &ds.info().genes);
+    let b = model_genes(&m);
+    let report = compare_lists(&a, &b);
+    if report.found == 0 {
+        bail!("{}", zero_overlap_message(&report));
+    }
+    if report.pct_b_found < 100.0 * args.min_overlap && !args.force {
+        bail!(
+            "{}: only {} of the model's {} genes ({:.1} %) were found (key: {}); below --min-overlap {}: pass --force to project anyway",
+            args.data.display(),
+            report.found,
+            report.b_genes,
+            report.pct_b_found,
+            report.key,
+            args.min_overlap
+        );
+    }
+    let matching = report.matching.as_ref().expect("matching");
+    let g = m.architecture.n_genes;
+    let mut a_to_b: Vec<Vec<u32>> = vec![Vec::new(); ds.n_genes()];
+    let mut found = vec![0f32; g];
+    for (j, x) in matching.b_to_a.iter().enumerate() {
+        if let Some((i, _)) = x {
+            a_to_b[*i].push(j as u32);
+            found[j] = 1.0;
+        }
+    }
+    let mut warnings = report.warnings.clone();
+    let mut mask = args.missing == "mask";
+    if mask && !m.architecture.masked_input && report.found < g {
+        warnings.push(format!(
+            "model `{}` was trained without masking (no --gene-dropout or presence mask), so it cannot be told which \
+             genes are missing: they are zero-filled",
+            m.name
+        ));
+        mask = false;
+    }
+    let batch = if m.architecture.batch_categories.is_empty() {
+        None
+    } else {
+        let cats = m.architecture.batch_categories.clone();
+        let c = match &args.batch_category {
+            Some(name) => cats.iter().position(|c| c == name).ok_or_else(|| {
+                anyhow::anyhow!("--batch-category {name}: the model's batches are {}", cats.join(", "))
+            })?,
+            None => 0,
+        };
+        Some((cats, c))
+    };
+    let enc = Encoder {
+        vae: &vae,
+        found,
+        mask,
+        batch,
+    };
+
+    // Encode every cell, streaming.
+    let l = m.architecture.n_latent;
+    let mut latent = Vec::with_capacity(ds.n_cells() * l);
+    for chunk in ds.chunks(2048) {
+        let chunk = chunk?;
+        let mut x = CsrChunk::empty(0, g);
+        for r in 0..chunk.n_rows() {
+            let (idx, val) = chunk.row(r);
+            let mut row: Vec<(u32, f32)> = idx
+                .iter()
+                .zip(val)
+                .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
+                .collect();
+            row.sort_unstable_by_key(|e| e.0);
+            x.push_row(row);
+        }
+        latent.extend(enc.encode(&x, true)?);
+    }
+
+    // Reference sample: latents, labels and (newer models) counts.
+    let reference = m.reference.as_ref();
+    let tensors: Vec<(String, Tensor)> = match reference {
+        Some(r) => Tensor::read_safetensors(dir.join(&r.file))?,
+        None => Vec::new(),
+    };
+    let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
+    let ref_latent = get("latent");
+    let label_names: Option<Vec<String>> = reference.and_then(|r| r.labels.clone());
+    let mut categories: Vec<String> = Vec::new();
+    let ref_codes: Option<Vec<i64>> = label_names.as_ref().map(|ls| {
+        ls.iter()
+            .map(|s| match categories.iter().position(|c| c == s) {
+                Some(i) => i as i64,
+                None => {
+                    categories.push(s.clone());
+                    categories.len() as i64 - 1
+                }
+            })
+            .collect()
+    });
+    let transferred = match (&ref_latent, &ref_codes) {
+        (Some(rl), Some(codes)) => Some(knn_labels(&latent, rl, codes, args.k, false)),
+        _ => None,
+    };
+
+    // Predicted mapping quality: the reference cells with the query's missing genes hidden.
+    let (mut displacement, mut agreement) = (None, None);
+    if let (Some(r), Some(rl)) = (reference.filter(|r| r.counts), &ref_latent) {
+        let indptr: Vec<i64> = Vec::try_from(get("counts_indptr").expect("counts_indptr"))?;
+        let indices: Vec<i64> = Vec::try_from(get("counts_indices").expect("counts_indices"))?;
+        let data: Vec<f32> = Vec::try_from(get("counts_data").expect("counts_data"))?;
+        let counts = CsrChunk {
+            first_row: 0,
+            n_cols: g,
+            indptr: indptr.iter().map(|&v| v as usize).collect(),
+            indices: indices.iter().map(|&v| v as u32).collect(),
+            data,
+        };
+        let full = enc.encode(&counts, false)?;
+        let part = enc.encode(&counts, true)?;
+        let n = r.n_cells;
+        let mean: Vec<f64> = (0..l)
+            .map(|d| (0..n).map(|i| full[i * l + d] as f64).sum::<f64>() / n as f64)
+            .collect();
+        let spread: f64 = (0..n)
+            .map(|i| {
+                (0..l)
+                    .map(|d| (full[i * l + d] as f64 - mean[d]).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .sum::<f64>()
+            / n as f64;
+        let moved: f64 = (0..n)
+            .map(|i| {
+                (0..l)
+                    .map(|d| (full[i * l + d] as f64 - part[i * l + d] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .sum::<f64>()
+            / n as f64;
+        displacement = Some(moved / spread.max(1e-12));
+        if let Some(codes) = &ref_codes {
+            let (lf, _) = knn_labels(&full, rl, codes, args.k, true);
+            let (lp, _) = knn_labels(&part, rl, codes, args.k, true);
+            agreement = Some(lf.iter().zip(&lp).filter(|(a, b)| a == b).count() as f64 / n as f64);
+        }
+    }
+
+    // Output.
+    let ext = args
+        .output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let (pred_labels, conf): (Option<Vec<String>>, Option<Vec<f64>>) = match &transferred {
+        Some((codes, conf)) => (
+            Some(
+                codes
+                    .iter()
+                    .map(|&c| categories.get(c as usize).cloned().unwrap_or_default())
+                    .collect(),
+            ),
+            Some(conf.clone()),
+        ),
+        None => (None, None),
+    };
+    if ext == "parquet" || ext == "csv" {
+        use polars::prelude::*;
+        let mut cols = vec![Column::new("cell_id".into(), ds.info().cell_ids.clone())];
+        for d in 0..l {
+            cols.push(Column::new(
+                format!("latent_{d}").into(),
+                (0..ds.n_cells()).map(|i| latent[i * l + d]).collect::<Vec<f32>>(),
+            ));
+        }
+        if let (Some(p), Some(c)) = (&pred_labels, &conf) {
+            cols.push(Column::new("scmz_label".into(), p.clone()));
+            cols.push(Column::new("scmz_label_confidence".into(), c.clone()));
+        }
+        let mut df = DataFrame::new_infer_height(cols)?;
+        scmz::tables::write_table(&mut df, &args.output)?;
+    } else {
+        let mut add = Additions {
+            obs: Vec::new(),
+            obsm: vec![Obsm {
+                name: "X_scmz".into(),
+                n_cols: l,
+                values: latent.clone(),
+            }],
+        };
+        if let (Some(p), Some(c)) = (&pred_labels, &conf) {
+            add.obs.push(FrameColumn {
+                name: "scmz_label".into(),
+                values: ColumnValues::categorical_from(p),
+            });
+            add.obs.push(FrameColumn {
+                name: "scmz_label_confidence".into(),
+                values: ColumnValues::Float(c.clone()),
+            });
+        }
+        write_copy_with(&ds, &args.output, &add)?;
+    }
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in pred_labels.iter().flatten() {
+        *counts.entry(p.clone()).or_default() += 1;
+    }
+    let mut labels: Vec<(String, usize)> = counts.into_iter().collect();
+    labels.sort_by(|a, b| b.1.cmp(&a.1));
+    let out = ProjectReport {
+        data: args.data.display().to_string(),
+        model: m.name.clone(),
+        cells: ds.n_cells(),
+        model_genes: g,
+        found: report.found,
+        pct_found: report.pct_b_found,
+        key: format!("{}: {}", report.key, report.reason),
+        missing_policy: if mask { "mask" } else { "zero" }.to_string(),
+        warnings,
+        predicted_displacement: displacement,
+        predicted_agreement: agreement,
+        labels,
+        mean_confidence: conf.as_ref().map(|c| c.iter().sum::<f64>() / c.len().max(1) as f64),
+        output: args.output.display().to_string(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_report(&out, &report.routes);
+    }
+    Ok(())
+}
+
+fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
+    println!("model      {} ({} genes)", r.model, r.model_genes);
+    println!("data       {} ({} cells)", r.data, r.cells);
+    println!(
+        "genes      {} of the model's genes found ({:.1} %); {}",
+        r.found, r.pct_found, r.key
+    );
+    let routes: Vec<String> = routes
+        .iter()
+        .map(|(route, n)| format!("{} {n}", route.describe()))
+        .collect();
+    println!("routes     {}", routes.join(", "));
+    println!(
+        "missing    {} genes, {}",
+        r.model_genes - r.found,
+        if r.missing_policy == "mask" {
+            "masked"
+        } else {
+            "zero-filled"
+        }
+    );
+    if let (Some(d), a) = (r.predicted_displacement, r.predicted_agreement) {
+        println!(
+            "predicted  latent displacement {:.3} of the latent spread{}",
+            d,
+            a.map(|a| format!("; label agreement with all genes {:.1} %", 100.0 * a))
+                .unwrap_or_default()
+        );
+    }
+    if !r.labels.is_empty() {
+        let top: Vec<String> = r.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
+        println!(
+            "labels     {} (mean confidence {:.2})",
+            top.join(", "),
+            r.mean_confidence.unwrap_or(0.0)
+        );
+    }
+    println!("wrote      {}", r.output);
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+}
