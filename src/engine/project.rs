@@ -400,7 +400,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         *counts.entry(p.clone()).or_default() += 1;
     }
     let mut labels: Vec<(String, usize)> = counts.into_iter().collect();
-    labels.sort_by(|a, b| b.1.cmp(&a.1));
+    labels.sort_by_key(|l| std::cmp::Reverse(l.1));
     let out = ProjectReport {
         data: args.data.display().to_string(),
         model: m.name.clone(),
