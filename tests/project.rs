@@ -182,3 +182,74 @@ print(len(keep))
         .unwrap();
     assert_eq!(df.shape(), (350, 13));
 }
+
+#[test]
+fn a_query_from_a_new_batch_is_fine_tuned_on_its_own_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    run_python(
+        r#"
+import sys, os, anndata, numpy as np
+a = anndata.read_h5ad(sys.argv[1])
+r = a[::2].copy()
+r.obs['batch'] = np.where(np.arange(r.n_obs) % 2 == 0, 'b1', 'b2')
+r.obs['batch'] = r.obs['batch'].astype('category')
+r.write_h5ad(os.path.join(sys.argv[2], 'ref.h5ad'))
+q = a[1::2].copy()
+q.X = q.X * 3  # a batch effect: three times the sequencing depth
+q.write_h5ad(os.path.join(sys.argv[2], 'new_batch.h5ad'))
+"#,
+        &[&data("pbmc68k_counts.h5ad"), d],
+    );
+    let zoo = d.join("zoo");
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "train",
+            d.join("ref.h5ad").to_str().unwrap(),
+            "--name",
+            "ref",
+            "--epochs",
+            "40",
+        ])
+        .args(["--batch-key", "batch", "--label-key", "bulk_labels"])
+        .env("SCMZ_ZOO", &zoo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.join("tuned.h5ad");
+    let r = project(&zoo, &d.join("new_batch.h5ad"), &out, "mask", &["--finetune", "15"]).unwrap();
+    let (before, after) = (
+        r["finetune_loss"][0].as_f64().unwrap(),
+        r["finetune_loss"][1].as_f64().unwrap(),
+    );
+    eprintln!("fine-tuning the new batch: query ELBO per cell {before:.2} -> {after:.2}");
+    assert!(after < before, "{before} -> {after}");
+    assert_eq!(labels(&out, "scmz_label").len(), 350);
+    // A model without a batch covariate cannot grow one.
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "train",
+            d.join("ref.h5ad").to_str().unwrap(),
+            "--name",
+            "plain",
+            "--epochs",
+            "2",
+        ])
+        .env("SCMZ_ZOO", &zoo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "project",
+            d.join("new_batch.h5ad").to_str().unwrap(),
+            "--model",
+            "plain",
+            "-o",
+        ])
+        .args([d.join("x.h5ad").to_str().unwrap(), "--finetune", "3"])
+        .env("SCMZ_ZOO", &zoo)
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("--batch-key"), "{}", stderr(&o));
+}

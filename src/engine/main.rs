@@ -3,6 +3,7 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
+mod finetune;
 mod loader;
 mod project;
 mod tensor;

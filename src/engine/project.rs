@@ -46,6 +46,10 @@ pub struct ProjectArgs {
     /// Batch category of the model to encode the cells as [default: the first].
     #[arg(long)]
     pub batch_category: Option<String>,
+    /// Fine-tune for a query from a new batch: add a batch category named after the data and train
+    /// only its parameters on the query for this many epochs (batch models only).
+    #[arg(long, default_value_t = 0)]
+    pub finetune: usize,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +69,8 @@ pub struct ProjectReport {
     /// Predicted from the model's reference cells with the same genes hidden.
     pub predicted_displacement: Option<f64>,
     pub predicted_agreement: Option<f64>,
+    /// Fine-tuning of a new batch: mean ELBO per query cell before and after.
+    pub finetune_loss: Option<(f64, f64)>,
     /// Cells per transferred label.
     pub labels: Vec<(String, usize)>,
     pub mean_confidence: Option<f64>,
@@ -182,7 +188,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let dir = zoo.model_dir(&args.model);
-    let (m, _vs, vae) = load_model(&dir, Device::Cpu)?;
+    let (m, vs, vae) = load_model(&dir, Device::Cpu)?;
     let ds = Dataset::open_with(
         &args.data,
         &OpenOptions {
@@ -250,11 +256,8 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         batch,
     };
 
-    // Encode every cell, streaming.
-    let l = m.architecture.n_latent;
-    let mut latent = Vec::with_capacity(ds.n_cells() * l);
-    for chunk in ds.chunks(2048) {
-        let chunk = chunk?;
+    // The query in the model's gene space, chunk by chunk.
+    let to_model = |chunk: &CsrChunk| {
         let mut x = CsrChunk::empty(0, g);
         for r in 0..chunk.n_rows() {
             let (idx, val) = chunk.row(r);
@@ -266,7 +269,46 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             row.sort_unstable_by_key(|e| e.0);
             x.push_row(row);
         }
-        latent.extend(enc.encode(&x, true)?);
+        x
+    };
+    let tuned = if args.finetune > 0 {
+        let mut cells = Vec::new();
+        for chunk in ds.chunks(128) {
+            cells.push(to_model(&chunk?));
+        }
+        let name = label(&ds);
+        Some(crate::finetune::add_batch(
+            &vs,
+            &vae,
+            &name,
+            &cells,
+            &enc.found,
+            enc.mask,
+            args.finetune,
+        )?)
+    } else {
+        None
+    };
+    let enc_q = match &tuned {
+        Some(t) => Encoder {
+            vae: &t.vae,
+            found: enc.found.clone(),
+            mask: enc.mask,
+            batch: Some((t.vae.arch.batch_categories.clone(), t.batch)),
+        },
+        None => Encoder {
+            vae: &vae,
+            found: enc.found.clone(),
+            mask: enc.mask,
+            batch: enc.batch.clone(),
+        },
+    };
+
+    // Encode every cell, streaming.
+    let l = m.architecture.n_latent;
+    let mut latent = Vec::with_capacity(ds.n_cells() * l);
+    for chunk in ds.chunks(2048) {
+        latent.extend(enc_q.encode(&to_model(&chunk?), true)?);
     }
 
     // Reference sample: latents, labels and (newer models) counts.
@@ -413,6 +455,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         warnings,
         predicted_displacement: displacement,
         predicted_agreement: agreement,
+        finetune_loss: tuned.as_ref().map(|t| (t.loss_before, t.loss_after)),
         labels,
         mean_confidence: conf.as_ref().map(|c| c.iter().sum::<f64>() / c.len().max(1) as f64),
         output: args.output.display().to_string(),
@@ -453,6 +496,9 @@ fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
             a.map(|a| format!("; label agreement with all genes {:.1} %", 100.0 * a))
                 .unwrap_or_default()
         );
+    }
+    if let Some((before, after)) = r.finetune_loss {
+        println!("finetune   new batch: query ELBO per cell {before:.2} -> {after:.2}");
     }
     if !r.labels.is_empty() {
         let top: Vec<String> = r.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
