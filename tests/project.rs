@@ -153,6 +153,18 @@ print(len(keep))
     eprintln!("ensembl-id query accuracy {acc_ids:.3}, symbol query with the same genes {acc_sym:.3}");
     assert!((acc_ids - acc_sym).abs() <= 0.02, "{acc_ids} vs {acc_sym}");
 
+    // `scmz overlap DATA MODEL` gives the same prediction before anything is applied.
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["overlap", d.join("q70.h5ad").to_str().unwrap(), "ref", "--json"])
+        .env("SCMZ_ZOO", &zoo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["found"], 536);
+    let p70 = project(&zoo, &d.join("q70.h5ad"), &d.join("again.h5ad"), "mask", &["--force"]).unwrap();
+    assert_eq!(v["predicted_agreement"], p70["predicted_agreement"]);
+
     // Below the overlap threshold: refused with the numbers, unless forced.
     let err = project(
         &zoo,

@@ -17,11 +17,65 @@ fn open_all(paths: &[PathBuf], opts: &OpenOptions) -> anyhow::Result<Vec<Dataset
         .collect::<Result<_, _>>()?)
 }
 
+/// `scmz overlap DATA MODEL`: the gene report against a zoo model, plus the mapping quality the
+/// engine predicts from the model's reference cells.
+fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> anyhow::Result<()> {
+    let zoo = scmz::zoo::Zoo::new(scmz::zoo::default_zoo());
+    let m = zoo.load(model)?;
+    let ds = Dataset::open_with(data, opts)?;
+    let r = scmz::genes::overlap::compare_dataset_to_list(&ds, &m.gene_list())?;
+    let mut args = vec![
+        "project".to_string(),
+        data.display().to_string(),
+        "--model".into(),
+        model.into(),
+    ];
+    args.extend(["--predict-only".into(), "--json".into(), "--force".into()]);
+    if let Some(l) = &opts.layer {
+        args.extend(["--layer".into(), l.clone()]);
+    }
+    let o = std::process::Command::new(super::models::engine_path())
+        .args(&args)
+        .output()?;
+    let predicted: Option<serde_json::Value> = o
+        .status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).ok())
+        .flatten();
+    if json {
+        let mut v = serde_json::to_value(&r)?;
+        for key in ["predicted_displacement", "predicted_agreement"] {
+            v[key] = predicted.as_ref().map_or(serde_json::Value::Null, |p| p[key].clone());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_report(&r);
+        match &predicted {
+            Some(p) if !p["predicted_displacement"].is_null() => println!(
+                "predicted {:.3} latent displacement (share of the latent spread){}",
+                p["predicted_displacement"].as_f64().unwrap_or(0.0),
+                p["predicted_agreement"]
+                    .as_f64()
+                    .map(|a| format!("; {:.1} % of labels as with all genes", 100.0 * a))
+                    .unwrap_or_default()
+            ),
+            Some(_) => println!("predicted -: the model keeps no reference counts (trained by an older scmz)"),
+            None => println!("predicted -: {}", String::from_utf8_lossy(&o.stderr).trim()),
+        }
+    }
+    anyhow::ensure!(r.found > 0, "{}", zero_overlap_message(&r));
+    Ok(())
+}
+
 pub fn overlap(paths: &[PathBuf], opts: &OpenOptions, json: bool, out: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(
         paths.len() >= 2,
         "overlap needs two datasets (A: the data, B: the reference) or more"
     );
+    // A second argument that is no file but a model name: compare against the zoo model.
+    if paths.len() == 2 && !paths[1].exists() && paths[1].components().count() == 1 {
+        return overlap_model(&paths[0], &paths[1].to_string_lossy(), opts, json);
+    }
     let ds = open_all(paths, opts)?;
     if ds.len() == 2 {
         let r = compare_datasets(&ds[0], &ds[1])?;

@@ -13,7 +13,7 @@ use scmz::data::writer::{write_copy_with, Additions, ColumnValues, FrameColumn, 
 use scmz::data::{CsrChunk, Dataset, OpenOptions};
 use scmz::genes::overlap::{label, zero_overlap_message};
 use scmz::genes::{compare_lists, GeneList};
-use scmz::zoo::{Manifest, Zoo};
+use scmz::zoo::Zoo;
 
 use crate::loader::Batch;
 use crate::train::{load_model, prepare, Covariates};
@@ -27,8 +27,11 @@ pub struct ProjectArgs {
     #[arg(long)]
     pub zoo: Option<PathBuf>,
     /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
-    #[arg(short, long)]
-    pub output: PathBuf,
+    #[arg(short, long, required_unless_present = "predict_only")]
+    pub output: Option<PathBuf>,
+    /// Only report the overlap and the predicted mapping quality; encode and write nothing.
+    #[arg(long)]
+    pub predict_only: bool,
     #[arg(long)]
     pub layer: Option<String>,
     /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
@@ -75,18 +78,6 @@ pub struct ProjectReport {
     pub labels: Vec<(String, usize)>,
     pub mean_confidence: Option<f64>,
     pub output: String,
-}
-
-pub(crate) fn model_genes(m: &Manifest) -> GeneList {
-    GeneList {
-        label: format!("model {}", m.name),
-        names: m.genes.names.clone(),
-        gene_ids: m.genes.gene_ids.clone(),
-        symbols: m.genes.symbols.clone(),
-        species: m.genes.species.clone(),
-        id_key: m.genes.gene_ids.as_ref().map(|_| "gene_ids".to_string()),
-        symbol_key: m.genes.symbols.as_ref().map(|_| "symbols".to_string()),
-    }
 }
 
 /// How cells are encoded: which model genes they carry and how missing ones are presented.
@@ -201,12 +192,12 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}; pass --force to project anyway"))?;
     }
     let a = GeneList::from_table(label(&ds), &ds.info().genes);
-    let b = model_genes(&m);
+    let b = m.gene_list();
     let report = compare_lists(&a, &b);
     if report.found == 0 {
         bail!("{}", zero_overlap_message(&report));
     }
-    if report.pct_b_found < 100.0 * args.min_overlap && !args.force {
+    if report.pct_b_found < 100.0 * args.min_overlap && !args.force && !args.predict_only {
         bail!(
             "{}: only {} of the model's {} genes ({:.1} %) were found (key: {}); below --min-overlap {}: pass --force to project anyway",
             args.data.display(),
@@ -271,7 +262,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         }
         x
     };
-    let tuned = if args.finetune > 0 {
+    let tuned = if args.finetune > 0 && !args.predict_only {
         let mut cells = Vec::new();
         for chunk in ds.chunks(128) {
             cells.push(to_model(&chunk?));
@@ -307,8 +298,10 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     // Encode every cell, streaming.
     let l = m.architecture.n_latent;
     let mut latent = Vec::with_capacity(ds.n_cells() * l);
-    for chunk in ds.chunks(2048) {
-        latent.extend(enc_q.encode(&to_model(&chunk?), true)?);
+    if !args.predict_only {
+        for chunk in ds.chunks(2048) {
+            latent.extend(enc_q.encode(&to_model(&chunk?), true)?);
+        }
     }
 
     // Reference sample: latents, labels and (newer models) counts.
@@ -333,7 +326,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             .collect()
     });
     let transferred = match (&ref_latent, &ref_codes) {
-        (Some(rl), Some(codes)) => Some(knn_labels(&latent, rl, codes, args.k, false)),
+        (Some(rl), Some(codes)) if !args.predict_only => Some(knn_labels(&latent, rl, codes, args.k, false)),
         _ => None,
     };
 
@@ -383,8 +376,8 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     }
 
     // Output.
-    let ext = args
-        .output
+    let output = args.output.clone().unwrap_or_default();
+    let ext = output
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
@@ -401,7 +394,8 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
-    if ext == "parquet" || ext == "csv" {
+    if args.predict_only {
+    } else if ext == "parquet" || ext == "csv" {
         use polars::prelude::*;
         let mut cols = vec![Column::new("cell_id".into(), ds.info().cell_ids.clone())];
         for d in 0..l {
@@ -415,7 +409,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             cols.push(Column::new("scmz_label_confidence".into(), c.clone()));
         }
         let mut df = DataFrame::new_infer_height(cols)?;
-        scmz::tables::write_table(&mut df, &args.output)?;
+        scmz::tables::write_table(&mut df, &output)?;
     } else {
         let mut add = Additions {
             obs: Vec::new(),
@@ -435,7 +429,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
                 values: ColumnValues::Float(c.clone()),
             });
         }
-        write_copy_with(&ds, &args.output, &add)?;
+        write_copy_with(&ds, &output, &add)?;
     }
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for p in pred_labels.iter().flatten() {
@@ -458,7 +452,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         finetune_loss: tuned.as_ref().map(|t| (t.loss_before, t.loss_after)),
         labels,
         mean_confidence: conf.as_ref().map(|c| c.iter().sum::<f64>() / c.len().max(1) as f64),
-        output: args.output.display().to_string(),
+        output: output.display().to_string(),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -508,7 +502,9 @@ fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
             r.mean_confidence.unwrap_or(0.0)
         );
     }
-    println!("wrote      {}", r.output);
+    if !r.output.is_empty() {
+        println!("wrote      {}", r.output);
+    }
     for w in &r.warnings {
         println!("warning: {w}");
     }

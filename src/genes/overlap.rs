@@ -187,6 +187,29 @@ pub fn compare_datasets(a: &Dataset, b: &Dataset) -> Result<OverlapReport> {
     Ok(report)
 }
 
+/// The report for a dataset against a bare gene list (a model's): the list comparison plus the
+/// share of A's counts on the shared genes, streamed.
+pub fn compare_dataset_to_list(a: &Dataset, b: &GeneList) -> Result<OverlapReport> {
+    let la = GeneList::from_table(label(a), &a.info().genes);
+    let mut report = compare_lists(&la, b);
+    let m = report.matching.as_ref().expect("matching");
+    let totals = gene_totals(a, 4096)?;
+    let all: f64 = totals.iter().sum();
+    let mut used = vec![false; a.n_genes()];
+    for (i, _) in m.b_to_a.iter().flatten() {
+        used[*i] = true;
+    }
+    let shared: f64 = 0.0
+        + totals
+            .iter()
+            .zip(&used)
+            .filter(|(_, u)| **u)
+            .map(|(t, _)| t)
+            .sum::<f64>();
+    report.counts_coverage = Some(if all > 0.0 { shared / all } else { 0.0 });
+    Ok(report)
+}
+
 /// The name a dataset goes by in reports: its file or folder name.
 pub fn label(ds: &Dataset) -> String {
     ds.path()

@@ -118,3 +118,18 @@ pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String
     value["schema_version"] = SCHEMA_VERSION.into();
     Ok(value)
 }
+
+impl Manifest {
+    /// The model's genes as a list to match datasets against.
+    pub fn gene_list(&self) -> crate::genes::GeneList {
+        crate::genes::GeneList {
+            label: format!("model {}", self.name),
+            names: self.genes.names.clone(),
+            gene_ids: self.genes.gene_ids.clone(),
+            symbols: self.genes.symbols.clone(),
+            species: self.genes.species.clone(),
+            id_key: self.genes.gene_ids.as_ref().map(|_| "gene_ids".to_string()),
+            symbol_key: self.genes.symbols.as_ref().map(|_| "symbols".to_string()),
+        }
+    }
+}
