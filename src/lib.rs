@@ -41,8 +41,11 @@
 //! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
 //! loss), `loader` (a reader thread streaming shuffled minibatches over a bounded channel, the
 //! seeded train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
-//! the zoo) and `tensor` (CSR chunks to tensors). `scmz train` runs it as a child process, which
-//! is also how jobs will outlive the terminal. Keep every `tch` call inside `src/engine/`.
+//! the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
+//! mapping-quality prediction from the reference counts stored with each model), `finetune`
+//! (a new batch category trained alone on a query) and `tensor` (CSR chunks to tensors).
+//! `scmz train`/`project` run it as a child process, which is also how jobs will outlive the
+//! terminal. Keep every `tch` call inside `src/engine/`.
 //!
 //! Errors of the data layer are [`data::DataError`]: file, element inside it, problem and what to
 //! do. The binary prints them as one line and exits non-zero.
