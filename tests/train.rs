@@ -152,7 +152,12 @@ fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
     // Saving then loading reproduces the latent: the reference sample stored at training time
     // equals a fresh encoding by the loaded model.
     let stored = tch::Tensor::read_safetensors(zoo.path().join("pbmc/reference.safetensors")).unwrap();
-    let stored: Vec<f32> = Vec::try_from(stored[0].1.flatten(0, 1)).unwrap();
+    let latent_t = &stored
+        .iter()
+        .find(|(n, _)| n == "latent")
+        .expect("latent in reference.safetensors")
+        .1;
+    let stored: Vec<f32> = Vec::try_from(latent_t.flatten(0, 1)).unwrap();
     let ref_ids: Vec<String> = serde_json::from_value(manifest["reference"]["cell_ids"].clone()).unwrap();
     let pos = ids.iter().position(|i| i == &ref_ids[0]).unwrap();
     for (a, b) in latent[pos].iter().zip(&stored[..10]) {
