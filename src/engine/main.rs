@@ -61,13 +61,6 @@ enum Command {
 }
 
 fn main() {
-    // The reader thread needs a core of its own: libtorch's OpenMP workers stall when one of them
-    // is preempted, which costs more than the extra worker gains (measured on 2 cores: 17k vs
-    // 27k cells/s). OMP_NUM_THREADS still overrides.
-    if std::env::var_os("OMP_NUM_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads(cores.saturating_sub(1).max(1) as i32);
-    }
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
