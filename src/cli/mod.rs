@@ -90,6 +90,13 @@ enum Command {
         #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Pretrained model vs one trained from scratch on DATA, scored on held-out cells (runs in
+    /// `scmz-engine`; see `scmz compare --help`).
+    #[command(disable_help_flag = true)]
+    Compare {
+        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
     /// The models in the zoo.
     Models {
         #[arg(long)]
@@ -165,6 +172,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => overlap::merge_cmd(&paths, &output, &open.options(), force, json),
         Some(Command::Train { args }) => engine("train", args),
         Some(Command::Project { args }) => engine("project", args),
+        Some(Command::Compare { args }) => engine("compare", args),
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),
         Some(Command::Bench(b)) => bench::run(b),

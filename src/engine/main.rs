@@ -3,6 +3,7 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
+mod compare;
 mod finetune;
 mod loader;
 mod project;
@@ -29,6 +30,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Project a dataset with a zoo model: latent, transferred labels, predicted mapping quality.
     Project(Box<project::ProjectArgs>),
+    /// Pretrained model or one trained from scratch, scored on held-out cells of DATA.
+    Compare(Box<compare::CompareArgs>),
     /// Latent means of the first cells of a dataset under a zoo model, as JSON.
     Encode {
         /// Model name.
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train::train(*args),
         Command::Project(args) => project::project(*args),
+        Command::Compare(args) => compare::compare(*args),
         Command::Encode {
             model,
             zoo,

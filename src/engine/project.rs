@@ -81,17 +81,17 @@ pub struct ProjectReport {
 }
 
 /// How cells are encoded: which model genes they carry and how missing ones are presented.
-struct Encoder<'a> {
-    vae: &'a Vae,
+pub(crate) struct Encoder<'a> {
+    pub vae: &'a Vae,
     /// 1 for model genes the data has.
-    found: Vec<f32>,
-    mask: bool,
-    batch: Option<(Vec<String>, usize)>,
+    pub found: Vec<f32>,
+    pub mask: bool,
+    pub batch: Option<(Vec<String>, usize)>,
 }
 
 impl Encoder<'_> {
     /// Latent means of cells given in the model's gene space.
-    fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
+    pub(crate) fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
         let n = x.n_rows();
         let g = self.vae.arch.n_genes;
         let cov = Covariates {
@@ -138,7 +138,13 @@ impl Encoder<'_> {
 /// kNN label transfer: for each query row, the majority label among the k nearest reference
 /// latents and the share of neighbours that agree. `exclude_self` skips reference row i for
 /// query row i (reference cells labelling themselves).
-fn knn_labels(query: &[f32], reference: &Tensor, labels: &[i64], k: usize, exclude_self: bool) -> (Vec<i64>, Vec<f64>) {
+pub(crate) fn knn_labels(
+    query: &[f32],
+    reference: &Tensor,
+    labels: &[i64],
+    k: usize,
+    exclude_self: bool,
+) -> (Vec<i64>, Vec<f64>) {
     let l = reference.size()[1];
     let q = Tensor::from_slice(query).view([-1, l]);
     let n = q.size()[0];

@@ -95,6 +95,19 @@ pub struct TrainArgs {
     pub reference_cells: usize,
 }
 
+impl TrainArgs {
+    /// The command line's defaults for training `data` as `name`.
+    pub fn defaults(data: PathBuf, name: String) -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        let data = data.display().to_string();
+        <Wrapper as clap::Parser>::parse_from(["train", data.as_str(), "--name", name.as_str()]).args
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
     epoch: usize,
