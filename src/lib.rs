@@ -43,7 +43,8 @@
 //! seeded train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
 //! the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
 //! mapping-quality prediction from the reference counts stored with each model), `finetune`
-//! (a new batch category trained alone on a query) and `tensor` (CSR chunks to tensors).
+//! (a new batch category trained alone on a query), `compare` (pretrained vs from scratch on
+//! held-out cells, overlap sweep, verdict) and `tensor` (CSR chunks to tensors).
 //! `scmz train`/`project` run it as a child process, which is also how jobs will outlive the
 //! terminal. Keep every `tch` call inside `src/engine/`.
 //!
