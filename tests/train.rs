@@ -347,3 +347,32 @@ fn normalised_data_is_refused_and_mouse_trains_end_to_end() {
     assert_eq!(m["genes"]["species"], "mouse");
     assert!(m["genes"]["gene_ids"][0].as_str().unwrap().starts_with("ENSMUSG"));
 }
+
+#[test]
+fn the_merged_whole_transcriptome_file_trains_with_its_presence_mask() {
+    let zoo = tempfile::tempdir().unwrap();
+    let merged = zoo.path().join("wt.h5ad");
+    let inputs = [
+        "celltypist_sample_counts.h5ad",
+        "pbmc68k_counts.h5ad",
+        "mouse_10k_subset.h5ad",
+    ]
+    .map(data);
+    let mut args = vec!["merge"];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["-o", merged.to_str().unwrap()]);
+    let o = scmz(&args, zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = scmz(
+        &["train", merged.to_str().unwrap(), "--name", "wt", "--epochs", "1"],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&std::fs::read(zoo.path().join("wt/manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["architecture"]["n_genes"], 33_210);
+    assert_eq!(
+        m["architecture"]["masked_input"], true,
+        "the presence mask must switch masking on"
+    );
+    assert!(m["metrics"]["best_val_elbo"].as_f64().is_some_and(f64::is_finite));
+}
