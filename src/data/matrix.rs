@@ -82,7 +82,7 @@ impl CsrChunk {
 
 /// Stored column -> served column (`u32::MAX`: dropped) for the columns to keep, and how many
 /// are kept.
-pub(crate) fn column_map(keep: &[bool]) -> (Vec<u32>, usize) {
+pub fn column_map(keep: &[bool]) -> (Vec<u32>, usize) {
     let mut next = 0u32;
     let map = keep
         .iter()

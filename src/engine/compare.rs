@@ -17,7 +17,7 @@ use scmz::genes::{compare_lists, GeneList};
 use scmz::zoo::Zoo;
 
 use crate::loader::{Batch, Rng};
-use crate::project::knn_labels;
+use crate::project::{knn_labels, to_model_space};
 use crate::train::{load_model, prepare, train, Covariates, TrainArgs};
 use crate::vae::Vae;
 
@@ -173,20 +173,7 @@ fn write_subset(
     labels: Option<(&str, &[String], &[i32])>,
     out: &Path,
 ) -> anyhow::Result<()> {
-    let cols: Vec<u32> = {
-        let mut next = 0;
-        keep.iter()
-            .map(|&k| {
-                if k {
-                    next += 1;
-                    next - 1
-                } else {
-                    u32::MAX
-                }
-            })
-            .collect()
-    };
-    let n_keep = keep.iter().filter(|k| **k).count();
+    let (cols, n_keep) = scmz::data::matrix::column_map(keep);
     let mut w = H5adWriter::create(out, n_keep)?;
     let all = crate::train::read_rows(ds, rows)?;
     let mut x = CsrChunk::empty(0, n_keep);
@@ -326,20 +313,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            let to_model = |c: &CsrChunk| {
-                let mut x = CsrChunk::empty(0, g_model);
-                for r in 0..c.n_rows() {
-                    let (idx, val) = c.row(r);
-                    let mut row: Vec<(u32, f32)> = idx
-                        .iter()
-                        .zip(val)
-                        .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
-                        .collect();
-                    row.sort_unstable_by_key(|e| e.0);
-                    x.push_row(row);
-                }
-                x
-            };
+            let to_model = |c: &CsrChunk| to_model_space(c, &a_to_b, g_model);
             let t = Instant::now();
             let test_x = tds.read_all()?;
             let train_x = trds.read_all()?;

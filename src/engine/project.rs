@@ -135,6 +135,23 @@ impl Encoder<'_> {
     }
 }
 
+/// A chunk of the data moved into the model's gene space: each data gene's counts go to the model
+/// genes it matched (`a_to_b`), rows sorted by gene.
+pub(crate) fn to_model_space(chunk: &CsrChunk, a_to_b: &[Vec<u32>], n_genes: usize) -> CsrChunk {
+    let mut x = CsrChunk::empty(0, n_genes);
+    for r in 0..chunk.n_rows() {
+        let (idx, val) = chunk.row(r);
+        let mut row: Vec<(u32, f32)> = idx
+            .iter()
+            .zip(val)
+            .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
+            .collect();
+        row.sort_unstable_by_key(|e| e.0);
+        x.push_row(row);
+    }
+    x
+}
+
 /// kNN label transfer: for each query row, the majority label among the k nearest reference
 /// latents and the share of neighbours that agree. `exclude_self` skips reference row i for
 /// query row i (reference cells labelling themselves).
@@ -254,20 +271,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     };
 
     // The query in the model's gene space, chunk by chunk.
-    let to_model = |chunk: &CsrChunk| {
-        let mut x = CsrChunk::empty(0, g);
-        for r in 0..chunk.n_rows() {
-            let (idx, val) = chunk.row(r);
-            let mut row: Vec<(u32, f32)> = idx
-                .iter()
-                .zip(val)
-                .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
-                .collect();
-            row.sort_unstable_by_key(|e| e.0);
-            x.push_row(row);
-        }
-        x
-    };
+    let to_model = |chunk: &CsrChunk| to_model_space(chunk, &a_to_b, g);
     let tuned = if args.finetune > 0 && !args.predict_only {
         let mut cells = Vec::new();
         for chunk in ds.chunks(128) {

@@ -145,25 +145,9 @@ pub fn gene_totals(ds: &Dataset, chunk_rows: usize) -> Result<Vec<f64>> {
 /// The full report for two datasets: the list comparison plus, streamed from the matrices, the
 /// share of A's counts on shared genes and B's mean expression of the genes A lacks.
 pub fn compare_datasets(a: &Dataset, b: &Dataset) -> Result<OverlapReport> {
-    let la = GeneList::from_table(label(a), &a.info().genes);
     let lb = GeneList::from_table(label(b), &b.info().genes);
-    let mut report = compare_lists(&la, &lb);
+    let mut report = compare_dataset_to_list(a, &lb)?;
     let m = report.matching.as_ref().expect("matching");
-    let totals_a = gene_totals(a, 4096)?;
-    let all: f64 = totals_a.iter().sum();
-    let mut used = vec![false; a.n_genes()];
-    for (i, _) in m.b_to_a.iter().flatten() {
-        used[*i] = true;
-    }
-    // `0.0 +`: an empty float sum is -0.0.
-    let shared: f64 = 0.0
-        + totals_a
-            .iter()
-            .zip(&used)
-            .filter(|(_, u)| **u)
-            .map(|(t, _)| t)
-            .sum::<f64>();
-    report.counts_coverage = Some(if all > 0.0 { shared / all } else { 0.0 });
     if b.info().values.is_counts() {
         let totals_b = gene_totals(b, 4096)?;
         let n = b.n_cells().max(1) as f64;
