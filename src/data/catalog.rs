@@ -244,7 +244,7 @@ pub fn default_cache() -> PathBuf {
     crate::dirs::cache_dir().join("catalog.json")
 }
 
-/// True if the gene-id kind is worth showing as-is (helps table rendering).
+/// The gene-id kind as shown in tables: `symbol+ensembl(gene_ids)` when a column adds Ensembl ids.
 pub fn id_kind_label(s: &Summary) -> String {
     match (&s.gene_id_kind, &s.gene_id_key) {
         (GeneIdKind::Ensembl, _) => "ensembl".into(),

@@ -48,8 +48,8 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
         ("raw/X", _) => "raw/var",
         _ => "var",
     };
-    let (obs_index_name, cell_ids, obs_columns) = read_frame(path, &file, layout, "obs", false)?;
-    let (var_index_name, genes, var_columns) = read_frame(path, &file, layout, var_element, true)?;
+    let (obs_index_name, cell_ids, obs_columns) = read_frame(path, &file, "obs", false)?;
+    let (var_index_name, genes, var_columns) = read_frame(path, &file, var_element, true)?;
     if cell_ids.len() != matrix.n_rows {
         return Err(DataError::at(
             path,
@@ -232,7 +232,6 @@ impl Column {
 fn read_frame(
     path: &Path,
     file: &File,
-    layout: H5adLayout,
     element: &str,
     want_strings: bool,
 ) -> Result<(String, Vec<String>, Vec<Column>)> {
@@ -242,7 +241,6 @@ fn read_frame(
     if let Ok(g) = file.group(element) {
         read_frame_group(path, file, &g, element, want_strings)
     } else {
-        let _ = layout;
         read_frame_compound(path, file, element, want_strings)
     }
 }
