@@ -376,3 +376,44 @@ fn the_merged_whole_transcriptome_file_trains_with_its_presence_mask() {
     );
     assert!(m["metrics"]["best_val_elbo"].as_f64().is_some_and(f64::is_finite));
 }
+
+#[test]
+fn sigterm_stops_training_cleanly_with_a_resumable_checkpoint() {
+    let zoo = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let args = ["train", pbmc.to_str().unwrap(), "--name", "stopped", "--epochs", "400"];
+    let child = Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args(args)
+        .env("SCMZ_ZOO", zoo.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = zoo.path().join(".runs/stopped/events.jsonl");
+    let t = Instant::now();
+    while checkpoint_epoch(&log).is_none_or(|e| e < 1) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
+    let events = read_log(&log).unwrap();
+    assert!(matches!(&events.last().unwrap().event, Event::End { status, model: None, .. } if status == "cancelled"));
+    assert!(
+        !zoo.path().join("stopped").exists(),
+        "a cancelled run left a model in the zoo"
+    );
+    let done = checkpoint_epoch(&log).unwrap();
+    let mut resume = args.to_vec();
+    resume[5] = "40";
+    resume.push("--resume");
+    let o = engine(&resume, zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let history = read_log(&zoo.path().join("stopped/history.jsonl")).unwrap();
+    let first = history.iter().rev().find_map(|r| match r.event {
+        Event::Start { first_epoch, .. } => Some(first_epoch),
+        _ => None,
+    });
+    assert_eq!(first, Some(done + 1));
+}

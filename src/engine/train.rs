@@ -301,6 +301,27 @@ impl Prepared {
     }
 }
 
+/// Set by SIGTERM or SIGINT: training stops after the current step, keeping the last epoch's
+/// checkpoint, so `--resume` continues from there (`scmz jobs cancel` and Ctrl-C both land here).
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn request_stop(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn install_stop_handlers() {
+    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+}
+
+fn stop_requested() -> bool {
+    STOP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// libtorch threads for training. With few genes the steps are small and the reader thread needs a
 /// core of its own (an OpenMP worker preempted by it stalls the others): 2 cores, 1,000 genes, 27k
 /// vs 17k cells/s. With many genes the steps are large and every core pays (20,000 genes: 1,839 vs
@@ -478,6 +499,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut final_val = None;
     let mut epochs_run = first_epoch;
     let mut cells_per_s = 0.0;
+    install_stop_handlers();
     for epoch in first_epoch..max_epochs {
         let kl_weight = if args.kl_warmup == 0 {
             1.0
@@ -489,6 +511,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let c = cov.clone();
         for p in batches(loader(Split::Train, true), epoch, move |b| prepare(&b, &c, n_genes)) {
             let p = p.map_err(anyhow::Error::msg)?.to(dev, args.gene_dropout);
+            if stop_requested() {
+                break;
+            }
             let l = vae.losses(&p.input(), kl_weight, true);
             opt.backward_step(&l.total);
             let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
@@ -524,6 +549,24 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        if stop_requested() {
+            log.write(Event::End {
+                status: "cancelled".into(),
+                best_epoch: state.best_epoch,
+                best_val_elbo: state.best_val,
+                model: None,
+            })?;
+            let kept = if ckpt_json.exists() {
+                format!(
+                    "the checkpoint of epoch {} is kept; run again with --resume to continue",
+                    state.epoch + 1
+                )
+            } else {
+                "no epoch had finished, so there is no checkpoint".to_string()
+            };
+            eprintln!("\ncancelled during epoch {}: {kept}", epoch + 1);
+            std::process::exit(143);
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
         cells_per_s = n as f64 / train_secs.max(1e-9);
