@@ -25,3 +25,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn data_dir() -> PathBuf {
     from_env_or("SCMZ_DATA_DIR", |p| p.data_dir().to_path_buf())
 }
+
+/// Job records and logs (`SCMZ_STATE_DIR`; the user state directory, else the data directory).
+pub fn state_dir() -> PathBuf {
+    from_env_or("SCMZ_STATE_DIR", |p| {
+        p.state_dir().unwrap_or(p.data_dir()).to_path_buf()
+    })
+}

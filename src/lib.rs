@@ -55,5 +55,6 @@ pub mod data;
 pub mod dirs;
 pub mod events;
 pub mod genes;
+pub mod jobs;
 pub mod tables;
 pub mod zoo;

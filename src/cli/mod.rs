@@ -4,6 +4,7 @@
 mod bench;
 mod datasets;
 mod inspect;
+mod jobs;
 mod models;
 mod overlap;
 mod table;
@@ -97,6 +98,13 @@ enum Command {
         #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Background jobs (`scmz train ... --detach`).
+    Jobs {
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The models in the zoo.
     Models {
         #[arg(long)]
@@ -112,6 +120,32 @@ enum Command {
     Bench(bench::Bench),
     /// Versions of scmz and HDF5, and the devices libtorch sees (asked of `scmz-engine`).
     Version,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// The job's log (the engine's progress and errors).
+    Logs {
+        id: String,
+        /// Keep printing until the job ends.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop a job: SIGTERM (it keeps its last checkpoint), SIGKILL after the grace period.
+    Cancel {
+        id: String,
+        #[arg(long, default_value_t = 30)]
+        grace: u64,
+    },
+    /// Start an ended job again (training continues from its checkpoint).
+    Resume { id: String },
+    /// Runs a job in the foreground of a detached session (started by scmz itself).
+    #[command(hide = true)]
+    Supervise {
+        id: String,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -173,6 +207,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Train { args }) => engine("train", args),
         Some(Command::Project { args }) => engine("project", args),
         Some(Command::Compare { args }) => engine("compare", args),
+        Some(Command::Jobs { command, json }) => match command {
+            None => jobs::list(json),
+            Some(JobsCommand::Logs { id, follow }) => jobs::logs(&id, follow),
+            Some(JobsCommand::Cancel { id, grace }) => jobs::cancel(&id, grace),
+            Some(JobsCommand::Resume { id }) => jobs::resume(&id),
+            Some(JobsCommand::Supervise { id, dir }) => jobs::supervise(&id, dir),
+        },
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),
         Some(Command::Bench(b)) => bench::run(b),
@@ -189,7 +230,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn engine(command: &str, args: Vec<String>) -> anyhow::Result<()> {
+fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
+    if let Some(i) = args.iter().position(|a| a == "--detach") {
+        args.remove(i);
+        let job = jobs::submit(command, args)?;
+        println!(
+            "job {} started ({command}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
+            job.id, job.id
+        );
+        return Ok(());
+    }
     let mut all = vec![command.to_string()];
     all.extend(args);
     let code = models::run_engine(&all)?;

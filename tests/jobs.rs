@@ -1,0 +1,116 @@
+//! Background jobs with real detached processes: they outlive the command that started them,
+//! report SIGKILL as a failure that `resume` finishes, and end `cancelled` with a checkpoint.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{data, stderr, stdout};
+use serde_json::Value;
+
+fn scmz(args: &[&str], root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(args)
+        .env("SCMZ_ZOO", root.join("zoo"))
+        .env("SCMZ_STATE_DIR", root.join("state"))
+        .output()
+        .unwrap()
+}
+
+fn jobs(root: &Path) -> Vec<Value> {
+    let o = scmz(&["jobs", "--json"], root);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn job(root: &Path, id: &str) -> Value {
+    jobs(root).into_iter().find(|j| j["id"] == id).unwrap()
+}
+
+fn wait_for(root: &Path, id: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let j = job(root, id);
+        if ok(&j) {
+            return j;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "job {id} never {what}: {j:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn submit(root: &Path, name: &str, epochs: &str) -> String {
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        &[
+            "train",
+            pbmc.to_str().unwrap(),
+            "--name",
+            name,
+            "--epochs",
+            epochs,
+            "--detach",
+        ],
+        root,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn checkpointed(root: &Path, name: &str) -> bool {
+    std::fs::read_to_string(root.join("zoo/.runs").join(name).join("events.jsonl"))
+        .is_ok_and(|l| l.matches("\"event\":\"checkpoint\"").count() >= 2)
+}
+
+#[test]
+fn a_detached_training_job_finishes_after_its_parent_has_exited() {
+    let root = tempfile::tempdir().unwrap();
+    // `scmz train --detach` has returned (and exited) by the time the job runs.
+    let id = submit(root.path(), "bg", "15");
+    let j = wait_for(root.path(), &id, "finished", |j| j["state"] == "done");
+    assert_eq!(j["exit_code"], 0);
+    assert!(root.path().join("zoo/bg/manifest.json").exists());
+    let o = scmz(&["jobs"], root.path());
+    assert!(stdout(&o).contains("epoch 15/15"), "{}", stdout(&o));
+    let o = scmz(&["jobs", "logs", &id], root.path());
+    assert!(stdout(&o).contains("model `bg` saved"), "{}", stdout(&o));
+}
+
+#[test]
+fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
+    let root = tempfile::tempdir().unwrap();
+    let id = submit(root.path(), "killed", "60");
+    let j = wait_for(root.path(), &id, "checkpointed", |j| {
+        j["state"] == "running" && checkpointed(root.path(), "killed")
+    });
+    let pid = j["pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let j = wait_for(root.path(), &id, "failed", |j| j["state"] == "failed");
+    assert_eq!(j["signal"], 9);
+    assert!(j["reason"].as_str().unwrap().contains("SIGKILL"), "{j:#}");
+    assert!(!root.path().join("zoo/killed").exists());
+    let o = scmz(&["jobs", "resume", &id], root.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let new_id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    wait_for(root.path(), &new_id, "finished", |j| j["state"] == "done");
+    assert!(root.path().join("zoo/killed/manifest.json").exists());
+}
+
+#[test]
+fn cancel_leaves_a_cancelled_job_a_checkpoint_and_no_model() {
+    let root = tempfile::tempdir().unwrap();
+    let id = submit(root.path(), "stopme", "400");
+    wait_for(root.path(), &id, "checkpointed", |j| {
+        j["state"] == "running" && checkpointed(root.path(), "stopme")
+    });
+    let o = scmz(&["jobs", "cancel", &id], root.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("cancelled"), "{}", stdout(&o));
+    let j = job(root.path(), &id);
+    assert_eq!(j["state"], "cancelled");
+    assert!(root.path().join("zoo/.runs/stopme/checkpoint.safetensors").exists());
+    assert!(!root.path().join("zoo/stopme").exists());
+}
