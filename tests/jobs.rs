@@ -114,3 +114,45 @@ fn cancel_leaves_a_cancelled_job_a_checkpoint_and_no_model() {
     assert!(root.path().join("zoo/.runs/stopme/checkpoint.safetensors").exists());
     assert!(!root.path().join("zoo/stopme").exists());
 }
+
+#[test]
+fn with_one_slot_two_jobs_run_one_after_the_other() {
+    let root = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let submit_limited = |name: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args([
+                "train",
+                pbmc.to_str().unwrap(),
+                "--name",
+                name,
+                "--epochs",
+                "10",
+                "--device",
+                "cpu",
+                "--detach",
+            ])
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_MAX_CPU_JOBS", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
+    };
+    let first = submit_limited("one");
+    let second = submit_limited("two");
+    assert_eq!(
+        job(root.path(), &second)["state"],
+        "queued",
+        "the second job did not wait for the slot"
+    );
+    // The finishing first job starts the second: nothing here calls the scheduler with the limit.
+    let a = wait_for(root.path(), &first, "finished", |j| j["state"] == "done");
+    let b = wait_for(root.path(), &second, "finished", |j| j["state"] == "done");
+    assert!(
+        b["started"].as_str().unwrap() >= a["ended"].as_str().unwrap(),
+        "{a:#} {b:#}"
+    );
+    assert_eq!(a["slot"], "cpu");
+}

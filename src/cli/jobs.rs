@@ -2,7 +2,7 @@
 //! logs, cancel and resume.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,30 @@ pub fn submit(kind: &str, args: Vec<String>) -> anyhow::Result<Job> {
         _ => (value_after(&args, "--model"), None),
     };
     let reg = registry();
-    let job = reg.create(kind, name, args, events)?;
-    start(&reg, &job)?;
-    Ok(job)
+    let mut job = reg.create(kind, name, args, events)?;
+    job.slot = slot_of(&job.args).to_string();
+    reg.save(&job)?;
+    schedule(&reg)?;
+    Ok(reg.load(&job.id)?)
+}
+
+/// `gpu` when the job will use CUDA: `--device cuda`, or `auto` on a machine with an NVIDIA GPU.
+fn slot_of(args: &[String]) -> &'static str {
+    match value_after(args, "--device").as_deref() {
+        Some("cuda") => "gpu",
+        Some("cpu") => "cpu",
+        _ if Path::new("/dev/nvidia0").exists() => "gpu",
+        _ => "cpu",
+    }
+}
+
+/// Starts the queued jobs the slot limits allow (no daemon: submissions, ending jobs and
+/// `scmz jobs` call this).
+pub fn schedule(reg: &Registry) -> anyhow::Result<()> {
+    for job in reg.take_startable()? {
+        start(reg, &job)?;
+    }
+    Ok(())
 }
 
 /// Starts the supervisor of a job in its own session, detached from this terminal.
@@ -86,7 +107,8 @@ pub fn supervise(id: &str, dir: PathBuf) -> anyhow::Result<()> {
     let mut job = reg.load(id)?;
     finish(&mut job, status);
     reg.save(&job)?;
-    Ok(())
+    // The slot is free: start whatever waits for it.
+    schedule(&reg)
 }
 
 /// "epoch 12/400" and the ETA, from the run's event log.
@@ -124,7 +146,9 @@ fn progress(job: &Job) -> (String, String) {
 }
 
 pub fn list(json: bool) -> anyhow::Result<()> {
-    let jobs: Vec<Job> = registry().list().into_iter().collect::<Result<_, _>>()?;
+    let reg = registry();
+    schedule(&reg)?;
+    let jobs: Vec<Job> = reg.list().into_iter().collect::<Result<_, _>>()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(());
@@ -133,7 +157,9 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         println!("no jobs (start one with `scmz train ... --detach`)");
         return Ok(());
     }
-    let mut t = Table::new(&["id", "kind", "model", "state", "progress", "eta", "backend", "note"]);
+    let mut t = Table::new(&[
+        "id", "kind", "model", "state", "progress", "eta", "slot", "backend", "note",
+    ]);
     for j in &jobs {
         let (p, eta) = progress(j);
         t.row(vec![
@@ -143,6 +169,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             j.state.to_string(),
             p,
             eta,
+            j.slot.clone(),
             j.backend.clone(),
             j.reason.clone().unwrap_or_default(),
         ]);

@@ -62,6 +62,34 @@ pub struct Job {
     pub reason: Option<String>,
     /// The run's event log, for progress.
     pub events: Option<PathBuf>,
+    /// `gpu` or `cpu`: which slot limit the job counts against.
+    #[serde(default = "cpu_slot")]
+    pub slot: String,
+}
+
+fn cpu_slot() -> String {
+    "cpu".into()
+}
+
+/// How many jobs of each slot may run at once: `SCMZ_MAX_GPU_JOBS` (default 1) and
+/// `SCMZ_MAX_CPU_JOBS` (default 1: a training job already uses every core).
+pub fn slot_limit(slot: &str) -> usize {
+    let (var, default) = if slot == "gpu" {
+        ("SCMZ_MAX_GPU_JOBS", 1)
+    } else {
+        ("SCMZ_MAX_CPU_JOBS", 1)
+    };
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}
+
+/// An exclusive lock on the registry (flock on `.lock`), released when dropped: two scmz
+/// processes never start the same queued job or write the same record at once.
+pub struct RegistryLock {
+    _file: std::fs::File,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +144,46 @@ impl Registry {
         self.dir.join(id)
     }
 
+    pub fn lock(&self) -> Result<RegistryLock, JobError> {
+        use std::os::unix::io::AsRawFd;
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io(&path)(std::io::Error::last_os_error()));
+        }
+        Ok(RegistryLock { _file: file })
+    }
+
+    /// Queued jobs that may start now under the slot limits, oldest first, marked running (the
+    /// caller starts their supervisors). Holds the registry lock while deciding.
+    pub fn take_startable(&self) -> Result<Vec<Job>, JobError> {
+        let _lock = self.lock()?;
+        let jobs: Vec<Job> = self.list().into_iter().filter_map(Result::ok).collect();
+        let mut running: std::collections::HashMap<String, usize> = Default::default();
+        for j in jobs.iter().filter(|j| j.state == JobState::Running) {
+            *running.entry(j.slot.clone()).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        for mut j in jobs.into_iter().filter(|j| j.state == JobState::Queued) {
+            let n = running.entry(j.slot.clone()).or_default();
+            if *n < slot_limit(&j.slot) {
+                *n += 1;
+                j.state = JobState::Running;
+                j.started = Some(now_rfc3339());
+                self.save(&j)?;
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
     /// A new queued job with a fresh id (time + pid, sortable).
     pub fn create(
         &self,
@@ -161,6 +229,7 @@ impl Registry {
             signal: None,
             reason: None,
             events,
+            slot: cpu_slot(),
         };
         self.save(&job)?;
         Ok(job)
@@ -205,7 +274,9 @@ impl Registry {
 
     /// A job that says running but whose supervisor is gone ended without recording it.
     pub fn check_alive(&self, mut job: Job) -> Result<Job, JobError> {
-        if job.state == JobState::Running && job.supervisor_pid.is_some_and(|p| !alive(p)) {
+        let never_started =
+            job.supervisor_pid.is_none() && job.started.as_deref().is_some_and(|t| t < now_minus_minute().as_str());
+        if job.state == JobState::Running && (job.supervisor_pid.is_some_and(|p| !alive(p)) || never_started) {
             job.state = JobState::Failed;
             job.ended = Some(now_rfc3339());
             job.reason =
@@ -214,6 +285,12 @@ impl Registry {
         }
         Ok(job)
     }
+}
+
+fn now_minus_minute() -> String {
+    // RFC 3339 strings of the same format sort by time.
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    crate::events::rfc3339(t)
 }
 
 /// Records how the engine ended: exit code 0 done, 143 (SIGTERM handled) cancelled, else failed.
