@@ -31,6 +31,9 @@
 //!   presence mask in `varm/scmz_presence`.
 //! - [`tables`]: report tables as polars DataFrames written to CSV or Parquet.
 //! - [`events`]: the run event log (`events.jsonl`): its schema, writer and reader.
+//! - [`jobs`]: the job registry (one folder per job, atomic `job.json`, flock for scheduling),
+//!   slot limits, dead-process detection; the CLI's `jobs` module supervises local jobs. Where a
+//!   job runs is the `backend` field (`local` now, Slurm later).
 //! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums, listing, and
 //!   installation of a fully written staging folder by one rename. Torch-free: the CLI and the TUI
 //!   read models without libtorch; weights are loaded in the engine.
