@@ -156,3 +156,42 @@ fn with_one_slot_two_jobs_run_one_after_the_other() {
     );
     assert_eq!(a["slot"], "cpu");
 }
+
+#[test]
+fn a_detached_projection_writes_its_output() {
+    let root = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        &[
+            "train",
+            pbmc.to_str().unwrap(),
+            "--name",
+            "m",
+            "--epochs",
+            "3",
+            "--label-key",
+            "bulk_labels",
+        ],
+        root.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = root.path().join("projected.h5ad");
+    let o = scmz(
+        &[
+            "project",
+            pbmc.to_str().unwrap(),
+            "--model",
+            "m",
+            "-o",
+            out.to_str().unwrap(),
+            "--detach",
+        ],
+        root.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    let j = wait_for(root.path(), &id, "finished", |j| j["state"] == "done");
+    assert_eq!((j["kind"].as_str(), j["name"].as_str()), (Some("project"), Some("m")));
+    let ds = scmz::data::Dataset::open(&out).unwrap();
+    assert!(ds.info().obs_column("scmz_label").is_some());
+}
