@@ -5,16 +5,20 @@ mod common;
 use common::{data, run_python};
 use scmz::data::{ColumnKind, Dataset, Format, H5adLayout, OpenOptions, ValueKind};
 
-fn sorted_rows(ds: &Dataset) -> Vec<Vec<(u32, f32)>> {
-    let all = ds.read_all().unwrap();
-    (0..all.n_rows())
+/// Each row of a chunk as (gene, value) pairs sorted by gene.
+fn chunk_rows(chunk: &scmz::data::CsrChunk) -> Vec<Vec<(u32, f32)>> {
+    (0..chunk.n_rows())
         .map(|i| {
-            let (idx, val) = all.row(i);
+            let (idx, val) = chunk.row(i);
             let mut r: Vec<(u32, f32)> = idx.iter().copied().zip(val.iter().copied()).collect();
             r.sort_by_key(|e| e.0);
             r
         })
         .collect()
+}
+
+fn sorted_rows(ds: &Dataset) -> Vec<Vec<(u32, f32)>> {
+    chunk_rows(&ds.read_all().unwrap())
 }
 
 #[test]
@@ -175,13 +179,7 @@ fn csc_and_dense_matrices_stream_like_csr() {
         assert_eq!(ds.info().values, ValueKind::Counts);
         let mut got = Vec::new();
         for chunk in ds.chunks(97) {
-            let chunk = chunk.unwrap();
-            for i in 0..chunk.n_rows() {
-                let (idx, val) = chunk.row(i);
-                let mut r: Vec<(u32, f32)> = idx.iter().copied().zip(val.iter().copied()).collect();
-                r.sort_by_key(|e| e.0);
-                got.push(r);
-            }
+            got.extend(chunk_rows(&chunk.unwrap()));
         }
         assert_eq!(got, want, "{}", p.display());
     }

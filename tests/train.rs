@@ -177,6 +177,15 @@ fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
     assert!(stdout(&o).contains("60 of 60 epochs"), "{}", stdout(&o));
 }
 
+/// Waits (two minutes at most) until the run has checkpointed epoch `epoch`.
+fn wait_for_checkpoint(log: &Path, epoch: usize) {
+    let t = Instant::now();
+    while checkpoint_epoch(log).is_none_or(|e| e < epoch) {
+        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn checkpoint_epoch(log: &Path) -> Option<usize> {
     read_log(log).ok()?.iter().rev().find_map(|r| match r.event {
         Event::Checkpoint { epoch } => Some(epoch),
@@ -196,11 +205,7 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
         .spawn()
         .unwrap();
     let log = zoo.path().join(".runs/killed/events.jsonl");
-    let t = Instant::now();
-    while checkpoint_epoch(&log).is_none_or(|e| e < 2) {
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&log, 2);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done = checkpoint_epoch(&log).unwrap();
@@ -389,11 +394,7 @@ fn sigterm_stops_training_cleanly_with_a_resumable_checkpoint() {
         .spawn()
         .unwrap();
     let log = zoo.path().join(".runs/stopped/events.jsonl");
-    let t = Instant::now();
-    while checkpoint_epoch(&log).is_none_or(|e| e < 1) {
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&log, 1);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));

@@ -81,17 +81,17 @@ pub struct ProjectReport {
 }
 
 /// How cells are encoded: which model genes they carry and how missing ones are presented.
-pub(crate) struct Encoder<'a> {
-    pub vae: &'a Vae,
+struct Encoder<'a> {
+    vae: &'a Vae,
     /// 1 for model genes the data has.
-    pub found: Vec<f32>,
-    pub mask: bool,
-    pub batch: Option<(Vec<String>, usize)>,
+    found: Vec<f32>,
+    mask: bool,
+    batch: Option<(Vec<String>, usize)>,
 }
 
 impl Encoder<'_> {
     /// Latent means of cells given in the model's gene space.
-    pub(crate) fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
+    fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
         let n = x.n_rows();
         let g = self.vae.arch.n_genes;
         let cov = Covariates {

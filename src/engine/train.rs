@@ -832,35 +832,16 @@ fn encode_rows(
 ) -> anyhow::Result<Vec<f32>> {
     let ds = Dataset::open_with(path, open)?;
     let l = vae.arch.n_latent;
-    let mut out = vec![0f32; rows.len() * l];
-    let mut order: Vec<(usize, usize)> = rows.iter().copied().enumerate().map(|(k, r)| (r, k)).collect();
-    order.sort_unstable();
+    let mut out = Vec::with_capacity(rows.len() * l);
     tch::no_grad(|| -> anyhow::Result<()> {
-        for group in order.chunks(512) {
-            let mut x = scmz::data::CsrChunk::empty(0, ds.n_genes());
-            let mut batch_rows = Vec::new();
-            // One read for the group's span when it is dense enough, else one per cell.
-            let (lo, hi) = (group[0].0, group[group.len() - 1].0 + 1);
-            let span = (hi - lo <= 8 * group.len()).then(|| ds.read_rows(lo, hi)).transpose()?;
-            for &(r, _) in group {
-                let c;
-                let (idx, val) = match &span {
-                    Some(s) => s.row(r - lo),
-                    None => {
-                        c = ds.read_rows(r, r + 1)?;
-                        c.row(0)
-                    }
-                };
-                x.push_row(idx.iter().copied().zip(val.iter().copied()));
-                batch_rows.push(r);
-            }
-            let b = Batch { x, rows: batch_rows };
+        for group in rows.chunks(512) {
+            let b = Batch {
+                x: read_rows(&ds, group)?,
+                rows: group.to_vec(),
+            };
             let p = prepare(&b, cov, ds.n_genes()).to(dev, 0.0);
             let (mu, _) = vae.encode(&p.input(), false);
-            let v = Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?;
-            for (i, &(_, k)) in group.iter().enumerate() {
-                out[k * l..(k + 1) * l].copy_from_slice(&v[i * l..(i + 1) * l]);
-            }
+            out.extend(Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?);
         }
         Ok(())
     })?;
