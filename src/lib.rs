@@ -54,6 +54,7 @@
 //! Errors of the data layer are [`data::DataError`]: file, element inside it, problem and what to
 //! do. The binary prints them as one line and exits non-zero.
 
+pub mod config;
 pub mod data;
 pub mod dirs;
 pub mod events;

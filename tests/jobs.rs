@@ -15,6 +15,8 @@ fn scmz(args: &[&str], root: &Path) -> Output {
         .args(args)
         .env("SCMZ_ZOO", root.join("zoo"))
         .env("SCMZ_STATE_DIR", root.join("state"))
+        .env("SCMZ_CONFIG", root.join("config.toml"))
+        .env_remove("SCMZ_MAX_CPU_JOBS")
         .output()
         .unwrap()
 }
@@ -194,4 +196,61 @@ fn a_detached_projection_writes_its_output() {
     assert_eq!((j["kind"].as_str(), j["name"].as_str()), (Some("project"), Some("m")));
     let ds = scmz::data::Dataset::open(&out).unwrap();
     assert!(ds.info().obs_column("scmz_label").is_some());
+}
+
+#[test]
+fn a_local_sweep_runs_side_by_side_under_the_configured_limit_and_logs_follow_to_the_end() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 2\n").unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        &[
+            "train",
+            pbmc.to_str().unwrap(),
+            "--name",
+            "sw",
+            "--epochs",
+            "8",
+            "--device",
+            "cpu",
+            "--sweep",
+            "n_latent=4,6",
+        ],
+        root.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{}", stdout(&o));
+    // `logs --follow` returns once the job has ended, with everything it wrote.
+    let o = scmz(&["jobs", "logs", &ids[0], "--follow"], root.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("model `sw-n_latent-4` saved"), "{}", stdout(&o));
+    let a = wait_for(root.path(), &ids[0], "finished", |j| j["state"] == "done");
+    let b = wait_for(root.path(), &ids[1], "finished", |j| j["state"] == "done");
+    // Two CPU slots from the config file: the second started before the first ended.
+    assert!(
+        b["started"].as_str().unwrap() < a["ended"].as_str().unwrap(),
+        "{a:#} {b:#}"
+    );
+    for (name, latent) in [("sw-n_latent-4", 4), ("sw-n_latent-6", 6)] {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(root.path().join("zoo").join(name).join("manifest.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["architecture"]["n_latent"], latent, "{m:#}");
+    }
+    // A typo in the config file is one line naming the key.
+    std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_job = 2\n").unwrap();
+    let o = scmz(
+        &["train", pbmc.to_str().unwrap(), "--name", "x", "--detach"],
+        root.path(),
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("config.toml") && stderr(&o).contains("max_cpu_job"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -1,13 +1,12 @@
 //! `scmz jobs` and `--detach`: submitting engine commands as jobs, supervising them, listing,
 //! logs, cancel and resume.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use scmz::config::Config;
 use scmz::events::{read_log, Event};
-use scmz::jobs::{alive, default_dir, finish, Job, JobState, Registry};
+use scmz::jobs::{default_dir, Job, JobState, Registry, Submission};
 
 use super::table::Table;
 
@@ -15,39 +14,111 @@ fn registry() -> Registry {
     Registry::new(default_dir())
 }
 
-fn value_after(args: &[String], flag: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+/// Removes `flag VALUE` (or `flag=VALUE`) from `args`, returning the value.
+fn take_value(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
+    if let Some(i) = args.iter().position(|a| a == flag) {
+        if i + 1 >= args.len() {
+            anyhow::bail!("{flag} needs a value");
+        }
+        let v = args.remove(i + 1);
+        args.remove(i);
+        return Ok(Some(v));
+    }
+    let prefix = format!("{flag}=");
+    if let Some(i) = args.iter().position(|a| a.starts_with(&prefix)) {
+        return Ok(Some(args.remove(i)[prefix.len()..].to_string()));
+    }
+    Ok(None)
 }
 
-/// Submits `scmz-engine <kind> <args>` as a detached job and returns its id.
-pub fn submit(kind: &str, args: Vec<String>) -> anyhow::Result<Job> {
-    let (name, events) = match kind {
-        "train" => {
-            let name = value_after(&args, "--name");
-            let zoo = value_after(&args, "--zoo")
-                .map(PathBuf::from)
-                .unwrap_or_else(scmz::zoo::default_zoo);
-            let events = name
-                .as_ref()
-                .map(|n| scmz::zoo::Zoo::new(zoo).run_dir(n).join("events.jsonl"));
-            (name, events)
+/// Takes scmz's own job options out of an engine command line: `--detach`, `--backend`,
+/// `--partition`, `--gpus`, `--time`, `--mem`, `--sweep`. `None` when the command should run in
+/// this terminal (no `--detach` and no option that implies it).
+pub fn submission(kind: &str, args: &mut Vec<String>) -> anyhow::Result<Option<Submission>> {
+    let detach = match args.iter().position(|a| a == "--detach") {
+        Some(i) => {
+            args.remove(i);
+            true
         }
-        _ => (value_after(&args, "--model"), None),
+        None => false,
     };
+    let config = Config::load()?;
+    let backend = take_value(args, "--backend")?;
+    let sweep = take_value(args, "--sweep")?;
+    let mut slurm = config.slurm.clone();
+    let mut slurm_flag = false;
+    if let Some(p) = take_value(args, "--partition")? {
+        slurm.partition = Some(p);
+        slurm_flag = true;
+    }
+    if let Some(t) = take_value(args, "--time")? {
+        slurm.time = Some(t);
+        slurm_flag = true;
+    }
+    if let Some(m) = take_value(args, "--mem")? {
+        slurm.mem = Some(m);
+        slurm_flag = true;
+    }
+    if let Some(g) = take_value(args, "--gpus")? {
+        slurm.gpus = Some(
+            g.parse()
+                .map_err(|_| anyhow::anyhow!("--gpus {g}: give a number of GPUs"))?,
+        );
+        slurm_flag = true;
+    }
+    if !(detach || backend.is_some() || sweep.is_some() || slurm_flag) {
+        return Ok(None);
+    }
+    let backend = backend
+        .or(config.jobs.backend.clone())
+        .unwrap_or_else(|| "local".into());
+    if slurm_flag && backend != "slurm" {
+        anyhow::bail!("--partition, --time, --mem and --gpus are Slurm options: add --backend slurm");
+    }
+    Ok(Some(Submission {
+        kind: kind.to_string(),
+        slot: slot_of(args).to_string(),
+        args: args.clone(),
+        backend,
+        slurm,
+        sweep,
+    }))
+}
+
+/// Submits a job (or a sweep's jobs) and says how to follow them.
+pub fn submit(req: &Submission) -> anyhow::Result<Vec<Job>> {
     let reg = registry();
-    let mut job = reg.create(kind, name, args, events)?;
-    job.slot = slot_of(&job.args).to_string();
-    reg.save(&job)?;
-    schedule(&reg)?;
-    Ok(reg.load(&job.id)?)
+    if req.backend == "slurm" {
+        if let Some(note) = scmz::jobs::slurm::shared_filesystem_note(&reg.dir) {
+            eprintln!("note: {note}");
+        }
+    }
+    let jobs = reg.submit_request(req)?;
+    for job in &jobs {
+        let slurm = job
+            .slurm_id
+            .as_ref()
+            .map(|s| format!(" as Slurm job {s}"))
+            .unwrap_or_default();
+        println!(
+            "job {} submitted ({}{}{slurm}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
+            job.id,
+            job.kind,
+            job.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+            job.id
+        );
+    }
+    Ok(jobs)
 }
 
 /// `gpu` when the job will use CUDA: `--device cuda`, or `auto` on a machine with an NVIDIA GPU.
 fn slot_of(args: &[String]) -> &'static str {
-    match value_after(args, "--device").as_deref() {
+    match args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
         Some("cuda") => "gpu",
         Some("cpu") => "cpu",
         _ if Path::new("/dev/nvidia0").exists() => "gpu",
@@ -55,60 +126,10 @@ fn slot_of(args: &[String]) -> &'static str {
     }
 }
 
-/// Starts the queued jobs the slot limits allow (no daemon: submissions, ending jobs and
-/// `scmz jobs` call this).
-pub fn schedule(reg: &Registry) -> anyhow::Result<()> {
-    for job in reg.take_startable()? {
-        start(reg, &job)?;
-    }
-    Ok(())
-}
-
-/// Starts the supervisor of a job in its own session, detached from this terminal.
-fn start(reg: &Registry, job: &Job) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let mut cmd = Command::new(exe);
-    cmd.args(["jobs", "supervise", &job.id, "--dir"])
-        .arg(&reg.dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the child from our session and terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn()?;
-    Ok(())
-}
-
-/// Runs in the detached supervisor: starts the engine, waits, records the end.
+/// Runs in the detached supervisor (local) or the batch script (Slurm).
 pub fn supervise(id: &str, dir: PathBuf) -> anyhow::Result<()> {
-    let reg = Registry::new(dir);
-    let mut job = reg.load(id)?;
-    let jd = reg.job_dir(id);
-    let out = std::fs::File::create(jd.join("stdout.log"))?;
-    let err = std::fs::File::create(jd.join("stderr.log"))?;
-    let mut child = Command::new(super::models::engine_path())
-        .arg(&job.kind)
-        .args(&job.args)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()?;
-    job.state = JobState::Running;
-    job.started = Some(scmz::events::now_rfc3339());
-    job.supervisor_pid = Some(std::process::id());
-    job.pid = Some(child.id());
-    reg.save(&job)?;
-    let status = child.wait()?;
-    let mut job = reg.load(id)?;
-    finish(&mut job, status);
-    reg.save(&job)?;
-    // The slot is free: start whatever waits for it.
-    schedule(&reg)
+    scmz::jobs::supervise(&Registry::new(dir), id)?;
+    Ok(())
 }
 
 /// "epoch 12/400" and the ETA, from the run's event log.
@@ -147,7 +168,7 @@ fn progress(job: &Job) -> (String, String) {
 
 pub fn list(json: bool) -> anyhow::Result<()> {
     let reg = registry();
-    schedule(&reg)?;
+    reg.schedule()?;
     let jobs: Vec<Job> = reg.list().into_iter().collect::<Result<_, _>>()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
@@ -179,51 +200,20 @@ pub fn list(json: bool) -> anyhow::Result<()> {
 }
 
 pub fn logs(id: &str, follow: bool) -> anyhow::Result<()> {
-    let reg = registry();
-    let path = reg.job_dir(id).join("stderr.log");
-    let mut shown = 0usize;
-    loop {
-        let job = reg.check_alive(reg.load(id)?)?;
-        if let Ok(text) = std::fs::read(&path) {
-            if text.len() > shown {
-                print!("{}", String::from_utf8_lossy(&text[shown..]).replace('\r', "\n"));
-                shown = text.len();
-            }
-        }
-        if !follow || job.state.is_final() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    use std::io::Write;
+    scmz::jobs::follow(&registry(), id, "stderr.log", follow, |bytes| {
+        let mut out = std::io::stdout().lock();
+        // Progress bars redraw with \r; a log reads better one line each.
+        let _ = out.write_all(String::from_utf8_lossy(bytes).replace('\r', "\n").as_bytes());
+        let _ = out.flush();
+    })?;
+    Ok(())
 }
 
 pub fn cancel(id: &str, grace_s: u64) -> anyhow::Result<()> {
-    let reg = registry();
-    let job = reg.check_alive(reg.load(id)?)?;
-    if job.state.is_final() {
-        anyhow::bail!("job {id} already ended ({})", job.state);
-    }
-    if let Some(pid) = job.pid {
-        // SAFETY: plain kill(2) on the engine process this job started.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        let t = Instant::now();
-        while alive(pid) && t.elapsed() < Duration::from_secs(grace_s) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if alive(pid) {
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-    }
-    // Let the supervisor record the end.
-    let t = Instant::now();
-    loop {
-        let job = reg.check_alive(reg.load(id)?)?;
-        if job.state.is_final() || t.elapsed() > Duration::from_secs(5) {
-            println!("job {id}: {}", job.state);
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let job = registry().cancel(id, Duration::from_secs(grace_s))?;
+    println!("job {id}: {}", job.state);
+    Ok(())
 }
 
 pub fn resume(id: &str) -> anyhow::Result<()> {
@@ -235,7 +225,16 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     if job.kind == "train" && !args.iter().any(|a| a == "--resume") {
         args.push("--resume".into());
     }
-    let new = submit(&job.kind, args)?;
-    println!("job {} resumes job {id}", new.id);
+    let req = Submission {
+        kind: job.kind.clone(),
+        args,
+        backend: job.backend.clone(),
+        slurm: job.slurm.clone().unwrap_or_default(),
+        sweep: None,
+        slot: job.slot.clone(),
+    };
+    for new in submit(&req)? {
+        println!("job {} resumes job {id}", new.id);
+    }
     Ok(())
 }

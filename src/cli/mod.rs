@@ -231,13 +231,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
-    if let Some(i) = args.iter().position(|a| a == "--detach") {
-        args.remove(i);
-        let job = jobs::submit(command, args)?;
-        println!(
-            "job {} started ({command}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
-            job.id, job.id
-        );
+    if let Some(req) = jobs::submission(command, &mut args)? {
+        jobs::submit(&req)?;
         return Ok(());
     }
     let mut all = vec![command.to_string()];

@@ -175,7 +175,7 @@ fn fmt_duration(s: f64) -> String {
 /// `scmz-engine`, installed beside `scmz`.
 pub fn engine_path() -> PathBuf {
     std::env::current_exe()
-        .map(|p| p.with_file_name("scmz-engine"))
+        .map(|p| scmz::jobs::engine_path(&p))
         .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
 }
 

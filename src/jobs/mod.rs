@@ -1,13 +1,25 @@
 //! Background jobs that outlive the terminal. A job is a folder under the user state directory
-//! (`SCMZ_STATE_DIR`): `job.json` (written atomically), `stdout.log`, `stderr.log`. The local
-//! backend starts a supervisor (`scmz` itself, in its own session, so it survives the SSH session
-//! ending) that runs `scmz-engine`, waits for it and records how it ended. Anything that lists
-//! jobs notices a supervisor that died without recording an end and marks the job failed.
+//! (`SCMZ_STATE_DIR`): `job.json` (written atomically), `stdout.log`, `stderr.log`. Wherever a job
+//! runs, the same supervisor (`scmz jobs supervise`, see [`supervise`]) runs `scmz-engine`, waits
+//! for it under tokio, forwards SIGTERM and records how it ended in `job.json`. Where that
+//! supervisor runs is a [`Backend`]: [`local::Local`] starts it as a detached process in its own
+//! session (it survives the SSH session ending), [`slurm::Slurm`] submits it with `sbatch`. The
+//! registry, the logs, `scmz jobs` and the TUI only see `Job` records and the [`Backend`] trait.
+//! Anything that lists jobs asks the job's backend to refresh it: a dead local supervisor or a
+//! Slurm job that ended without recording it is marked failed with the reason.
+
+pub mod local;
+pub mod slurm;
+mod supervise;
+
+pub use supervise::{follow, supervise};
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Config, SlurmConfig};
 use crate::events::now_rfc3339;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +59,21 @@ pub struct Job {
     pub name: Option<String>,
     /// Arguments of `scmz-engine <kind>`.
     pub args: Vec<String>,
-    /// `local` (Slurm comes later).
+    /// `local` or `slurm`.
     pub backend: String,
+    /// The Slurm job id (`123`, or `123_4` for a task of an array).
+    #[serde(default)]
+    pub slurm_id: Option<String>,
+    /// The Slurm options the job was submitted with (kept for `resume`).
+    #[serde(default)]
+    pub slurm: Option<SlurmConfig>,
+    /// Set by `scmz jobs cancel` before the job is signalled, so that a SIGTERM from elsewhere (a
+    /// time limit, preemption) is not mistaken for a cancel.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// The host the engine runs on.
+    #[serde(default)]
+    pub host: Option<String>,
     pub state: JobState,
     pub created: String,
     pub started: Option<String>,
@@ -71,19 +96,42 @@ fn cpu_slot() -> String {
     "cpu".into()
 }
 
-/// How many jobs of each slot may run at once: `SCMZ_MAX_GPU_JOBS` (default 1) and
-/// `SCMZ_MAX_CPU_JOBS` (default 1: a training job already uses every core).
-pub fn slot_limit(slot: &str) -> usize {
-    let (var, default) = if slot == "gpu" {
-        ("SCMZ_MAX_GPU_JOBS", 1)
+/// How many local jobs of each slot may run at once: `SCMZ_MAX_GPU_JOBS` / `SCMZ_MAX_CPU_JOBS`,
+/// else `max_gpu_jobs` / `max_cpu_jobs` in the config file, else 1 (one GPU job at a time; a
+/// training job already uses every core).
+pub fn slot_limit(slot: &str, config: &Config) -> usize {
+    let (var, configured) = if slot == "gpu" {
+        ("SCMZ_MAX_GPU_JOBS", config.jobs.max_gpu_jobs)
     } else {
-        ("SCMZ_MAX_CPU_JOBS", 1)
+        ("SCMZ_MAX_CPU_JOBS", config.jobs.max_cpu_jobs)
     };
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
+        .or(configured)
         .filter(|&n| n > 0)
-        .unwrap_or(default)
+        .unwrap_or(1)
+}
+
+/// Where a job runs. The registry, `scmz jobs` and the TUI talk to jobs only through this.
+pub trait Backend {
+    fn name(&self) -> &'static str;
+    /// Starts the supervisors of jobs whose records exist (a local job the slot limits let run,
+    /// or every job of one Slurm submission, as an array when there are several).
+    fn start(&self, reg: &Registry, jobs: &mut [Job]) -> Result<(), JobError>;
+    /// Brings a job's record up to date with what the backend knows (a dead process, a job the
+    /// scheduler ended), saving it when it changed.
+    fn refresh(&self, reg: &Registry, job: Job) -> Result<Job, JobError>;
+    /// Asks a running or queued job to stop; it keeps its last checkpoint.
+    fn cancel(&self, reg: &Registry, job: &Job, grace: Duration) -> Result<(), JobError>;
+}
+
+/// The backend a job record names.
+pub fn backend_of(job: &Job) -> Box<dyn Backend> {
+    match job.backend.as_str() {
+        "slurm" => Box::new(slurm::Slurm),
+        _ => Box::new(local::Local),
+    }
 }
 
 /// An exclusive lock on the registry (flock on `.lock`), released when dropped: two scmz
@@ -100,9 +148,13 @@ pub enum JobError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: damaged job file ({message})")]
     Bad { path: String, message: String },
+    #[error("{0}")]
+    Backend(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JobError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JobError + '_ {
     move |source| JobError::Io {
         path: path.display().to_string(),
         source,
@@ -131,13 +183,85 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// What `scmz train|project ... --detach` asks for: the engine command, where to run it, and an
+/// optional sweep (`n_latent=10,20,30`: one job per value, each its own model).
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub kind: String,
+    pub args: Vec<String>,
+    /// `local` or `slurm`.
+    pub backend: String,
+    pub slurm: SlurmConfig,
+    pub sweep: Option<String>,
+    /// `cpu` or `gpu`: which local slot the jobs take.
+    pub slot: String,
+}
+
+fn value_after(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The engine arguments of every setting of a sweep: `key=v1,v2,...` (several keys separated
+/// by `;` give their grid). Each setting sets `--key value` and names its model
+/// `NAME-key-value`.
+pub fn expand_sweep(args: &[String], spec: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut settings = vec![args.to_vec()];
+    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, values) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--sweep `{part}`: write KEY=V1,V2 (e.g. n_latent=10,20,30)"))?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(format!(
+                "--sweep: `{key}` is not a training option name (e.g. n_latent, lr)"
+            ));
+        }
+        if key == "name" {
+            return Err("--sweep: the model name is set per setting; sweep another option".into());
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        let values: Vec<&str> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+        if values.is_empty() {
+            return Err(format!("--sweep `{part}`: no values"));
+        }
+        let mut next = Vec::new();
+        for base in &settings {
+            for v in &values {
+                let mut a = base.clone();
+                match a.iter().position(|x| *x == flag) {
+                    Some(i) if i + 1 < a.len() => a[i + 1] = v.to_string(),
+                    _ => a.extend([flag.clone(), v.to_string()]),
+                }
+                if let Some(i) = a.iter().position(|x| x == "--name").filter(|i| i + 1 < a.len()) {
+                    a[i + 1] = format!("{}-{key}-{v}", a[i + 1]);
+                }
+                next.push(a);
+            }
+        }
+        settings = next;
+    }
+    Ok(settings)
+}
+
+/// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
+pub fn engine_path(scmz: &Path) -> PathBuf {
+    scmz.with_file_name("scmz-engine")
+}
+
 pub struct Registry {
     pub dir: PathBuf,
+    /// The `scmz` binary whose hidden `jobs supervise` command supervises a job.
+    pub scmz: PathBuf,
 }
 
 impl Registry {
+    /// A registry in `dir` whose jobs are supervised by the running `scmz` binary.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Registry { dir: dir.into() }
+        let scmz = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("scmz"));
+        Registry { dir: dir.into(), scmz }
     }
 
     pub fn job_dir(&self, id: &str) -> PathBuf {
@@ -164,8 +288,14 @@ impl Registry {
     /// Queued jobs that may start now under the slot limits, oldest first, marked running (the
     /// caller starts their supervisors). Holds the registry lock while deciding.
     pub fn take_startable(&self) -> Result<Vec<Job>, JobError> {
+        let config = Config::load()?;
         let _lock = self.lock()?;
-        let jobs: Vec<Job> = self.list().into_iter().filter_map(Result::ok).collect();
+        let jobs: Vec<Job> = self
+            .list()
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|j| j.backend == "local")
+            .collect();
         let mut running: std::collections::HashMap<String, usize> = Default::default();
         for j in jobs.iter().filter(|j| j.state == JobState::Running) {
             *running.entry(j.slot.clone()).or_default() += 1;
@@ -173,7 +303,7 @@ impl Registry {
         let mut out = Vec::new();
         for mut j in jobs.into_iter().filter(|j| j.state == JobState::Queued) {
             let n = running.entry(j.slot.clone()).or_default();
-            if *n < slot_limit(&j.slot) {
+            if *n < slot_limit(&j.slot, &config) {
                 *n += 1;
                 j.state = JobState::Running;
                 j.started = Some(now_rfc3339());
@@ -184,7 +314,116 @@ impl Registry {
         Ok(out)
     }
 
-    /// A new queued job with a fresh id (time + pid, sortable).
+    /// Starts the queued local jobs the slot limits allow. There is no daemon: submissions, ending
+    /// jobs and anything listing jobs call this.
+    pub fn schedule(&self) -> Result<(), JobError> {
+        let mut jobs = self.take_startable()?;
+        for job in jobs.iter_mut() {
+            local::Local.start(self, std::slice::from_mut(job))?;
+        }
+        Ok(())
+    }
+
+    /// Records and starts jobs: local ones queue for a slot, Slurm ones are submitted at once
+    /// (several as one array). Returns them as saved.
+    pub fn submit(&self, mut jobs: Vec<Job>) -> Result<Vec<Job>, JobError> {
+        let Some(first) = jobs.first() else {
+            return Ok(jobs);
+        };
+        if first.backend == "local" {
+            self.schedule()?;
+        } else {
+            if let Err(e) = backend_of(first).start(self, &mut jobs) {
+                for j in jobs.iter_mut() {
+                    j.state = JobState::Failed;
+                    j.ended = Some(now_rfc3339());
+                    j.reason = Some(e.to_string());
+                    self.save(j)?;
+                }
+                return Err(e);
+            }
+        }
+        jobs.iter().map(|j| self.load(&j.id)).collect()
+    }
+
+    /// Creates the jobs of a submission (one per sweep setting) and starts or queues them.
+    pub fn submit_request(&self, req: &Submission) -> Result<Vec<Job>, JobError> {
+        let settings = match &req.sweep {
+            Some(spec) => expand_sweep(&req.args, spec).map_err(JobError::Backend)?,
+            None => vec![req.args.clone()],
+        };
+        if req.backend != "local" && req.backend != "slurm" {
+            return Err(JobError::Backend(format!(
+                "unknown backend `{}`: use local or slurm",
+                req.backend
+            )));
+        }
+        let mut jobs = Vec::new();
+        for args in settings {
+            let (name, events) = match req.kind.as_str() {
+                "train" => {
+                    let name = value_after(&args, "--name");
+                    let zoo = value_after(&args, "--zoo")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(crate::zoo::default_zoo);
+                    let events = name
+                        .as_ref()
+                        .map(|n| crate::zoo::Zoo::new(zoo).run_dir(n).join("events.jsonl"));
+                    (name, events)
+                }
+                _ => (value_after(&args, "--model"), None),
+            };
+            let mut job = self.create(&req.kind, name, args, events)?;
+            job.slot = req.slot.clone();
+            job.backend = req.backend.clone();
+            if req.backend == "slurm" {
+                job.slurm = Some(req.slurm.clone());
+            }
+            self.save(&job)?;
+            jobs.push(job);
+        }
+        self.submit(jobs)
+    }
+
+    /// Cancels a job through its backend and waits (up to `grace` plus a few seconds) until its
+    /// record says how it ended.
+    pub fn cancel(&self, id: &str, grace: Duration) -> Result<Job, JobError> {
+        let mut job = {
+            let _lock = self.lock()?;
+            let mut job = self.refresh(self.load(id)?)?;
+            if job.state.is_final() {
+                return Err(JobError::Backend(format!("job {id} already ended ({})", job.state)));
+            }
+            job.cancel_requested = true;
+            if job.state == JobState::Queued && job.backend == "local" {
+                job.state = JobState::Cancelled;
+                job.ended = Some(now_rfc3339());
+                job.reason = Some("cancelled before it started".into());
+            }
+            self.save(&job)?;
+            job
+        };
+        if job.state.is_final() {
+            return Ok(job);
+        }
+        backend_of(&job).cancel(self, &job, grace)?;
+        let t = std::time::Instant::now();
+        while t.elapsed() < grace + Duration::from_secs(10) {
+            job = self.refresh(self.load(id)?)?;
+            if job.state.is_final() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(job)
+    }
+
+    /// The job's record brought up to date by its backend.
+    pub fn refresh(&self, job: Job) -> Result<Job, JobError> {
+        backend_of(&job).refresh(self, job)
+    }
+
+    /// A new queued job with a fresh id (time + pid, sortable), run by `backend`.
     pub fn create(
         &self,
         kind: &str,
@@ -219,6 +458,10 @@ impl Registry {
             name,
             args,
             backend: "local".into(),
+            slurm_id: None,
+            slurm: None,
+            cancel_requested: false,
+            host: None,
             state: JobState::Queued,
             created: now_rfc3339(),
             started: None,
@@ -268,22 +511,8 @@ impl Registry {
             .collect();
         ids.sort();
         ids.iter()
-            .map(|id| self.load(id).and_then(|j| self.check_alive(j)))
+            .map(|id| self.load(id).and_then(|j| self.refresh(j)))
             .collect()
-    }
-
-    /// A job that says running but whose supervisor is gone ended without recording it.
-    pub fn check_alive(&self, mut job: Job) -> Result<Job, JobError> {
-        let never_started =
-            job.supervisor_pid.is_none() && job.started.as_deref().is_some_and(|t| t < now_minus_minute().as_str());
-        if job.state == JobState::Running && (job.supervisor_pid.is_some_and(|p| !alive(p)) || never_started) {
-            job.state = JobState::Failed;
-            job.ended = Some(now_rfc3339());
-            job.reason =
-                Some("the job's processes ended without recording an exit (killed, or the machine restarted)".into());
-            self.save(&job)?;
-        }
-        Ok(job)
     }
 }
 
@@ -293,15 +522,21 @@ fn now_minus_minute() -> String {
     crate::events::rfc3339(t)
 }
 
-/// Records how the engine ended: exit code 0 done, 143 (SIGTERM handled) cancelled, else failed.
+/// Records how the engine ended: exit code 0 done; 143 (SIGTERM handled, checkpoint kept)
+/// cancelled when `scmz jobs cancel` asked for it, else failed (a time limit, preemption or a
+/// stray kill); anything else failed.
 pub fn finish(job: &mut Job, status: std::process::ExitStatus) {
     use std::os::unix::process::ExitStatusExt;
     job.ended = Some(now_rfc3339());
     job.exit_code = status.code();
     job.signal = status.signal();
-    job.state = match (status.code(), status.signal()) {
-        (Some(0), _) => JobState::Done,
-        (Some(143), _) | (_, Some(libc::SIGTERM)) => JobState::Cancelled,
+    let terminated = matches!(
+        (status.code(), status.signal()),
+        (Some(143), _) | (_, Some(libc::SIGTERM))
+    );
+    job.state = match status.code() {
+        Some(0) => JobState::Done,
+        _ if terminated && job.cancel_requested => JobState::Cancelled,
         _ => JobState::Failed,
     };
     job.reason = match (job.state, status.code(), status.signal()) {
@@ -309,6 +544,11 @@ pub fn finish(job: &mut Job, status: std::process::ExitStatus) {
         (JobState::Cancelled, _, _) => {
             Some("cancelled; the last checkpoint is kept: `scmz jobs resume` continues".into())
         }
+        _ if terminated => Some(
+            "stopped by SIGTERM from outside scmz (a time limit, preemption or kill); the last checkpoint is kept: \
+             `scmz jobs resume` continues"
+                .into(),
+        ),
         (_, _, Some(sig)) => Some(format!(
             "killed by signal {sig}{}",
             if sig == libc::SIGKILL { " (SIGKILL)" } else { "" }
@@ -340,5 +580,31 @@ mod tests {
         assert!(listed[0].reason.as_deref().unwrap().contains("without recording"));
         assert!(alive(std::process::id()));
         assert!(matches!(reg.load("nope"), Err(JobError::NotFound(_))));
+    }
+
+    #[test]
+    fn sweeps_expand_to_one_named_setting_each() {
+        let args: Vec<String> = ["d.h5ad", "--name", "m", "--n-latent", "5"].map(String::from).to_vec();
+        let s = expand_sweep(&args, "n_latent=10,20").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0], ["d.h5ad", "--name", "m-n_latent-10", "--n-latent", "10"]);
+        assert_eq!(s[1][2], "m-n_latent-20");
+        let grid = expand_sweep(&args, "n_latent=10,20; lr=1e-3,1e-4").unwrap();
+        assert_eq!(grid.len(), 4);
+        assert_eq!(grid[3][2], "m-n_latent-20-lr-1e-4");
+        assert!(grid[3].ends_with(&["--lr".to_string(), "1e-4".to_string()]));
+        assert!(expand_sweep(&args, "n_latent").unwrap_err().contains("KEY=V1,V2"));
+        assert!(expand_sweep(&args, "name=a,b").is_err());
+    }
+
+    #[test]
+    fn slot_limits_come_from_the_config_file_unless_the_environment_says() {
+        let c = Config::parse("[jobs]\nmax_cpu_jobs = 3\n").unwrap();
+        if std::env::var_os("SCMZ_MAX_CPU_JOBS").is_none() {
+            assert_eq!(slot_limit("cpu", &c), 3);
+        }
+        if std::env::var_os("SCMZ_MAX_GPU_JOBS").is_none() {
+            assert_eq!(slot_limit("gpu", &c), 1);
+        }
     }
 }

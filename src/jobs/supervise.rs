@@ -1,0 +1,124 @@
+//! What runs where a job runs, whatever the backend: the supervisor (`scmz jobs supervise`) and
+//! log following. Both use tokio: the supervisor waits for the engine while listening for
+//! SIGTERM (forwarded to the engine, which checkpoints and exits), `follow` tails a job's log
+//! until the job ends.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{engine_path, finish, Job, JobError, JobState, Registry};
+use crate::events::now_rfc3339;
+
+fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| JobError::Backend(format!("cannot start the async runtime: {e}")))
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
+/// Runs job `id` of `reg` to its end: starts `scmz-engine <kind> <args>` with its output in the
+/// job folder, records the pids and host, forwards SIGTERM, and records how the engine ended.
+/// Local jobs then start whatever waits for their slot.
+pub fn supervise(reg: &Registry, id: &str) -> Result<Job, JobError> {
+    let job = runtime()?.block_on(supervise_async(reg, id))?;
+    if job.backend == "local" {
+        reg.schedule()?;
+    }
+    Ok(job)
+}
+
+async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let jd = reg.job_dir(id);
+    let file = |name: &str| {
+        let p = jd.join(name);
+        std::fs::File::create(&p).map_err(super::io(&p))
+    };
+    let (out, err) = (file("stdout.log")?, file("stderr.log")?);
+    let mut job = reg.load(id)?;
+    if job.cancel_requested {
+        // Cancelled between submission and start.
+        job.state = JobState::Cancelled;
+        job.ended = Some(now_rfc3339());
+        job.reason = Some("cancelled before it started".into());
+        reg.save(&job)?;
+        return Ok(job);
+    }
+    let engine = engine_path(&reg.scmz);
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
+    let mut child = tokio::process::Command::new(&engine)
+        .arg(&job.kind)
+        .args(&job.args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| JobError::Backend(format!("{}: cannot start the engine ({e})", engine.display())))?;
+    job.state = JobState::Running;
+    job.started.get_or_insert_with(now_rfc3339);
+    job.supervisor_pid = Some(std::process::id());
+    job.pid = child.id();
+    job.host = hostname();
+    reg.save(&job)?;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = sigterm.recv() => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on the engine we started; it checkpoints and exits on SIGTERM.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            }
+            child.wait().await
+        }
+    }
+    .map_err(|e| JobError::Backend(format!("waiting for the engine: {e}")))?;
+    // Reload: `cancel` may have set cancel_requested meanwhile.
+    let mut job = reg.load(id)?;
+    finish(&mut job, status);
+    reg.save(&job)?;
+    Ok(job)
+}
+
+/// Prints (through `out`) what job `id` writes to `file` in its folder (`stderr.log`: the engine's
+/// progress and errors), from the start, until the job ends when `follow` is set. Returns the job
+/// as it ended (or as it is, without `follow`).
+pub fn follow(reg: &Registry, id: &str, file: &str, follow: bool, out: impl FnMut(&[u8])) -> Result<Job, JobError> {
+    runtime()?.block_on(follow_async(reg, id, &reg.job_dir(id).join(file), follow, out))
+}
+
+async fn follow_async(
+    reg: &Registry,
+    id: &str,
+    path: &Path,
+    follow: bool,
+    mut out: impl FnMut(&[u8]),
+) -> Result<Job, JobError> {
+    let mut shown = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        // Read the record first: bytes written before the job ended are then all on disk.
+        let job = reg.refresh(reg.load(id)?)?;
+        if let Ok(mut f) = tokio::fs::File::open(path).await {
+            let mut buf = Vec::new();
+            if f.seek(std::io::SeekFrom::Start(shown)).await.is_ok() && f.read_to_end(&mut buf).await.is_ok() {
+                shown += buf.len() as u64;
+                if !buf.is_empty() {
+                    out(&buf);
+                }
+            }
+        }
+        if !follow || job.state.is_final() {
+            return Ok(job);
+        }
+    }
+}
