@@ -99,16 +99,20 @@ impl Config {
 
     /// Parses TOML text; the error is one line naming the key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| one_line_toml_error(&e))
+        toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))
     }
 }
 
-/// A TOML error as one line: the message and, when known, the line it comes from.
-pub fn one_line_toml_error(e: &toml::de::Error) -> String {
+/// A TOML error as one line: the line it comes from (which names the key) and the message.
+pub fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
-        Some(span) => format!("{msg} (at byte {}); fix or remove that key", span.start),
-        None => format!("{msg}; fix or remove that key"),
+        Some(span) if span.start < text.len() => {
+            let line_no = text[..span.start].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} `{line}`: {msg}; fix or remove that key")
+        }
+        _ => format!("{msg}; fix or remove that key"),
     }
 }
 

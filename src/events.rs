@@ -49,6 +49,20 @@ pub enum Event {
         elapsed_s: f64,
         eta_s: f64,
     },
+    /// The latent space of a fixed sample of validation cells: their means projected on the first
+    /// two principal components, with the category (label, else batch) of each, for the TUI's
+    /// scatter.
+    Latent {
+        epoch: usize,
+        /// The obs column the codes come from, if any.
+        key: Option<String>,
+        categories: Vec<String>,
+        /// Index into `categories` per point (-1: none).
+        codes: Vec<i32>,
+        points: Vec<[f32; 2]>,
+        /// Share of the latent variance on each of the two components.
+        explained: [f32; 2],
+    },
     Checkpoint {
         epoch: usize,
     },
@@ -133,6 +147,56 @@ pub fn read_log(path: &Path) -> std::io::Result<Vec<Record>> {
         .collect())
 }
 
+/// Follows a log that another process appends to: each `poll` parses only the complete lines
+/// written since the last one. Starts over if the file was replaced by a shorter one.
+#[derive(Debug, Default)]
+pub struct LogTail {
+    pub path: std::path::PathBuf,
+    offset: u64,
+    pub records: Vec<Record>,
+}
+
+impl LogTail {
+    pub fn new(path: impl Into<std::path::PathBuf>) -> Self {
+        LogTail {
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads what was appended; returns whether anything new arrived.
+    pub fn poll(&mut self) -> bool {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return false;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            self.offset = 0;
+            self.records.clear();
+        }
+        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut buf = Vec::new();
+        if f.take(len - self.offset).read_to_end(&mut buf).is_err() {
+            return false;
+        }
+        // Only complete lines; a line being written is read next time.
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return false;
+        };
+        let before = self.records.len();
+        for line in buf[..=end].split(|&b| b == b'\n') {
+            if let Ok(r) = serde_json::from_slice(line) {
+                self.records.push(r);
+            }
+        }
+        self.offset += end as u64 + 1;
+        self.records.len() > before
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +220,26 @@ mod tests {
         let t = &recs[0].t;
         assert_eq!((t.len(), &t[4..5], &t[10..11], &t[19..]), (20, "-", "T", "Z"), "{t}");
         assert!(t.as_str() > "2025-01-01");
+    }
+
+    #[test]
+    fn a_tail_reads_only_complete_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let mut tail = LogTail::new(&p);
+        assert!(!tail.poll());
+        let mut log = EventLog::append_to(&p).unwrap();
+        log.write(Event::Checkpoint { epoch: 0 }).unwrap();
+        assert!(tail.poll());
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"t\":\"x\",\"event\":\"checkpoint\",").unwrap();
+        assert!(!tail.poll());
+        f.write_all(b"\"epoch\":1}\n").unwrap();
+        assert!(tail.poll());
+        assert_eq!(tail.records.len(), 2);
+        assert_eq!(tail.records[1].event, Event::Checkpoint { epoch: 1 });
+        std::fs::write(&p, "").unwrap();
+        tail.poll();
+        assert!(tail.records.is_empty());
     }
 }

@@ -1,6 +1,7 @@
 //! The `scmz` binary: parses the command line and prints any error as one line.
 
 mod cli;
+mod tui;
 
 use clap::Parser;
 

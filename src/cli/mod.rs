@@ -9,6 +9,8 @@ mod models;
 mod overlap;
 mod table;
 
+pub use table::thousands;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -22,10 +24,26 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Theme of the terminal UI: dark, light, high-contrast, or a .toml file.
+    #[arg(long, global = true)]
+    theme: Option<String>,
+    /// Draw the terminal UI with ASCII only (no braille or box-drawing characters).
+    #[arg(long, global = true)]
+    ascii: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// The terminal UI (also what `scmz` alone opens): datasets, models, overlap, jobs.
+    Ui {
+        /// Folders to find datasets in [default: .]
+        dirs: Vec<PathBuf>,
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        /// The bundled demo: when the zoo is empty, start a short training job on this dataset.
+        #[arg(long, value_name = "DATASET")]
+        demo: Option<PathBuf>,
+    },
     /// Scan folders (recursively) for datasets and list them.
     Datasets {
         /// Folders or files to scan [default: .]
@@ -181,12 +199,30 @@ impl OpenArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let ui = |dirs: Vec<PathBuf>, zoo: Option<PathBuf>, demo: Option<PathBuf>| {
+        crate::tui::run(crate::tui::Options {
+            data_dirs: if dirs.is_empty() {
+                vec![PathBuf::from(".")]
+            } else {
+                dirs
+            },
+            zoo: zoo.unwrap_or_else(scmz::zoo::default_zoo),
+            theme: cli.theme.clone(),
+            ascii: cli.ascii,
+            demo,
+        })
+    };
     match cli.command {
         None => {
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+                return ui(Vec::new(), None, None);
+            }
             use clap::CommandFactory;
             Cli::command().print_help()?;
             Ok(())
         }
+        Some(Command::Ui { dirs, zoo, demo }) => ui(dirs, zoo, demo),
         Some(Command::Datasets { dirs, json, no_cache }) => datasets::run(dirs, json, no_cache),
         Some(Command::Inspect {
             path,

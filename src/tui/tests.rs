@@ -1,0 +1,303 @@
+//! The TUI as a user sees it: every screen rendered on ratatui's `TestBackend` at 80x24 and
+//! 120x40 from real data (the datasets in `tests/data`, the frozen fixture zoo, the event log of a
+//! real training run), checked with `insta` text snapshots; and what keys do.
+
+use std::path::{Path, PathBuf};
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use scmz::jobs::{Job, JobState, Registry};
+
+use super::app::{App, Screen};
+use super::theme::Theme;
+use super::worker::{self, Request, Sources};
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
+}
+
+fn job(id: &str, kind: &str, name: &str, state: JobState, events: Option<PathBuf>) -> Job {
+    Job {
+        id: id.into(),
+        kind: kind.into(),
+        name: Some(name.into()),
+        args: Vec::new(),
+        backend: "local".into(),
+        slurm_id: None,
+        slurm: None,
+        cancel_requested: false,
+        host: None,
+        state,
+        created: "2026-11-25T18:20:40Z".into(),
+        started: Some("2026-11-25T18:20:41Z".into()),
+        ended: None,
+        // Our own pid: alive, so the running job is not taken for a dead one.
+        supervisor_pid: Some(std::process::id()),
+        pid: Some(std::process::id()),
+        exit_code: None,
+        signal: None,
+        reason: None,
+        events,
+        slot: "cpu".into(),
+    }
+}
+
+/// An app loaded through the worker's functions, as the worker thread would, with two jobs: a
+/// finished one and a running one whose event log is a real run's, stopped at epoch 25.
+fn loaded_app(jobs_dir: &Path) -> App {
+    let reg = Registry::new(jobs_dir);
+    let mut done = job("20261125-180000-1", "train", "pbmc-tiny", JobState::Done, None);
+    done.reason = None;
+    let mut slurm = job(
+        "20261125-181000-2",
+        "train",
+        "atlas-n_latent-30",
+        JobState::Queued,
+        None,
+    );
+    slurm.backend = "slurm".into();
+    slurm.slurm_id = Some("4211_2".into());
+    slurm.reason = Some("pending in Slurm (Resources)".into());
+    let running = job(
+        "20261125-182040-3",
+        "train",
+        "pbmc-demo",
+        JobState::Running,
+        Some(data().join("events/pbmc-running.jsonl")),
+    );
+    for j in [&done, &slurm, &running] {
+        std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
+        reg.save(j).unwrap();
+    }
+    let sources = Sources {
+        data_dirs: vec![data()],
+        zoo: data().join("zoo"),
+        jobs: jobs_dir.to_path_buf(),
+        cache: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::datasets(&sources));
+    app.update(worker::models(&sources));
+    // Slurm is not reachable from here: its row keeps what its record says.
+    app.update(worker::jobs(&sources));
+    serve(&mut app, &sources);
+    app
+}
+
+/// Answers the app's requests synchronously, as the worker thread would.
+fn serve(app: &mut App, s: &Sources) {
+    loop {
+        let reqs = app.take_requests();
+        if reqs.is_empty() {
+            return;
+        }
+        for r in reqs {
+            match r {
+                Request::Details(p) => app.update(worker::details(&p)),
+                Request::Follow(Some(p)) => {
+                    let mut tail = scmz::events::LogTail::new(&p);
+                    tail.poll();
+                    app.update(worker::Update::Run {
+                        path: p,
+                        records: tail.records,
+                        reset: true,
+                    });
+                }
+                Request::Overlap { dataset, model } => app.update(worker::overlap(s, &dataset, &model)),
+                Request::Matrix(paths) => app.update(worker::matrix(&paths)),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn key(app: &mut App, code: KeyCode) {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+    let s = app.sources.clone();
+    serve(app, &s);
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| super::ui::draw(f, app)).unwrap();
+    let buf = t.backend().buffer();
+    (0..h)
+        .map(|y| {
+            let line: String = (0..w).map(|x| buf[(x, y)].symbol()).collect();
+            line.trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn snap(name: &str, app: &App) {
+    for (w, h) in [(80, 24), (120, 40)] {
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), render(app, w, h));
+    }
+}
+
+#[test]
+fn every_screen_at_80x24_and_120x40() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    // Sort by name: the first row is the 10x mtx v2 folder; move to pbmc68k_counts.
+    let pbmc = app
+        .visible_datasets()
+        .iter()
+        .position(|d| d.path.ends_with("pbmc68k_counts.h5ad"))
+        .unwrap();
+    for _ in 0..pbmc {
+        key(&mut app, KeyCode::Char('j'));
+    }
+    snap("datasets", &app);
+    key(&mut app, KeyCode::Char('2'));
+    snap("models", &app);
+    // From the dataset, `o` opens the overlap with the zoo's model.
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('o'));
+    assert_eq!(app.screen, Screen::Overlap);
+    snap("overlap", &app);
+    key(&mut app, KeyCode::Char('m'));
+    snap("overlap_matrix", &app);
+    key(&mut app, KeyCode::Char('4'));
+    snap("jobs", &app);
+    key(&mut app, KeyCode::Char('?'));
+    snap("help", &app);
+}
+
+#[test]
+fn the_run_monitor_follows_a_real_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    key(&mut app, KeyCode::Char('4'));
+    // Newest job first: the running one, whose monitor shows the real log.
+    assert_eq!(app.selected_job().unwrap().name.as_deref(), Some("pbmc-demo"));
+    let text = render(&app, 120, 40);
+    assert!(text.contains("epoch 25/40"), "{text}");
+    assert!(text.contains("Latent epoch 25"), "{text}");
+    assert!(text.contains("/10 active"), "{text}");
+    assert!(text.contains("CD14+ Mono"), "{text}");
+    // The Slurm job shows its backend and id in the row.
+    assert!(text.contains("slurm 4211_2"), "{text}");
+    // Log scale and the KL term change the chart's title.
+    key(&mut app, KeyCode::Char('e'));
+    key(&mut app, KeyCode::Char('e'));
+    key(&mut app, KeyCode::Char('L'));
+    assert!(render(&app, 120, 40).contains("KL per cell, log10"));
+}
+
+#[test]
+fn filter_sort_help_and_ascii_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let all = app.visible_datasets().len();
+    key(&mut app, KeyCode::Char('/'));
+    for c in "pbmc".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    key(&mut app, KeyCode::Enter);
+    let names: Vec<String> = app
+        .visible_datasets()
+        .iter()
+        .map(|d| app.display_path(&d.path))
+        .collect();
+    assert_eq!(names, ["pbmc68k_counts.h5ad", "pbmc68k_reduced.h5ad"], "of {all}");
+    // Sort by cells, reversed: the biggest dataset first.
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('/'));
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.visible_datasets().len(), all);
+    key(&mut app, KeyCode::Char('s'));
+    key(&mut app, KeyCode::Char('S'));
+    assert!(app.visible_datasets()[0].path.ends_with("mouse_10k_subset.h5ad"));
+    key(&mut app, KeyCode::Char('?'));
+    let text = render(&app, 80, 24);
+    assert!(text.contains("this help") && text.contains("quit"), "{text}");
+    key(&mut app, KeyCode::Char('x'));
+    assert!(!app.help);
+    // ASCII mode leaves nothing outside ASCII on screen, on the busiest screen too.
+    app.ascii = true;
+    key(&mut app, KeyCode::Char('4'));
+    for (w, h) in [(80, 24), (120, 40)] {
+        let text = render(&app, w, h);
+        assert!(text.is_ascii(), "{text}");
+    }
+    key(&mut app, KeyCode::Char('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn the_training_form_submits_a_job_and_cancel_asks_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let pbmc = app
+        .visible_datasets()
+        .iter()
+        .position(|d| d.path.ends_with("pbmc68k_counts.h5ad"))
+        .unwrap();
+    for _ in 0..pbmc {
+        key(&mut app, KeyCode::Down);
+    }
+    key(&mut app, KeyCode::Char('t'));
+    let form = app.form.clone().expect("form open");
+    assert_eq!(form.value("label key"), "bulk_labels");
+    // Name field: replace it; likelihood: next choice; epochs: 3.
+    for _ in 0..form.value("name").len() {
+        key(&mut app, KeyCode::Backspace);
+    }
+    for c in "mine".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Right);
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Char('3'));
+    insta::assert_snapshot!("train_form_80x24", render(&app, 80, 24));
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let reqs = app.take_requests();
+    let sub = reqs
+        .iter()
+        .find_map(|r| match r {
+            Request::Submit(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("a submission");
+    assert_eq!(sub.kind, "train");
+    let args = sub.args.join(" ");
+    assert!(
+        args.contains("pbmc68k_counts.h5ad --name mine --epochs 3 --likelihood zinb"),
+        "{args}"
+    );
+    assert!(args.contains("--label-key bulk_labels"), "{args}");
+    assert_eq!(app.screen, Screen::Jobs);
+    // Cancel asks first; `n` keeps the job.
+    key(&mut app, KeyCode::Char('c'));
+    assert!(app.confirm_cancel.is_some());
+    key(&mut app, KeyCode::Char('n'));
+    assert!(app.confirm_cancel.is_none() && app.take_requests().is_empty());
+    key(&mut app, KeyCode::Char('c'));
+    app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
+    assert!(matches!(app.take_requests().as_slice(), [Request::Cancel(id)] if id == "20261125-182040-3"));
+}
+
+#[test]
+fn normalised_data_is_not_offered_for_training_and_no_color_drops_colours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let reduced = app
+        .visible_datasets()
+        .iter()
+        .position(|d| d.path.ends_with("pbmc68k_reduced.h5ad"))
+        .unwrap();
+    for _ in 0..reduced {
+        key(&mut app, KeyCode::Down);
+    }
+    key(&mut app, KeyCode::Char('t'));
+    assert!(app.form.is_none());
+    assert!(app.notice.as_deref().unwrap().contains("raw counts"));
+    let t = Theme::bundled("high-contrast").without_color();
+    assert!(t.monochrome && t.accent == ratatui::style::Color::Reset);
+}

@@ -1,0 +1,235 @@
+//! Widgets shared by the Models and Jobs screens, all fed by event-log records: loss curves,
+//! the latent scatter and the per-dimension KL bars.
+
+use ratatui::layout::Rect;
+use ratatui::style::Style;
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::canvas::{Canvas, Points};
+use ratatui::widgets::{Axis, Bar, BarChart, BarGroup, Chart, Clear, Dataset as Series, GraphType, Paragraph, Wrap};
+use ratatui::Frame;
+
+use scmz::events::{Event, LossTerms, Record};
+
+use super::{block, block_line};
+use crate::tui::app::{App, Term};
+
+fn term(t: &LossTerms, which: Term) -> f64 {
+    match which {
+        Term::Total => t.elbo,
+        Term::Recon => t.recon,
+        Term::Kl => t.kl,
+    }
+}
+
+fn short(v: f64) -> String {
+    if v.abs() >= 10_000.0 {
+        format!("{:.0}k", v / 1000.0)
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// Train and validation curves of one loss term per epoch.
+pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    let y = |v: f64| if app.log_scale { v.max(1e-9).log10() } else { v };
+    for r in records {
+        if let Event::Epoch {
+            epoch,
+            train: t,
+            val: v,
+            ..
+        } = &r.event
+        {
+            let x = *epoch as f64 + 1.0;
+            train.push((x, y(term(t, app.term))));
+            if v.elbo != 0.0 || v.recon != 0.0 {
+                val.push((x, y(term(v, app.term))));
+            }
+        }
+    }
+    let dot = if app.ascii { "*" } else { "•" };
+    let title = Line::from(vec![
+        Span::styled(
+            format!(
+                " {} per cell{} ",
+                app.term.name(),
+                if app.log_scale { ", log10" } else { "" }
+            ),
+            app.theme.accent(),
+        ),
+        Span::styled(format!("{dot} train "), Style::default().fg(app.theme.train)),
+        Span::styled(format!("{dot} validation "), Style::default().fg(app.theme.validation)),
+    ]);
+    if train.is_empty() {
+        f.render_widget(
+            Paragraph::new("waiting for the first epoch...").block(block_line(app, title)),
+            area,
+        );
+        return;
+    }
+    let all = train.iter().chain(&val);
+    let (mut lo, mut hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
+    if hi - lo < 1e-9 {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let pad = (hi - lo) * 0.05;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let xmax = train.last().map_or(1.0, |p| p.0).max(2.0);
+    let ylab = |v: f64| short(if app.log_scale { 10f64.powf(v) } else { v });
+    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
+    let series = vec![
+        Series::default()
+            .name("train")
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(app.theme.train))
+            .data(&train),
+        Series::default()
+            .name("validation")
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(app.theme.validation))
+            .data(&val),
+    ];
+    let chart = Chart::new(series)
+        .block(block_line(app, title))
+        .x_axis(
+            Axis::default()
+                .title(Span::styled("epoch", app.theme.muted()))
+                .style(app.theme.muted())
+                .bounds([1.0, xmax])
+                .labels(["1".to_string(), format!("{}", xmax as usize)]),
+        )
+        .y_axis(Axis::default().style(app.theme.muted()).bounds([lo, hi]).labels([
+            ylab(lo),
+            ylab((lo + hi) / 2.0),
+            ylab(hi),
+        ]));
+    f.render_widget(chart, area);
+}
+
+/// The latest latent sample on its first two principal components, one colour per category.
+pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
+    let latest = records.iter().rev().find_map(|r| match &r.event {
+        Event::Latent {
+            epoch,
+            key,
+            categories,
+            codes,
+            points,
+            explained,
+        } => Some((epoch, key, categories, codes, points, explained)),
+        _ => None,
+    });
+    let Some((epoch, key, cats, codes, points, explained)) = latest else {
+        f.render_widget(
+            Paragraph::new("no latent sample yet").block(block(app, "Latent (PC1 x PC2)")),
+            area,
+        );
+        return;
+    };
+    let title = format!(
+        "Latent epoch {}  PC1 {:.0}% PC2 {:.0}%{}",
+        epoch + 1,
+        100.0 * explained[0],
+        100.0 * explained[1],
+        key.as_ref().map(|k| format!("  by {k}")).unwrap_or_default()
+    );
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    for p in points {
+        x0 = x0.min(p[0] as f64);
+        x1 = x1.max(p[0] as f64);
+        y0 = y0.min(p[1] as f64);
+        y1 = y1.max(p[1] as f64);
+    }
+    if x1 <= x0 || y1 <= y0 {
+        (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+    }
+    let n_groups = cats.len().max(1);
+    let mut groups: Vec<Vec<(f64, f64)>> = vec![Vec::new(); n_groups];
+    for (p, &c) in points.iter().zip(codes.iter().chain(std::iter::repeat(&-1))) {
+        groups[c.max(0) as usize % n_groups].push((p[0] as f64, p[1] as f64));
+    }
+    let inner = block(app, "").inner(area);
+    // Categories abbreviated to 10 characters; up to three lines when there is room.
+    let legend: Vec<String> = cats.iter().map(|c| c.chars().take(10).collect()).collect();
+    let legend_len: usize = legend.iter().map(|c| c.chars().count() + 2).sum();
+    let legend_h = match inner.height {
+        _ if cats.is_empty() => 0,
+        0..8 => 0,
+        8..14 => 1,
+        _ => legend_len.div_ceil(inner.width.max(1) as usize).clamp(1, 3) as u16,
+    };
+    let theme = &app.theme;
+    let canvas = Canvas::default()
+        .block(block(app, title))
+        .marker(if app.ascii { Marker::Dot } else { Marker::Braille })
+        .x_bounds([x0, x1])
+        .y_bounds([y0, y1])
+        .paint(|ctx| {
+            for (i, g) in groups.iter().enumerate() {
+                ctx.draw(&Points {
+                    coords: g,
+                    color: theme.category(i),
+                });
+            }
+        });
+    f.render_widget(canvas, area);
+    if legend_h > 0 {
+        let mut spans = Vec::new();
+        for (i, c) in legend.iter().enumerate() {
+            spans.push(Span::styled("■", Style::default().fg(theme.category(i))));
+            spans.push(Span::styled(format!("{c} "), theme.muted()));
+        }
+        let r = Rect {
+            x: inner.x,
+            y: inner.y + inner.height - legend_h,
+            width: inner.width,
+            height: legend_h,
+        };
+        f.render_widget(Clear, r);
+        f.render_widget(Paragraph::new(Line::from(spans)).wrap(Wrap { trim: false }), r);
+    }
+}
+
+/// KL per latent dimension at the latest epoch: dimensions near zero are unused.
+pub fn kl_bars(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
+    let kl = records.iter().rev().find_map(|r| match &r.event {
+        Event::Epoch { kl_per_dim, .. } => Some(kl_per_dim.clone()),
+        _ => None,
+    });
+    let Some(kl) = kl.filter(|k| !k.is_empty()) else {
+        f.render_widget(Paragraph::new("-").block(block(app, "KL per latent dimension")), area);
+        return;
+    };
+    let active = kl.iter().filter(|&&v| v > 0.05).count();
+    let bars: Vec<Bar> = kl
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            Bar::default()
+                .label(Line::from(format!("z{}", i + 1)))
+                .value((v * 100.0).round().max(0.0) as u64)
+                .text_value(format!("{v:.1}"))
+        })
+        .collect();
+    let inner_w = area.width.saturating_sub(2) as usize;
+    let bar_w = ((inner_w / kl.len().max(1)).saturating_sub(1)).clamp(1, 5) as u16;
+    let chart = BarChart::default()
+        .block(block(
+            app,
+            format!("KL per latent dimension: {active}/{} active", kl.len()),
+        ))
+        .data(BarGroup::default().bars(&bars))
+        .bar_width(bar_w)
+        .bar_gap(1)
+        .bar_style(Style::default().fg(app.theme.accent))
+        .value_style(Style::default().fg(app.theme.background).bg(app.theme.accent))
+        .label_style(app.theme.muted());
+    f.render_widget(chart, area);
+}

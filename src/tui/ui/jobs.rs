@@ -1,0 +1,197 @@
+//! The Jobs screen: the job list and a live monitor of the selected run (loss curves,
+//! throughput, ETA, device, latent scatter, KL per dimension), fed by the run's event log.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use scmz::events::Event;
+use scmz::jobs::Job;
+
+use super::{block, charts};
+use crate::tui::app::App;
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Where a job runs, for the table: `local` or `slurm 123_0`.
+fn backend(j: &Job) -> String {
+    match &j.slurm_id {
+        Some(id) => format!("{} {id}", j.backend),
+        None => j.backend.clone(),
+    }
+}
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    if app.jobs.is_empty() {
+        f.render_widget(
+            Paragraph::new("No jobs. Start one from the Datasets screen (t) or with `scmz train ... --detach`.")
+                .wrap(Wrap { trim: true })
+                .block(block(app, "Jobs")),
+            area,
+        );
+        return;
+    }
+    let table_h = (app.jobs.len() as u16 + 3).min(if area.height < 30 { 5 } else { 8 });
+    let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(8)]).areas(area);
+    let header = Row::new(["job", "kind", "model", "state", "backend", "note"])
+        .style(app.theme.muted().add_modifier(Modifier::BOLD));
+    let rows: Vec<Row> = app
+        .jobs
+        .iter()
+        .rev()
+        .map(|j| {
+            let state = j.state.to_string();
+            Row::new(vec![
+                Span::raw(j.id.clone()),
+                Span::raw(j.kind.clone()),
+                Span::raw(j.name.clone().unwrap_or_default()),
+                Span::styled(state.clone(), app.theme.state(&state)),
+                Span::raw(backend(j)),
+                Span::styled(j.reason.clone().unwrap_or_default(), app.theme.muted()),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(20),
+        Constraint::Length(7),
+        Constraint::Length(18),
+        Constraint::Length(9),
+        Constraint::Length(13),
+        Constraint::Min(10),
+    ];
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(block(app, format!("Jobs ({})", app.jobs.len())))
+        .row_highlight_style(app.theme.selected());
+    f.render_stateful_widget(table, top, &mut TableState::default().with_selected(Some(app.job_sel)));
+    let Some(job) = app.selected_job() else {
+        return;
+    };
+    monitor(f, app, job, bottom);
+}
+
+fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
+    let records = &app.run.records;
+    if job.kind != "train" {
+        let text = format!(
+            "{} job of model {}: {}{}",
+            job.kind,
+            job.name.clone().unwrap_or_default(),
+            job.state,
+            job.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+        f.render_widget(
+            Paragraph::new(text).wrap(Wrap { trim: true }).block(block(app, "Run")),
+            area,
+        );
+        return;
+    }
+    let roomy = area.height >= 24;
+    let stats_h = 5;
+    let [stats, rest] = Layout::vertical([Constraint::Length(stats_h), Constraint::Min(4)]).areas(area);
+    draw_stats(f, app, job, stats);
+    if roomy {
+        let [upper, lower] = Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(rest);
+        let [loss, latent] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(upper);
+        charts::loss_chart(f, app, records, loss);
+        charts::latent_scatter(f, app, records, latent);
+        charts::kl_bars(f, app, records, lower);
+    } else {
+        let [loss, latent] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(rest);
+        charts::loss_chart(f, app, records, loss);
+        charts::latent_scatter(f, app, records, latent);
+    }
+}
+
+fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
+    let records = &app.run.records;
+    let start = records.iter().find_map(|r| match &r.event {
+        Event::Start {
+            device,
+            n_train,
+            n_val,
+            max_epochs,
+            ..
+        } => Some((device.clone(), *n_train, *n_val, *max_epochs)),
+        _ => None,
+    });
+    let epoch = records.iter().rev().find_map(|r| match &r.event {
+        Event::Epoch {
+            epoch,
+            cells_per_s,
+            elapsed_s,
+            eta_s,
+            val,
+            kl_per_dim,
+            ..
+        } => Some((*epoch, *cells_per_s, *elapsed_s, *eta_s, val.elbo, kl_per_dim.len())),
+        _ => None,
+    });
+    let step = records.iter().rev().find_map(|r| match &r.event {
+        Event::Step { cells_per_s, .. } => Some(*cells_per_s),
+        _ => None,
+    });
+    let end = records.iter().rev().find_map(|r| match &r.event {
+        Event::End { status, best_epoch, .. } => Some((status.clone(), *best_epoch)),
+        _ => None,
+    });
+    let key = |k: &str| Span::styled(format!("{k} "), app.theme.muted());
+    let mut l1 = vec![
+        key("state"),
+        Span::styled(job.state.to_string(), app.theme.state(&job.state.to_string())),
+    ];
+    let mut l2 = Vec::new();
+    if let Some((device, n_train, n_val, max_epochs)) = &start {
+        l1.extend([
+            key("  device"),
+            Span::raw(device.clone()),
+            key("  cells"),
+            Span::raw(format!("{n_train} train / {n_val} validation")),
+        ]);
+        if let Some((e, cps, elapsed, eta, val, _)) = epoch {
+            l2.extend([
+                key("epoch"),
+                Span::styled(format!("{}/{max_epochs}", e + 1), app.theme.accent()),
+                key("  throughput"),
+                Span::raw(format!(
+                    "{:.0} cells/s",
+                    if job.state.is_final() { cps } else { step.unwrap_or(cps) }
+                )),
+                key("  elapsed"),
+                Span::raw(fmt_secs(elapsed)),
+            ]);
+            if !job.state.is_final() {
+                l2.extend([key("  ETA"), Span::raw(fmt_secs(eta))]);
+            }
+            l2.extend([key("  val ELBO"), Span::raw(format!("{val:.1}"))]);
+        } else {
+            l2.push(Span::raw("first epoch running..."));
+        }
+    } else {
+        l1.push(Span::styled("  waiting for the run to start", app.theme.muted()));
+    }
+    let mut l3 = Vec::new();
+    if let Some((status, best)) = end {
+        l3.push(key("ended"));
+        l3.push(Span::raw(status));
+        if let Some(b) = best {
+            l3.push(Span::raw(format!(", best epoch {}", b + 1)));
+        }
+    } else if let Some(r) = &job.reason {
+        l3.push(Span::styled(r.clone(), Style::default().fg(app.theme.warn)));
+    }
+    f.render_widget(
+        Paragraph::new(vec![Line::from(l1), Line::from(l2), Line::from(l3)])
+            .block(block(app, format!("Run {}", job.name.clone().unwrap_or_default()))),
+        area,
+    );
+}

@@ -1,0 +1,136 @@
+//! Drawing: reads `App`, writes the frame, changes nothing. One file per screen, plus the
+//! charts every screen shares and the overlays (help, training form, confirmations).
+
+mod charts;
+mod datasets;
+mod jobs;
+mod models;
+mod overlap;
+mod overlays;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, BorderType, Borders, Paragraph};
+use ratatui::Frame;
+
+use super::app::{App, Screen};
+use super::keys;
+
+pub fn draw(f: &mut Frame, app: &App) {
+    let area = f.area();
+    f.render_widget(Block::default().style(app.theme.base()), area);
+    let [tabs, body, footer] =
+        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(area);
+    draw_tabs(f, app, tabs);
+    match app.screen {
+        Screen::Datasets => datasets::draw(f, app, body),
+        Screen::Models => models::draw(f, app, body),
+        Screen::Overlap => overlap::draw(f, app, body),
+        Screen::Jobs => jobs::draw(f, app, body),
+    }
+    draw_footer(f, app, footer);
+    overlays::draw(f, app, area);
+    if app.ascii {
+        asciify(f.buffer_mut());
+    }
+}
+
+fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
+    let mut spans = vec![Span::styled(" scmz ", app.theme.accent())];
+    for (i, s) in Screen::ALL.iter().enumerate() {
+        let label = format!(" {} {} ", i + 1, s.title());
+        let style = if *s == app.screen {
+            app.theme.selected().add_modifier(Modifier::BOLD)
+        } else {
+            app.theme.muted()
+        };
+        spans.push(Span::styled(label, style));
+    }
+    let running = app
+        .jobs
+        .iter()
+        .filter(|j| j.state == scmz::jobs::JobState::Running)
+        .count();
+    if running > 0 {
+        spans.push(Span::styled(
+            format!("  {running} running"),
+            Style::default().fg(app.theme.accent),
+        ));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
+    let line = if let Some(n) = &app.notice {
+        Line::from(Span::styled(format!(" {n}"), Style::default().fg(app.theme.warn)))
+    } else if app.filtering {
+        Line::from(vec![
+            Span::styled(" filter: ", app.theme.accent()),
+            Span::raw(format!("{}_", app.filter)),
+            Span::styled("  Enter keep  Esc clear", app.theme.muted()),
+        ])
+    } else {
+        let mut spans = Vec::new();
+        for b in keys::for_screen(app.screen).filter(|b| b.footer) {
+            spans.push(Span::styled(format!(" {}", b.keys), app.theme.accent()));
+            spans.push(Span::styled(format!(" {} ", b.short), app.theme.muted()));
+        }
+        Line::from(spans)
+    };
+    f.render_widget(Paragraph::new(line), area);
+}
+
+/// A bordered block with a title, in the theme's colours.
+pub fn block<'a>(app: &App, title: impl Into<String>) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_type(BorderType::Rounded)
+        .border_style(app.theme.border())
+        .title(Span::styled(format!(" {} ", title.into()), app.theme.accent()))
+}
+
+/// A bordered block whose title is a styled line (e.g. a chart's legend).
+pub fn block_line<'a>(app: &App, title: Line<'a>) -> Block<'a> {
+    Block::default()
+        .borders(Borders::ALL)
+        .border_type(BorderType::Rounded)
+        .border_style(app.theme.border())
+        .title(title)
+}
+
+/// Thousands separators: 12,345.
+pub fn thousands(n: usize) -> String {
+    crate::cli::thousands(n as u64)
+}
+
+/// Replaces everything outside ASCII with an ASCII look-alike, for terminals without braille or
+/// box-drawing fonts (`--ascii`).
+fn asciify(buf: &mut ratatui::buffer::Buffer) {
+    for cell in buf.content.iter_mut() {
+        let s = cell.symbol();
+        if s.is_ascii() {
+            continue;
+        }
+        let c = s.chars().next().unwrap_or(' ');
+        let r = match c {
+            '─' | '━' | '═' | '╌' => "-",
+            '│' | '┃' | '║' | '╎' => "|",
+            '╭' | '╮' | '╰' | '╯' | '┌' | '┐' | '└' | '┘' | '├' | '┤' | '┬' | '┴' | '┼' => {
+                "+"
+            }
+            '\u{2801}'..='\u{28ff}' => ".",
+            '\u{2800}' => " ",
+            '█' | '▇' | '▆' | '▅' => "#",
+            '▄' | '▃' | '▂' | '▁' => "_",
+            '•' | '·' | '●' => "*",
+            '↑' => "^",
+            '↓' => "v",
+            '←' => "<",
+            '→' => ">",
+            '…' => "~",
+            _ => "?",
+        };
+        cell.set_symbol(r);
+    }
+}

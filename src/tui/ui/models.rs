@@ -1,0 +1,168 @@
+//! The Models screen: the zoo as a table, the selected model's manifest and its final
+//! training curves.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Modifier;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use super::{block, charts, thousands};
+use crate::tui::app::App;
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    let title = format!("Zoo {}  {} models", app.sources.zoo.display(), app.models.len());
+    if app.models.is_empty() {
+        let text = "No models yet. Train one from the Datasets screen (t), or `scmz train DATA --name NAME`.";
+        f.render_widget(
+            Paragraph::new(text).wrap(Wrap { trim: true }).block(block(app, title)),
+            area,
+        );
+        return;
+    }
+    let table_h = (app.models.len() as u16 + 3).min(area.height / 3).max(4);
+    let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(6)]).areas(area);
+    let header = Row::new([
+        "model",
+        "genes",
+        "cells",
+        "latent",
+        "lik.",
+        "epochs",
+        "best val ELBO",
+        "created",
+    ])
+    .style(app.theme.muted().add_modifier(Modifier::BOLD));
+    let rows: Vec<Row> = app
+        .models
+        .iter()
+        .map(|m| {
+            let m = &m.manifest;
+            Row::new(vec![
+                m.name.clone(),
+                thousands(m.architecture.n_genes),
+                thousands(m.datasets.iter().map(|d| d.n_cells).sum()),
+                m.architecture.n_latent.to_string(),
+                m.architecture.likelihood.clone(),
+                format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
+                m.metrics.best_val_elbo.map_or("-".into(), |v| format!("{v:.1}")),
+                m.created.get(..10).unwrap_or(&m.created).to_string(),
+            ])
+        })
+        .collect();
+    let widths = [
+        Constraint::Min(12),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Length(7),
+        Constraint::Length(13),
+        Constraint::Length(10),
+    ];
+    let table = Table::new(rows, widths)
+        .header(header)
+        .block(block(app, title))
+        .row_highlight_style(app.theme.selected());
+    f.render_stateful_widget(
+        table,
+        top,
+        &mut TableState::default().with_selected(Some(app.model_sel)),
+    );
+    let Some(entry) = app.models.get(app.model_sel) else {
+        return;
+    };
+    let [details, chart] = if bottom.width >= 100 {
+        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(bottom)
+    } else {
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(bottom)
+    };
+    let m = &entry.manifest;
+    let key = |k: &str| Span::styled(format!("{k:<10}"), app.theme.muted());
+    let ids = match (&m.genes.gene_ids, &m.genes.symbols) {
+        (Some(_), Some(_)) => "Ensembl ids + symbols",
+        (Some(_), None) => "Ensembl ids",
+        (None, Some(_)) => "symbols",
+        (None, None) => "names",
+    };
+    let mut lines = vec![
+        Line::from(vec![
+            key("genes"),
+            Span::raw(format!(
+                "{} ({ids}, {})",
+                thousands(m.architecture.n_genes),
+                m.genes.species.clone().unwrap_or_else(|| "species unknown".into())
+            )),
+        ]),
+        Line::from(vec![
+            key("network"),
+            Span::raw(format!(
+                "{} hidden x {} layer(s), {} latent, {} norm, dropout {}",
+                m.architecture.n_hidden,
+                m.architecture.n_layers,
+                m.architecture.n_latent,
+                m.architecture.norm,
+                m.architecture.dropout
+            )),
+        ]),
+        Line::from(vec![
+            key("training"),
+            Span::raw(format!(
+                "lr {}, batch {}, {}, {:.0} cells/s",
+                m.training.lr, m.training.batch_size, m.training.device, m.training.cells_per_s
+            )),
+        ]),
+    ];
+    for (label, v) in [
+        ("batch key", m.training.batch_key.clone()),
+        ("label key", m.training.label_key.clone()),
+    ] {
+        if let Some(v) = v {
+            lines.push(Line::from(vec![key(label), Span::raw(v)]));
+        }
+    }
+    for d in &m.datasets {
+        let name = std::path::Path::new(&d.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| d.path.clone());
+        lines.push(Line::from(vec![
+            key("data"),
+            Span::raw(format!(
+                "{name} ({} cells, sha256 {})",
+                thousands(d.n_cells),
+                &d.sha256[..12.min(d.sha256.len())]
+            )),
+        ]));
+    }
+    if let Some(v) = &m.metrics.final_val {
+        lines.push(Line::from(vec![
+            key("final val"),
+            Span::raw(format!("ELBO {:.1} = recon {:.1} + KL {:.1}", v.elbo, v.recon, v.kl)),
+        ]));
+    }
+    if let Some(r) = &m.reference {
+        lines.push(Line::from(vec![
+            key("reference"),
+            Span::raw(format!(
+                "{} cells{}",
+                thousands(r.n_cells),
+                if r.labels.is_some() { " with labels" } else { "" }
+            )),
+        ]));
+    }
+    lines.push(Line::from(vec![
+        key("version"),
+        Span::raw(format!(
+            "{} (scmz {}, schema {})",
+            m.version, m.scmz_version, m.schema_version
+        )),
+    ]));
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(app, m.name.clone())),
+        details,
+    );
+    charts::loss_chart(f, app, &entry.history, chart);
+}

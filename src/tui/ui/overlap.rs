@@ -1,0 +1,226 @@
+//! The Overlap screen: a dataset and a model side by side and the report users read before
+//! applying the model (or, with `m`, the pairwise matrix of all datasets).
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{List, ListItem, ListState, Paragraph, Row, Table, Wrap};
+use ratatui::Frame;
+
+use scmz::genes::OverlapReport;
+
+use super::{block, thousands};
+use crate::tui::app::App;
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    if app.ov_matrix {
+        return draw_matrix(f, app, area);
+    }
+    let lists_w = if area.width >= 100 { 34 } else { 26 };
+    let [lists, report] = Layout::horizontal([Constraint::Length(lists_w), Constraint::Min(20)]).areas(area);
+    let [dl, ml] = Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(lists);
+    let item_style = |focus: bool| {
+        if focus {
+            app.theme.selected()
+        } else {
+            app.theme.muted().add_modifier(Modifier::REVERSED)
+        }
+    };
+    let ds: Vec<ListItem> = app
+        .datasets
+        .iter()
+        .map(|d| ListItem::new(app.display_path(&d.path)))
+        .collect();
+    f.render_stateful_widget(
+        List::new(ds)
+            .block(block(
+                app,
+                if app.ov_focus == 0 {
+                    "> Dataset (A)"
+                } else {
+                    "Dataset (A)"
+                },
+            ))
+            .highlight_style(item_style(app.ov_focus == 0)),
+        dl,
+        &mut ListState::default().with_selected(Some(app.ov_ds)),
+    );
+    let ms: Vec<ListItem> = app
+        .models
+        .iter()
+        .map(|m| ListItem::new(m.manifest.name.clone()))
+        .collect();
+    f.render_stateful_widget(
+        List::new(ms)
+            .block(block(app, if app.ov_focus == 1 { "> Model (B)" } else { "Model (B)" }))
+            .highlight_style(item_style(app.ov_focus == 1)),
+        ml,
+        &mut ListState::default().with_selected(Some(app.ov_model)),
+    );
+    let title = "Overlap: the model's genes found in the dataset";
+    let lines = match (&app.overlap, app.models.is_empty()) {
+        (_, true) => vec![Line::from(
+            "No model in the zoo yet: train one first (Datasets screen, t).",
+        )],
+        (None, _) => vec![Line::from("computing...")],
+        (Some((_, _, Err(e))), _) => vec![Line::from(Span::styled(
+            e.clone(),
+            Style::default().fg(app.theme.error),
+        ))],
+        (Some((_, _, Ok(r))), _) => report_lines(app, r),
+    };
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block(app, title)),
+        report,
+    );
+}
+
+fn bar(app: &App, pct: f64, width: usize) -> Span<'static> {
+    let filled = ((pct / 100.0) * width as f64).round() as usize;
+    let color = if pct >= 90.0 {
+        app.theme.ok
+    } else if pct >= 60.0 {
+        app.theme.warn
+    } else {
+        app.theme.error
+    };
+    Span::styled(
+        format!(
+            "{}{}",
+            "█".repeat(filled.min(width)),
+            "░".repeat(width - filled.min(width))
+        ),
+        Style::default().fg(color),
+    )
+}
+
+fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
+    let key = |k: &str| Span::styled(format!("{k:<18}"), app.theme.muted());
+    let mut lines = vec![
+        Line::from(vec![
+            key("dataset (A)"),
+            Span::raw(format!("{} ({} genes, {})", r.a, thousands(r.a_genes), r.a_ids)),
+        ]),
+        Line::from(vec![
+            key("model (B)"),
+            Span::raw(format!("{} ({} genes, {})", r.b, thousands(r.b_genes), r.b_ids)),
+        ]),
+        Line::from(vec![
+            key("matched through"),
+            Span::raw(format!("{} ({})", r.key, r.reason)),
+        ]),
+        Line::from(""),
+        Line::from(vec![
+            key("model genes found"),
+            bar(app, r.pct_b_found, 20),
+            Span::styled(
+                format!(
+                    " {:.1}%  {} of {}",
+                    r.pct_b_found,
+                    thousands(r.found),
+                    thousands(r.b_genes)
+                ),
+                app.theme.accent(),
+            ),
+        ]),
+        Line::from(vec![
+            key("dataset genes used"),
+            bar(app, r.pct_a_used, 20),
+            Span::raw(format!(" {:.1}%", r.pct_a_used)),
+        ]),
+    ];
+    if let Some(c) = r.counts_coverage {
+        lines.push(Line::from(vec![
+            key("counts covered"),
+            bar(app, 100.0 * c, 20),
+            Span::raw(format!(" {:.1}% of the dataset's counts", 100.0 * c)),
+        ]));
+    }
+    let predicted = match &app.predicted {
+        Some((_, _, Ok(p))) => Span::raw(p.clone()),
+        Some((_, _, Err(e))) => Span::styled(e.clone(), app.theme.muted()),
+        None => Span::styled("predicting...", app.theme.muted()),
+    };
+    lines.push(Line::from(vec![key("predicted mapping"), predicted]));
+    if !r.routes.is_empty() {
+        let routes: Vec<String> = r.routes.iter().map(|(route, n)| format!("{route:?} {n}")).collect();
+        lines.push(Line::from(vec![
+            key("routes"),
+            Span::styled(routes.join(", "), app.theme.muted()),
+        ]));
+    }
+    if let Some((a, b)) = &r.cross_species {
+        lines.push(Line::from(Span::styled(
+            format!("! across species: {a} -> {b} through orthologs"),
+            Style::default().fg(app.theme.warn),
+        )));
+    }
+    for w in &r.warnings {
+        lines.push(Line::from(Span::styled(
+            format!("! {w}"),
+            Style::default().fg(app.theme.warn),
+        )));
+    }
+    if !r.missing.is_empty() {
+        let top: Vec<String> = r.missing.iter().take(12).map(|m| m.name.clone()).collect();
+        lines.push(Line::from(vec![
+            key(&format!("missing ({})", r.missing.len())),
+            Span::styled(
+                format!("{}{}", top.join(" "), if r.missing.len() > 12 { " ..." } else { "" }),
+                app.theme.muted(),
+            ),
+        ]));
+        lines.push(Line::from(Span::styled(
+            "  missing genes are masked when projecting, not set to zero",
+            app.theme.muted(),
+        )));
+    }
+    lines
+}
+
+fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
+    let title = "Pairwise overlap: % of the column's genes found in the row's dataset (m: back)";
+    let reports = match &app.matrix {
+        None => return f.render_widget(Paragraph::new("computing...").block(block(app, title)), area),
+        Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
+        Some(Ok(r)) => r,
+    };
+    let n = (reports.len() as f64).sqrt().round() as usize;
+    let names: Vec<String> = reports.iter().take(n).map(|r| r.b.clone()).collect();
+    let short = |s: &str| {
+        let s = std::path::Path::new(s)
+            .file_stem()
+            .map(|x| x.to_string_lossy().to_string())
+            .unwrap_or_else(|| s.to_string());
+        s.chars().take(9).collect::<String>()
+    };
+    let mut header = vec![String::new()];
+    header.extend(names.iter().map(|n| short(n)));
+    let rows: Vec<Row> = (0..n)
+        .map(|i| {
+            let mut cells = vec![Span::raw(short(&reports[i * n].a))];
+            for j in 0..n {
+                let r = &reports[i * n + j];
+                let c = if r.pct_b_found >= 90.0 {
+                    app.theme.ok
+                } else if r.pct_b_found >= 50.0 {
+                    app.theme.warn
+                } else {
+                    app.theme.error
+                };
+                cells.push(Span::styled(format!("{:>5.1}", r.pct_b_found), Style::default().fg(c)));
+            }
+            Row::new(cells)
+        })
+        .collect();
+    let mut widths = vec![Constraint::Length(10)];
+    widths.extend(std::iter::repeat_n(Constraint::Length(9), n));
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(Row::new(header).style(app.theme.muted().add_modifier(Modifier::BOLD)))
+            .block(block(app, title)),
+        area,
+    );
+}

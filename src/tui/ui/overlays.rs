@@ -1,0 +1,103 @@
+//! Popups drawn over the screen: help, the training form, confirmations.
+
+use ratatui::layout::{Constraint, Flex, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Clear, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::block;
+use crate::tui::app::App;
+use crate::tui::keys::BINDINGS;
+
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))])
+        .flex(Flex::Center)
+        .areas(area);
+    let [r] = Layout::vertical([Constraint::Length(h.min(area.height))])
+        .flex(Flex::Center)
+        .areas(r);
+    r
+}
+
+pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    if app.help {
+        let mut lines: Vec<Line> = BINDINGS
+            .iter()
+            .map(|b| {
+                let where_ = if b.screens.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        b.screens.iter().map(|s| s.title()).collect::<Vec<_>>().join(", ")
+                    )
+                };
+                Line::from(vec![
+                    Span::styled(format!("{:<10}", b.keys), app.theme.accent()),
+                    Span::raw(b.what),
+                    Span::styled(where_, app.theme.muted()),
+                ])
+            })
+            .collect();
+        lines.push(Line::from(Span::styled("any key closes this help", app.theme.muted())));
+        let r = centered(area, 64, lines.len() as u16 + 2);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(lines).style(app.theme.base()).block(block(app, "Keys")),
+            r,
+        );
+    } else if let Some(form) = &app.form {
+        let mut lines = vec![Line::from(Span::styled(
+            format!(
+                "data: {}",
+                form.data
+                    .iter()
+                    .map(|p| app.display_path(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            app.theme.muted(),
+        ))];
+        for (i, (label, value, choices)) in form.fields.iter().enumerate() {
+            let focused = i == form.focus;
+            let shown = if choices.is_empty() {
+                format!("{value}{}", if focused { "_" } else { "" })
+            } else {
+                format!("< {value} >")
+            };
+            lines.push(Line::from(vec![
+                Span::styled(format!("{label:>11}: "), app.theme.muted()),
+                Span::styled(
+                    shown,
+                    if focused {
+                        app.theme.selected()
+                    } else {
+                        app.theme.base()
+                    },
+                ),
+            ]));
+        }
+        lines.push(Line::from(Span::styled(
+            "Tab/↑↓ field  ←/→ choose  Enter start  Esc close",
+            app.theme.muted(),
+        )));
+        let r = centered(area, 60, lines.len() as u16 + 2);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(lines)
+                .style(app.theme.base())
+                .block(block(app, "Train a model (runs as a background job)")),
+            r,
+        );
+    } else if let Some(id) = &app.confirm_cancel {
+        let r = centered(area, 50, 4);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(format!("Cancel job {id}? Its last checkpoint is kept.  y / n"))
+                .wrap(Wrap { trim: true })
+                .style(app.theme.base())
+                .block(block(app, "Cancel")),
+            r,
+        );
+    }
+}

@@ -1,0 +1,315 @@
+//! The TUI's only contact with the domain: requests go to a worker thread, which calls the
+//! library (catalog, zoo, jobs, event logs, overlap) and sends results back. Nothing here
+//! draws, and the UI thread never opens a dataset or waits on a process. Each request is also a
+//! plain function, so tests build the same updates without threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use scmz::data::catalog::{self, Summary};
+use scmz::data::dataset::ColumnKind;
+use scmz::data::Dataset;
+use scmz::events::{Event, LogTail, Record};
+use scmz::genes::overlap::{compare_dataset_to_list, compare_lists, label};
+use scmz::genes::{GeneList, OverlapReport};
+use scmz::jobs::{Job, Registry, Submission};
+use scmz::zoo::manifest::Manifest;
+use scmz::zoo::Zoo;
+
+/// Where the TUI reads from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub data_dirs: Vec<PathBuf>,
+    pub zoo: PathBuf,
+    pub jobs: PathBuf,
+    /// Catalog cache; `None` opens every file.
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub manifest: Manifest,
+    /// Epoch events of the model's training history.
+    pub history: Vec<Record>,
+}
+
+/// An obs column with its most frequent categories.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObsColumn {
+    pub name: String,
+    pub kind: String,
+    pub top: Vec<(String, usize)>,
+    pub n_categories: usize,
+}
+
+#[derive(Debug)]
+pub enum Request {
+    /// Jobs, and with `all` datasets and models too.
+    Refresh {
+        all: bool,
+    },
+    Details(PathBuf),
+    /// The event log the monitor shows (a job's, or a model's history).
+    Follow(Option<PathBuf>),
+    Overlap {
+        dataset: PathBuf,
+        model: String,
+    },
+    Matrix(Vec<PathBuf>),
+    Submit(Box<Submission>),
+    Cancel(String),
+}
+
+#[derive(Debug)]
+pub enum Update {
+    Datasets(Vec<Summary>),
+    Models(Vec<ModelEntry>),
+    Jobs(Vec<Job>),
+    Details(PathBuf, Result<Vec<ObsColumn>, String>),
+    /// New records of the followed log (`reset`: the log started over or another was chosen).
+    Run {
+        path: PathBuf,
+        records: Vec<Record>,
+        reset: bool,
+    },
+    Overlap {
+        dataset: PathBuf,
+        model: String,
+        result: Result<Box<OverlapReport>, String>,
+    },
+    Predicted {
+        dataset: PathBuf,
+        model: String,
+        result: Result<String, String>,
+    },
+    Matrix(Result<Vec<OverlapReport>, String>),
+    Notice(String),
+}
+
+pub fn datasets(s: &Sources) -> Update {
+    let mut rows = catalog::scan(&s.data_dirs, s.cache.as_deref());
+    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    Update::Datasets(rows)
+}
+
+pub fn models(s: &Sources) -> Update {
+    let zoo = Zoo::new(&s.zoo);
+    let mut out: Vec<ModelEntry> = zoo
+        .list()
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|manifest| {
+            let history = scmz::events::read_log(&zoo.model_dir(&manifest.name).join("history.jsonl"))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| matches!(r.event, Event::Epoch { .. } | Event::Latent { .. }))
+                .collect();
+            ModelEntry { manifest, history }
+        })
+        .collect();
+    out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+    Update::Models(out)
+}
+
+pub fn jobs(s: &Sources) -> Update {
+    let reg = Registry::new(&s.jobs);
+    let _ = reg.schedule();
+    Update::Jobs(reg.list().into_iter().filter_map(Result::ok).collect())
+}
+
+pub fn details(path: &Path) -> Update {
+    let result = Dataset::open(path).map_err(|e| e.to_string()).map(|ds| {
+        ds.info()
+            .obs
+            .iter()
+            .map(|c| match &c.kind {
+                ColumnKind::Categorical { categories, counts, .. } => {
+                    let mut top: Vec<(String, usize)> = categories
+                        .iter()
+                        .cloned()
+                        .zip(counts.iter().map(|&n| n as usize))
+                        .collect();
+                    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                    let n = top.len();
+                    top.truncate(3);
+                    ObsColumn {
+                        name: c.name.clone(),
+                        kind: "categorical".into(),
+                        top,
+                        n_categories: n,
+                    }
+                }
+                other => ObsColumn {
+                    name: c.name.clone(),
+                    kind: match other {
+                        ColumnKind::Numeric { dtype } => dtype.clone(),
+                        ColumnKind::Boolean => "bool".into(),
+                        ColumnKind::String => "string".into(),
+                        ColumnKind::Other { encoding } => encoding.clone(),
+                        ColumnKind::Categorical { .. } => unreachable!(),
+                    },
+                    top: Vec::new(),
+                    n_categories: 0,
+                },
+            })
+            .collect()
+    });
+    Update::Details(path.to_path_buf(), result)
+}
+
+pub fn overlap(s: &Sources, dataset: &Path, model: &str) -> Update {
+    let result = (|| -> Result<Box<OverlapReport>, String> {
+        let m = Zoo::new(&s.zoo).load(model).map_err(|e| e.to_string())?;
+        let ds = Dataset::open(dataset).map_err(|e| e.to_string())?;
+        compare_dataset_to_list(&ds, &m.gene_list())
+            .map(Box::new)
+            .map_err(|e| e.to_string())
+    })();
+    Update::Overlap {
+        dataset: dataset.to_path_buf(),
+        model: model.to_string(),
+        result,
+    }
+}
+
+/// The mapping quality the engine predicts (a child process: the TUI never loads libtorch).
+pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Update {
+    let out = std::process::Command::new(engine)
+        .arg("project")
+        .arg(dataset)
+        .args(["--model", model, "--predict-only", "--json", "--force", "--zoo"])
+        .arg(&s.zoo)
+        .output();
+    let result = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
+            .map_err(|e| e.to_string())
+            .map(|p| match p["predicted_displacement"].as_f64() {
+                Some(d) => format!(
+                    "{d:.3} latent displacement{}",
+                    p["predicted_agreement"]
+                        .as_f64()
+                        .map(|a| format!(", {:.0}% of labels as with all genes", 100.0 * a))
+                        .unwrap_or_default()
+                ),
+                None => "- (the model keeps no reference counts)".into(),
+            }),
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("the engine failed")
+            .trim_start_matches("error: ")
+            .to_string()),
+        Err(e) => Err(format!("{}: {e}", engine.display())),
+    };
+    Update::Predicted {
+        dataset: dataset.to_path_buf(),
+        model: model.to_string(),
+        result,
+    }
+}
+
+/// Every ordered pair of datasets (gene lists only: no matrix is read).
+pub fn matrix(paths: &[PathBuf]) -> Update {
+    let result = (|| {
+        let lists: Vec<GeneList> = paths
+            .iter()
+            .map(|p| {
+                Dataset::open(p)
+                    .map(|ds| GeneList::from_table(label(&ds), &ds.info().genes))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for a in &lists {
+            for b in &lists {
+                out.push(compare_lists(a, b));
+            }
+        }
+        Ok(out)
+    })();
+    Update::Matrix(result)
+}
+
+pub fn submit(s: &Sources, req: &Submission) -> Update {
+    match Registry::new(&s.jobs).submit_request(req) {
+        Ok(jobs) => Update::Notice(format!(
+            "started job {} ({} {}); it keeps running after you quit",
+            jobs.first().map_or("", |j| j.id.as_str()),
+            req.kind,
+            jobs.first().and_then(|j| j.name.clone()).unwrap_or_default()
+        )),
+        Err(e) => Update::Notice(format!("could not start the job: {e}")),
+    }
+}
+
+pub fn cancel(s: &Sources, id: &str) -> Update {
+    match Registry::new(&s.jobs).cancel(id, std::time::Duration::from_secs(30)) {
+        Ok(j) => Update::Notice(format!("job {id}: {}", j.state)),
+        Err(e) => Update::Notice(format!("cancel {id}: {e}")),
+    }
+}
+
+/// Runs requests until the channel closes; `send` delivers updates (it wakes the UI loop).
+pub fn run(
+    s: Sources,
+    engine: PathBuf,
+    requests: mpsc::Receiver<Request>,
+    send: impl Fn(Update) + Send + Clone + 'static,
+) {
+    let mut tails: HashMap<PathBuf, LogTail> = HashMap::new();
+    let mut followed: Option<PathBuf> = None;
+    for req in requests {
+        match req {
+            Request::Refresh { all } => {
+                if all {
+                    send(datasets(&s));
+                    send(models(&s));
+                }
+                send(jobs(&s));
+                if let Some(p) = &followed {
+                    let tail = tails.entry(p.clone()).or_insert_with(|| LogTail::new(p));
+                    let before = tail.records.len();
+                    if tail.poll() || tail.records.len() < before {
+                        send(Update::Run {
+                            path: p.clone(),
+                            records: tail.records[before.min(tail.records.len())..].to_vec(),
+                            reset: tail.records.len() < before,
+                        });
+                    }
+                }
+            }
+            Request::Follow(path) => {
+                followed = path.clone();
+                if let Some(p) = path {
+                    let tail = tails.entry(p.clone()).or_insert_with(|| LogTail::new(&p));
+                    tail.poll();
+                    send(Update::Run {
+                        path: p,
+                        records: tail.records.clone(),
+                        reset: true,
+                    });
+                }
+            }
+            Request::Details(p) => send(details(&p)),
+            Request::Overlap { dataset, model } => {
+                send(overlap(&s, &dataset, &model));
+                // The prediction takes a second or more: its own thread, so refreshes go on.
+                let (s2, e2, send2) = (s.clone(), engine.clone(), send.clone());
+                std::thread::spawn(move || send2(predicted(&s2, &e2, &dataset, &model)));
+            }
+            Request::Matrix(paths) => send(matrix(&paths)),
+            Request::Submit(req) => {
+                send(submit(&s, &req));
+                send(jobs(&s));
+            }
+            Request::Cancel(id) => {
+                let (s2, send2) = (s.clone(), send.clone());
+                std::thread::spawn(move || {
+                    send2(cancel(&s2, &id));
+                    send2(jobs(&s2));
+                });
+            }
+        }
+    }
+}
