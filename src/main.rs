@@ -6,6 +6,9 @@ mod tui;
 use clap::Parser;
 
 fn main() {
+    // Exit quietly when the reader of a pipe goes away (`scmz datasets | head`), as Unix tools do.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         let msg = format!("{e:#}");

@@ -350,7 +350,7 @@ impl App {
         }
         let mut form = TrainForm::new(vec![data], Some("bulk_labels".into()));
         form.fields[0].1 = "pbmc-demo".into();
-        form.fields[2].1 = "60".into();
+        form.fields[2].1 = "300".into();
         if let Ok(req) = form.submission(&self.sources.zoo) {
             self.outbox.push(Request::Submit(Box::new(req)));
             self.notice = Some(

@@ -96,7 +96,9 @@ pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
             .style(Style::default().fg(app.theme.validation))
             .data(&val),
     ];
+    // The title is the legend.
     let chart = Chart::new(series)
+        .legend_position(None)
         .block(block_line(app, title))
         .x_axis(
             Axis::default()

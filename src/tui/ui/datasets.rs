@@ -10,7 +10,7 @@ use super::{block, thousands};
 use crate::tui::app::{App, SORT_COLUMNS};
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    let wide = area.width >= 100;
+    let wide = area.width >= 110;
     let [list, details] = if wide {
         Layout::horizontal([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(area)
     } else {

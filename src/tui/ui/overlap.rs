@@ -151,12 +151,6 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
             Span::styled(routes.join(", "), app.theme.muted()),
         ]));
     }
-    if let Some((a, b)) = &r.cross_species {
-        lines.push(Line::from(Span::styled(
-            format!("! across species: {a} -> {b} through orthologs"),
-            Style::default().fg(app.theme.warn),
-        )));
-    }
     for w in &r.warnings {
         lines.push(Line::from(Span::styled(
             format!("! {w}"),
