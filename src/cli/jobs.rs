@@ -191,7 +191,10 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             p,
             eta,
             j.slot.clone(),
-            j.backend.clone(),
+            match &j.slurm_id {
+                Some(id) => format!("{} {id}", j.backend),
+                None => j.backend.clone(),
+            },
             j.reason.clone().unwrap_or_default(),
         ]);
     }

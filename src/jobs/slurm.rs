@@ -86,7 +86,7 @@ pub fn batch_script(reg: &Registry, jobs: &[Job], opts: &SlurmConfig) -> String 
     s += "# and records the job's state, logs and event log in the job folder.\n";
     let supervise = |id: &str| {
         format!(
-            "exec {} jobs supervise {} --dir {}\n",
+            "exec {} jobs supervise {} --dir {}",
             quote(&reg.scmz.display().to_string()),
             quote(id),
             quote(&reg.dir.display().to_string())
@@ -94,10 +94,11 @@ pub fn batch_script(reg: &Registry, jobs: &[Job], opts: &SlurmConfig) -> String 
     };
     if jobs.len() == 1 {
         s += &supervise(&first.id);
+        s += "\n";
     } else {
         s += "case \"$SLURM_ARRAY_TASK_ID\" in\n";
         for (i, j) in jobs.iter().enumerate() {
-            s += &format!("  {i}) {}", supervise(&j.id));
+            s += &format!("  {i}) {} ;;\n", supervise(&j.id));
         }
         s += "esac\necho \"scmz: no job for array task $SLURM_ARRAY_TASK_ID\" >&2\nexit 1\n";
     }
@@ -109,7 +110,8 @@ pub fn batch_script(reg: &Registry, jobs: &[Job], opts: &SlurmConfig) -> String 
 /// when the only node is this machine.
 pub fn shared_filesystem_note(dir: &Path) -> Option<String> {
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let nodes = slurm_cmd("sinfo", &["-h", "-o", "%n"]).unwrap_or_default();
+    // Without Slurm's clients the submission itself fails, with its own message.
+    let nodes = slurm_cmd("sinfo", &["-h", "-o", "%n"]).ok()?;
     let nodes: std::collections::BTreeSet<&str> = nodes.split_whitespace().collect();
     if !nodes.is_empty() && nodes.iter().all(|n| *n == here.trim()) {
         return None;
@@ -360,6 +362,12 @@ mod tests {
             "{two}"
         );
         assert!(!two.contains("--partition"));
+        // Every branch ends with `;;` and the script is valid POSIX shell.
+        assert_eq!(two.matches(" ;;\n").count(), 2, "{two}");
+        let path = dir.path().join("t.sh");
+        std::fs::write(&path, &two).unwrap();
+        let ok = std::process::Command::new("sh").arg("-n").arg(&path).status().unwrap();
+        assert!(ok.success(), "{two}");
     }
 
     #[test]
