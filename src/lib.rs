@@ -1,10 +1,10 @@
 //! # scmz: the single-cell model zoo
 //!
-//! A library with two clients, the `scmz` command line (`src/cli/`, in the binary) and, later,
-//! the terminal UI. The library knows nothing of terminals. Its modules read in pipeline order,
+//! A library with two clients in the `scmz` binary, the command line (`src/cli/`) and the
+//! terminal UI (`src/tui/`). The library knows nothing of terminals. Its modules read in pipeline order,
 //! and each imports only those above it in this list:
 //!
-//! - [`dirs`]: the user directories scmz keeps files in (cache, later zoo and jobs), each
+//! - [`dirs`]: the user directories scmz keeps files in (cache, zoo, jobs), each
 //!   overridable by an environment variable (`SCMZ_CACHE_DIR`, ...).
 //! - [`data`]: dataset formats and the stream of CSR row chunks every later stage reads through.
 //!   `Dataset::open` detects the format from content (AnnData `.h5ad` in the modern, 0.7 and
@@ -20,7 +20,7 @@
 //!   the gene matching module will build on it.
 //! - [`genes`]: identifiers across datasets and models. `genes::reference` embeds the GENCODE v44
 //!   id-to-symbol and Ensembl 105 human-to-mouse ortholog tables (parsed once, ~50 ms).
-//!   `genes::matching` matches a reference gene list B (a dataset's, later a model's: both are a
+//!   `genes::matching` matches a reference gene list B (a dataset's or a model's: both are a
 //!   `GeneList`) against a query A through the best shared key (Ensembl ids when both have them,
 //!   symbols when both have them, GENCODE when one side has only ids and the other only symbols,
 //!   orthologs across species, case-insensitive symbols only where the tables say nothing) and
@@ -30,16 +30,24 @@
 //!   `genes::merge` stacks datasets over the union of their genes with a genes x datasets
 //!   presence mask in `varm/scmz_presence`.
 //! - [`tables`]: report tables as polars DataFrames written to CSV or Parquet.
-//! - [`events`]: the run event log (`events.jsonl`): its schema, writer and reader.
+//! - [`config`]: the user's `config.toml` (job backend and slot limits, Slurm defaults, TUI theme).
+//! - [`events`]: the run event log (`events.jsonl`): its schema (including the latent sample the
+//!   TUI plots), writer, reader, and `LogTail` for following a log another process appends to.
 //! - [`jobs`]: the job registry (one folder per job, atomic `job.json`, flock for scheduling),
-//!   slot limits, dead-process detection; the CLI's `jobs` module supervises local jobs. Where a
-//!   job runs is the `backend` field (`local` now, Slurm later).
+//!   slot limits, the supervisor every job runs under (tokio: waits for `scmz-engine`, forwards
+//!   SIGTERM, records the end) and the `Backend` trait with its two implementations:
+//!   `jobs::local` (a detached supervisor in its own session) and `jobs::slurm` (`sbatch`, state
+//!   from `squeue`/`scontrol`/`sacct`, `scancel`). Clients see only `Job` records.
 //! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums, listing, and
 //!   installation of a fully written staging folder by one rename. Torch-free: the CLI and the TUI
 //!   read models without libtorch; weights are loaded in the engine.
 //!
-//! Two binaries use the library. `scmz` (`src/main.rs`, `src/cli/`) is the front end: it never
-//! calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
+//! Two binaries use the library. `scmz` (`src/main.rs`, `src/cli/`, `src/tui/`) is the front end.
+//! Its TUI is `tui::app` (state; keys become requests), `tui::worker` (a thread that answers
+//! requests through the library: catalog, zoo, jobs, log tails, overlap; the mapping prediction
+//! runs `scmz-engine` as a child), `tui::ui` (drawing, one file per screen plus shared charts),
+//! `tui::theme` (TOML themes) and `tui::keys` (bindings as data for help and footer), driven by a
+//! tokio loop that redraws only on change. It never calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
 //! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
 //! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
 //! loss), `loader` (a reader thread streaming shuffled minibatches over a bounded channel, the

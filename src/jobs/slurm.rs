@@ -269,8 +269,14 @@ impl Backend for Slurm {
         };
         let mut job = job;
         if refine {
-            if matches!(state.as_str(), "TIMEOUT" | "PREEMPTED" | "NODE_FAIL") {
-                job.reason = Some(reason_for(&state, &reason));
+            // While Slurm cleans up, the state reads COMPLETING but the reason already says why.
+            let state = if reason == "TimeLimit" {
+                "TIMEOUT"
+            } else {
+                state.as_str()
+            };
+            if matches!(state, "TIMEOUT" | "PREEMPTED" | "NODE_FAIL") {
+                job.reason = Some(reason_for(state, &reason));
                 reg.save(&job)?;
             }
             return Ok(job);
