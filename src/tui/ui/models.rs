@@ -11,7 +11,12 @@ use super::{block, charts, thousands};
 use crate::tui::app::App;
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    let title = format!("Zoo {}  {} models", app.sources.zoo.display(), app.models.len());
+    let n = app.models.len();
+    let title = format!(
+        "Zoo {}  {n} model{}",
+        app.sources.zoo.display(),
+        if n == 1 { "" } else { "s" }
+    );
     if app.models.is_empty() {
         let text = "No models yet. Train one from the Datasets screen (t), or `scmz train DATA --name NAME`.";
         f.render_widget(
