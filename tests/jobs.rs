@@ -254,3 +254,60 @@ fn a_local_sweep_runs_side_by_side_under_the_configured_limit_and_logs_follow_to
         stderr(&o)
     );
 }
+
+#[test]
+fn a_run_started_in_a_terminal_is_listed_beside_jobs() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = root.path().join("zoo");
+    let pbmc = data("pbmc68k_counts.h5ad");
+    // A foreground `scmz train` (no --detach): no job record.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "train",
+            pbmc.to_str().unwrap(),
+            "--name",
+            "fg",
+            "--epochs",
+            "20000",
+            "--patience",
+            "0",
+        ])
+        .env("SCMZ_ZOO", &zoo)
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = zoo.join(".runs/fg/events.jsonl");
+    let t = Instant::now();
+    while !events.exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "no event log");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = scmz::jobs::terminal_runs(&zoo, &[]);
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].id.as_str(), runs[0].backend.as_str()), ("run:fg", "terminal"));
+    assert_eq!(runs[0].state, scmz::jobs::JobState::Running);
+    assert_eq!(runs[0].events.as_deref(), Some(events.as_path()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A log that stopped growing two minutes ago: an interrupted run, resumable.
+    let old = std::ffi::CString::new(events.to_str().unwrap()).unwrap();
+    let two_minutes_ago = libc::timeval {
+        tv_sec: (std::time::SystemTime::now() - Duration::from_secs(120))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    assert_eq!(
+        unsafe { libc::utimes(old.as_ptr(), [two_minutes_ago, two_minutes_ago].as_ptr()) },
+        0
+    );
+    let runs = scmz::jobs::terminal_runs(&zoo, &[]);
+    assert_eq!(runs[0].state, scmz::jobs::JobState::Failed);
+    assert!(
+        runs[0].reason.as_deref().unwrap().contains("--resume"),
+        "{:?}",
+        runs[0].reason
+    );
+}

@@ -516,6 +516,55 @@ impl Registry {
     }
 }
 
+/// Training runs in a zoo that no job record covers: started in a terminal with `scmz train`
+/// (without `--detach`), perhaps from another SSH session. They are shown beside jobs as rows of
+/// backend `terminal`, id `run:NAME`: running while their event log grows (the engine writes a
+/// step event every half second), else interrupted (`--resume` continues them).
+pub fn terminal_runs(zoo: &Path, jobs: &[Job]) -> Vec<Job> {
+    let Ok(entries) = std::fs::read_dir(zoo.join(".runs")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Job> = entries
+        .flatten()
+        .filter_map(|e| {
+            let events = e.path().join("events.jsonl");
+            let modified = std::fs::metadata(&events).and_then(|m| m.modified()).ok()?;
+            if jobs.iter().any(|j| j.events.as_deref() == Some(events.as_path())) {
+                return None;
+            }
+            let name = e.file_name().to_string_lossy().to_string();
+            let idle = modified.elapsed().unwrap_or_default();
+            let running = idle < Duration::from_secs(60);
+            Some(Job {
+                id: format!("run:{name}"),
+                kind: "train".into(),
+                name: Some(name.clone()),
+                args: Vec::new(),
+                backend: "terminal".into(),
+                slurm_id: None,
+                slurm: None,
+                cancel_requested: false,
+                host: None,
+                state: if running { JobState::Running } else { JobState::Failed },
+                created: crate::events::rfc3339(modified),
+                started: None,
+                ended: None,
+                supervisor_pid: None,
+                pid: None,
+                exit_code: None,
+                signal: None,
+                reason: (!running).then(|| {
+                    format!("interrupted (started in a terminal); `scmz train ... --name {name} --resume` continues")
+                }),
+                events: Some(events),
+                slot: cpu_slot(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 fn now_minus_minute() -> String {
     // RFC 3339 strings of the same format sort by time.
     let t = std::time::SystemTime::now() - std::time::Duration::from_secs(60);

@@ -540,6 +540,9 @@ impl App {
             }
             (Screen::Models | Screen::Jobs, KeyCode::Char('L')) => self.log_scale = !self.log_scale,
             (Screen::Jobs, KeyCode::Char('c')) => match self.selected_job() {
+                Some(j) if j.backend == "terminal" => {
+                    self.notice = Some("this run belongs to a terminal: stop it there with Ctrl-C".into())
+                }
                 Some(j) if !j.state.is_final() => self.confirm_cancel = Some(j.id.clone()),
                 Some(j) => self.notice = Some(format!("job {} already ended ({})", j.id, j.state)),
                 None => {}

@@ -303,3 +303,29 @@ fn normalised_data_is_not_offered_for_training_and_no_color_drops_colours() {
     let t = Theme::bundled("high-contrast").without_color();
     assert!(t.monochrome && t.accent == ratatui::style::Color::Reset);
 }
+
+#[test]
+fn runs_started_in_a_terminal_are_monitored_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = dir.path().join("zoo");
+    std::fs::create_dir_all(zoo.join(".runs/fg")).unwrap();
+    std::fs::copy(
+        data().join("events/pbmc-running.jsonl"),
+        zoo.join(".runs/fg/events.jsonl"),
+    )
+    .unwrap();
+    let sources = Sources {
+        data_dirs: vec![data()],
+        zoo,
+        jobs: dir.path().join("jobs"),
+        cache: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::jobs(&sources));
+    key(&mut app, KeyCode::Char('4'));
+    let text = render(&app, 120, 40);
+    assert!(text.contains("run:fg") && text.contains("terminal"), "{text}");
+    assert!(text.contains("epoch 25/40"), "{text}");
+    key(&mut app, KeyCode::Char('c'));
+    assert!(app.confirm_cancel.is_none() && app.notice.as_deref().unwrap().contains("Ctrl-C"));
+}

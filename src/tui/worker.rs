@@ -112,10 +112,15 @@ pub fn models(s: &Sources) -> Update {
     Update::Models(out)
 }
 
+/// Jobs, then training runs started in a terminal (no job record) in the zoo shown.
 pub fn jobs(s: &Sources) -> Update {
     let reg = Registry::new(&s.jobs);
     let _ = reg.schedule();
-    Update::Jobs(reg.list().into_iter().filter_map(Result::ok).collect())
+    let mut jobs: Vec<Job> = reg.list().into_iter().filter_map(Result::ok).collect();
+    let runs = scmz::jobs::terminal_runs(&s.zoo, &jobs);
+    // Oldest first like the registry, so the newest is on top of the screen.
+    jobs.splice(0..0, runs);
+    Update::Jobs(jobs)
 }
 
 pub fn details(path: &Path) -> Update {
