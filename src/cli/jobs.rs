@@ -132,37 +132,30 @@ pub fn supervise(id: &str, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// "epoch 12/400" and the ETA, from the run's event log.
-fn progress(job: &Job) -> (String, String) {
-    // A finished training run's log moves into the model folder as history.jsonl.
-    let history = |p: &PathBuf| {
-        let zoo = p.parent()?.parent()?.parent()?;
-        Some(zoo.join(job.name.as_ref()?).join("history.jsonl"))
+/// "epoch 12/400", the ETA and the device, from the run's event log.
+fn progress(job: &Job) -> (String, String, String) {
+    let Some(events) = job.event_log().and_then(|p| read_log(&p).ok()) else {
+        return ("-".into(), "-".into(), job.slot.clone());
     };
-    let log = job
-        .events
-        .as_ref()
-        .and_then(|p| read_log(p).ok().or_else(|| read_log(&history(p)?).ok()));
-    let Some(events) = log else {
-        return ("-".into(), "-".into());
-    };
-    let max = events.iter().rev().find_map(|r| match r.event {
-        Event::Start { max_epochs, .. } => Some(max_epochs),
+    let start = events.iter().rev().find_map(|r| match &r.event {
+        Event::Start { max_epochs, device, .. } => Some((*max_epochs, device.clone())),
         _ => None,
     });
+    let device = start.as_ref().map_or(job.slot.clone(), |s| s.1.clone());
     match events.iter().rev().find_map(|r| match r.event {
         Event::Epoch { epoch, eta_s, .. } => Some((epoch, eta_s)),
         _ => None,
     }) {
         Some((e, eta)) => (
-            format!("epoch {}/{}", e + 1, max.map_or("?".into(), |m| m.to_string())),
+            format!("epoch {}/{}", e + 1, start.map_or("?".into(), |s| s.0.to_string())),
             if job.state == JobState::Running {
                 format!("{:.0} s", eta)
             } else {
                 "-".into()
             },
+            device,
         ),
-        None => ("starting".into(), "-".into()),
+        None => ("starting".into(), "-".into(), device),
     }
 }
 
@@ -179,10 +172,10 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut t = Table::new(&[
-        "id", "kind", "model", "state", "progress", "eta", "slot", "backend", "note",
+        "id", "kind", "model", "state", "progress", "eta", "device", "backend", "note",
     ]);
     for j in &jobs {
-        let (p, eta) = progress(j);
+        let (p, eta, device) = progress(j);
         t.row(vec![
             j.id.clone(),
             j.kind.clone(),
@@ -190,7 +183,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             j.state.to_string(),
             p,
             eta,
-            j.slot.clone(),
+            device,
             match &j.slurm_id {
                 Some(id) => format!("{} {id}", j.backend),
                 None => j.backend.clone(),

@@ -92,6 +92,19 @@ pub struct Job {
     pub slot: String,
 }
 
+impl Job {
+    /// The run's event log: where the engine writes it while training, then the model's
+    /// `history.jsonl` (the log moves there when the model is saved).
+    pub fn event_log(&self) -> Option<PathBuf> {
+        let events = self.events.as_ref()?;
+        if events.exists() {
+            return Some(events.clone());
+        }
+        let zoo = events.parent()?.parent()?.parent()?;
+        Some(zoo.join(self.name.as_ref()?).join("history.jsonl"))
+    }
+}
+
 fn cpu_slot() -> String {
     "cpu".into()
 }

@@ -263,20 +263,9 @@ impl App {
         self.models.get(self.ov_model)
     }
 
-    /// The log the Jobs monitor shows: the run's event log while it exists, then the model's
-    /// history (the log moves there when training ends).
-    pub fn job_log(&self, job: &Job) -> Option<PathBuf> {
-        let events = job.events.as_ref()?;
-        if events.exists() {
-            return Some(events.clone());
-        }
-        let zoo = events.parent()?.parent()?.parent()?;
-        Some(zoo.join(job.name.as_ref()?).join("history.jsonl"))
-    }
-
     fn sync_follow(&mut self) {
         let want = match self.screen {
-            Screen::Jobs => self.selected_job().and_then(|j| self.job_log(j)),
+            Screen::Jobs => self.selected_job().and_then(Job::event_log),
             _ => None,
         };
         if want != self.run.path && (want.is_some() || self.screen == Screen::Jobs) {
