@@ -453,15 +453,6 @@ fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
     if !["nb", "zinb", "poisson"].contains(&args.likelihood.as_str()) {
@@ -737,7 +728,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             train_terms.total,
             val_terms.elbo,
             cells_per_s,
-            fmt_secs(eta)
+            scmz::events::format_duration(eta)
         );
         if tty {
             eprint!("\r{line}      ");

@@ -93,6 +93,32 @@ pub struct Job {
 }
 
 impl Job {
+    /// A queued local job with nothing recorded yet.
+    pub fn new(id: String, kind: &str, name: Option<String>, args: Vec<String>, events: Option<PathBuf>) -> Job {
+        Job {
+            id,
+            kind: kind.to_string(),
+            name,
+            args,
+            backend: "local".into(),
+            slurm_id: None,
+            slurm: None,
+            cancel_requested: false,
+            host: None,
+            state: JobState::Queued,
+            created: now_rfc3339(),
+            started: None,
+            ended: None,
+            supervisor_pid: None,
+            pid: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            events,
+            slot: cpu_slot(),
+        }
+    }
+
     /// The run's event log: where the engine writes it while training, then the model's
     /// `history.jsonl` (the log moves there when the model is saved).
     pub fn event_log(&self) -> Option<PathBuf> {
@@ -465,28 +491,7 @@ impl Registry {
                 Err(e) => return Err(io(&dir)(e)),
             }
         };
-        let job = Job {
-            id,
-            kind: kind.to_string(),
-            name,
-            args,
-            backend: "local".into(),
-            slurm_id: None,
-            slurm: None,
-            cancel_requested: false,
-            host: None,
-            state: JobState::Queued,
-            created: now_rfc3339(),
-            started: None,
-            ended: None,
-            supervisor_pid: None,
-            pid: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            events,
-            slot: cpu_slot(),
-        };
+        let job = Job::new(id, kind, name, args, events);
         self.save(&job)?;
         Ok(job)
     }
@@ -548,30 +553,20 @@ pub fn terminal_runs(zoo: &Path, jobs: &[Job]) -> Vec<Job> {
             let name = e.file_name().to_string_lossy().to_string();
             let idle = modified.elapsed().unwrap_or_default();
             let running = idle < Duration::from_secs(60);
-            Some(Job {
-                id: format!("run:{name}"),
-                kind: "train".into(),
-                name: Some(name.clone()),
-                args: Vec::new(),
-                backend: "terminal".into(),
-                slurm_id: None,
-                slurm: None,
-                cancel_requested: false,
-                host: None,
-                state: if running { JobState::Running } else { JobState::Failed },
-                created: crate::events::rfc3339(modified),
-                started: None,
-                ended: None,
-                supervisor_pid: None,
-                pid: None,
-                exit_code: None,
-                signal: None,
-                reason: (!running).then(|| {
-                    format!("interrupted (started in a terminal); `scmz train ... --name {name} --resume` continues")
-                }),
-                events: Some(events),
-                slot: cpu_slot(),
-            })
+            let mut job = Job::new(
+                format!("run:{name}"),
+                "train",
+                Some(name.clone()),
+                Vec::new(),
+                Some(events),
+            );
+            job.backend = "terminal".into();
+            job.created = crate::events::rfc3339(modified);
+            job.state = if running { JobState::Running } else { JobState::Failed };
+            job.reason = (!running).then(|| {
+                format!("interrupted (started in a terminal); `scmz train ... --name {name} --resume` continues")
+            });
+            Some(job)
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));

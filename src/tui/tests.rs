@@ -18,28 +18,25 @@ fn data() -> PathBuf {
 }
 
 fn job(id: &str, kind: &str, name: &str, state: JobState, events: Option<PathBuf>) -> Job {
-    Job {
-        id: id.into(),
-        kind: kind.into(),
-        name: Some(name.into()),
-        args: Vec::new(),
-        backend: "local".into(),
-        slurm_id: None,
-        slurm: None,
-        cancel_requested: false,
-        host: None,
-        state,
-        created: "2026-11-25T18:20:40Z".into(),
-        started: Some("2026-11-25T18:20:41Z".into()),
-        ended: None,
-        // Our own pid: alive, so the running job is not taken for a dead one.
-        supervisor_pid: Some(std::process::id()),
-        pid: Some(std::process::id()),
-        exit_code: None,
-        signal: None,
-        reason: None,
-        events,
-        slot: "cpu".into(),
+    let mut j = Job::new(id.into(), kind, Some(name.into()), Vec::new(), events);
+    j.state = state;
+    j.created = "2026-11-25T18:20:40Z".into();
+    j.started = Some("2026-11-25T18:20:41Z".into());
+    // Our own pid: alive, so the running job is not taken for a dead one.
+    j.supervisor_pid = Some(std::process::id());
+    j.pid = Some(std::process::id());
+    j
+}
+
+/// Moves the Datasets selection to the dataset whose file name is `name`.
+fn select_dataset(app: &mut App, name: &str) {
+    let i = app
+        .visible_datasets()
+        .iter()
+        .position(|d| d.path.ends_with(name))
+        .unwrap();
+    for _ in 0..i {
+        key(app, KeyCode::Down);
     }
 }
 
@@ -144,14 +141,7 @@ fn every_screen_at_80x24_and_120x40() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = loaded_app(dir.path());
     // Sort by name: the first row is the 10x mtx v2 folder; move to pbmc68k_counts.
-    let pbmc = app
-        .visible_datasets()
-        .iter()
-        .position(|d| d.path.ends_with("pbmc68k_counts.h5ad"))
-        .unwrap();
-    for _ in 0..pbmc {
-        key(&mut app, KeyCode::Char('j'));
-    }
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
     snap("datasets", &app);
     key(&mut app, KeyCode::Char('2'));
     snap("models", &app);
@@ -233,14 +223,7 @@ fn filter_sort_help_and_ascii_mode() {
 fn the_training_form_submits_a_job_and_cancel_asks_first() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = loaded_app(dir.path());
-    let pbmc = app
-        .visible_datasets()
-        .iter()
-        .position(|d| d.path.ends_with("pbmc68k_counts.h5ad"))
-        .unwrap();
-    for _ in 0..pbmc {
-        key(&mut app, KeyCode::Down);
-    }
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
     key(&mut app, KeyCode::Char('t'));
     let form = app.form.clone().expect("form open");
     assert_eq!(form.value("label key"), "bulk_labels");
@@ -289,14 +272,7 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
 fn normalised_data_is_not_offered_for_training_and_no_color_drops_colours() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = loaded_app(dir.path());
-    let reduced = app
-        .visible_datasets()
-        .iter()
-        .position(|d| d.path.ends_with("pbmc68k_reduced.h5ad"))
-        .unwrap();
-    for _ in 0..reduced {
-        key(&mut app, KeyCode::Down);
-    }
+    select_dataset(&mut app, "pbmc68k_reduced.h5ad");
     key(&mut app, KeyCode::Char('t'));
     assert!(app.form.is_none());
     assert!(app.notice.as_deref().unwrap().contains("raw counts"));

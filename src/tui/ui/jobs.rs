@@ -13,15 +13,6 @@ use scmz::jobs::Job;
 use super::{block, charts};
 use crate::tui::app::App;
 
-fn fmt_secs(s: f64) -> String {
-    let s = s.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
 /// Where a job runs, for the table: `local` or `slurm 123_0`.
 fn backend(j: &Job) -> String {
     match &j.slurm_id {
@@ -167,10 +158,10 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
                     if job.state.is_final() { cps } else { step.unwrap_or(cps) }
                 )),
                 key("  elapsed"),
-                Span::raw(fmt_secs(elapsed)),
+                Span::raw(scmz::events::format_duration(elapsed)),
             ]);
             if !job.state.is_final() {
-                l2.extend([key("  ETA"), Span::raw(fmt_secs(eta))]);
+                l2.extend([key("  ETA"), Span::raw(scmz::events::format_duration(eta))]);
             }
             l2.extend([key("  val ELBO"), Span::raw(format!("{val:.1}"))]);
         } else {
