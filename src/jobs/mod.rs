@@ -329,12 +329,14 @@ impl Registry {
     pub fn take_startable(&self) -> Result<Vec<Job>, JobError> {
         let config = Config::load()?;
         let _lock = self.lock()?;
+        // Only local jobs take slots: Slurm's are not asked about here.
         let jobs: Vec<Job> = self
-            .list()
+            .records()
             .into_iter()
             .filter_map(Result::ok)
             .filter(|j| j.backend == "local")
-            .collect();
+            .map(|j| self.refresh(j))
+            .collect::<Result<_, _>>()?;
         let mut running: std::collections::HashMap<String, usize> = Default::default();
         for j in jobs.iter().filter(|j| j.state == JobState::Running) {
             *running.entry(j.slot.clone()).or_default() += 1;
@@ -517,8 +519,8 @@ impl Registry {
         })
     }
 
-    /// Every job, oldest first, with dead supervisors detected and recorded.
-    pub fn list(&self) -> Vec<Result<Job, JobError>> {
+    /// Every job record as written, oldest first.
+    pub fn records(&self) -> Vec<Result<Job, JobError>> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
@@ -528,8 +530,15 @@ impl Registry {
             .map(|e| e.file_name().to_string_lossy().to_string())
             .collect();
         ids.sort();
-        ids.iter()
-            .map(|id| self.load(id).and_then(|j| self.refresh(j)))
+        ids.iter().map(|id| self.load(id)).collect()
+    }
+
+    /// Every job, oldest first, brought up to date by its backend (dead supervisors detected,
+    /// Slurm's view of pending and ended jobs).
+    pub fn list(&self) -> Vec<Result<Job, JobError>> {
+        self.records()
+            .into_iter()
+            .map(|j| j.and_then(|j| self.refresh(j)))
             .collect()
     }
 }
