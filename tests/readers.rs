@@ -249,3 +249,21 @@ fn libtorch_runs_in_the_engine_process() {
     assert_eq!((v["cells"].as_u64(), v["genes"].as_u64()), (Some(100), Some(765)));
     assert!(v["max_abs_diff"].as_f64().unwrap() < 1e-4);
 }
+
+#[test]
+fn the_catalog_does_not_follow_symlinked_folders_or_walk_too_deep() {
+    let root = tempfile::tempdir().unwrap();
+    let inner = root.path().join("a");
+    std::fs::create_dir_all(&inner).unwrap();
+    std::fs::copy(data("pbmc68k_counts.h5ad"), inner.join("p.h5ad")).unwrap();
+    // A link back up: following it would never end.
+    std::os::unix::fs::symlink(root.path(), inner.join("loop")).unwrap();
+    let mut deep = root.path().to_path_buf();
+    for i in 0..12 {
+        deep = deep.join(format!("d{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::copy(data("pbmc68k_counts.h5ad"), deep.join("too_deep.h5ad")).unwrap();
+    let found = scmz::data::catalog::find_datasets(&[root.path().to_path_buf()]);
+    assert_eq!(found, [inner.join("p.h5ad")]);
+}

@@ -151,7 +151,7 @@ pub fn find_datasets(roots: &[PathBuf]) -> Vec<PathBuf> {
             out.push(root.clone());
         }
         if root.is_dir() {
-            walk(root, &mut out);
+            walk(root, &mut out, 0);
         }
     }
     out.sort();
@@ -159,9 +159,18 @@ pub fn find_datasets(roots: &[PathBuf]) -> Vec<PathBuf> {
     out
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Folders deeper than this below a root are not searched (`scmz` opened in a home directory
+/// must not walk the whole disk).
+const MAX_DEPTH: usize = 8;
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
-    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    // Symlinked folders are not followed: a link cycle would never end.
+    let mut entries: Vec<_> = entries
+        .flatten()
+        .filter(|e| !(e.file_type().is_ok_and(|t| t.is_symlink()) && e.path().is_dir()))
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         let hidden = p
@@ -175,7 +184,9 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             if mtx_file(&p).is_some() {
                 out.push(p.clone());
             }
-            walk(&p, out);
+            if depth < MAX_DEPTH {
+                walk(&p, out, depth + 1);
+            }
         } else if looks_supported(&p) {
             out.push(p);
         }
