@@ -83,5 +83,9 @@ fn pretrained_versus_scratch_over_an_overlap_sweep_is_reproducible() {
     };
     assert_eq!(strip(&a), strip(&b), "same seed, different numbers");
     assert_eq!(a["verdicts"].as_array().unwrap().len(), 4);
+    // The result is kept with the model, for the TUI's chart.
+    let kept: Value = serde_json::from_slice(&std::fs::read(zoo.join("pre/comparisons/new.json")).unwrap()).unwrap();
+    assert_eq!(kept["rows"], b["rows"]);
+    assert_eq!(kept["verdicts"], b["verdicts"]);
     eprintln!("{}", serde_json::to_string_pretty(&a).unwrap());
 }

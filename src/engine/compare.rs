@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::bail;
-use serde::Serialize;
+use anyhow::Context;
 use tch::{Device, Kind, Tensor};
 
 use scmz::data::writer::{Annotations, ColumnValues, Frame, FrameColumn, H5adWriter};
@@ -50,21 +50,7 @@ pub struct CompareArgs {
     pub out: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub overlap_pct: u32,
-    pub seed: u64,
-    pub shared_genes: usize,
-    /// Mean log-likelihood per held-out cell over the genes both models see (higher is better).
-    pub pretrained_ll: f64,
-    pub scratch_ll: f64,
-    pub pretrained_accuracy: Option<f64>,
-    pub scratch_accuracy: Option<f64>,
-    /// Agreement of k-means clusterings of the two latents (adjusted Rand index).
-    pub ari: f64,
-    pub pretrained_seconds: f64,
-    pub scratch_seconds: f64,
-}
+use scmz::zoo::comparison::{Comparison, ComparisonRow as Row};
 
 /// Lloyd's k-means with seeded initial centres; returns cluster labels.
 fn kmeans(x: &[f32], dim: usize, k: usize, seed: u64) -> Vec<usize> {
@@ -432,6 +418,19 @@ fn report(args: &CompareArgs, rows: &[Row]) -> anyhow::Result<()> {
             m.abs()
         ));
     }
+    // Kept with the model for the TUI's chart.
+    let zoo = scmz::zoo::Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
+    let kept = Comparison {
+        data: std::fs::canonicalize(&args.data)
+            .unwrap_or(args.data.clone())
+            .display()
+            .to_string(),
+        created: scmz::events::now_rfc3339(),
+        rows: rows.to_vec(),
+        verdicts: verdicts.clone(),
+    };
+    scmz::zoo::comparison::save(&zoo.model_dir(&args.model), &kept)
+        .with_context(|| format!("saving the comparison into model `{}`", args.model))?;
     if args.json {
         println!(
             "{}",

@@ -32,6 +32,8 @@ pub struct ModelEntry {
     pub manifest: Manifest,
     /// Epoch events of the model's training history.
     pub history: Vec<Record>,
+    /// `scmz compare` results kept with the model, newest first.
+    pub comparisons: Vec<scmz::zoo::comparison::Comparison>,
 }
 
 /// An obs column with its most frequent categories.
@@ -105,7 +107,12 @@ pub fn models(s: &Sources) -> Update {
                 .into_iter()
                 .filter(|r| matches!(r.event, Event::Epoch { .. } | Event::Latent { .. }))
                 .collect();
-            ModelEntry { manifest, history }
+            let comparisons = scmz::zoo::comparison::load_all(&zoo.model_dir(&manifest.name));
+            ModelEntry {
+                manifest,
+                history,
+                comparisons,
+            }
         })
         .collect();
     out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));

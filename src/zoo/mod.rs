@@ -4,6 +4,7 @@
 //! transfer). Folders are written under a temporary name and renamed, so the zoo never shows a
 //! half-written model; loading checks the manifest schema and every file's sha256.
 
+pub mod comparison;
 pub mod manifest;
 
 use std::io::Read;

@@ -235,3 +235,70 @@ pub fn kl_bars(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
         .label_style(app.theme.muted());
     f.render_widget(chart, area);
 }
+
+/// `scmz compare` over the overlap sweep: held-out log-likelihood per cell of the pretrained
+/// model and of one trained from scratch (means over seeds), by share of the model's genes.
+pub fn comparison_chart(f: &mut Frame, app: &App, c: &scmz::zoo::comparison::Comparison, area: Rect) {
+    let mut pcts: Vec<u32> = c.rows.iter().map(|r| r.overlap_pct).collect();
+    pcts.sort_unstable();
+    pcts.dedup();
+    let mean = |pct: u32, f: fn(&scmz::zoo::comparison::ComparisonRow) -> f64| {
+        let v: Vec<f64> = c.rows.iter().filter(|r| r.overlap_pct == pct).map(f).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let pre: Vec<(f64, f64)> = pcts.iter().map(|&p| (p as f64, mean(p, |r| r.pretrained_ll))).collect();
+    let scr: Vec<(f64, f64)> = pcts.iter().map(|&p| (p as f64, mean(p, |r| r.scratch_ll))).collect();
+    let data = std::path::Path::new(&c.data)
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let dot = if app.ascii { "*" } else { "•" };
+    let title = Line::from(vec![
+        Span::styled(format!(" held-out log-lik. on {data} "), app.theme.accent()),
+        Span::styled(format!("{dot} pretrained "), Style::default().fg(app.theme.train)),
+        Span::styled(
+            format!("{dot} from scratch "),
+            Style::default().fg(app.theme.validation),
+        ),
+    ]);
+    let (lo, hi) = pre
+        .iter()
+        .chain(&scr)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
+    if pcts.is_empty() || !lo.is_finite() {
+        f.render_widget(Paragraph::new("no comparison rows").block(block_line(app, title)), area);
+        return;
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-6);
+    let (x0, x1) = (pcts[0] as f64, (*pcts.last().unwrap() as f64).max(pcts[0] as f64 + 1.0));
+    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
+    let series = vec![
+        Series::default()
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(app.theme.train))
+            .data(&pre),
+        Series::default()
+            .marker(marker)
+            .graph_type(GraphType::Line)
+            .style(Style::default().fg(app.theme.validation))
+            .data(&scr),
+    ];
+    let chart = Chart::new(series)
+        .legend_position(None)
+        .block(block_line(app, title))
+        .x_axis(
+            Axis::default()
+                .title(Span::styled("% of model genes", app.theme.muted()))
+                .style(app.theme.muted())
+                .bounds([x0, x1])
+                .labels([format!("{x0:.0}"), format!("{x1:.0}")]),
+        )
+        .y_axis(
+            Axis::default()
+                .style(app.theme.muted())
+                .bounds([lo - pad, hi + pad])
+                .labels([short(lo), short(hi)]),
+        );
+    f.render_widget(chart, area);
+}

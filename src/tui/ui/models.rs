@@ -169,5 +169,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, m.name.clone())),
         details,
     );
-    charts::loss_chart(f, app, &entry.history, chart);
+    match entry.comparisons.first() {
+        Some(c) => {
+            let [loss, cmp] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(chart);
+            charts::loss_chart(f, app, &entry.history, loss);
+            charts::comparison_chart(f, app, c, cmp);
+        }
+        None => charts::loss_chart(f, app, &entry.history, chart),
+    }
 }
