@@ -6,20 +6,20 @@ use scmz::data::CsrChunk;
 
 /// A dense `[rows, genes]` float tensor of the chunk on `device`.
 pub fn dense(chunk: &CsrChunk, device: Device) -> Tensor {
-    let rows = chunk.n_rows() as i64;
-    let cols = chunk.n_cols as i64;
-    let mut row_idx = Vec::with_capacity(chunk.nnz());
-    for r in 0..chunk.n_rows() {
-        row_idx.extend(std::iter::repeat_n(
-            r as i64 * cols,
-            chunk.indptr[r + 1] - chunk.indptr[r],
-        ));
+    // Filled here rather than with a libtorch scatter: one pass over the nonzeros, no thread-pool
+    // round trip (this runs once per minibatch on the reader thread).
+    let (rows, cols) = (chunk.n_rows(), chunk.n_cols);
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        let (idx, val) = chunk.row(r);
+        let row = &mut out[r * cols..(r + 1) * cols];
+        for (&g, &v) in idx.iter().zip(val) {
+            row[g as usize] += v;
+        }
     }
-    let flat: Vec<i64> = row_idx.iter().zip(&chunk.indices).map(|(b, &c)| b + c as i64).collect();
-    let out = Tensor::zeros([rows * cols], (Kind::Float, device));
-    let index = Tensor::from_slice(&flat).to_device(device);
-    let values = Tensor::from_slice(&chunk.data).to_device(device);
-    out.index_add(0, &index, &values).view([rows, cols])
+    Tensor::from_slice(&out)
+        .view([rows as i64, cols as i64])
+        .to_device(device)
 }
 
 /// Per-cell log library size, `log(sum of counts)`, computed by libtorch.
