@@ -20,13 +20,15 @@ fn tmux_available() -> Result<(), String> {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if root
-        && Command::new("apt-get")
+    let install = || {
+        Command::new("apt-get")
             .args(["install", "-y", "-qq", "tmux"])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
             .is_ok_and(|s| s.success())
-    {
+    };
+    // A fresh machine may have no package lists yet.
+    if root && (install() || (Command::new("apt-get").args(["update", "-qq"]).status().is_ok() && install())) {
         return Ok(());
     }
     Err("tmux is not installed and cannot be installed here (needs root and apt-get)".into())
