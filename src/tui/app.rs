@@ -51,6 +51,9 @@ impl Term {
     }
 }
 
+/// The model the demo trains when its zoo is empty.
+pub const DEMO_MODEL: &str = "pbmc-demo";
+
 pub const SORT_COLUMNS: [&str; 5] = ["name", "cells", "genes", "ids", "values"];
 
 /// The training form.
@@ -138,6 +141,7 @@ pub struct App {
     pub models: Vec<ModelEntry>,
     pub jobs: Vec<Job>,
     pub loaded: bool,
+    pub models_loaded: bool,
     pub ds_sel: usize,
     pub sort: (usize, bool),
     pub filter: String,
@@ -178,6 +182,7 @@ impl App {
             models: Vec::new(),
             jobs: Vec::new(),
             loaded: false,
+            models_loaded: false,
             ds_sel: 0,
             sort: (0, false),
             filter: String::new(),
@@ -300,11 +305,15 @@ impl App {
                 self.models = m;
                 self.model_sel = self.model_sel.min(self.models.len().saturating_sub(1));
                 self.ov_model = self.ov_model.min(self.models.len().saturating_sub(1));
-                self.maybe_start_demo();
+                self.models_loaded = true;
             }
             Update::Jobs(j) => {
                 self.jobs = j;
                 self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
+                // The worker sends models before jobs: both are known now.
+                if self.models_loaded {
+                    self.maybe_start_demo();
+                }
                 self.sync_follow();
             }
             Update::Details(p, d) => {
@@ -329,18 +338,24 @@ impl App {
         }
     }
 
-    /// The demo's first run: no model and no job yet, so start a short training job and say so.
+    /// The demo's first run: no model in the zoo and no demo job under way, so start a short
+    /// training job (over any interrupted one) and say so.
     fn maybe_start_demo(&mut self) {
         let Some(data) = self.demo.take() else {
             return;
         };
-        if !self.models.is_empty() || !self.jobs.is_empty() {
+        let under_way = self
+            .jobs
+            .iter()
+            .any(|j| j.name.as_deref() == Some(DEMO_MODEL) && !j.state.is_final());
+        if !self.models.is_empty() || under_way {
             return;
         }
         let mut form = TrainForm::new(vec![data], Some("bulk_labels".into()));
-        form.fields[0].1 = "pbmc-demo".into();
+        form.fields[0].1 = DEMO_MODEL.into();
         form.fields[2].1 = "300".into();
-        if let Ok(req) = form.submission(&self.sources.zoo) {
+        if let Ok(mut req) = form.submission(&self.sources.zoo) {
+            req.args.push("--restart".into());
             self.outbox.push(Request::Submit(Box::new(req)));
             self.notice = Some(
                 "The demo zoo has no model yet: started a short training job on pbmc68k_counts (Jobs screen)".into(),

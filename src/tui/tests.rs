@@ -305,3 +305,41 @@ fn runs_started_in_a_terminal_are_monitored_too() {
     key(&mut app, KeyCode::Char('c'));
     assert!(app.confirm_cancel.is_none() && app.notice.as_deref().unwrap().contains("Ctrl-C"));
 }
+
+#[test]
+fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = Sources {
+        data_dirs: vec![data()],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+    };
+    let demo = |jobs: Vec<Job>| {
+        let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+        app.demo = Some(data().join("pbmc68k_counts.h5ad"));
+        app.update(worker::models(&sources));
+        app.update(worker::Update::Jobs(jobs));
+        app
+    };
+    let mut app = demo(Vec::new());
+    let reqs = app.take_requests();
+    let sub = reqs
+        .iter()
+        .find_map(|r| match r {
+            Request::Submit(s) => Some(s.clone()),
+            _ => None,
+        })
+        .expect("the demo's training job");
+    assert!(
+        sub.args.join(" ").contains("--name pbmc-demo --epochs 300"),
+        "{:?}",
+        sub.args
+    );
+    assert_eq!(app.screen, Screen::Jobs);
+    assert!(app.notice.as_deref().unwrap().contains("no model yet"));
+    // A demo job still running from an earlier visit: nothing new starts.
+    let running = job("20261125-190000-1", "train", "pbmc-demo", JobState::Running, None);
+    let mut app = demo(vec![running]);
+    assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+}
