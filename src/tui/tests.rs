@@ -111,6 +111,17 @@ fn serve(app: &mut App, s: &Sources) {
     }
 }
 
+/// The job submission among the app's pending requests.
+fn submission(app: &mut App) -> scmz::jobs::Submission {
+    app.take_requests()
+        .into_iter()
+        .find_map(|r| match r {
+            Request::Submit(s) => Some(*s),
+            _ => None,
+        })
+        .expect("a job submission")
+}
+
 fn key(app: &mut App, code: KeyCode) {
     app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
     let s = app.sources.clone();
@@ -242,14 +253,7 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     key(&mut app, KeyCode::Char('3'));
     insta::assert_snapshot!("train_form_80x24", render(&app, 80, 24));
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
-    let reqs = app.take_requests();
-    let sub = reqs
-        .iter()
-        .find_map(|r| match r {
-            Request::Submit(s) => Some(s.clone()),
-            _ => None,
-        })
-        .expect("a submission");
+    let sub = submission(&mut app);
     assert_eq!(sub.kind, "train");
     let args = sub.args.join(" ");
     assert!(
@@ -323,14 +327,7 @@ fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_w
         app
     };
     let mut app = demo(Vec::new());
-    let reqs = app.take_requests();
-    let sub = reqs
-        .iter()
-        .find_map(|r| match r {
-            Request::Submit(s) => Some(s.clone()),
-            _ => None,
-        })
-        .expect("the demo's training job");
+    let sub = submission(&mut app);
     assert!(
         sub.args.join(" ").contains("--name pbmc-demo --epochs 300"),
         "{:?}",

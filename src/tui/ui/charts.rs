@@ -32,6 +32,45 @@ fn short(v: f64) -> String {
     }
 }
 
+/// Two line series in the theme's train and validation colours; the title (which names them) is
+/// the legend.
+fn two_curves<'a>(
+    app: &App,
+    title: Line<'a>,
+    data: [&'a [(f64, f64)]; 2],
+    (x_title, x_bounds, x_labels): (&'a str, [f64; 2], [String; 2]),
+    (y_bounds, y_labels): ([f64; 2], Vec<String>),
+) -> Chart<'a> {
+    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
+    let series = data
+        .iter()
+        .zip([app.theme.train, app.theme.validation])
+        .map(|(d, color)| {
+            Series::default()
+                .marker(marker)
+                .graph_type(GraphType::Line)
+                .style(Style::default().fg(color))
+                .data(d)
+        })
+        .collect();
+    Chart::new(series)
+        .legend_position(None)
+        .block(block_line(app, title))
+        .x_axis(
+            Axis::default()
+                .title(Span::styled(x_title, app.theme.muted()))
+                .style(app.theme.muted())
+                .bounds(x_bounds)
+                .labels(x_labels),
+        )
+        .y_axis(
+            Axis::default()
+                .style(app.theme.muted())
+                .bounds(y_bounds)
+                .labels(y_labels),
+        )
+}
+
 /// Train and validation curves of one loss term per epoch.
 pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
     let (mut train, mut val) = (Vec::new(), Vec::new());
@@ -81,37 +120,13 @@ pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
     let (lo, hi) = (lo - pad, hi + pad);
     let xmax = train.last().map_or(1.0, |p| p.0).max(2.0);
     let ylab = |v: f64| short(if app.log_scale { 10f64.powf(v) } else { v });
-    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
-    let series = vec![
-        Series::default()
-            .name("train")
-            .marker(marker)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(app.theme.train))
-            .data(&train),
-        Series::default()
-            .name("validation")
-            .marker(marker)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(app.theme.validation))
-            .data(&val),
-    ];
-    // The title is the legend.
-    let chart = Chart::new(series)
-        .legend_position(None)
-        .block(block_line(app, title))
-        .x_axis(
-            Axis::default()
-                .title(Span::styled("epoch", app.theme.muted()))
-                .style(app.theme.muted())
-                .bounds([1.0, xmax])
-                .labels(["1".to_string(), format!("{}", xmax as usize)]),
-        )
-        .y_axis(Axis::default().style(app.theme.muted()).bounds([lo, hi]).labels([
-            ylab(lo),
-            ylab((lo + hi) / 2.0),
-            ylab(hi),
-        ]));
+    let chart = two_curves(
+        app,
+        title,
+        [&train, &val],
+        ("epoch", [1.0, xmax], ["1".to_string(), format!("{}", xmax as usize)]),
+        ([lo, hi], vec![ylab(lo), ylab((lo + hi) / 2.0), ylab(hi)]),
+    );
     f.render_widget(chart, area);
 }
 
@@ -271,34 +286,12 @@ pub fn comparison_chart(f: &mut Frame, app: &App, c: &scmz::zoo::comparison::Com
     }
     let pad = ((hi - lo) * 0.05).max(1e-6);
     let (x0, x1) = (pcts[0] as f64, (*pcts.last().unwrap() as f64).max(pcts[0] as f64 + 1.0));
-    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
-    let series = vec![
-        Series::default()
-            .marker(marker)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(app.theme.train))
-            .data(&pre),
-        Series::default()
-            .marker(marker)
-            .graph_type(GraphType::Line)
-            .style(Style::default().fg(app.theme.validation))
-            .data(&scr),
-    ];
-    let chart = Chart::new(series)
-        .legend_position(None)
-        .block(block_line(app, title))
-        .x_axis(
-            Axis::default()
-                .title(Span::styled("% of model genes", app.theme.muted()))
-                .style(app.theme.muted())
-                .bounds([x0, x1])
-                .labels([format!("{x0:.0}"), format!("{x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .style(app.theme.muted())
-                .bounds([lo - pad, hi + pad])
-                .labels([short(lo), short(hi)]),
-        );
+    let chart = two_curves(
+        app,
+        title,
+        [&pre, &scr],
+        ("% of model genes", [x0, x1], [format!("{x0:.0}"), format!("{x1:.0}")]),
+        ([lo - pad, hi + pad], vec![short(lo), short(hi)]),
+    );
     f.render_widget(chart, area);
 }
