@@ -49,6 +49,17 @@ fn project(zoo: &Path, query: &Path, out: &Path, policy: &str, extra: &[&str]) -
     Ok(serde_json::from_slice(&o.stdout).unwrap())
 }
 
+/// Trains model `name` on `data` into `zoo` with the extra arguments; it must succeed.
+fn train(zoo: &Path, data: &Path, name: &str, extra: &[&str]) {
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["train", data.to_str().unwrap(), "--name", name])
+        .args(extra)
+        .env("SCMZ_ZOO", zoo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 fn share_equal(a: &[String], b: &[String]) -> f64 {
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
 }
@@ -86,20 +97,21 @@ print(len(keep))
         &[&data("pbmc68k_counts.h5ad"), d, &table],
     );
     let zoo = d.join("zoo");
-    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args([
-            "train",
-            d.join("ref.h5ad").to_str().unwrap(),
-            "--name",
-            "ref",
+    train(
+        &zoo,
+        &d.join("ref.h5ad"),
+        "ref",
+        &[
             "--epochs",
             "100",
-        ])
-        .args(["--gene-dropout", "0.3", "--label-key", "bulk_labels", "--seed", "0"])
-        .env("SCMZ_ZOO", &zoo)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+            "--gene-dropout",
+            "0.3",
+            "--label-key",
+            "bulk_labels",
+            "--seed",
+            "0",
+        ],
+    );
 
     let truth = labels(&d.join("q100.h5ad"), "bulk_labels");
     let mut full_labels: std::collections::HashMap<&str, Vec<String>> = Default::default();
@@ -214,20 +226,12 @@ q.write_h5ad(os.path.join(sys.argv[2], 'new_batch.h5ad'))
         &[&data("pbmc68k_counts.h5ad"), d],
     );
     let zoo = d.join("zoo");
-    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args([
-            "train",
-            d.join("ref.h5ad").to_str().unwrap(),
-            "--name",
-            "ref",
-            "--epochs",
-            "40",
-        ])
-        .args(["--batch-key", "batch", "--label-key", "bulk_labels"])
-        .env("SCMZ_ZOO", &zoo)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    train(
+        &zoo,
+        &d.join("ref.h5ad"),
+        "ref",
+        &["--epochs", "40", "--batch-key", "batch", "--label-key", "bulk_labels"],
+    );
     let out = d.join("tuned.h5ad");
     let r = project(&zoo, &d.join("new_batch.h5ad"), &out, "mask", &["--finetune", "15"]).unwrap();
     let (before, after) = (
@@ -238,19 +242,7 @@ q.write_h5ad(os.path.join(sys.argv[2], 'new_batch.h5ad'))
     assert!(after < before, "{before} -> {after}");
     assert_eq!(labels(&out, "scmz_label").len(), 350);
     // A model without a batch covariate cannot grow one.
-    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args([
-            "train",
-            d.join("ref.h5ad").to_str().unwrap(),
-            "--name",
-            "plain",
-            "--epochs",
-            "2",
-        ])
-        .env("SCMZ_ZOO", &zoo)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    train(&zoo, &d.join("ref.h5ad"), "plain", &["--epochs", "2"]);
     let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
         .args([
             "project",

@@ -1,12 +1,12 @@
 //! The Datasets screen: the catalog as a table, and the selected dataset's details.
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Modifier, Style};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Row, TableState, Wrap};
 use ratatui::Frame;
 
-use super::{block, thousands};
+use super::{block, table, thousands};
 use crate::tui::app::{App, SORT_COLUMNS};
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
@@ -33,8 +33,6 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new("scanning...").block(block(app, title)), list);
         return;
     }
-    let header = Row::new(["", "dataset", "cells", "genes", "ids", "species", "values"])
-        .style(app.theme.muted().add_modifier(Modifier::BOLD));
     let table_rows: Vec<Row> = rows
         .iter()
         .map(|d| {
@@ -64,13 +62,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(7),
         Constraint::Length(10),
     ];
-    let table = Table::new(table_rows, widths)
-        .header(header)
-        .block(block(app, title))
-        .row_highlight_style(app.theme.selected())
-        .column_spacing(1);
+    let header = ["", "dataset", "cells", "genes", "ids", "species", "values"];
+    let widget = table(app, title, &header, table_rows, widths);
     let mut state = TableState::default().with_selected(Some(app.ds_sel));
-    f.render_stateful_widget(table, list, &mut state);
+    f.render_stateful_widget(widget, list, &mut state);
     draw_details(f, app, details);
 }
 

@@ -2,15 +2,15 @@
 //! throughput, ETA, device, latent scatter, KL per dimension), fed by the run's event log.
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Modifier, Style};
+use ratatui::style::Style;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Row, TableState, Wrap};
 use ratatui::Frame;
 
 use scmz::events::Event;
 use scmz::jobs::Job;
 
-use super::{block, charts};
+use super::{block, charts, table};
 use crate::tui::app::App;
 
 /// Where a job runs, for the table: `local` or `slurm 123_0`.
@@ -33,8 +33,6 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     }
     let table_h = (app.jobs.len() as u16 + 3).min(if area.height < 30 { 5 } else { 8 });
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(8)]).areas(area);
-    let header = Row::new(["job", "kind", "model", "state", "backend", "note"])
-        .style(app.theme.muted().add_modifier(Modifier::BOLD));
     let rows: Vec<Row> = app
         .jobs
         .iter()
@@ -59,11 +57,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(13),
         Constraint::Min(10),
     ];
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(block(app, format!("Jobs ({})", app.jobs.len())))
-        .row_highlight_style(app.theme.selected());
-    f.render_stateful_widget(table, top, &mut TableState::default().with_selected(Some(app.job_sel)));
+    let header = ["job", "kind", "model", "state", "backend", "note"];
+    let widget = table(app, format!("Jobs ({})", app.jobs.len()), &header, rows, widths);
+    f.render_stateful_widget(widget, top, &mut TableState::default().with_selected(Some(app.job_sel)));
     let Some(job) = app.selected_job() else {
         return;
     };

@@ -90,6 +90,20 @@ pub fn block<'a>(app: &App, title: impl Into<String>) -> Block<'a> {
         .title(Span::styled(format!(" {} ", title.into()), app.theme.accent()))
 }
 
+/// A table in a titled block: bold muted header, the selected row highlighted.
+pub fn table<'a>(
+    app: &App,
+    title: impl Into<String>,
+    header: &[&'a str],
+    rows: Vec<ratatui::widgets::Row<'a>>,
+    widths: impl IntoIterator<Item = Constraint>,
+) -> ratatui::widgets::Table<'a> {
+    ratatui::widgets::Table::new(rows, widths)
+        .header(ratatui::widgets::Row::new(header.to_vec()).style(app.theme.muted().add_modifier(Modifier::BOLD)))
+        .block(block(app, title))
+        .row_highlight_style(app.theme.selected())
+}
+
 /// A bordered block whose title is a styled line (e.g. a chart's legend).
 pub fn block_line<'a>(app: &App, title: Line<'a>) -> Block<'a> {
     Block::default()

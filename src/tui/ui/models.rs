@@ -2,12 +2,11 @@
 //! training curves.
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::Modifier;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Paragraph, Row, TableState, Wrap};
 use ratatui::Frame;
 
-use super::{block, charts, thousands};
+use super::{block, charts, table, thousands};
 use crate::tui::app::App;
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
@@ -27,17 +26,6 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     }
     let table_h = (app.models.len() as u16 + 3).min(area.height / 3).max(4);
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(6)]).areas(area);
-    let header = Row::new([
-        "model",
-        "genes",
-        "cells",
-        "latent",
-        "lik.",
-        "epochs",
-        "best val ELBO",
-        "created",
-    ])
-    .style(app.theme.muted().add_modifier(Modifier::BOLD));
     let rows: Vec<Row> = app
         .models
         .iter()
@@ -65,12 +53,19 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Length(13),
         Constraint::Length(10),
     ];
-    let table = Table::new(rows, widths)
-        .header(header)
-        .block(block(app, title))
-        .row_highlight_style(app.theme.selected());
+    let header = [
+        "model",
+        "genes",
+        "cells",
+        "latent",
+        "lik.",
+        "epochs",
+        "best val ELBO",
+        "created",
+    ];
+    let widget = table(app, title, &header, rows, widths);
     f.render_stateful_widget(
-        table,
+        widget,
         top,
         &mut TableState::default().with_selected(Some(app.model_sel)),
     );
