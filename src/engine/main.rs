@@ -3,6 +3,7 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
+mod adam;
 mod compare;
 mod finetune;
 mod loader;
@@ -64,10 +65,25 @@ enum Command {
 }
 
 fn main() {
+    tune_malloc();
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
         std::process::exit(1);
+    }
+}
+
+/// libtorch allocates each intermediate tensor with malloc and frees it a moment later. glibc
+/// serves blocks above 128 KiB with fresh mmap'ed pages (a page fault per 4 KiB on first touch)
+/// and trims the heap top eagerly; a model step's tensors (128 cells x 1,000 genes = 512 KiB)
+/// then pay the kernel every time: 3.9 vs 3.3 ms per step on mouse_10k. Keep such blocks in the
+/// heap instead, reused from one step to the next.
+fn tune_malloc() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
 }
 

@@ -22,6 +22,39 @@ pub fn dense(chunk: &CsrChunk, device: Device) -> Tensor {
         .to_device(device)
 }
 
+/// A contiguous CPU tensor's elements, borrowed.
+///
+/// Panics unless `t` is a defined, contiguous CPU tensor of `T`'s kind (a programming error here).
+pub fn cpu_slice<T: tch::kind::Element>(t: &Tensor) -> &[T] {
+    assert!(
+        t.device() == Device::Cpu && t.is_contiguous() && t.kind() == T::KIND,
+        "cpu_slice: {:?} {:?} tensor (contiguous: {})",
+        t.device(),
+        t.kind(),
+        t.is_contiguous()
+    );
+    // SAFETY: checked above: `numel` elements of T at `data_ptr`, alive as long as `t`.
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }
+}
+
+/// `out[r, :] += w * wt[g, :]` for each nonzero `(r, g, w)`: a sparse matrix (cells x genes)
+/// times a dense one (genes x h), both row-major, costing nonzeros x h.
+pub fn sparse_times_dense(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {
+    for ((&r, &g), &w) in rows.iter().zip(genes).zip(w) {
+        let (r, g) = (r as usize, g as usize);
+        let src = &wt[g * h..(g + 1) * h];
+        for (o, s) in out[r * h..(r + 1) * h].iter_mut().zip(src) {
+            *o += w * s;
+        }
+    }
+}
+
+/// `out[g, :] += w * dh[r, :]` for each nonzero `(r, g, w)`: the transposed product, for the
+/// gradient of the dense factor.
+pub fn sparse_t_times_dense(rows: &[i64], genes: &[i64], w: &[f32], dh: &[f32], h: usize, out: &mut [f32]) {
+    sparse_times_dense(genes, rows, w, dh, h, out)
+}
+
 /// Per-cell log library size, `log(sum of counts)`, computed by libtorch.
 pub fn log_library_size(chunk: &CsrChunk, device: Device) -> Vec<f32> {
     let t = dense(chunk, device)

@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use scmz::data::{ColumnKind, Dataset, OpenOptions};
 use scmz::events::{Event, EventLog, LossTerms};
 use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
 use scmz::zoo::{sha256_file, Zoo};
 
+use crate::adam::Adam;
 use crate::loader::{batches, is_validation, Batch, LoaderConfig, Split};
 use crate::tensor::dense;
 use crate::vae::{Input, SparseX, Vae};
@@ -177,6 +178,7 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     let x = dense(&b.x, dev);
     let c = &b.x;
     let sparse = SparseX {
+        n_rows: c.n_rows() as i64,
         genes: Tensor::from_slice(&c.indices.iter().map(|&g| g as i64).collect::<Vec<_>>()).to_device(dev),
         values: Tensor::from_slice(&c.data).to_device(dev),
         rows: Tensor::from_slice(
@@ -368,6 +370,7 @@ impl Prepared {
             rows: self.rows,
             x: mv(self.x),
             sparse: SparseX {
+                n_rows: self.sparse.n_rows,
                 genes: mv(self.sparse.genes),
                 values: mv(self.sparse.values),
                 rows: mv(self.sparse.rows),
@@ -530,12 +533,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     tch::manual_seed(args.seed as i64);
     let mut vs = nn::VarStore::new(dev);
     let vae = Vae::new(&vs.root(), arch.clone());
-    let mut opt = nn::Adam {
-        wd: args.weight_decay,
-        eps: 0.01,
-        ..Default::default()
-    }
-    .build(&vs, args.lr)?;
+    let mut opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
 
     let mut state = Checkpoint {
         epoch: 0,
@@ -550,6 +548,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
         vs.load(run_dir.join("checkpoint.safetensors"))
             .context("loading the checkpoint")?;
+        // Checkpoints from before the optimiser state was kept resume with fresh moments.
+        let adam = run_dir.join("optimizer.safetensors");
+        if adam.exists() {
+            opt.load(&adam).context("loading the optimiser state")?;
+        }
         first_epoch = state.epoch + 1;
     }
     let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
@@ -596,8 +599,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             if stop_requested() {
                 break;
             }
-            let l = vae.losses(&p.input(), kl_weight, true);
-            opt.backward_step(&l.total);
+            let input = p.input();
+            let l = vae.losses(&input, kl_weight, true);
+            let grads = vae.backward(&l, &input, opt.params());
+            opt.step(&grads);
             let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
             if !r.is_finite() || !k.is_finite() {
                 log.write(Event::Error {
@@ -717,6 +722,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         state.epoch = epoch;
         state.seconds = state.seconds.max(0.0);
         save_atomic(&vs, &run_dir.join("checkpoint.safetensors"))?;
+        opt.save(&run_dir.join("optimizer.safetensors"))?;
         write_json_atomic(&ckpt_json, &state)?;
         log.write(Event::Checkpoint { epoch })?;
         final_train = Some(train_terms);
@@ -960,12 +966,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = Vae::new(&vs.root(), arch);
-    let mut opt = nn::Adam {
-        wd: 1e-6,
-        eps: 0.01,
-        ..Default::default()
-    }
-    .build(&vs, 1e-3)?;
+    let mut opt = Adam::new(&vs, 1e-3, 1e-6, 0.01);
     let b = Batch {
         x: ds.read_rows(0, batch_size)?,
         rows: (0..batch_size).collect(),
@@ -980,8 +981,10 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
     let prep_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     for _ in 0..steps {
-        let l = vae.losses(&p.input(), 0.5, true);
-        opt.backward_step(&l.total);
+        let input = p.input();
+        let l = vae.losses(&input, 0.5, true);
+        let grads = vae.backward(&l, &input, opt.params());
+        opt.step(&grads);
     }
     let step_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
     println!(
