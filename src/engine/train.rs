@@ -577,6 +577,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         split,
         shuffle,
     };
+    let train_batches = |epoch: usize| {
+        let c = cov.clone();
+        batches(loader(Split::Train, true), epoch, move |b| prepare(&b, &c, n_genes))
+    };
+    let val_batches = |epoch: usize| {
+        let c = cov.clone();
+        batches(loader(Split::Validation, false), epoch, move |b| {
+            prepare(&b, &c, n_genes)
+        })
+    };
+    let mut next_train = None;
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_step_event = Instant::now();
@@ -593,8 +604,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         };
         let t_epoch = Instant::now();
         let (mut sr, mut sk, mut n) = (0.0, 0.0, 0usize);
-        let c = cov.clone();
-        for p in batches(loader(Split::Train, true), epoch, move |b| prepare(&b, &c, n_genes)) {
+        // Readers run ahead on their own threads: this epoch's training batches were started during
+        // the last epoch's validation, and the validation batches start now, while training runs.
+        let rx = next_train.take().unwrap_or_else(|| train_batches(epoch));
+        let val_rx = val_batches(epoch);
+        let mut waited = 0.0;
+        let mut computing = 0.0;
+        loop {
+            let tw = Instant::now();
+            let Ok(p) = rx.recv() else { break };
+            waited += tw.elapsed().as_secs_f64();
+            let tw = Instant::now();
             let p = p.map_err(anyhow::Error::msg)?.to(dev, args.gene_dropout);
             if stop_requested() {
                 break;
@@ -611,6 +631,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
             }
             let m = p.n;
+            computing += tw.elapsed().as_secs_f64();
             sr += r * m as f64;
             sk += k * m as f64;
             n += m;
@@ -655,19 +676,23 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("\ncancelled during epoch {}: {kept}", epoch + 1);
             std::process::exit(143);
         }
+        if !stop_requested() && epoch + 1 < max_epochs {
+            next_train = Some(train_batches(epoch + 1));
+        }
         let train_secs = t_epoch.elapsed().as_secs_f64();
+        if std::env::var_os("SCMZ_PROFILE").is_some() {
+            eprintln!("epoch {epoch}: train loop {train_secs:.3}s, waiting {waited:.3}s, computing {computing:.3}s");
+        }
         cells_per_s = n as f64 / train_secs.max(1e-9);
         let train_terms = terms(sr / n.max(1) as f64, sk / n.max(1) as f64, kl_weight);
+        let t_val = Instant::now();
         // Validation: full KL, no dropout, no gene hiding.
         let (mut vr, mut vk, mut vn) = (0.0, 0.0, 0usize);
         let mut kl_dims = vec![0f64; args.n_latent];
         let latent_epoch = epoch % (max_epochs / 40).max(1) == 0;
         let (mut sample_mu, mut sample_rows) = (Vec::<f32>::new(), Vec::<usize>::new());
         tch::no_grad(|| -> anyhow::Result<()> {
-            let c = cov.clone();
-            for p in batches(loader(Split::Validation, false), epoch, move |b| {
-                prepare(&b, &c, n_genes)
-            }) {
+            for p in val_rx {
                 let p = p.map_err(anyhow::Error::msg)?.to(dev, 0.0);
                 let l = vae.losses(&p.input(), 1.0, false);
                 let m = p.n as f64;
@@ -691,6 +716,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             Ok(())
         })?;
         let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
+        if std::env::var_os("SCMZ_PROFILE").is_some() {
+            eprintln!("epoch {epoch}: validation {:.3}s", t_val.elapsed().as_secs_f64());
+        }
         for v in &mut kl_dims {
             *v /= vn.max(1) as f64;
         }
@@ -710,6 +738,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             elapsed_s: elapsed,
             eta_s: eta,
         })?;
+        let t_ck = Instant::now();
         let improved = vn > 0 && state.best_val.is_none_or(|b| val_terms.elbo < b);
         if improved || vn == 0 {
             state.best_val = (vn > 0).then_some(val_terms.elbo);
@@ -725,6 +754,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         opt.save(&run_dir.join("optimizer.safetensors"))?;
         write_json_atomic(&ckpt_json, &state)?;
         log.write(Event::Checkpoint { epoch })?;
+        if std::env::var_os("SCMZ_PROFILE").is_some() {
+            eprintln!(
+                "epoch {epoch}: checkpoint {:.3}s, epoch total {:.3}s",
+                t_ck.elapsed().as_secs_f64(),
+                t_epoch.elapsed().as_secs_f64()
+            );
+        }
         final_train = Some(train_terms);
         final_val = Some(val_terms);
         epochs_run = epoch + 1;
