@@ -7,7 +7,9 @@
 
 scvi-tools lives in its own venv so that its torch never replaces the one scmz links against.
 Prints cells/s (training cells x epochs / training seconds, validation passes included) and the
-final validation ELBO per cell (reconstruction NLL + KL) of each, and peak memory.
+final validation ELBO per cell (reconstruction NLL + KL) of each, and peak memory. Both train on
+the same cells and are validated on the same held-out 10 %: scvi-tools is given scmz's seeded
+split (`external_indexing`), so the two ELBOs are comparable.
 """
 import argparse, json, os, resource, subprocess, sys, tempfile, time
 
@@ -23,6 +25,20 @@ p.add_argument("--skip-scvi", action="store_true")
 p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
 
+
+def scmz_validation(seed, n):
+    """scmz's train/validation split (loader.rs `is_validation`: SplitMix64 of seed * 31 + cell)."""
+    M = (1 << 64) - 1
+    val = []
+    for i in range(n):
+        x = ((seed * 31 + i) & M) ^ 0x9E3779B97F4A7C15
+        x = (x + 0x9E3779B97F4A7C15) & M
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M
+        val.append((x ^ (x >> 31)) % 10 == 0)
+    return val
+
+
 rows = []
 with tempfile.TemporaryDirectory() as zoo:
     t = time.perf_counter()
@@ -34,6 +50,7 @@ with tempfile.TemporaryDirectory() as zoo:
     m = json.load(open(os.path.join(zoo, "bench", "manifest.json")))
     hist = [json.loads(l) for l in open(os.path.join(zoo, "bench", "history.jsonl"))]
     start = next(h for h in hist if h["event"] == "start")
+    n_val_scmz = start["n_val"]
     secs = m["training"]["seconds"]
     rows.append(("scmz", start["n_train"] * a.epochs / secs, m["metrics"]["final_val"]["elbo"], secs, wall,
                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
@@ -46,11 +63,16 @@ if not a.skip_scvi:
     scvi.settings.seed = a.seed
     scvi.model.SCVI.setup_anndata(ad)
     model = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=0.1)
+    import numpy as np
+    is_val = np.array(scmz_validation(a.seed, ad.n_obs))
+    assert is_val.sum() == n_val_scmz, (is_val.sum(), n_val_scmz)
+    split = [np.flatnonzero(~is_val), np.flatnonzero(is_val), np.array([], dtype=int)]
     t = time.perf_counter()
     model.train(max_epochs=a.epochs, batch_size=128, accelerator=a.device if a.device != "cuda" else "gpu",
-                train_size=0.9, check_val_every_n_epoch=1, early_stopping=False, enable_progress_bar=False)
+                check_val_every_n_epoch=1, early_stopping=False, enable_progress_bar=False,
+                datasplitter_kwargs={"external_indexing": split})
     secs = time.perf_counter() - t
-    n_train = int(round(0.9 * ad.n_obs))
+    n_train = len(split[0])
     val = float(model.history["elbo_validation"].iloc[-1, 0])
     rows.append((f"scvi-tools {scvi.__version__}", n_train * a.epochs / secs, val, secs, secs,
                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))

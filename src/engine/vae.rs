@@ -17,6 +17,21 @@ enum Norm {
     Layer(nn::LayerNorm),
 }
 
+/// A linear layer initialised as PyTorch's `nn.Linear` (and so scvi-tools) does: weights and bias
+/// uniform in +-1/sqrt(fan_in). (tch's default draws weights with the ReLU gain, sqrt(6) times
+/// wider, which trains measurably worse here: validation ELBO on mouse_10k after 10 epochs
+/// 227.4 vs 221.6 for scvi-tools on the same cells.)
+fn linear<'a>(p: impl std::borrow::Borrow<nn::Path<'a>>, n_in: i64, n_out: i64) -> nn::Linear {
+    let bound = 1.0 / (n_in as f64).sqrt();
+    let init = nn::Init::Uniform { lo: -bound, up: bound };
+    let cfg = nn::LinearConfig {
+        ws_init: init,
+        bs_init: Some(init),
+        bias: true,
+    };
+    nn::linear(p, n_in, n_out, cfg)
+}
+
 struct Block {
     linear: nn::Linear,
     norm: Norm,
@@ -25,7 +40,7 @@ struct Block {
 
 impl Block {
     fn new(p: nn::Path, n_in: i64, n_out: i64, norm: &str, dropout: f64) -> Self {
-        let linear = nn::linear(&p / "linear", n_in, n_out, Default::default());
+        let linear = linear(&p / "linear", n_in, n_out);
         let norm = if norm == "layer" {
             let cfg = nn::LayerNormConfig {
                 elementwise_affine: false,
@@ -129,11 +144,11 @@ impl Vae {
             let input = if i == 0 { n_in } else { h };
             encoder.push(Block::new(vs / "encoder" / i, input, h, &arch.norm, arch.dropout));
         }
-        let mean = nn::linear(vs / "z_mean", h, l, Default::default());
-        let logvar = nn::linear(vs / "z_logvar", h, l, Default::default());
+        let mean = linear(vs / "z_mean", h, l);
+        let logvar = linear(vs / "z_logvar", h, l);
         let decoder = Block::new(vs / "decoder", l + nb, h, &arch.norm, 0.0);
-        let scale = nn::linear(vs / "px_scale", h, g, Default::default());
-        let zi_logits = (arch.likelihood == "zinb").then(|| nn::linear(vs / "px_dropout", h, g, Default::default()));
+        let scale = linear(vs / "px_scale", h, g);
+        let zi_logits = (arch.likelihood == "zinb").then(|| linear(vs / "px_dropout", h, g));
         let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         Vae {
             arch,
