@@ -604,10 +604,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         };
         let t_epoch = Instant::now();
         let (mut sr, mut sk, mut n) = (0.0, 0.0, 0usize);
-        // Readers run ahead on their own threads: this epoch's training batches were started during
-        // the last epoch's validation, and the validation batches start now, while training runs.
+        // Readers run ahead on their own threads: this epoch's training batches were started with
+        // the last epoch; this epoch's validation batches and the next epoch's training batches
+        // start now, while this epoch trains (each reader holds a bounded number of batches).
         let rx = next_train.take().unwrap_or_else(|| train_batches(epoch));
         let val_rx = val_batches(epoch);
+        if epoch + 1 < max_epochs {
+            next_train = Some(train_batches(epoch + 1));
+        }
         let mut waited = 0.0;
         let mut computing = 0.0;
         loop {
@@ -675,9 +679,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             };
             eprintln!("\ncancelled during epoch {}: {kept}", epoch + 1);
             std::process::exit(143);
-        }
-        if !stop_requested() && epoch + 1 < max_epochs {
-            next_train = Some(train_batches(epoch + 1));
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
         if std::env::var_os("SCMZ_PROFILE").is_some() {
