@@ -207,6 +207,7 @@ mod tests {
     /// same steps.
     #[test]
     fn matches_libtorch_adam_on_both_paths() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(0);
         let make = || {
             let vs = nn::VarStore::new(Device::Cpu);

@@ -6,6 +6,7 @@
 mod adam;
 mod compare;
 mod finetune;
+mod fused;
 mod loader;
 mod project;
 mod tensor;
@@ -64,7 +65,13 @@ enum Command {
     },
 }
 
+/// Unit tests that seed libtorch's global generator and compare runs hold this (tests run on
+/// parallel threads of one process).
+#[cfg(test)]
+pub(crate) static TORCH_RNG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn main() {
+    spin_briefly();
     tune_malloc();
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
@@ -78,6 +85,25 @@ fn main() {
 /// and trims the heap top eagerly; a model step's tensors (128 cells x 1,000 genes = 512 KiB)
 /// then pay the kernel every time: 3.9 vs 3.3 ms per step on mouse_10k. Keep such blocks in the
 /// heap instead, reused from one step to the next.
+/// libtorch's OpenMP workers spin for a while after each parallel region (GOMP_SPINCOUNT, 300,000
+/// by default) before sleeping; between regions scmz runs its own loops (the likelihood, the
+/// sparse first layer, the optimiser) and the reader thread, which then compete with a spinning
+/// worker for the same cores. A short spin: 20,000 genes, 2 threads, 37.8 -> 33.0 ms per step.
+/// libgomp reads the variable when it loads, before `main`, so the engine sets it and re-executes
+/// itself once; a value the user set is kept.
+fn spin_briefly() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("GOMP_SPINCOUNT").is_some() || std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    // `exec` returns only when it failed; the engine then runs with the default spin.
+    let _ = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GOMP_SPINCOUNT", "1000")
+        .exec();
+}
+
 fn tune_malloc() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread starts.
     unsafe {

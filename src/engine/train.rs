@@ -17,8 +17,7 @@ use scmz::zoo::{sha256_file, Zoo};
 
 use crate::adam::Adam;
 use crate::loader::{batches, is_validation, Batch, LoaderConfig, Split};
-use crate::tensor::dense;
-use crate::vae::{Input, SparseX, Vae};
+use crate::vae::{gene_order, Input, SparseX, Vae};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct TrainArgs {
@@ -163,7 +162,6 @@ pub(crate) struct Prepared {
     pub n: usize,
     /// The cells' rows in the dataset.
     pub rows: Vec<usize>,
-    x: Tensor,
     sparse: SparseX,
     lgamma_x1: Tensor,
     pub measured: Option<Tensor>,
@@ -175,11 +173,13 @@ pub(crate) struct Prepared {
 /// and hides genes for gene dropout.
 pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     let dev = Device::Cpu;
-    let x = dense(&b.x, dev);
     let c = &b.x;
+    let genes: Vec<i64> = c.indices.iter().map(|&g| g as i64).collect();
     let sparse = SparseX {
         n_rows: c.n_rows() as i64,
-        genes: Tensor::from_slice(&c.indices.iter().map(|&g| g as i64).collect::<Vec<_>>()).to_device(dev),
+        n_cols: n_genes as i64,
+        by_gene: gene_order(&genes, n_genes),
+        genes: Tensor::from_slice(&genes).to_device(dev),
         values: Tensor::from_slice(&c.data).to_device(dev),
         rows: Tensor::from_slice(
             &(0..c.n_rows())
@@ -231,7 +231,6 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     Prepared {
         n: b.rows.len(),
         rows: b.rows.clone(),
-        x,
         sparse,
         lgamma_x1,
         measured,
@@ -357,7 +356,7 @@ impl Prepared {
         let mv = |t: Tensor| if dev == Device::Cpu { t } else { t.to_device(dev) };
         let measured = self.measured.map(mv);
         let visible = (gene_dropout > 0.0).then(|| {
-            let keep = Tensor::rand(self.x.size(), (Kind::Float, dev))
+            let keep = Tensor::rand([self.sparse.n_rows, self.sparse.n_cols], (Kind::Float, dev))
                 .ge(gene_dropout)
                 .to_kind(Kind::Float);
             match &measured {
@@ -368,9 +367,10 @@ impl Prepared {
         Prepared {
             n: self.n,
             rows: self.rows,
-            x: mv(self.x),
             sparse: SparseX {
                 n_rows: self.sparse.n_rows,
+                n_cols: self.sparse.n_cols,
+                by_gene: self.sparse.by_gene,
                 genes: mv(self.sparse.genes),
                 values: mv(self.sparse.values),
                 rows: mv(self.sparse.rows),
@@ -387,7 +387,7 @@ impl Prepared {
         Input {
             sparse: Some(&self.sparse),
             lgamma_x1: Some(&self.lgamma_x1),
-            x: &self.x,
+            x: None,
             measured: self.measured.as_ref(),
             visible: self.visible.as_ref(),
             batch: self.batch.as_ref(),
@@ -625,7 +625,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             }
             let input = p.input();
             let l = vae.losses(&input, kl_weight, true);
-            let grads = vae.backward(&l, &input, opt.params());
+            let grads = vae.backward(&l, opt.params());
             opt.step(&grads);
             let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
             if !r.is_finite() || !k.is_finite() {
@@ -1020,7 +1020,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
     for _ in 0..steps {
         let input = p.input();
         let l = vae.losses(&input, 0.5, true);
-        let grads = vae.backward(&l, &input, opt.params());
+        let grads = vae.backward(&l, opt.params());
         opt.step(&grads);
     }
     let step_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
