@@ -46,6 +46,7 @@ pub enum Split {
 }
 
 /// Cells of one minibatch: counts and each cell's row in the dataset.
+#[derive(Clone)]
 pub struct Batch {
     pub x: CsrChunk,
     pub rows: Vec<usize>,
@@ -62,6 +63,64 @@ pub struct LoaderConfig {
     pub split: Split,
     /// Shuffle chunk order and cells (training); off for evaluation.
     pub shuffle: bool,
+}
+
+/// Validation cells kept in memory after the first pass when their nonzeros fit this budget
+/// (about 256 MB): later passes then read nothing (the validation tenth of a file is spread over
+/// all of it). Above it, every pass streams from disk as training does.
+pub const CACHE_NNZ: usize = 32 << 20;
+
+/// The validation minibatches of the first pass, kept while they fit `CACHE_NNZ`.
+#[derive(Default)]
+pub enum Cache {
+    #[default]
+    Empty,
+    Collecting(Vec<Batch>, usize),
+    TooBig,
+    Ready(std::sync::Arc<Vec<Batch>>),
+}
+
+impl Cache {
+    /// Records a batch of the first pass.
+    pub fn offer(&mut self, b: &Batch) {
+        match self {
+            Cache::Empty => *self = Cache::Collecting(vec![b.clone()], b.x.nnz()),
+            Cache::Collecting(v, nnz) => {
+                *nnz += b.x.nnz();
+                if *nnz > CACHE_NNZ {
+                    *self = Cache::TooBig;
+                } else {
+                    v.push(b.clone());
+                }
+            }
+            Cache::TooBig | Cache::Ready(_) => {}
+        }
+    }
+
+    /// Called after a complete pass: what was collected becomes the cache.
+    pub fn seal(&mut self) {
+        if let Cache::Collecting(v, _) = std::mem::take(self) {
+            *self = Cache::Ready(std::sync::Arc::new(v));
+        } else if matches!(self, Cache::Empty) {
+            *self = Cache::TooBig;
+        }
+    }
+}
+
+/// The cached batches again, each turned into `T` by `make` on a thread of its own.
+pub fn replay<T: Send + 'static>(
+    cached: std::sync::Arc<Vec<Batch>>,
+    make: impl Fn(Batch) -> T + Send + 'static,
+) -> Receiver<Result<T, String>> {
+    let (tx, rx) = sync_channel(4);
+    std::thread::spawn(move || {
+        for b in cached.iter() {
+            if tx.send(Ok(make(b.clone()))).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Starts the reader thread for one pass over the data; each batch is turned into `T` by `make`

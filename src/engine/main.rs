@@ -90,10 +90,17 @@ fn main() {
 /// sparse first layer, the optimiser) and the reader thread, which then compete with a spinning
 /// worker for the same cores. A short spin: 20,000 genes, 2 threads, 37.8 -> 33.0 ms per step.
 /// libgomp reads the variable when it loads, before `main`, so the engine sets it and re-executes
-/// itself once; a value the user set is kept.
+/// itself once (about 0.4 s: libtorch loads twice), for the long commands only; a value the user
+/// set is kept.
 fn spin_briefly() {
     use std::os::unix::process::CommandExt;
     if std::env::var_os("GOMP_SPINCOUNT").is_some() || std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let long = std::env::args_os()
+        .nth(1)
+        .is_some_and(|c| c == "train" || c == "compare");
+    if !long {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };

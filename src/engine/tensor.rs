@@ -66,10 +66,47 @@ fn sparse_times_dense_body(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h
     }
 }
 
-/// `out[g, :] += w * dh[r, :]` for each nonzero `(r, g, w)`: the transposed product, for the
-/// gradient of the dense factor.
-pub fn sparse_t_times_dense(rows: &[i64], genes: &[i64], w: &[f32], dh: &[f32], h: usize, out: &mut [f32]) {
-    sparse_times_dense(genes, rows, w, dh, h, out)
+/// `sparse_times_dense` on two threads when the product is large: the nonzeros (`rows` are the
+/// output rows, in any order) are split by output row, half the rows each, so the threads write
+/// disjoint parts of `out`.
+pub fn sparse_times_dense_par(rows: &[i64], cols: &[i64], w: &[f32], dense: &[f32], h: usize, out: &mut [f32]) {
+    let n_out = out.len() / h.max(1);
+    if !worth_two_threads(w.len() * h) || n_out < 2 {
+        return sparse_times_dense(rows, cols, w, dense, h, out);
+    }
+    // Split where half the nonzeros lie below.
+    let mut per_row = vec![0usize; n_out + 1];
+    for &r in rows {
+        per_row[r as usize] += 1;
+    }
+    let (mut split, mut below) = (0, 0);
+    while split < n_out && below + per_row[split] <= w.len() / 2 {
+        below += per_row[split];
+        split += 1;
+    }
+    let split = split.max(1);
+    let mut parts: [(Vec<i64>, Vec<i64>, Vec<f32>); 2] = Default::default();
+    for ((&r, &c), &v) in rows.iter().zip(cols).zip(w) {
+        let (part, r) = if (r as usize) < split {
+            (0, r)
+        } else {
+            (1, r - split as i64)
+        };
+        parts[part].0.push(r);
+        parts[part].1.push(c);
+        parts[part].2.push(v);
+    }
+    let (lo, hi) = out.split_at_mut(split * h);
+    let [(r0, c0, w0), (r1, c1, w1)] = &parts;
+    std::thread::scope(|s| {
+        s.spawn(|| sparse_times_dense(r1, c1, w1, dense, h, hi));
+        sparse_times_dense(r0, c0, w0, dense, h, lo);
+    });
+}
+
+/// Whether `flops` multiply-adds pay for a second thread (and libtorch runs with several).
+fn worth_two_threads(flops: usize) -> bool {
+    flops >= 4 << 20 && tch::get_num_threads() > 1
 }
 
 /// Per-cell log library size, `log(sum of counts)`, computed by libtorch.
@@ -93,6 +130,28 @@ pub fn devices_json() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Split over two threads by output row, the product is the same, bit for bit.
+    #[test]
+    fn sparse_product_on_two_threads_matches_one() {
+        let (n, g, h) = (256usize, 2000usize, 128usize);
+        let (mut rows, mut cols, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        for j in 0..g {
+            for r in (j % 7..n).step_by(7) {
+                rows.push(r as i64);
+                cols.push(j as i64);
+                w.push(((r * 31 + j) % 17) as f32 * 0.25);
+            }
+        }
+        assert!(w.len() * h >= 4 << 20, "large enough for two threads");
+        let dense: Vec<f32> = (0..g * h).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let mut one = vec![0f32; n * h];
+        sparse_times_dense(&rows, &cols, &w, &dense, h, &mut one);
+        let mut two = vec![0f32; n * h];
+        sparse_times_dense_par(&rows, &cols, &w, &dense, h, &mut two);
+        assert_eq!(one, two);
+        assert!(one.iter().any(|&v| v != 0.0));
+    }
 
     #[test]
     fn dense_tensor_matches_the_chunk_and_library_sizes_match_rust() {

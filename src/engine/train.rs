@@ -16,7 +16,7 @@ use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics,
 use scmz::zoo::{sha256_file, Zoo};
 
 use crate::adam::Adam;
-use crate::loader::{batches, is_validation, Batch, LoaderConfig, Split};
+use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Split};
 use crate::vae::{gene_order, Input, SparseX, Vae};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
@@ -581,9 +581,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let c = cov.clone();
         batches(loader(Split::Train, true), epoch, move |b| prepare(&b, &c, n_genes))
     };
+    let val_cache = std::sync::Arc::new(std::sync::Mutex::new(Cache::Empty));
     let val_batches = |epoch: usize| {
         let c = cov.clone();
+        if let Cache::Ready(cached) = &*val_cache.lock().expect("validation cache") {
+            return replay(cached.clone(), move |b| prepare(&b, &c, n_genes));
+        }
+        let cache = val_cache.clone();
         batches(loader(Split::Validation, false), epoch, move |b| {
+            cache.lock().expect("validation cache").offer(&b);
             prepare(&b, &c, n_genes)
         })
     };
@@ -716,6 +722,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             }
             Ok(())
         })?;
+        val_cache.lock().expect("validation cache").seal();
         let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
         if std::env::var_os("SCMZ_PROFILE").is_some() {
             eprintln!("epoch {epoch}: validation {:.3}s", t_val.elapsed().as_secs_f64());

@@ -7,7 +7,7 @@
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::fused;
-use crate::tensor::{cpu_slice, sparse_t_times_dense, sparse_times_dense};
+use crate::tensor::{cpu_slice, sparse_times_dense_par};
 
 use scmz::zoo::manifest::Architecture;
 
@@ -278,7 +278,7 @@ impl Vae {
         let rows: Vec<i64> = order.iter().map(|&k| rows[k as usize]).collect();
         let genes: Vec<i64> = order.iter().map(|&k| genes[k as usize]).collect();
         let weights: Vec<f32> = order.iter().map(|&k| w[k as usize]).collect();
-        sparse_times_dense(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out);
+        sparse_times_dense_par(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out);
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
         let track = train && lin.ws.requires_grad();
         if track {
@@ -323,7 +323,7 @@ impl Vae {
         };
         let (g, n_hidden) = (self.arch.n_genes, self.arch.n_hidden);
         let mut dwt = vec![0f32; g * n_hidden];
-        sparse_t_times_dense(&sf.rows, &sf.genes, &sf.weights, cpu_slice(&d_out), n_hidden, &mut dwt);
+        sparse_times_dense_par(&sf.genes, &sf.rows, &sf.weights, cpu_slice(&d_out), n_hidden, &mut dwt);
         let dwt = Tensor::from_slice(&dwt).view([g as i64, n_hidden as i64]);
         let dw = if grads[i].defined() {
             grads[i].shallow_clone()
