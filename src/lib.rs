@@ -50,8 +50,13 @@
 //! tokio loop that redraws only on change. It never calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
 //! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
 //! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
-//! loss), `loader` (a reader thread streaming shuffled minibatches over a bounded channel, the
-//! seeded train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
+//! loss; on the CPU the encoder's first layer runs over the nonzeros, gene by gene, outside
+//! autograd, with its weight gradient by hand), `fused` (NB/Poisson log-likelihood and its
+//! gradient in one Rust pass per cell, fed back to autograd through a zero-valued surrogate),
+//! `adam` (the optimiser: one fused pass per parameter on the CPU, moments checkpointed),
+//! `loader` (reader threads streaming shuffled minibatches over bounded channels, running an
+//! epoch ahead; validation cells cached after the first pass within a budget; the seeded
+//! train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
 //! the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
 //! mapping-quality prediction from the reference counts stored with each model), `finetune`
 //! (a new batch category trained alone on a query), `compare` (pretrained vs from scratch on

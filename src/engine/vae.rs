@@ -119,6 +119,12 @@ pub struct Input<'a> {
     pub batch: Option<&'a Tensor>,
 }
 
+/// Whether autograd records operations now (false inside `tch::no_grad`).
+fn grad_mode() -> bool {
+    let probe = Tensor::zeros([1], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    (&probe * 1.0).requires_grad()
+}
+
 /// The order of nonzeros by gene (a stable counting sort), `genes` in row order.
 pub fn gene_order(genes: &[i64], n_cols: usize) -> Vec<u32> {
     let mut start = vec![0u32; n_cols + 1];
@@ -216,7 +222,7 @@ impl Vae {
     }
 
     fn encode_parts(&self, input: &Input, train: bool) -> (Tensor, Tensor, Option<SparseFirst>) {
-        let (h, sparse_first) = self.first_layer(input, train);
+        let (h, sparse_first) = self.first_layer(input);
         let mut h = self.encoder[0].activate(h, train);
         for block in &self.encoder[1..] {
             h = block.forward(&h, train);
@@ -234,7 +240,7 @@ impl Vae {
     /// cells x genes x hidden, the largest product of a whole-transcriptome model) outside
     /// autograd; when training, its output is a leaf whose gradient `backward` turns into the
     /// weight's. The mask and batch parts stay dense products under autograd.
-    fn first_layer(&self, input: &Input, train: bool) -> (Tensor, Option<SparseFirst>) {
+    fn first_layer(&self, input: &Input) -> (Tensor, Option<SparseFirst>) {
         let lin = &self.encoder[0].linear;
         let g = self.arch.n_genes as i64;
         let visible = self.arch.masked_input.then(|| {
@@ -280,7 +286,7 @@ impl Vae {
         let weights: Vec<f32> = order.iter().map(|&k| w[k as usize]).collect();
         sparse_times_dense_par(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out);
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
-        let track = train && lin.ws.requires_grad();
+        let track = lin.ws.requires_grad() && grad_mode();
         if track {
             hx = hx.set_requires_grad(true);
         }
@@ -350,9 +356,9 @@ impl Vae {
         let theta = self.log_theta.exp();
         let (ll_cell, surrogate) = match input.sparse {
             Some(sp) if sp.values.device() == Device::Cpu && self.arch.likelihood != "zinb" => {
-                self.fused_ll(sp, &h, &theta, input.measured, train)
+                self.fused_ll(sp, &h, &theta, input.measured)
             }
-            _ => self.tensor_ll(input, &h, &theta, train),
+            _ => self.tensor_ll(input, &h, &theta),
         };
         // The constant lgamma(x + 1) term, from the nonzeros when the caller has it.
         let lgamma_x1 = match (input.lgamma_x1, input.measured) {
@@ -385,7 +391,6 @@ impl Vae {
         h: &Tensor,
         theta: &Tensor,
         measured: Option<&Tensor>,
-        train: bool,
     ) -> (Tensor, Option<Tensor>) {
         let logits = self.scale.forward(h);
         let a = logits.detach().contiguous();
@@ -434,7 +439,8 @@ impl Vae {
                 *a += b;
             }
         }
-        if !train {
+        // Gradients are wanted when autograd tracks the logits (training, fine-tuning).
+        if !logits.requires_grad() {
             return (ll, None);
         }
         let s = logits.reshape([-1]).dot(&grad.reshape([-1]));
@@ -448,7 +454,7 @@ impl Vae {
     }
 
     /// Per-cell log-likelihood as tensor operations under autograd (any device, any likelihood).
-    fn tensor_ll(&self, input: &Input, h: &Tensor, theta: &Tensor, train: bool) -> (Tensor, Option<Tensor>) {
+    fn tensor_ll(&self, input: &Input, h: &Tensor, theta: &Tensor) -> (Tensor, Option<Tensor>) {
         let x = &input.dense_x();
         let mut scale = self.scale.forward(h).softmax(-1, Kind::Float);
         if let Some(m) = input.measured {
@@ -466,7 +472,7 @@ impl Vae {
         let mut surrogate = None;
         let ll_cell = match input.sparse {
             Some(sp) => {
-                let (ll, s) = self.sparse_ll(sp, &mu_x, theta, zi.as_ref(), input.measured, train);
+                let (ll, s) = self.sparse_ll(sp, &mu_x, theta, zi.as_ref(), input.measured);
                 surrogate = s;
                 ll
             }
@@ -495,7 +501,7 @@ impl Vae {
     /// On the CPU, `lgamma(x + theta) - lgamma(theta)` at the nonzeros is computed in Rust (a few
     /// logs for the small integer counts of real data instead of libtorch's lgamma and, in the
     /// backward pass, two digammas per nonzero); its gradient enters through the returned
-    /// zero-valued surrogate, to be added to the mean loss when training.
+    /// zero-valued surrogate, to be added to the mean loss when gradients are wanted.
     fn sparse_ll(
         &self,
         sp: &SparseX,
@@ -503,7 +509,6 @@ impl Vae {
         theta: &Tensor,
         zi: Option<&Tensor>,
         measured: Option<&Tensor>,
-        train: bool,
     ) -> (Tensor, Option<Tensor>) {
         let at = |t: &Tensor| t.reshape([-1]).index_select(0, &sp.flat);
         let measured_nz = measured.map(at);
@@ -526,7 +531,7 @@ impl Vae {
                 sp.n_rows as usize,
             );
             lgamma_cell = Some(Tensor::from_slice(&cell));
-            if train && self.log_theta.requires_grad() {
+            if self.log_theta.requires_grad() && grad_mode() {
                 // d(mean loss)/d(log theta) = -theta * sum over nonzeros of d/dtheta, over cells.
                 let coef = Tensor::from_slice(&dtheta) * &theta_cpu * (-1.0 / sp.n_rows as f64);
                 let s = (&self.log_theta * coef).sum(Kind::Float);
