@@ -84,20 +84,28 @@ impl Adam {
                             std::slice::from_raw_parts_mut(self.v[i].data_ptr() as *mut f32, n),
                         )
                     };
-                    update(
-                        p,
-                        g,
-                        m,
-                        v,
-                        Hyper {
-                            beta1: self.beta1 as f32,
-                            beta2: self.beta2 as f32,
-                            eps: self.eps as f32,
-                            weight_decay: self.weight_decay as f32,
-                            step_size: step_size as f32,
-                            inv_sqrt_bc2: inv_sqrt_bc2 as f32,
-                        },
-                    );
+                    let h = Hyper {
+                        beta1: self.beta1 as f32,
+                        beta2: self.beta2 as f32,
+                        eps: self.eps as f32,
+                        weight_decay: self.weight_decay as f32,
+                        step_size: step_size as f32,
+                        inv_sqrt_bc2: inv_sqrt_bc2 as f32,
+                    };
+                    if n >= 1 << 20 && tch::get_num_threads() > 1 {
+                        // A whole-transcriptome layer (millions of weights): two halves side by side.
+                        let k = n / 2;
+                        let (p0, p1) = p.split_at_mut(k);
+                        let (g0, g1) = g.split_at(k);
+                        let (m0, m1) = m.split_at_mut(k);
+                        let (v0, v1) = v.split_at_mut(k);
+                        std::thread::scope(|s| {
+                            s.spawn(|| update(p1, g1, m1, v1, h));
+                            update(p0, g0, m0, v0, h);
+                        });
+                    } else {
+                        update(p, g, m, v, h);
+                    }
                 } else {
                     // Any device: the same update as tensor operations.
                     let g = if self.weight_decay != 0.0 {
@@ -260,6 +268,24 @@ mod tests {
                 assert!(d1 < 1e-5 && d2 < 1e-5, "step {k} {name}: fused {d1}, ops {d2}");
             }
         }
+        // A layer large enough for the two-thread update takes the same step as the tensor ops.
+        let big = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = vs.root().var("w", &[1024, 1100], nn::Init::Const(0.5));
+            vs
+        };
+        let (vs_a, vs_b) = (big(), big());
+        let mut a = Adam::new(&vs_a, 1e-2, 1e-3, 0.01);
+        let mut b = Adam::new(&vs_b, 1e-2, 1e-3, 0.01);
+        let target = Tensor::randn([1024, 1100], tch::kind::FLOAT_CPU);
+        for _ in 0..3 {
+            let l = |vs: &nn::VarStore| (&vs.variables()["w"] - &target).square().sum(Kind::Float);
+            a.step(&Tensor::run_backward(&[l(&vs_a)], a.params(), false, false));
+            let g = Tensor::run_backward(&[l(&vs_b)], b.params(), false, false);
+            b.step(&g.iter().map(|g| g.to_kind(Kind::Double)).collect::<Vec<_>>());
+        }
+        let d = f64::try_from((&vs_a.variables()["w"] - &vs_b.variables()["w"]).abs().max()).unwrap();
+        assert!(d < 1e-5, "two-thread update differs by {d}");
         // And the moments round-trip through a file.
         let dir = tempfile::tempdir().unwrap();
         fast.save(&dir.path().join("adam.safetensors")).unwrap();

@@ -48,7 +48,9 @@ pub fn likelihood(b: &Batch, threads: usize, grad: &mut [f32]) -> Output {
     for r in 0..n {
         starts[r + 1] += starts[r];
     }
-    let ln_theta: Vec<f32> = b.theta.iter().map(|&t| fast_ln(t + EPS)).collect();
+    // Per gene: ln(theta), then the constant part of d ll / d theta, ln(theta) + theta / theta.
+    let mut ln_theta: Vec<f32> = b.theta.iter().map(|&t| fast_ln(t + EPS)).collect();
+    ln_theta.extend(b.theta.iter().map(|&t| fast_ln(t + EPS) + t / (t + EPS)));
     let mut ll = vec![0f32; n];
     assert_eq!(grad.len(), n * g, "gradient buffer size");
     // Below ~4,000 genes a step is too short to pay for starting threads.
@@ -162,19 +164,17 @@ fn row(
     let l = b.library[r];
     // Equal-length slices and index loops: the compiler drops the bounds checks and vectorises.
     let (grad, q, tmp, gt) = (&mut grad[..g], &mut q[..g], &mut tmp[..g], &mut gt[..g]);
-    let (m, theta, ln_theta) = (&m[..g], &b.theta[..g], &ln_theta[..g]);
+    let (m, theta, c_theta, ln_theta) = (&m[..g], &b.theta[..g], &ln_theta[g..2 * g], &ln_theta[..g]);
     // Softmax over the measured genes; `grad` holds the scale s for now.
     let mx = max8(a);
     for j in 0..g {
         grad[j] = fast_exp(a[j] - mx) * m[j];
     }
     let inv = 1.0 / sum8(grad).max(EPS);
-    for s in grad.iter_mut() {
-        *s *= inv;
-    }
-    // Dense part: every measured gene as if at a zero count.
+    // Dense part: every measured gene as if at a zero count; `grad` becomes the scale.
     if b.poisson {
         for j in 0..g {
+            grad[j] *= inv;
             let mu = l * grad[j];
             tmp[j] = -mu * m[j];
             q[j] = -mu * m[j];
@@ -182,13 +182,16 @@ fn row(
     } else {
         for j in 0..g {
             let (th, w) = (theta[j], m[j]);
-            let mu = l * grad[j];
+            let s = grad[j] * inv;
+            grad[j] = s;
+            let mu = l * s;
             let t = th + mu + EPS;
             let inv_t = 1.0 / t;
             let ln_t = fast_ln(t);
+            let th_inv_t = th * inv_t;
             tmp[j] = w * th * (ln_theta[j] - ln_t);
-            q[j] = -w * th * mu * inv_t;
-            gt[j] += w * (ln_theta[j] + th / (th + EPS) - ln_t - th * inv_t);
+            q[j] = -w * mu * th_inv_t;
+            gt[j] += w * (c_theta[j] - ln_t - th_inv_t);
         }
     }
     let mut ll = sum8(tmp);

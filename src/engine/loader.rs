@@ -65,6 +65,17 @@ pub struct LoaderConfig {
     pub shuffle: bool,
 }
 
+/// Lowers the calling (reader) thread's scheduling priority, so that on a machine whose cores
+/// are all busy with training steps the reader runs in their gaps instead of preempting a compute
+/// thread (which stalls the others at their next barrier).
+fn yield_to_training() {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
 /// Validation cells kept in memory after the first pass when their nonzeros fit this budget
 /// (about 256 MB): later passes then read nothing (the validation tenth of a file is spread over
 /// all of it). Above it, every pass streams from disk as training does.
@@ -114,6 +125,7 @@ pub fn replay<T: Send + 'static>(
 ) -> Receiver<Result<T, String>> {
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
+        yield_to_training();
         for b in cached.iter() {
             if tx.send(Ok(make(b.clone()))).is_err() {
                 return;
@@ -132,6 +144,7 @@ pub fn batches<T: Send + 'static>(
 ) -> Receiver<Result<T, String>> {
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
+        yield_to_training();
         let ds = match Dataset::open_with(&cfg.path, &cfg.open) {
             Ok(d) => d,
             Err(e) => {

@@ -104,6 +104,28 @@ pub fn sparse_times_dense_par(rows: &[i64], cols: &[i64], w: &[f32], dense: &[f3
     });
 }
 
+/// `dst[c * stride + r] (+)= src[r * cols + c]` for `src` rows x cols: the transpose of `src`
+/// into the first `rows` columns of a row-major matrix of row length `stride`, in cache-sized
+/// tiles.
+pub fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], stride: usize, add: bool) {
+    const T: usize = 32;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for c in c0..(c0 + T).min(cols) {
+                let out = &mut dst[c * stride..c * stride + rows];
+                for r in r0..(r0 + T).min(rows) {
+                    let v = src[r * cols + c];
+                    if add {
+                        out[r] += v;
+                    } else {
+                        out[r] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Whether `flops` multiply-adds pay for a second thread (and libtorch runs with several).
 fn worth_two_threads(flops: usize) -> bool {
     flops >= 4 << 20 && tch::get_num_threads() > 1
@@ -130,6 +152,22 @@ pub fn devices_json() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiled_transpose_writes_and_adds() {
+        let (rows, cols, stride) = (70, 45, 80);
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let mut dst = vec![1f32; cols * stride];
+        transpose_into(&src, rows, cols, &mut dst, stride, true);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(dst[c * stride + r], src[r * cols + c] + 1.0);
+            }
+        }
+        assert!(dst[..stride].iter().skip(rows).all(|&v| v == 1.0));
+        transpose_into(&src, rows, cols, &mut dst, stride, false);
+        assert_eq!(dst[3 * stride + 5], src[5 * cols + 3]);
+    }
 
     /// Split over two threads by output row, the product is the same, bit for bit.
     #[test]

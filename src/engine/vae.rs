@@ -7,7 +7,7 @@
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::fused;
-use crate::tensor::{cpu_slice, sparse_times_dense_par};
+use crate::tensor::{cpu_slice, sparse_times_dense_par, transpose_into};
 
 use scmz::zoo::manifest::Architecture;
 
@@ -330,13 +330,22 @@ impl Vae {
         let (g, n_hidden) = (self.arch.n_genes, self.arch.n_hidden);
         let mut dwt = vec![0f32; g * n_hidden];
         sparse_times_dense_par(&sf.genes, &sf.rows, &sf.weights, cpu_slice(&d_out), n_hidden, &mut dwt);
-        let dwt = Tensor::from_slice(&dwt).view([g as i64, n_hidden as i64]);
-        let dw = if grads[i].defined() {
-            grads[i].shallow_clone()
+        // Into the weight's [hidden, inputs] layout: added to autograd's gradient (mask and batch
+        // columns) when there is one, else written into a fresh tensor.
+        let n_in = ws.size()[1] as usize;
+        let (dw, add) = if grads[i].defined() {
+            (grads[i].contiguous(), true)
+        } else if n_in == g {
+            (
+                Tensor::empty([n_hidden as i64, n_in as i64], (Kind::Float, Device::Cpu)),
+                false,
+            )
         } else {
-            ws.zeros_like()
+            (ws.zeros_like(), true)
         };
-        let _ = dw.narrow(1, 0, g as i64).g_add_(&dwt.tr());
+        // SAFETY: a contiguous f32 CPU tensor of n_hidden x n_in elements, owned here.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dw.data_ptr() as *mut f32, n_hidden * n_in) };
+        transpose_into(&dwt, g, n_hidden, dst, n_in, add);
         grads[i] = dw;
         grads
     }
