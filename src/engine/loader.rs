@@ -162,34 +162,64 @@ pub fn batches<T: Send + 'static>(
             Split::Validation => is_validation(cfg.seed, i),
             Split::Train => !is_validation(cfg.seed, i),
         };
-        let mut pool: Vec<(usize, Vec<(u32, f32)>)> = Vec::new();
+        // The pool holds cells as (row in the dataset, chunk, row in the chunk); chunks stay in
+        // `chunks` while a pooled cell refers to them, and a minibatch copies its cells' nonzeros
+        // from there in one slice copy each.
+        let mut pool: Vec<(usize, u32, u32)> = Vec::new();
+        let mut chunks: Vec<Option<CsrChunk>> = Vec::new();
         let n_cols = ds.n_genes();
-        let emit = |pool: &mut Vec<(usize, Vec<(u32, f32)>)>, all: bool, rng: &mut Rng| -> bool {
-            if cfg.shuffle {
-                rng.shuffle(pool);
+        let gather = |group: &[(usize, u32, u32)], chunks: &[Option<CsrChunk>]| {
+            let nnz = group
+                .iter()
+                .map(|&(_, c, r)| {
+                    let ch = chunks[c as usize].as_ref().expect("pooled chunk");
+                    ch.indptr[r as usize + 1] - ch.indptr[r as usize]
+                })
+                .sum();
+            let mut x = CsrChunk::empty(0, n_cols);
+            x.indices.reserve(nnz);
+            x.data.reserve(nnz);
+            let mut rows = Vec::with_capacity(group.len());
+            for &(row, c, r) in group {
+                let (idx, val) = chunks[c as usize].as_ref().expect("pooled chunk").row(r as usize);
+                x.indices.extend_from_slice(idx);
+                x.data.extend_from_slice(val);
+                x.indptr.push(x.data.len());
+                rows.push(row);
             }
-            let mut rest = Vec::new();
-            for group in pool.chunks(cfg.batch_size) {
-                // BatchNorm needs at least two cells; keep a short tail for the next group.
-                if group.len() < cfg.batch_size && (!all || group.len() < 2) {
-                    if !all || !cfg.shuffle {
-                        rest.extend(group.iter().cloned());
-                    }
-                    continue;
-                }
-                let mut x = CsrChunk::empty(0, n_cols);
-                let mut rows = Vec::with_capacity(group.len());
-                for (r, entries) in group {
-                    x.push_row(entries.iter().copied());
-                    rows.push(*r);
-                }
-                if tx.send(Ok(make(Batch { x, rows }))).is_err() {
-                    return false;
-                }
-            }
-            *pool = rest;
-            true
+            Batch { x, rows }
         };
+        let emit =
+            |pool: &mut Vec<(usize, u32, u32)>, chunks: &mut Vec<Option<CsrChunk>>, all: bool, rng: &mut Rng| -> bool {
+                if cfg.shuffle {
+                    rng.shuffle(pool);
+                }
+                let mut rest = Vec::new();
+                for group in pool.chunks(cfg.batch_size) {
+                    // BatchNorm needs at least two cells; keep a short tail for the next group.
+                    if group.len() < cfg.batch_size && (!all || group.len() < 2) {
+                        if !all || !cfg.shuffle {
+                            rest.extend_from_slice(group);
+                        }
+                        continue;
+                    }
+                    if tx.send(Ok(make(gather(group, chunks)))).is_err() {
+                        return false;
+                    }
+                }
+                // Drop the chunks no pooled cell needs any more.
+                let mut keep = vec![false; chunks.len()];
+                for &(_, c, _) in &rest {
+                    keep[c as usize] = true;
+                }
+                for (c, k) in chunks.iter_mut().zip(keep) {
+                    if !k {
+                        *c = None;
+                    }
+                }
+                *pool = rest;
+                true
+            };
         for (k, &s) in starts.iter().enumerate() {
             let chunk = match ds.read_rows(s, s + cfg.chunk_rows) {
                 Ok(c) => c,
@@ -198,28 +228,23 @@ pub fn batches<T: Send + 'static>(
                     return;
                 }
             };
+            let id = chunks.len() as u32;
             for r in 0..chunk.n_rows() {
                 if keep(s + r) {
-                    let (idx, val) = chunk.row(r);
-                    pool.push((s + r, idx.iter().copied().zip(val.iter().copied()).collect()));
+                    pool.push((s + r, id, r as u32));
                 }
             }
-            if (k + 1) % cfg.buffer_chunks.max(1) == 0 && !emit(&mut pool, false, &mut rng) {
+            chunks.push(Some(chunk));
+            if (k + 1) % cfg.buffer_chunks.max(1) == 0 && !emit(&mut pool, &mut chunks, false, &mut rng) {
                 return;
             }
         }
-        if !emit(&mut pool, true, &mut rng) {
+        if !emit(&mut pool, &mut chunks, true, &mut rng) {
             return;
         }
         // Evaluation passes must see every cell, even a last single one.
         if !cfg.shuffle && !pool.is_empty() {
-            let mut x = CsrChunk::empty(0, n_cols);
-            let mut rows = Vec::new();
-            for (r, entries) in pool.drain(..) {
-                x.push_row(entries);
-                rows.push(r);
-            }
-            let _ = tx.send(Ok(make(Batch { x, rows })));
+            let _ = tx.send(Ok(make(gather(&pool, &chunks))));
         }
     });
     rx

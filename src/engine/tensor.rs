@@ -40,25 +40,64 @@ pub fn cpu_slice<T: tch::kind::Element>(t: &Tensor) -> &[T] {
 /// `out[r, :] += w * wt[g, :]` for each nonzero `(r, g, w)`: a sparse matrix (cells x genes)
 /// times a dense one (genes x h), both row-major, costing nonzeros x h.
 pub fn sparse_times_dense(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {
+    let n_out = (out.len() / h.max(1)) as i64;
+    sparse_times_dense_rows(rows, genes, w, wt, h, out, 0, n_out)
+}
+
+/// The product restricted to output rows `lo..hi`, written into `out` (rows `lo..hi` only).
+#[allow(clippy::too_many_arguments)]
+fn sparse_times_dense_rows(
+    rows: &[i64],
+    genes: &[i64],
+    w: &[f32],
+    wt: &[f32],
+    h: usize,
+    out: &mut [f32],
+    lo: i64,
+    hi: i64,
+) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { sparse_times_dense_avx2(rows, genes, w, wt, h, out) };
+        return unsafe { sparse_times_dense_avx2(rows, genes, w, wt, h, out, lo, hi) };
     }
-    sparse_times_dense_body(rows, genes, w, wt, h, out)
+    sparse_times_dense_body(rows, genes, w, wt, h, out, lo, hi)
 }
 
 /// The same loop compiled for 8-wide vectors (the portable build targets 4-wide SSE2).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn sparse_times_dense_avx2(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {
-    sparse_times_dense_body(rows, genes, w, wt, h, out)
+#[allow(clippy::too_many_arguments)]
+unsafe fn sparse_times_dense_avx2(
+    rows: &[i64],
+    genes: &[i64],
+    w: &[f32],
+    wt: &[f32],
+    h: usize,
+    out: &mut [f32],
+    lo: i64,
+    hi: i64,
+) {
+    sparse_times_dense_body(rows, genes, w, wt, h, out, lo, hi)
 }
 
 #[inline(always)]
-fn sparse_times_dense_body(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn sparse_times_dense_body(
+    rows: &[i64],
+    genes: &[i64],
+    w: &[f32],
+    wt: &[f32],
+    h: usize,
+    out: &mut [f32],
+    lo: i64,
+    hi: i64,
+) {
     for ((&r, &g), &w) in rows.iter().zip(genes).zip(w) {
-        let (r, g) = (r as usize, g as usize);
+        if r < lo || r >= hi {
+            continue;
+        }
+        let (r, g) = ((r - lo) as usize, g as usize);
         let src = &wt[g * h..(g + 1) * h];
         for (o, s) in out[r * h..(r + 1) * h].iter_mut().zip(src) {
             *o += w * s;
@@ -66,41 +105,42 @@ fn sparse_times_dense_body(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h
     }
 }
 
-/// `sparse_times_dense` on two threads when the product is large: the nonzeros (`rows` are the
-/// output rows, in any order) are split by output row, half the rows each, so the threads write
-/// disjoint parts of `out`.
-pub fn sparse_times_dense_par(rows: &[i64], cols: &[i64], w: &[f32], dense: &[f32], h: usize, out: &mut [f32]) {
+/// `sparse_times_dense` on two threads when the product is large: each thread takes half the
+/// output rows (so they write disjoint parts of `out`); with `rows_sorted` each also gets just its
+/// own stretch of the nonzeros, otherwise both scan them all and skip the other's rows.
+pub fn sparse_times_dense_par(
+    rows: &[i64],
+    cols: &[i64],
+    w: &[f32],
+    dense: &[f32],
+    h: usize,
+    out: &mut [f32],
+    rows_sorted: bool,
+) {
     let n_out = out.len() / h.max(1);
     if !worth_two_threads(w.len() * h) || n_out < 2 {
         return sparse_times_dense(rows, cols, w, dense, h, out);
     }
-    // Split where half the nonzeros lie below.
-    let mut per_row = vec![0usize; n_out + 1];
-    for &r in rows {
-        per_row[r as usize] += 1;
-    }
-    let (mut split, mut below) = (0, 0);
-    while split < n_out && below + per_row[split] <= w.len() / 2 {
-        below += per_row[split];
-        split += 1;
-    }
-    let split = split.max(1);
-    let mut parts: [(Vec<i64>, Vec<i64>, Vec<f32>); 2] = Default::default();
-    for ((&r, &c), &v) in rows.iter().zip(cols).zip(w) {
-        let (part, r) = if (r as usize) < split {
-            (0, r)
-        } else {
-            (1, r - split as i64)
-        };
-        parts[part].0.push(r);
-        parts[part].1.push(c);
-        parts[part].2.push(v);
-    }
-    let (lo, hi) = out.split_at_mut(split * h);
-    let [(r0, c0, w0), (r1, c1, w1)] = &parts;
+    let split = if rows_sorted {
+        (rows[w.len() / 2] as usize).clamp(1, n_out - 1)
+    } else {
+        n_out / 2
+    };
+    let k = if rows_sorted {
+        rows.partition_point(|&r| (r as usize) < split)
+    } else {
+        0
+    };
+    let (n_out, split_i) = (n_out as i64, split as i64);
+    let (a, b) = out.split_at_mut(split * h);
     std::thread::scope(|s| {
-        s.spawn(|| sparse_times_dense(r1, c1, w1, dense, h, hi));
-        sparse_times_dense(r0, c0, w0, dense, h, lo);
+        if rows_sorted {
+            s.spawn(|| sparse_times_dense_rows(&rows[k..], &cols[k..], &w[k..], dense, h, b, split_i, n_out));
+            sparse_times_dense_rows(&rows[..k], &cols[..k], &w[..k], dense, h, a, 0, split_i);
+        } else {
+            s.spawn(|| sparse_times_dense_rows(rows, cols, w, dense, h, b, split_i, n_out));
+            sparse_times_dense_rows(rows, cols, w, dense, h, a, 0, split_i);
+        }
     });
 }
 
@@ -186,8 +226,15 @@ mod tests {
         let mut one = vec![0f32; n * h];
         sparse_times_dense(&rows, &cols, &w, &dense, h, &mut one);
         let mut two = vec![0f32; n * h];
-        sparse_times_dense_par(&rows, &cols, &w, &dense, h, &mut two);
+        sparse_times_dense_par(&rows, &cols, &w, &dense, h, &mut two, false);
         assert_eq!(one, two);
+        // The transposed product, whose output rows (the genes here) come sorted.
+        let mut one_t = vec![0f32; g * h];
+        let dense_t: Vec<f32> = (0..n * h).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        sparse_times_dense(&cols, &rows, &w, &dense_t, h, &mut one_t);
+        let mut two_t = vec![0f32; g * h];
+        sparse_times_dense_par(&cols, &rows, &w, &dense_t, h, &mut two_t, true);
+        assert_eq!(one_t, two_t);
         assert!(one.iter().any(|&v| v != 0.0));
     }
 

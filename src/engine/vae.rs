@@ -284,7 +284,7 @@ impl Vae {
         let rows: Vec<i64> = order.iter().map(|&k| rows[k as usize]).collect();
         let genes: Vec<i64> = order.iter().map(|&k| genes[k as usize]).collect();
         let weights: Vec<f32> = order.iter().map(|&k| w[k as usize]).collect();
-        sparse_times_dense_par(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out);
+        sparse_times_dense_par(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out, false);
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
         let track = lin.ws.requires_grad() && grad_mode();
         if track {
@@ -329,7 +329,15 @@ impl Vae {
         };
         let (g, n_hidden) = (self.arch.n_genes, self.arch.n_hidden);
         let mut dwt = vec![0f32; g * n_hidden];
-        sparse_times_dense_par(&sf.genes, &sf.rows, &sf.weights, cpu_slice(&d_out), n_hidden, &mut dwt);
+        sparse_times_dense_par(
+            &sf.genes,
+            &sf.rows,
+            &sf.weights,
+            cpu_slice(&d_out),
+            n_hidden,
+            &mut dwt,
+            true,
+        );
         // Into the weight's [hidden, inputs] layout: added to autograd's gradient (mask and batch
         // columns) when there is one, else written into a fresh tensor.
         let n_in = ws.size()[1] as usize;
@@ -599,20 +607,40 @@ fn lgamma_terms(
     theta: &[f32],
     n_rows: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut cell = vec![0f64; n_rows];
-    let mut dtheta = vec![0f64; theta.len()];
-    for k in 0..x.len() {
-        if mask.is_some_and(|m| m[k] == 0.0) {
-            continue;
+    // Nonzeros are in row order: two threads take a contiguous half each when there are many.
+    let part = |lo: usize, hi: usize| {
+        let mut cell = vec![0f64; n_rows];
+        let mut dtheta = vec![0f64; theta.len()];
+        for k in lo..hi {
+            if mask.is_some_and(|m| m[k] == 0.0) {
+                continue;
+            }
+            let g = genes[k] as usize;
+            let (v, d) = lgamma_digamma_diff(x[k] as f64, theta[g] as f64);
+            cell[rows[k] as usize] += v;
+            dtheta[g] += d;
         }
-        let g = genes[k] as usize;
-        let (v, d) = lgamma_digamma_diff(x[k] as f64, theta[g] as f64);
-        cell[rows[k] as usize] += v;
-        dtheta[g] += d;
-    }
+        (cell, dtheta)
+    };
+    let n = x.len();
+    let (mut cell, mut dtheta) = if n >= 50_000 && tch::get_num_threads() > 1 {
+        let ((mut c0, mut d0), (c1, d1)) = std::thread::scope(|s| {
+            let h = s.spawn(|| part(n / 2, n));
+            (part(0, n / 2), h.join().expect("lgamma worker"))
+        });
+        for (a, b) in c0.iter_mut().zip(c1) {
+            *a += b;
+        }
+        for (a, b) in d0.iter_mut().zip(d1) {
+            *a += b;
+        }
+        (c0, d0)
+    } else {
+        part(0, n)
+    };
     (
-        cell.into_iter().map(|v| v as f32).collect(),
-        dtheta.into_iter().map(|v| v as f32).collect(),
+        cell.drain(..).map(|v| v as f32).collect(),
+        dtheta.drain(..).map(|v| v as f32).collect(),
     )
 }
 
@@ -653,13 +681,14 @@ fn lgamma_digamma(mut z: f64) -> (f64, f64) {
         dg -= 1.0 / z;
         z += 1.0;
     }
-    let mut lg = -prod.ln();
+    let mut lg = if prod == 1.0 { 0.0 } else { -prod.ln() };
     let inv = 1.0 / z;
     let inv2 = inv * inv;
-    lg += (z - 0.5) * z.ln() - z
+    let ln_z = z.ln();
+    lg += (z - 0.5) * ln_z - z
         + 0.5 * (2.0 * std::f64::consts::PI).ln()
         + inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 * (1.0 / 1260.0 - inv2 / 1680.0)));
-    dg += z.ln() - 0.5 * inv - inv2 * (1.0 / 12.0 - inv2 * (1.0 / 120.0 - inv2 * (1.0 / 252.0 - inv2 / 240.0)));
+    dg += ln_z - 0.5 * inv - inv2 * (1.0 / 12.0 - inv2 * (1.0 / 120.0 - inv2 * (1.0 / 252.0 - inv2 / 240.0)));
     (lg, dg)
 }
 
@@ -722,6 +751,36 @@ mod tests {
                     "digamma x={x} t={t}: {d} vs {ed}"
                 );
             }
+        }
+    }
+
+    /// Many nonzeros take the two-thread path; the sums match a direct computation.
+    #[test]
+    fn lgamma_terms_on_two_threads_match_direct_sums() {
+        let (n_rows, n_genes) = (300usize, 500usize);
+        let (mut rows, mut genes, mut x) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..n_rows {
+            for g in (r % 3..n_genes).step_by(3) {
+                rows.push(r as i64);
+                genes.push(g as i64);
+                x.push(((r * 7 + g) % 40 + 1) as f32);
+            }
+        }
+        assert!(x.len() >= 50_000);
+        let theta: Vec<f32> = (0..n_genes).map(|g| 0.1 + (g % 17) as f32).collect();
+        let (cell, dtheta) = lgamma_terms(&rows, &genes, &x, None, &theta, n_rows);
+        let mut c = vec![0f64; n_rows];
+        let mut d = vec![0f64; n_genes];
+        for k in 0..x.len() {
+            let (v, dv) = lgamma_digamma_diff(x[k] as f64, theta[genes[k] as usize] as f64);
+            c[rows[k] as usize] += v;
+            d[genes[k] as usize] += dv;
+        }
+        for (a, b) in cell.iter().zip(&c) {
+            assert!((*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        for (a, b) in dtheta.iter().zip(&d) {
+            assert!((*a as f64 - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
         }
     }
 
