@@ -17,7 +17,7 @@ use scmz::zoo::{sha256_file, Zoo};
 
 use crate::adam::Adam;
 use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Split};
-use crate::vae::{gene_order, Input, SparseX, Vae};
+use crate::vae::{ByGene, Input, SparseX, Vae};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct TrainArgs {
@@ -175,18 +175,16 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     let dev = Device::Cpu;
     let c = &b.x;
     let genes: Vec<i64> = c.indices.iter().map(|&g| g as i64).collect();
+    let rows: Vec<i64> = (0..c.n_rows())
+        .flat_map(|r| std::iter::repeat_n(r as i64, c.indptr[r + 1] - c.indptr[r]))
+        .collect();
     let sparse = SparseX {
         n_rows: c.n_rows() as i64,
         n_cols: n_genes as i64,
-        by_gene: gene_order(&genes, n_genes),
+        by_gene: std::sync::Arc::new(ByGene::new(&rows, &genes, &c.data, n_genes)),
         genes: Tensor::from_slice(&genes).to_device(dev),
         values: Tensor::from_slice(&c.data).to_device(dev),
-        rows: Tensor::from_slice(
-            &(0..c.n_rows())
-                .flat_map(|r| std::iter::repeat_n(r as i64, c.indptr[r + 1] - c.indptr[r]))
-                .collect::<Vec<_>>(),
-        )
-        .to_device(dev),
+        rows: Tensor::from_slice(&rows).to_device(dev),
         flat: Tensor::from_slice(
             &(0..c.n_rows())
                 .flat_map(|r| c.row(r).0.iter().map(move |&g| (r * n_genes) as i64 + g as i64))

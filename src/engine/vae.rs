@@ -91,8 +91,8 @@ pub struct SparseX {
     /// Cells in the minibatch and genes of the model.
     pub n_rows: i64,
     pub n_cols: i64,
-    /// Indices of the nonzeros ordered by gene (stable), for the first layer's products.
-    pub by_gene: Vec<u32>,
+    /// The nonzeros ordered by gene, for the first layer's products (built on the reader thread).
+    pub by_gene: std::sync::Arc<ByGene>,
     /// Gene of each nonzero entry.
     pub genes: Tensor,
     /// Each nonzero count, its cell (row in the batch) and its flat index `row * genes + gene`.
@@ -125,8 +125,29 @@ fn grad_mode() -> bool {
     (&probe * 1.0).requires_grad()
 }
 
+/// A minibatch's nonzeros gene by gene (a stable counting sort of the row-order ones): their
+/// row-order index, cell, gene and log1p(count).
+pub struct ByGene {
+    pub order: Vec<u32>,
+    pub rows: Vec<i64>,
+    pub genes: Vec<i64>,
+    pub log1p: Vec<f32>,
+}
+
+impl ByGene {
+    pub fn new(rows: &[i64], genes: &[i64], values: &[f32], n_cols: usize) -> Self {
+        let order = gene_order(genes, n_cols);
+        ByGene {
+            rows: order.iter().map(|&k| rows[k as usize]).collect(),
+            genes: order.iter().map(|&k| genes[k as usize]).collect(),
+            log1p: order.iter().map(|&k| values[k as usize].ln_1p()).collect(),
+            order,
+        }
+    }
+}
+
 /// The order of nonzeros by gene (a stable counting sort), `genes` in row order.
-pub fn gene_order(genes: &[i64], n_cols: usize) -> Vec<u32> {
+fn gene_order(genes: &[i64], n_cols: usize) -> Vec<u32> {
     let mut start = vec![0u32; n_cols + 1];
     for &g in genes {
         start[g as usize + 1] += 1;
@@ -179,10 +200,9 @@ pub struct Losses {
 /// the counts (an autograd leaf, whose gradient autograd fills) and each nonzero's input value.
 struct SparseFirst {
     out: Tensor,
-    /// The nonzeros gene by gene: cell, gene, input value.
-    rows: Vec<i64>,
-    genes: Vec<i64>,
-    weights: Vec<f32>,
+    /// The nonzeros gene by gene, and their input values when a mask changed them.
+    by_gene: std::sync::Arc<ByGene>,
+    weights: Option<Vec<f32>>,
 }
 
 impl Vae {
@@ -266,25 +286,23 @@ impl Vae {
                 return (lin.forward(&h), None);
             }
         };
-        let mut weights = sp.values.log1p();
-        if let Some(v) = &visible {
-            weights *= v.reshape([-1]).index_select(0, &sp.flat);
-        }
-        let weights = weights.contiguous();
+        // Gene by gene, so that each weight row is read once and the batch's rows stay in cache;
+        // genes the encoder may not see get weight 0.
+        let bg = sp.by_gene.clone();
+        let weights = visible.as_ref().map(|v| {
+            let vis = v.reshape([-1]).index_select(0, &sp.flat).contiguous();
+            let vis = cpu_slice::<f32>(&vis);
+            bg.order
+                .iter()
+                .zip(&bg.log1p)
+                .map(|(&k, &w)| w * vis[k as usize])
+                .collect::<Vec<f32>>()
+        });
         let n_hidden = self.arch.n_hidden;
         let wt = tch::no_grad(|| lin.ws.narrow(1, 0, g).tr().contiguous());
         let mut out = vec![0f32; sp.n_rows as usize * n_hidden];
-        // Gene by gene, so that each weight row is read once and the batch's rows stay in cache.
-        let (rows, genes, w) = (
-            cpu_slice::<i64>(&sp.rows),
-            cpu_slice::<i64>(&sp.genes),
-            cpu_slice::<f32>(&weights),
-        );
-        let order = &sp.by_gene;
-        let rows: Vec<i64> = order.iter().map(|&k| rows[k as usize]).collect();
-        let genes: Vec<i64> = order.iter().map(|&k| genes[k as usize]).collect();
-        let weights: Vec<f32> = order.iter().map(|&k| w[k as usize]).collect();
-        sparse_times_dense_par(&rows, &genes, &weights, cpu_slice(&wt), n_hidden, &mut out, false);
+        let w = weights.as_deref().unwrap_or(&bg.log1p);
+        sparse_times_dense_par(&bg.rows, &bg.genes, w, cpu_slice(&wt), n_hidden, &mut out, false);
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
         let track = lin.ws.requires_grad() && grad_mode();
         if track {
@@ -306,8 +324,7 @@ impl Vae {
             h,
             track.then_some(SparseFirst {
                 out: hx,
-                rows,
-                genes,
+                by_gene: bg,
                 weights,
             }),
         )
@@ -329,15 +346,9 @@ impl Vae {
         };
         let (g, n_hidden) = (self.arch.n_genes, self.arch.n_hidden);
         let mut dwt = vec![0f32; g * n_hidden];
-        sparse_times_dense_par(
-            &sf.genes,
-            &sf.rows,
-            &sf.weights,
-            cpu_slice(&d_out),
-            n_hidden,
-            &mut dwt,
-            true,
-        );
+        let bg = &sf.by_gene;
+        let w = sf.weights.as_deref().unwrap_or(&bg.log1p);
+        sparse_times_dense_par(&bg.genes, &bg.rows, w, cpu_slice(&d_out), n_hidden, &mut dwt, true);
         // Into the weight's [hidden, inputs] layout: added to autograd's gradient (mask and batch
         // columns) when there is one, else written into a fresh tensor.
         let n_in = ws.size()[1] as usize;
@@ -791,7 +802,12 @@ mod tests {
         SparseX {
             n_rows: n,
             n_cols: g,
-            by_gene: gene_order(&Vec::<i64>::try_from(&genes).unwrap(), g as usize),
+            by_gene: std::sync::Arc::new(ByGene::new(
+                &Vec::<i64>::try_from(nz.divide_scalar_mode(g, "floor")).unwrap(),
+                &Vec::<i64>::try_from(&genes).unwrap(),
+                &Vec::<f32>::try_from(x.reshape([-1]).index_select(0, &nz)).unwrap(),
+                g as usize,
+            )),
             genes: nz.remainder(g),
             values: x.reshape([-1]).index_select(0, &nz),
             rows: nz.divide_scalar_mode(g, "floor"),
