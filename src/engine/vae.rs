@@ -7,7 +7,7 @@
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::fused;
-use crate::tensor::{cpu_slice, sparse_times_dense_par, transpose_into};
+use crate::tensor::{cpu_slice, sparse_times_dense_par, sparse_times_weight, transpose_into};
 
 use scmz::zoo::manifest::Architecture;
 
@@ -299,10 +299,20 @@ impl Vae {
                 .collect::<Vec<f32>>()
         });
         let n_hidden = self.arch.n_hidden;
-        let wt = tch::no_grad(|| lin.ws.narrow(1, 0, g).tr().contiguous());
+        let ws = lin.ws.detach().contiguous();
         let mut out = vec![0f32; sp.n_rows as usize * n_hidden];
         let w = weights.as_deref().unwrap_or(&bg.log1p);
-        sparse_times_dense_par(&bg.rows, &bg.genes, w, cpu_slice(&wt), n_hidden, &mut out, false);
+        let stride = ws.size()[1] as usize;
+        sparse_times_weight(
+            &bg.rows,
+            &bg.genes,
+            w,
+            cpu_slice(&ws),
+            stride,
+            g as usize,
+            n_hidden,
+            &mut out,
+        );
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
         let track = lin.ws.requires_grad() && grad_mode();
         if track {
