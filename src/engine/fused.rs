@@ -28,6 +28,8 @@ pub struct Batch<'a> {
     pub poisson: bool,
     /// Factor on the logits' gradient (e.g. -1/cells for a mean negative log-likelihood).
     pub grad_scale: f32,
+    /// False: the log-likelihood only (evaluation); `grad` then holds the scale, no gradients.
+    pub want_grad: bool,
 }
 
 pub struct Output {
@@ -179,6 +181,13 @@ fn row(
             tmp[j] = -mu * m[j];
             q[j] = -mu * m[j];
         }
+    } else if !b.want_grad {
+        for j in 0..g {
+            let (th, w) = (theta[j], m[j]);
+            let s = grad[j] * inv;
+            grad[j] = s;
+            tmp[j] = w * th * (ln_theta[j] - fast_ln(th + l * s + EPS));
+        }
     } else {
         for j in 0..g {
             let (th, w) = (theta[j], m[j]);
@@ -206,13 +215,20 @@ fn row(
         let ln_mu = fast_ln(mu + EPS);
         if b.poisson {
             ll += x * ln_mu;
-            q[gi] += x * mu / (mu + EPS);
+            if b.want_grad {
+                q[gi] += x * mu / (mu + EPS);
+            }
         } else {
             let t = b.theta[gi] + mu + EPS;
             ll += x * (ln_mu - fast_ln(t));
-            q[gi] += mu * (x / (mu + EPS) - x / t);
-            gt[gi] -= x / t;
+            if b.want_grad {
+                q[gi] += mu * (x / (mu + EPS) - x / t);
+                gt[gi] -= x / t;
+            }
         }
+    }
+    if !b.want_grad {
+        return ll;
     }
     let total_q = sum8(q);
     let k = b.grad_scale;
@@ -345,6 +361,7 @@ mod timing {
             values: &values,
             poisson: false,
             grad_scale: 1.0,
+            want_grad: true,
         };
         let mut grad = vec![0f32; n * g];
         for threads in [1, 2] {

@@ -462,11 +462,14 @@ impl Vae {
             values,
             poisson,
             grad_scale: -1.0 / n as f32,
+            // Gradients are wanted when autograd tracks the logits (training, fine-tuning).
+            want_grad: logits.requires_grad(),
         };
         let grad = Tensor::empty([n as i64, g as i64], (Kind::Float, Device::Cpu));
         // SAFETY: a fresh contiguous f32 CPU tensor of n * g elements, written only here.
         let grad_buf = unsafe { std::slice::from_raw_parts_mut(grad.data_ptr() as *mut f32, n * g) };
         let threads = tch::get_num_threads().max(1) as usize;
+        let batch_wants_grad = batch.want_grad;
         let out = fused::likelihood(&batch, threads, grad_buf);
         let mut ll = Tensor::from_slice(&out.ll);
         let mut dtheta = out.grad_theta;
@@ -477,8 +480,7 @@ impl Vae {
                 *a += b;
             }
         }
-        // Gradients are wanted when autograd tracks the logits (training, fine-tuning).
-        if !logits.requires_grad() {
+        if !batch_wants_grad {
             return (ll, None);
         }
         let s = logits.reshape([-1]).dot(&grad.reshape([-1]));
@@ -870,6 +872,24 @@ mod tests {
         };
         let (dense_loss, dense_grads) = run(None);
         let (sparse_loss, sparse_grads) = run(Some(&sp));
+        // Evaluation (no autograd, the fused pass without gradients) gives the same values too.
+        let eval = |sparse: Option<&SparseX>| {
+            let input = Input {
+                sparse,
+                lgamma_x1: None,
+                x: Some(&x),
+                measured: Some(&measured),
+                visible: Some(&visible),
+                batch: Some(&batch),
+            };
+            let l = tch::no_grad(|| vae.losses(&input, 1.0, false));
+            (l.recon.double_value(&[]), l.kl.double_value(&[]))
+        };
+        let (a, b) = (eval(None), eval(Some(&sp)));
+        assert!(
+            (a.0 - b.0).abs() < 1e-3 * a.0.abs() && (a.1 - b.1).abs() < 1e-5,
+            "{likelihood}: {a:?} vs {b:?}"
+        );
         assert!(
             (dense_loss - sparse_loss).abs() < 1e-3 * dense_loss.abs(),
             "{likelihood}: {dense_loss} vs {sparse_loss}"
