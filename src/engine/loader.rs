@@ -55,6 +55,9 @@ pub struct Batch {
 pub struct LoaderConfig {
     pub path: PathBuf,
     pub open: OpenOptions,
+    /// The dataset already opened by the caller, shared by its readers (each opening its own copy
+    /// would hold the per-cell metadata, 1,000,000 cell names and more, once per reader).
+    pub dataset: Option<std::sync::Arc<Dataset>>,
     pub batch_size: usize,
     pub chunk_rows: usize,
     /// Chunks whose cells are shuffled together.
@@ -145,12 +148,15 @@ pub fn batches<T: Send + 'static>(
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
         yield_to_training();
-        let ds = match Dataset::open_with(&cfg.path, &cfg.open) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
+        let ds = match cfg.dataset.clone() {
+            Some(d) => d,
+            None => match Dataset::open_with(&cfg.path, &cfg.open) {
+                Ok(d) => std::sync::Arc::new(d),
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            },
         };
         let n = ds.n_cells();
         let mut rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 1_000_003));

@@ -467,7 +467,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         layer: args.layer.clone(),
         ..Default::default()
     };
-    let ds = Dataset::open_with(&path, &open)?;
+    // Shared with the reader threads.
+    let ds = std::sync::Arc::new(Dataset::open_with(&path, &open)?);
     if !args.force {
         ds.require_counts()
             .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
@@ -568,6 +569,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let loader = |split: Split, shuffle: bool| LoaderConfig {
         path: path.clone(),
         open: open.clone(),
+        dataset: Some(ds.clone()),
         batch_size: args.batch_size,
         chunk_rows: args.chunk_rows,
         buffer_chunks: 8,
