@@ -125,21 +125,19 @@ impl Adam {
         });
     }
 
-    /// Moments and step count, as safetensors (`m.NAME`, `v.NAME`, `step`), written atomically.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    /// A copy of the moments and step count (`m.NAME`, `v.NAME`, `step`), to be written with
+    /// `write_atomic` and read back by `load`.
+    pub fn snapshot(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for (i, n) in self.names.iter().enumerate() {
-            named.push((format!("m.{n}"), self.m[i].to_device(Device::Cpu)));
-            named.push((format!("v.{n}"), self.v[i].to_device(Device::Cpu)));
+            named.push((format!("m.{n}"), self.m[i].to_device(Device::Cpu).copy()));
+            named.push((format!("v.{n}"), self.v[i].to_device(Device::Cpu).copy()));
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
-        let tmp = path.with_extension("tmp.safetensors");
-        Tensor::write_safetensors(&named, &tmp)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        named
     }
 
-    /// Restores what `save` wrote for the same model.
+    /// Restores a written `snapshot` of the same model.
     pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
         let named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
         let get = |k: &str| {
@@ -166,6 +164,14 @@ impl Adam {
             Ok(())
         })
     }
+}
+
+/// Named tensors as safetensors, through a temporary file renamed into place.
+pub fn write_atomic(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp.safetensors");
+    Tensor::write_safetensors(named, &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -288,7 +294,7 @@ mod tests {
         assert!(d < 1e-5, "two-thread update differs by {d}");
         // And the moments round-trip through a file.
         let dir = tempfile::tempdir().unwrap();
-        fast.save(&dir.path().join("adam.safetensors")).unwrap();
+        write_atomic(&fast.snapshot(), &dir.path().join("adam.safetensors")).unwrap();
         let mut again = Adam::new(&vs_fast, 1e-1, 1e-2, 0.01);
         again.load(&dir.path().join("adam.safetensors")).unwrap();
         assert_eq!(again.step, 20);

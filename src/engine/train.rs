@@ -15,7 +15,7 @@ use scmz::events::{Event, EventLog, LossTerms};
 use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
 use scmz::zoo::{sha256_file, Zoo};
 
-use crate::adam::Adam;
+use crate::adam::{write_atomic, Adam};
 use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Split};
 use crate::vae::{ByGene, Input, SparseX, Vae};
 
@@ -108,7 +108,7 @@ impl TrainArgs {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Checkpoint {
     epoch: usize,
     best_epoch: Option<usize>,
@@ -236,6 +236,10 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
         batch,
     }
 }
+
+/// Cells per validation minibatch (at least; the training batch size when larger). BatchNorm
+/// uses its running statistics in evaluation, so the result does not depend on it.
+const VALIDATION_BATCH: usize = 512;
 
 /// Validation cells whose latent means the event log keeps for the TUI's scatter.
 const LATENT_SAMPLE: usize = 400;
@@ -440,11 +444,75 @@ fn terms(recon: f64, kl: f64, kl_weight: f64) -> LossTerms {
     }
 }
 
-fn save_atomic(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp.safetensors");
-    vs.save(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+/// A copy of every variable of `vs` (weights and BatchNorm statistics), by name.
+fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.to_device(Device::Cpu).copy()))
+            .collect()
+    })
+}
+
+/// One epoch's checkpoint: copies of the weights and optimiser moments, and the run state.
+struct Snapshot {
+    weights: Vec<(String, Tensor)>,
+    optimizer: Vec<(String, Tensor)>,
+    /// Also the best weights so far.
+    best: bool,
+    state: Checkpoint,
+}
+
+/// Writes checkpoints on a thread of its own, in order, each file atomically and
+/// `checkpoint.json` last, so a killed run always resumes from a complete epoch. At most one
+/// snapshot waits while another is written (a whole-transcriptome model's checkpoint is tens of
+/// MB, written while the next epoch trains).
+struct CheckpointWriter {
+    tx: Option<std::sync::mpsc::SyncSender<Snapshot>>,
+    handle: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl CheckpointWriter {
+    fn start(run_dir: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Snapshot>(1);
+        let handle = std::thread::spawn(move || -> anyhow::Result<()> {
+            for s in rx {
+                if s.best {
+                    write_atomic(&s.weights, &run_dir.join("best.safetensors"))?;
+                }
+                write_atomic(&s.weights, &run_dir.join("checkpoint.safetensors"))?;
+                write_atomic(&s.optimizer, &run_dir.join("optimizer.safetensors"))?;
+                write_json_atomic(&run_dir.join("checkpoint.json"), &s.state)?;
+            }
+            Ok(())
+        });
+        CheckpointWriter {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn write(&mut self, s: Snapshot) -> anyhow::Result<()> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(s).is_ok());
+        if !sent {
+            // The thread stopped: its error says why.
+            self.finish()?;
+            bail!("the checkpoint writer stopped");
+        }
+        Ok(())
+    }
+
+    /// Waits until every checkpoint is on disk.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("the checkpoint writer panicked"))?
+                .context("writing a checkpoint"),
+            None => Ok(()),
+        }
+    }
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
@@ -588,12 +656,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             return replay(cached.clone(), move |b| prepare(&b, &c, n_genes));
         }
         let cache = val_cache.clone();
-        batches(loader(Split::Validation, false), epoch, move |b| {
+        // Evaluation needs no minibatch noise: larger batches, fewer and larger products.
+        let mut cfg = loader(Split::Validation, false);
+        cfg.batch_size = cfg.batch_size.max(VALIDATION_BATCH);
+        batches(cfg, epoch, move |b| {
             cache.lock().expect("validation cache").offer(&b);
             prepare(&b, &c, n_genes)
         })
     };
     let mut next_train = None;
+    let mut checkpoints = CheckpointWriter::start(run_dir.clone());
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last_step_event = Instant::now();
@@ -675,6 +747,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 best_val_elbo: state.best_val,
                 model: None,
             })?;
+            checkpoints.finish()?;
             let kept = if ckpt_json.exists() {
                 format!(
                     "the checkpoint of epoch {} is kept; run again with --resume to continue",
@@ -748,19 +821,23 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         })?;
         let t_ck = Instant::now();
         let improved = vn > 0 && state.best_val.is_none_or(|b| val_terms.elbo < b);
-        if improved || vn == 0 {
+        let best = improved || vn == 0;
+        if best {
             state.best_val = (vn > 0).then_some(val_terms.elbo);
             state.best_epoch = Some(epoch);
             state.since_best = 0;
-            save_atomic(&vs, &run_dir.join("best.safetensors"))?;
         } else {
             state.since_best += 1;
         }
         state.epoch = epoch;
         state.seconds = state.seconds.max(0.0);
-        save_atomic(&vs, &run_dir.join("checkpoint.safetensors"))?;
-        opt.save(&run_dir.join("optimizer.safetensors"))?;
-        write_json_atomic(&ckpt_json, &state)?;
+        // Copies now, files written by the checkpoint thread while the next epoch trains.
+        checkpoints.write(Snapshot {
+            weights: snapshot(&vs),
+            optimizer: opt.snapshot(),
+            best,
+            state: state.clone(),
+        })?;
         log.write(Event::Checkpoint { epoch })?;
         if std::env::var_os("SCMZ_PROFILE").is_some() {
             eprintln!(
@@ -793,6 +870,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if tty {
         eprintln!();
     }
+    checkpoints.finish()?;
     // The model keeps the best validation weights.
     vs.load(run_dir.join("best.safetensors"))?;
     let seconds = state.seconds + started.elapsed().as_secs_f64();
