@@ -690,13 +690,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         if epoch + 1 < max_epochs {
             next_train = Some(train_batches(epoch + 1));
         }
-        let mut waited = 0.0;
-        let mut computing = 0.0;
-        loop {
-            let tw = Instant::now();
-            let Ok(p) = rx.recv() else { break };
-            waited += tw.elapsed().as_secs_f64();
-            let tw = Instant::now();
+        for p in rx {
             let p = p.map_err(anyhow::Error::msg)?.to(dev, args.gene_dropout);
             if stop_requested() {
                 break;
@@ -713,7 +707,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
             }
             let m = p.n;
-            computing += tw.elapsed().as_secs_f64();
             sr += r * m as f64;
             sk += k * m as f64;
             n += m;
@@ -760,12 +753,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             std::process::exit(143);
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
-        if std::env::var_os("SCMZ_PROFILE").is_some() {
-            eprintln!("epoch {epoch}: train loop {train_secs:.3}s, waiting {waited:.3}s, computing {computing:.3}s");
-        }
         cells_per_s = n as f64 / train_secs.max(1e-9);
         let train_terms = terms(sr / n.max(1) as f64, sk / n.max(1) as f64, kl_weight);
-        let t_val = Instant::now();
         // Validation: full KL, no dropout, no gene hiding.
         let (mut vr, mut vk, mut vn) = (0.0, 0.0, 0usize);
         let mut kl_dims = vec![0f64; args.n_latent];
@@ -797,9 +786,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         })?;
         val_cache.lock().expect("validation cache").seal();
         let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
-        if std::env::var_os("SCMZ_PROFILE").is_some() {
-            eprintln!("epoch {epoch}: validation {:.3}s", t_val.elapsed().as_secs_f64());
-        }
         for v in &mut kl_dims {
             *v /= vn.max(1) as f64;
         }
@@ -819,7 +805,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             elapsed_s: elapsed,
             eta_s: eta,
         })?;
-        let t_ck = Instant::now();
         let improved = vn > 0 && state.best_val.is_none_or(|b| val_terms.elbo < b);
         let best = improved || vn == 0;
         if best {
@@ -839,13 +824,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             state: state.clone(),
         })?;
         log.write(Event::Checkpoint { epoch })?;
-        if std::env::var_os("SCMZ_PROFILE").is_some() {
-            eprintln!(
-                "epoch {epoch}: checkpoint {:.3}s, epoch total {:.3}s",
-                t_ck.elapsed().as_secs_f64(),
-                t_epoch.elapsed().as_secs_f64()
-            );
-        }
         final_train = Some(train_terms);
         final_val = Some(val_terms);
         epochs_run = epoch + 1;

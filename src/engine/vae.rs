@@ -807,6 +807,24 @@ mod tests {
         }
     }
 
+    /// A minibatch with a mask, a visibility and a batch covariate.
+    fn masked_input<'a>(
+        sparse: Option<&'a SparseX>,
+        x: &'a Tensor,
+        measured: &'a Tensor,
+        visible: &'a Tensor,
+        batch: &'a Tensor,
+    ) -> Input<'a> {
+        Input {
+            sparse,
+            lgamma_x1: None,
+            x: Some(x),
+            measured: Some(measured),
+            visible: Some(visible),
+            batch: Some(batch),
+        }
+    }
+
     fn sparse_of(x: &Tensor) -> SparseX {
         let (n, g) = (x.size()[0], x.size()[1]);
         let nz = x.reshape([-1]).nonzero().squeeze_dim(1);
@@ -856,14 +874,7 @@ mod tests {
             .to_kind(Kind::Float);
         let sp = sparse_of(&x);
         let run = |sparse: Option<&SparseX>| {
-            let input = Input {
-                sparse,
-                lgamma_x1: None,
-                x: Some(&x),
-                measured: Some(&measured),
-                visible: Some(&visible),
-                batch: Some(&batch),
-            };
+            let input = masked_input(sparse, &x, &measured, &visible, &batch);
             tch::manual_seed(11);
             let l = vae.losses(&input, 0.7, true);
             assert_eq!(l.sparse_first.is_some(), sparse.is_some());
@@ -874,14 +885,7 @@ mod tests {
         let (sparse_loss, sparse_grads) = run(Some(&sp));
         // Evaluation (no autograd, the fused pass without gradients) gives the same values too.
         let eval = |sparse: Option<&SparseX>| {
-            let input = Input {
-                sparse,
-                lgamma_x1: None,
-                x: Some(&x),
-                measured: Some(&measured),
-                visible: Some(&visible),
-                batch: Some(&batch),
-            };
+            let input = masked_input(sparse, &x, &measured, &visible, &batch);
             let l = tch::no_grad(|| vae.losses(&input, 1.0, false));
             (l.recon.double_value(&[]), l.kl.double_value(&[]))
         };
