@@ -187,7 +187,7 @@ struct Hyper {
 /// The fused update over one parameter (written as plain loops the compiler vectorises).
 fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::tensor::has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { update_avx2(p, g, m, v, h) };
     }

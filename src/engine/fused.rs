@@ -76,16 +76,17 @@ pub fn likelihood(b: &Batch, threads: usize, grad: &mut [f32]) -> Output {
             rest_grad = tail_grad;
             let (starts, ln_theta) = (&starts, &ln_theta);
             let mut work = move || {
-                let mut gt = vec![0f32; g];
-                let mut q = vec![0f32; g];
-                let mut tmp = vec![0f32; g];
-                let ones = vec![1f32; g];
+                let mut sc = Scratch {
+                    ones: vec![1f32; g],
+                    q: vec![0f32; g],
+                    tmp: vec![0f32; g],
+                    gt: vec![0f32; g],
+                };
                 for (i, (llr, gr)) in ll_part.iter_mut().zip(grad_part.chunks_mut(g)).enumerate() {
                     let r = r0 + i;
-                    let nz = starts[r]..starts[r + 1];
-                    *llr = row_dispatch(b, r, nz, ln_theta, &ones, gr, &mut q, &mut tmp, &mut gt);
+                    *llr = row_dispatch(b, r, starts[r]..starts[r + 1], ln_theta, gr, &mut sc);
                 }
-                gt
+                sc.gt
             };
             if r0 + k >= n {
                 parts.push(work());
@@ -107,62 +108,53 @@ pub fn likelihood(b: &Batch, threads: usize, grad: &mut [f32]) -> Output {
     Output { ll, grad_theta }
 }
 
+/// One worker's rows: `ones` stands for the mask when there is none, `gt` accumulates
+/// d ll / d theta over its cells, `q` and `tmp` are scratch rows.
+struct Scratch {
+    ones: Vec<f32>,
+    q: Vec<f32>,
+    tmp: Vec<f32>,
+    gt: Vec<f32>,
+}
+
 /// `row`, compiled for 8-wide vectors where the CPU has them.
-#[allow(clippy::too_many_arguments)]
 fn row_dispatch(
     b: &Batch,
     r: usize,
     nz: std::ops::Range<usize>,
     ln_theta: &[f32],
-    ones: &[f32],
     grad: &mut [f32],
-    q: &mut [f32],
-    tmp: &mut [f32],
-    gt: &mut [f32],
+    sc: &mut Scratch,
 ) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if crate::tensor::has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { row_avx2(b, r, nz, ln_theta, ones, grad, q, tmp, gt) };
+        return unsafe { row_avx2(b, r, nz, ln_theta, grad, sc) };
     }
-    row(b, r, nz, ln_theta, ones, grad, q, tmp, gt)
+    row(b, r, nz, ln_theta, grad, sc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn row_avx2(
     b: &Batch,
     r: usize,
     nz: std::ops::Range<usize>,
     ln_theta: &[f32],
-    ones: &[f32],
     grad: &mut [f32],
-    q: &mut [f32],
-    tmp: &mut [f32],
-    gt: &mut [f32],
+    sc: &mut Scratch,
 ) -> f32 {
-    row(b, r, nz, ln_theta, ones, grad, q, tmp, gt)
+    row(b, r, nz, ln_theta, grad, sc)
 }
 
 /// One cell: returns its log-likelihood, writes d ll / d logits into `grad`, adds d ll / d theta
-/// into `gt`. `ones` is a row of ones (the mask when there is none); `q` and `tmp` are scratch.
-#[allow(clippy::too_many_arguments)]
+/// into `sc.gt`.
 #[inline(always)]
-fn row(
-    b: &Batch,
-    r: usize,
-    nz: std::ops::Range<usize>,
-    ln_theta: &[f32],
-    ones: &[f32],
-    grad: &mut [f32],
-    q: &mut [f32],
-    tmp: &mut [f32],
-    gt: &mut [f32],
-) -> f32 {
+fn row(b: &Batch, r: usize, nz: std::ops::Range<usize>, ln_theta: &[f32], grad: &mut [f32], sc: &mut Scratch) -> f32 {
+    let Scratch { ones, q, tmp, gt } = sc;
     let g = b.n_genes;
     let a = &b.logits[r * g..(r + 1) * g];
-    let m = b.measured.map_or(ones, |m| &m[r * g..(r + 1) * g]);
+    let m = b.measured.map_or(&ones[..], |m| &m[r * g..(r + 1) * g]);
     let l = b.library[r];
     // Equal-length slices and index loops: the compiler drops the bounds checks and vectorises.
     let (grad, q, tmp, gt) = (&mut grad[..g], &mut q[..g], &mut tmp[..g], &mut gt[..g]);

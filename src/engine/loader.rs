@@ -2,10 +2,9 @@
 //! within a buffer of several chunks, and hands batches over a bounded channel, so reading runs
 //! ahead of training and memory stays bounded however many cells the file has.
 
-use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
 
-use scmz::data::{CsrChunk, Dataset, OpenOptions};
+use scmz::data::{CsrChunk, Dataset};
 
 /// SplitMix64: small, seedable, good enough for shuffling and splits.
 #[derive(Clone)]
@@ -53,11 +52,9 @@ pub struct Batch {
 }
 
 pub struct LoaderConfig {
-    pub path: PathBuf,
-    pub open: OpenOptions,
-    /// The dataset already opened by the caller, shared by its readers (each opening its own copy
+    /// The dataset the caller opened, shared by its readers (each opening its own copy
     /// would hold the per-cell metadata, 1,000,000 cell names and more, once per reader).
-    pub dataset: Option<std::sync::Arc<Dataset>>,
+    pub dataset: std::sync::Arc<Dataset>,
     pub batch_size: usize,
     pub chunk_rows: usize,
     /// Chunks whose cells are shuffled together.
@@ -148,16 +145,7 @@ pub fn batches<T: Send + 'static>(
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
         yield_to_training();
-        let ds = match cfg.dataset.clone() {
-            Some(d) => d,
-            None => match Dataset::open_with(&cfg.path, &cfg.open) {
-                Ok(d) => std::sync::Arc::new(d),
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            },
-        };
+        let ds = cfg.dataset.clone();
         let n = ds.n_cells();
         let mut rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 1_000_003));
         let mut starts: Vec<usize> = (0..n).step_by(cfg.chunk_rows.max(1)).collect();

@@ -57,7 +57,7 @@ fn sparse_times_dense_rows(
     hi: i64,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { sparse_times_dense_avx2(rows, genes, w, wt, h, out, lo, hi) };
     }
@@ -98,10 +98,7 @@ fn sparse_times_dense_body(
             continue;
         }
         let (r, g) = ((r - lo) as usize, g as usize);
-        let src = &wt[g * h..(g + 1) * h];
-        for (o, s) in out[r * h..(r + 1) * h].iter_mut().zip(src) {
-            *o += w * s;
-        }
+        axpy(&mut out[r * h..(r + 1) * h], w, &wt[g * h..(g + 1) * h]);
     }
 }
 
@@ -186,7 +183,7 @@ fn weight_rows(
     hi: i64,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
+    if has_avx2() {
         // SAFETY: the CPU has AVX2 (checked just above).
         return unsafe { weight_rows_avx2(rows, genes, w, ws, stride, n_genes, h, out, lo, hi) };
     }
@@ -247,12 +244,8 @@ fn weight_rows_body(
                 if r < lo || r >= hi {
                     continue;
                 }
-                let j = genes[kk] as usize - g0;
-                let (src, wv) = (&tile[j * h..(j + 1) * h], w[kk]);
-                let r = (r - lo) as usize;
-                for (o, s) in out[r * h..(r + 1) * h].iter_mut().zip(src) {
-                    *o += wv * s;
-                }
+                let (j, r) = (genes[kk] as usize - g0, (r - lo) as usize);
+                axpy(&mut out[r * h..(r + 1) * h], w[kk], &tile[j * h..(j + 1) * h]);
             }
         }
         k = e;
@@ -278,6 +271,27 @@ pub fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], st
                 }
             }
         }
+    }
+}
+
+/// `out += w * src`, the inner loop of the sparse products.
+#[inline(always)]
+fn axpy(out: &mut [f32], w: f32, src: &[f32]) {
+    for (o, s) in out.iter_mut().zip(src) {
+        *o += w * s;
+    }
+}
+
+/// Whether the CPU runs AVX2 (checked once by the standard library, then cached).
+#[inline(always)]
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -635,9 +635,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         max_epochs,
     })?;
     let loader = |split: Split, shuffle: bool| LoaderConfig {
-        path: path.clone(),
-        open: open.clone(),
-        dataset: Some(ds.clone()),
+        dataset: ds.clone(),
         batch_size: args.batch_size,
         chunk_rows: args.chunk_rows,
         buffer_chunks: 8,
