@@ -103,20 +103,23 @@ fn indices_out_of_range() {
         v[3] = 5000;
         idx.write_raw(&v).unwrap();
     });
-    fails_clearly(&p, &[], &["X/indices", "column 5000", "765 columns"]);
+    fails_clearly(&p, &[], &["X/indices", "column 5000 in row 0", "765 columns"]);
 }
 
 #[test]
 fn nan_and_infinite_values() {
-    for bad in [f32::NAN, f32::INFINITY] {
+    // In the first cell, and in the last of the file's 10,000 (the row is named either way).
+    for (bad, last) in [(f32::NAN, false), (f32::INFINITY, true)] {
         let (_d, p) = copy_of("mouse_10k_subset.h5ad");
         rw(&p, |f| {
             let data = f.dataset("X/data").unwrap();
             let mut v = data.read_raw::<f32>().unwrap();
-            v[7] = bad;
+            let k = if last { v.len() - 1 } else { 7 };
+            v[k] = bad;
             data.write_raw(&v).unwrap();
         });
-        fails_clearly(&p, &[], &["X/data", &bad.to_string()]);
+        let row = if last { 9999 } else { 0 };
+        fails_clearly(&p, &[], &["X/data", &format!("holds {bad} in row {row}")]);
     }
 }
 

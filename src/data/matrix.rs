@@ -309,21 +309,46 @@ impl H5Matrix {
         let val = g
             .dataset("data")
             .and_then(|d| d.read_slice_1d::<f32, _>(lo..hi))
-            .at(path, &self.part("data"))?;
+            .at(path, &self.part("data"))?
+            .into_raw_vec_and_offset()
+            .0;
+        let ptr = ptr.as_slice().expect("a 1-d array read from a file is contiguous");
+        // Checked in one pass each (the common case); the first bad entry is looked up for the
+        // message only when there is one.
+        let cols = self.file_cols as i64;
+        let bad_col = idx.iter().fold(false, |bad, &c| bad | !(0..cols).contains(&c));
+        let bad_val = val.iter().fold(false, |bad, v| bad | !v.is_finite());
+        let row_of = |k: usize| start + ptr.partition_point(|&p| p as usize <= lo + k) - 1;
+        if bad_col {
+            let k = idx.iter().position(|c| !(0..cols).contains(c)).expect("a bad column");
+            self.column(path, idx[k], row_of(k))?;
+        }
+        if bad_val {
+            let k = val.iter().position(|v| !v.is_finite()).expect("a bad value");
+            self.value(path, val[k], row_of(k))?;
+        }
         let mut chunk = CsrChunk::empty(start, self.n_cols);
-        chunk.indices.reserve(hi - lo);
-        chunk.data.reserve(hi - lo);
-        for r in 0..end - start {
-            let (a, b) = (ptr[r] as usize - lo, ptr[r + 1] as usize - lo);
-            for k in a..b {
-                let c = self.column(path, idx[k], start + r)?;
-                let v = self.value(path, val[k], start + r)?;
-                if c != u32::MAX {
-                    chunk.indices.push(c);
-                    chunk.data.push(v);
+        match &self.col_map {
+            None => {
+                chunk.indices = idx.iter().map(|&c| c as u32).collect();
+                chunk.data = val;
+                chunk.indptr = ptr.iter().map(|&p| p as usize - lo).collect();
+            }
+            Some(map) => {
+                chunk.indices.reserve(hi - lo);
+                chunk.data.reserve(hi - lo);
+                for r in 0..end - start {
+                    let (a, b) = (ptr[r] as usize - lo, ptr[r + 1] as usize - lo);
+                    for (&c, &v) in idx[a..b].iter().zip(&val[a..b]) {
+                        let c = map[c as usize];
+                        if c != u32::MAX {
+                            chunk.indices.push(c);
+                            chunk.data.push(v);
+                        }
+                    }
+                    chunk.indptr.push(chunk.data.len());
                 }
             }
-            chunk.indptr.push(chunk.data.len());
         }
         Ok(chunk)
     }

@@ -37,6 +37,14 @@ pub fn cpu_slice<T: tch::kind::Element>(t: &Tensor) -> &[T] {
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }
 }
 
+/// A new 1-d CPU tensor of `n` elements written by `fill` (no copy from a Vec).
+pub fn filled<T: tch::kind::Element>(n: usize, fill: impl FnOnce(&mut [T])) -> Tensor {
+    let t = Tensor::empty([n as i64], (T::KIND, Device::Cpu));
+    // SAFETY: a fresh contiguous CPU tensor of `n` elements of T, not shared until returned.
+    fill(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) });
+    t
+}
+
 /// `out[r, :] += w * wt[g, :]` for each nonzero `(r, g, w)`: a sparse matrix (cells x genes)
 /// times a dense one (genes x h), both row-major, costing nonzeros x h.
 pub fn sparse_times_dense(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {

@@ -137,13 +137,35 @@ pub struct ByGene {
 impl ByGene {
     pub fn new(rows: &[i64], genes: &[i64], values: &[f32], n_cols: usize) -> Self {
         let order = gene_order(genes, n_cols);
+        let n = order.len();
+        let (mut by_rows, mut by_genes, mut log1p) = (vec![0i64; n], vec![0i64; n], vec![0f32; n]);
+        let table = log1p_table();
+        for (i, &k) in order.iter().enumerate() {
+            let k = k as usize;
+            by_rows[i] = rows[k];
+            by_genes[i] = genes[k];
+            let v = values[k];
+            // Counts are mostly small integers: a table lookup instead of a libm call.
+            let c = v as usize;
+            log1p[i] = if c < table.len() && c as f32 == v {
+                table[c]
+            } else {
+                v.ln_1p()
+            };
+        }
         ByGene {
-            rows: order.iter().map(|&k| rows[k as usize]).collect(),
-            genes: order.iter().map(|&k| genes[k as usize]).collect(),
-            log1p: order.iter().map(|&k| values[k as usize].ln_1p()).collect(),
+            rows: by_rows,
+            genes: by_genes,
+            log1p,
             order,
         }
     }
+}
+
+/// ln(1 + k) for k = 0..1024.
+fn log1p_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..1024).map(|k| (k as f32).ln_1p()).collect())
 }
 
 /// The order of nonzeros by gene (a stable counting sort), `genes` in row order.
