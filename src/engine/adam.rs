@@ -10,6 +10,8 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::stored::{from_file, to_file};
+
 pub struct Adam {
     pub lr: f64,
     beta1: f64,
@@ -130,8 +132,10 @@ impl Adam {
     pub fn snapshot(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for (i, n) in self.names.iter().enumerate() {
-            named.push((format!("m.{n}"), self.m[i].to_device(Device::Cpu).copy()));
-            named.push((format!("v.{n}"), self.v[i].to_device(Device::Cpu).copy()));
+            for (prefix, t) in [("m", &self.m[i]), ("v", &self.v[i])] {
+                let (name, t) = to_file(n, t);
+                named.push((format!("{prefix}.{name}"), t));
+            }
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
         named
@@ -150,15 +154,8 @@ impl Adam {
         tch::no_grad(|| -> anyhow::Result<()> {
             for (i, n) in self.names.iter().enumerate() {
                 for (mom, prefix) in [(&mut self.m[i], "m"), (&mut self.v[i], "v")] {
-                    let t = get(&format!("{prefix}.{n}"))?;
-                    anyhow::ensure!(
-                        t.size() == mom.size(),
-                        "{}: `{prefix}.{n}` has shape {:?}, the model {:?}",
-                        path.display(),
-                        t.size(),
-                        mom.size()
-                    );
-                    mom.copy_(t);
+                    let t = from_file(&named, path, &format!("{prefix}.{n}"), mom)?;
+                    mom.copy_(&t);
                 }
             }
             Ok(())

@@ -2,7 +2,7 @@
 //! whose columns in the encoder's and decoder's first layers are the only parameters trained
 //! (on the query); everything else stays frozen.
 
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 use scmz::data::CsrChunk;
 
@@ -21,8 +21,18 @@ pub struct Finetuned {
     pub loss_after: f64,
 }
 
-/// The first-layer weights whose last column belongs to the new batch.
-const GROWN: [&str; 2] = ["encoder.0.linear.weight", "decoder.linear.weight"];
+/// The first-layer weights whose last input belongs to the new batch (the encoder's held
+/// inputs x outputs, its last row; the decoder's outputs x inputs, its last column).
+const GROWN: [&str; 2] = ["encoder.0.linear.weight_t", "decoder.linear.weight"];
+
+/// The dimension along which a grown weight has the new batch's inputs.
+fn grown_dim(t: &Tensor, old: &Tensor) -> i64 {
+    if t.size()[0] != old.size()[0] {
+        0
+    } else {
+        1
+    }
+}
 
 fn canonical(name: &str) -> String {
     name.replace('/', ".")
@@ -101,33 +111,38 @@ pub fn add_batch(
             if t.size() == o.size() {
                 t.copy_(o);
             } else {
-                let cols = o.size()[1];
+                let dim = grown_dim(&t, o);
                 let _ = t.zero_();
-                t.narrow(1, 0, cols).copy_(o);
+                t.narrow(dim, 0, o.size()[dim as usize]).copy_(o);
             }
         }
     });
     let found_t = Tensor::from_slice(found);
     let loss_before = elbo(&vae, cells, &found_t, mask, &cats, batch);
     vs.freeze();
-    let grown: Vec<Tensor> = vs
+    let grown: Vec<(Tensor, i64)> = vs
         .variables()
         .into_iter()
         .filter(|(n, _)| GROWN.contains(&canonical(n).as_str()))
-        .map(|(_, t)| t.set_requires_grad(true))
+        .map(|(n, t)| {
+            let dim = grown_dim(&t, &old_vars[&n]);
+            (t.set_requires_grad(true), dim)
+        })
         .collect();
     anyhow::ensure!(
         grown.len() == 2,
         "fine-tuning found {} of the 2 first-layer weights",
         grown.len()
     );
+    // 1 at the new batch's inputs, 0 elsewhere.
     let masks: Vec<Tensor> = grown
         .iter()
-        .map(|w| {
-            let cols = w.size()[1];
-            Tensor::zeros([1, cols], (Kind::Float, Device::Cpu)).index_fill(1, &Tensor::from(cols - 1), 1.0)
+        .map(|(w, dim)| {
+            let n = w.size()[*dim as usize];
+            w.zeros_like().index_fill(*dim, &Tensor::from(n - 1), 1.0)
         })
         .collect();
+    let grown: Vec<Tensor> = grown.into_iter().map(|(w, _)| w).collect();
     // Adam on the new columns only (the frozen store has no other trainable tensors).
     let (lr, b1, b2, eps) = (1e-2, 0.9, 0.999, 1e-8);
     let mut moments: Vec<(Tensor, Tensor)> = grown.iter().map(|w| (w.zeros_like(), w.zeros_like())).collect();

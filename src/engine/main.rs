@@ -9,6 +9,7 @@ mod finetune;
 mod fused;
 mod loader;
 mod project;
+mod stored;
 mod tensor;
 mod train;
 mod vae;

@@ -110,176 +110,41 @@ fn sparse_times_dense_body(
     }
 }
 
-/// `sparse_times_dense` on two threads when the product is large: each thread takes half the
-/// output rows (so they write disjoint parts of `out`); with `rows_sorted` each also gets just its
-/// own stretch of the nonzeros, otherwise both scan them all and skip the other's rows.
-pub fn sparse_times_dense_par(
-    rows: &[i64],
-    cols: &[i64],
-    w: &[f32],
-    dense: &[f32],
-    h: usize,
-    out: &mut [f32],
-    rows_sorted: bool,
-) {
+/// `sparse_times_dense` for nonzeros sorted by output row, on two threads when the product is
+/// large: each takes the stretch of nonzeros of half the output rows (disjoint parts of `out`).
+pub fn sparse_times_dense_par(rows: &[i64], cols: &[i64], w: &[f32], dense: &[f32], h: usize, out: &mut [f32]) {
     let n_out = out.len() / h.max(1);
     if !worth_two_threads(w.len() * h) || n_out < 2 {
         return sparse_times_dense(rows, cols, w, dense, h, out);
     }
-    let split = if rows_sorted {
-        (rows[w.len() / 2] as usize).clamp(1, n_out - 1)
-    } else {
-        n_out / 2
-    };
-    let k = if rows_sorted {
-        rows.partition_point(|&r| (r as usize) < split)
-    } else {
-        0
-    };
+    let split = (rows[w.len() / 2] as usize).clamp(1, n_out - 1);
+    let k = rows.partition_point(|&r| (r as usize) < split);
     let (n_out, split_i) = (n_out as i64, split as i64);
     let (a, b) = out.split_at_mut(split * h);
     std::thread::scope(|s| {
-        if rows_sorted {
-            s.spawn(|| sparse_times_dense_rows(&rows[k..], &cols[k..], &w[k..], dense, h, b, split_i, n_out));
-            sparse_times_dense_rows(&rows[..k], &cols[..k], &w[..k], dense, h, a, 0, split_i);
-        } else {
-            s.spawn(|| sparse_times_dense_rows(rows, cols, w, dense, h, b, split_i, n_out));
-            sparse_times_dense_rows(rows, cols, w, dense, h, a, 0, split_i);
-        }
+        s.spawn(|| sparse_times_dense_rows(&rows[k..], &cols[k..], &w[k..], dense, h, b, split_i, n_out));
+        sparse_times_dense_rows(&rows[..k], &cols[..k], &w[..k], dense, h, a, 0, split_i);
     });
 }
 
-/// `out[r, :] += w * ws[:, g]` for each nonzero `(r, g, w)` with `genes` sorted, where `ws` is a
-/// row-major h x `stride` matrix (a linear layer's weight, inputs along the rows): the first
-/// layer's product straight from the weight, transposing 16 genes at a time into a small tile
-/// instead of copying the whole transposed weight each step. On two threads (half the output
-/// rows each) when large.
-#[allow(clippy::too_many_arguments)]
-pub fn sparse_times_weight(
-    rows: &[i64],
-    genes: &[i64],
-    w: &[f32],
-    ws: &[f32],
-    stride: usize,
-    n_genes: usize,
-    h: usize,
-    out: &mut [f32],
-) {
-    let n_out = out.len() / h.max(1);
-    if !worth_two_threads(w.len() * h) || n_out < 2 {
-        return weight_rows(rows, genes, w, ws, stride, n_genes, h, out, 0, n_out as i64);
-    }
-    let split = n_out / 2;
-    let (a, b) = out.split_at_mut(split * h);
-    std::thread::scope(|s| {
-        s.spawn(|| weight_rows(rows, genes, w, ws, stride, n_genes, h, b, split as i64, n_out as i64));
-        weight_rows(rows, genes, w, ws, stride, n_genes, h, a, 0, split as i64);
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn weight_rows(
-    rows: &[i64],
-    genes: &[i64],
-    w: &[f32],
-    ws: &[f32],
-    stride: usize,
-    n_genes: usize,
-    h: usize,
-    out: &mut [f32],
-    lo: i64,
-    hi: i64,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { weight_rows_avx2(rows, genes, w, ws, stride, n_genes, h, out, lo, hi) };
-    }
-    weight_rows_body(rows, genes, w, ws, stride, n_genes, h, out, lo, hi)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn weight_rows_avx2(
-    rows: &[i64],
-    genes: &[i64],
-    w: &[f32],
-    ws: &[f32],
-    stride: usize,
-    n_genes: usize,
-    h: usize,
-    out: &mut [f32],
-    lo: i64,
-    hi: i64,
-) {
-    weight_rows_body(rows, genes, w, ws, stride, n_genes, h, out, lo, hi)
-}
-
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn weight_rows_body(
-    rows: &[i64],
-    genes: &[i64],
-    w: &[f32],
-    ws: &[f32],
-    stride: usize,
-    n_genes: usize,
-    h: usize,
-    out: &mut [f32],
-    lo: i64,
-    hi: i64,
-) {
-    const B: usize = 16;
-    let mut tile = vec![0f32; B * h];
+/// `out[r, :] += w * wt[g, :]` for nonzeros `(r, g, w)` sorted by gene (`wt` genes x h,
+/// row-major): each row of `wt` is read once and the output rows stay in cache. On two threads
+/// when large, each taking a stretch of genes with half the nonzeros into an output of its own,
+/// added at the end (a cells x h matrix, small).
+pub fn sparse_by_gene_times_rows(rows: &[i64], genes: &[i64], w: &[f32], wt: &[f32], h: usize, out: &mut [f32]) {
     let n = w.len();
-    let mut k = 0;
-    while k < n {
-        let g0 = genes[k] as usize;
-        let g1 = (g0 + B).min(n_genes);
-        let mut e = k;
-        while e < n && (genes[e] as usize) < g1 {
-            e += 1;
-        }
-        if rows[k..e].iter().any(|&r| r >= lo && r < hi) {
-            for hh in 0..h {
-                for (j, &v) in ws[hh * stride + g0..hh * stride + g1].iter().enumerate() {
-                    tile[j * h + hh] = v;
-                }
-            }
-            for kk in k..e {
-                let r = rows[kk];
-                if r < lo || r >= hi {
-                    continue;
-                }
-                let (j, r) = (genes[kk] as usize - g0, (r - lo) as usize);
-                axpy(&mut out[r * h..(r + 1) * h], w[kk], &tile[j * h..(j + 1) * h]);
-            }
-        }
-        k = e;
+    if !worth_two_threads(n * h) || n < 2 {
+        return sparse_times_dense(rows, genes, w, wt, h, out);
     }
-}
-
-/// `dst[c * stride + r] (+)= src[r * cols + c]` for `src` rows x cols: the transpose of `src`
-/// into the first `rows` columns of a row-major matrix of row length `stride`, in cache-sized
-/// tiles.
-pub fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32], stride: usize, add: bool) {
-    const T: usize = 32;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for c in c0..(c0 + T).min(cols) {
-                let out = &mut dst[c * stride..c * stride + rows];
-                for r in r0..(r0 + T).min(rows) {
-                    let v = src[r * cols + c];
-                    if add {
-                        out[r] += v;
-                    } else {
-                        out[r] = v;
-                    }
-                }
-            }
-        }
-    }
+    // Split at a gene boundary, so that no weight row is read by both threads.
+    let g_mid = genes[n / 2];
+    let k = genes.partition_point(|&g| g < g_mid);
+    let mut other = vec![0f32; out.len()];
+    std::thread::scope(|s| {
+        s.spawn(|| sparse_times_dense(&rows[k..], &genes[k..], &w[k..], wt, h, &mut other));
+        sparse_times_dense(&rows[..k], &genes[..k], &w[..k], wt, h, out);
+    });
+    axpy(out, 1.0, &other);
 }
 
 /// `out += w * src`, the inner loop of the sparse products.
@@ -330,19 +195,12 @@ pub fn devices_json() -> serde_json::Value {
 mod tests {
     use super::*;
 
-    /// The product straight from the weight's layout equals the one over its transposed copy,
-    /// on one thread and on two.
+    /// Over nonzeros sorted by gene, the product on two threads (a stretch of genes each) equals
+    /// the one-thread product and a direct sum (exact here: halves times small integers).
     #[test]
-    fn product_from_the_weight_matches_the_transposed_copy() {
+    fn by_gene_product_on_two_threads_matches_one() {
         for (n, g, h, every) in [(8usize, 40usize, 16usize, 3usize), (256, 2000, 128, 7)] {
-            let stride = g + 5;
-            let ws: Vec<f32> = (0..h * stride).map(|i| ((i * 13) % 29) as f32 - 14.0).collect();
-            let mut wt = vec![0f32; g * h];
-            for hh in 0..h {
-                for j in 0..g {
-                    wt[j * h + hh] = ws[hh * stride + j];
-                }
-            }
+            let wt: Vec<f32> = (0..g * h).map(|i| ((i * 13) % 29) as f32 - 14.0).collect();
             let (mut rows, mut genes, mut w) = (Vec::new(), Vec::new(), Vec::new());
             for j in 0..g {
                 for r in (j % every..n).step_by(every) {
@@ -351,28 +209,22 @@ mod tests {
                     w.push(((r + j) % 5) as f32 + 0.5);
                 }
             }
-            let mut a = vec![0f32; n * h];
-            sparse_times_dense(&rows, &genes, &w, &wt, h, &mut a);
-            let mut b = vec![0f32; n * h];
-            sparse_times_weight(&rows, &genes, &w, &ws, stride, g, h, &mut b);
-            assert_eq!(a, b);
-        }
-    }
-
-    #[test]
-    fn tiled_transpose_writes_and_adds() {
-        let (rows, cols, stride) = (70, 45, 80);
-        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let mut dst = vec![1f32; cols * stride];
-        transpose_into(&src, rows, cols, &mut dst, stride, true);
-        for r in 0..rows {
-            for c in 0..cols {
-                assert_eq!(dst[c * stride + r], src[r * cols + c] + 1.0);
+            if n == 256 {
+                assert!(w.len() * h >= 4 << 20, "large enough for two threads");
             }
+            let mut direct = vec![0f32; n * h];
+            for ((&r, &j), &v) in rows.iter().zip(&genes).zip(&w) {
+                for k in 0..h {
+                    direct[r as usize * h + k] += v * wt[j as usize * h + k];
+                }
+            }
+            let mut one = vec![0f32; n * h];
+            sparse_times_dense(&rows, &genes, &w, &wt, h, &mut one);
+            let mut two = vec![0f32; n * h];
+            sparse_by_gene_times_rows(&rows, &genes, &w, &wt, h, &mut two);
+            assert_eq!(one, direct);
+            assert_eq!(two, direct);
         }
-        assert!(dst[..stride].iter().skip(rows).all(|&v| v == 1.0));
-        transpose_into(&src, rows, cols, &mut dst, stride, false);
-        assert_eq!(dst[3 * stride + 5], src[5 * cols + 3]);
     }
 
     /// Split over two threads by output row, the product is the same, bit for bit.
@@ -380,27 +232,21 @@ mod tests {
     fn sparse_product_on_two_threads_matches_one() {
         let (n, g, h) = (256usize, 2000usize, 128usize);
         let (mut rows, mut cols, mut w) = (Vec::new(), Vec::new(), Vec::new());
+        // Sorted by output row (here the genes: the first layer's weight gradient).
         for j in 0..g {
             for r in (j % 7..n).step_by(7) {
-                rows.push(r as i64);
-                cols.push(j as i64);
+                rows.push(j as i64);
+                cols.push(r as i64);
                 w.push(((r * 31 + j) % 17) as f32 * 0.25);
             }
         }
         assert!(w.len() * h >= 4 << 20, "large enough for two threads");
-        let dense: Vec<f32> = (0..g * h).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
-        let mut one = vec![0f32; n * h];
+        let dense: Vec<f32> = (0..n * h).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
+        let mut one = vec![0f32; g * h];
         sparse_times_dense(&rows, &cols, &w, &dense, h, &mut one);
-        let mut two = vec![0f32; n * h];
-        sparse_times_dense_par(&rows, &cols, &w, &dense, h, &mut two, false);
+        let mut two = vec![0f32; g * h];
+        sparse_times_dense_par(&rows, &cols, &w, &dense, h, &mut two);
         assert_eq!(one, two);
-        // The transposed product, whose output rows (the genes here) come sorted.
-        let mut one_t = vec![0f32; g * h];
-        let dense_t: Vec<f32> = (0..n * h).map(|i| ((i * 5) % 11) as f32 - 5.0).collect();
-        sparse_times_dense(&cols, &rows, &w, &dense_t, h, &mut one_t);
-        let mut two_t = vec![0f32; g * h];
-        sparse_times_dense_par(&cols, &rows, &w, &dense_t, h, &mut two_t, true);
-        assert_eq!(one_t, two_t);
         assert!(one.iter().any(|&v| v != 0.0));
     }
 

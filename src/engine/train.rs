@@ -17,6 +17,7 @@ use scmz::zoo::{sha256_file, Zoo};
 
 use crate::adam::{write_atomic, Adam};
 use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Split};
+use crate::stored::{load_stored, stored_variables};
 use crate::tensor::{cpu_slice, filled};
 use crate::vae::{ByGene, Input, SparseX, Vae};
 
@@ -467,16 +468,6 @@ fn terms(recon: f64, kl: f64, kl_weight: f64) -> LossTerms {
     }
 }
 
-/// A copy of every variable of `vs` (weights and BatchNorm statistics), by name.
-fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    tch::no_grad(|| {
-        vs.variables()
-            .into_iter()
-            .map(|(n, t)| (n, t.to_device(Device::Cpu).copy()))
-            .collect()
-    })
-}
-
 /// One epoch's checkpoint: copies of the weights and optimiser moments, and the run state.
 struct Snapshot {
     weights: Vec<(String, Tensor)>,
@@ -621,7 +612,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let dev = device(&args.device)?;
     set_threads(n_genes);
     tch::manual_seed(args.seed as i64);
-    let mut vs = nn::VarStore::new(dev);
+    let vs = nn::VarStore::new(dev);
     let vae = Vae::new(&vs.root(), arch.clone());
     let mut opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
 
@@ -636,8 +627,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut first_epoch = 0;
     if resuming && args.resume {
         state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
-        vs.load(run_dir.join("checkpoint.safetensors"))
-            .context("loading the checkpoint")?;
+        load_stored(&vs, &run_dir.join("checkpoint.safetensors")).context("loading the checkpoint")?;
         // Checkpoints from before the optimiser state was kept resume with fresh moments.
         let adam = run_dir.join("optimizer.safetensors");
         if adam.exists() {
@@ -839,7 +829,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         state.seconds = state.seconds.max(0.0);
         // Copies now, files written by the checkpoint thread while the next epoch trains.
         checkpoints.write(Snapshot {
-            weights: snapshot(&vs),
+            weights: stored_variables(&vs),
             optimizer: opt.snapshot(),
             best,
             state: state.clone(),
@@ -871,12 +861,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     checkpoints.finish()?;
     // The model keeps the best validation weights.
-    vs.load(run_dir.join("best.safetensors"))?;
+    load_stored(&vs, &run_dir.join("best.safetensors"))?;
     let seconds = state.seconds + started.elapsed().as_secs_f64();
     let staging = zoo.staging_dir(&args.name)?;
     let result = (|| -> anyhow::Result<PathBuf> {
         let weights = staging.join("weights.safetensors");
-        vs.save(&weights)?;
+        write_atomic(&stored_variables(&vs), &weights)?;
         let reference = reference_sample(&vae, &ds, &path, &open, &cov, &args, dev, &staging)?;
         std::fs::copy(run_dir.join("events.jsonl"), staging.join("history.jsonl"))?;
         let g = &info.genes;
@@ -1128,10 +1118,9 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
 /// Loads a zoo model for inference.
 pub fn load_model(dir: &Path, dev: Device) -> anyhow::Result<(Manifest, nn::VarStore, Vae)> {
     let m = scmz::zoo::load_dir(dir)?;
-    let mut vs = nn::VarStore::new(dev);
+    let vs = nn::VarStore::new(dev);
     let vae = Vae::new(&vs.root(), m.architecture.clone());
-    vs.load(dir.join(&m.weights.file))
-        .with_context(|| format!("{}: loading weights", dir.display()))?;
+    load_stored(&vs, &dir.join(&m.weights.file)).with_context(|| format!("{}: loading weights", dir.display()))?;
     Ok((m, vs, vae))
 }
 

@@ -7,7 +7,8 @@
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
 use crate::fused;
-use crate::tensor::{cpu_slice, sparse_times_dense_par, sparse_times_weight, transpose_into};
+use crate::stored::TRANSPOSED;
+use crate::tensor::{cpu_slice, sparse_by_gene_times_rows, sparse_times_dense_par};
 
 use scmz::zoo::manifest::Architecture;
 
@@ -33,15 +34,42 @@ fn linear<'a>(p: impl std::borrow::Borrow<nn::Path<'a>>, n_in: i64, n_out: i64) 
     nn::linear(p, n_in, n_out, cfg)
 }
 
-struct Block {
-    linear: nn::Linear,
+/// The encoder's first linear map, its weight kept inputs x outputs (`weight_t`): the sparse
+/// product over the nonzeros reads, and its gradient writes, one contiguous row per gene. Model
+/// files keep PyTorch's outputs x inputs `weight` (see `stored_variables`).
+#[derive(Debug)]
+struct InputLinear {
+    wt: Tensor,
+    bs: Tensor,
+}
+
+impl InputLinear {
+    fn new(p: nn::Path, n_in: i64, n_out: i64) -> Self {
+        let bound = 1.0 / (n_in as f64).sqrt();
+        let init = nn::Init::Uniform { lo: -bound, up: bound };
+        InputLinear {
+            wt: p.var(&format!("weight{TRANSPOSED}"), &[n_in, n_out], init),
+            bs: p.var("bias", &[n_out], init),
+        }
+    }
+}
+
+impl Module for InputLinear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.wt) + &self.bs
+    }
+}
+
+/// A linear map, then normalisation, ReLU and dropout.
+struct Block<L: Module = nn::Linear> {
+    linear: L,
     norm: Norm,
     dropout: f64,
 }
 
-impl Block {
-    fn new(p: nn::Path, n_in: i64, n_out: i64, norm: &str, dropout: f64) -> Self {
-        let linear = linear(&p / "linear", n_in, n_out);
+impl<L: Module> Block<L> {
+    fn new(p: nn::Path, linear: impl FnOnce(nn::Path) -> L, n_out: i64, norm: &str, dropout: f64) -> Self {
+        let linear = linear(&p / "linear");
         let norm = if norm == "layer" {
             let cfg = nn::LayerNormConfig {
                 elementwise_affine: false,
@@ -75,6 +103,8 @@ impl Block {
 
 pub struct Vae {
     pub arch: Architecture,
+    /// The encoder's first layer, then its others.
+    input: Block<InputLinear>,
     encoder: Vec<Block>,
     mean: nn::Linear,
     logvar: nn::Linear,
@@ -234,19 +264,25 @@ impl Vae {
         let h = arch.n_hidden as i64;
         let l = arch.n_latent as i64;
         let n_in = if arch.masked_input { 2 * g } else { g } + nb;
-        let mut encoder = Vec::new();
-        for i in 0..arch.n_layers.max(1) {
-            let input = if i == 0 { n_in } else { h };
-            encoder.push(Block::new(vs / "encoder" / i, input, h, &arch.norm, arch.dropout));
-        }
+        let input = Block::new(
+            vs / "encoder" / 0,
+            |p| InputLinear::new(p, n_in, h),
+            h,
+            &arch.norm,
+            arch.dropout,
+        );
+        let encoder = (1..arch.n_layers.max(1))
+            .map(|i| Block::new(vs / "encoder" / i, |p| linear(p, h, h), h, &arch.norm, arch.dropout))
+            .collect();
         let mean = linear(vs / "z_mean", h, l);
         let logvar = linear(vs / "z_logvar", h, l);
-        let decoder = Block::new(vs / "decoder", l + nb, h, &arch.norm, 0.0);
+        let decoder = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, &arch.norm, 0.0);
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == "zinb").then(|| linear(vs / "px_dropout", h, g));
         let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         Vae {
             arch,
+            input,
             encoder,
             mean,
             logvar,
@@ -265,8 +301,8 @@ impl Vae {
 
     fn encode_parts(&self, input: &Input, train: bool) -> (Tensor, Tensor, Option<SparseFirst>) {
         let (h, sparse_first) = self.first_layer(input);
-        let mut h = self.encoder[0].activate(h, train);
-        for block in &self.encoder[1..] {
+        let mut h = self.input.activate(h, train);
+        for block in &self.encoder {
             h = block.forward(&h, train);
         }
         (
@@ -283,7 +319,7 @@ impl Vae {
     /// autograd; when training, its output is a leaf whose gradient `backward` turns into the
     /// weight's. The mask and batch parts stay dense products under autograd.
     fn first_layer(&self, input: &Input) -> (Tensor, Option<SparseFirst>) {
-        let lin = &self.encoder[0].linear;
+        let lin = &self.input.linear;
         let g = self.arch.n_genes as i64;
         let visible = self.arch.masked_input.then(|| {
             input
@@ -321,36 +357,23 @@ impl Vae {
                 .collect::<Vec<f32>>()
         });
         let n_hidden = self.arch.n_hidden;
-        let ws = lin.ws.detach().contiguous();
+        let wt = lin.wt.detach();
         let mut out = vec![0f32; sp.n_rows as usize * n_hidden];
         let w = weights.as_deref().unwrap_or(&bg.log1p);
-        let stride = ws.size()[1] as usize;
-        sparse_times_weight(
-            &bg.rows,
-            &bg.genes,
-            w,
-            cpu_slice(&ws),
-            stride,
-            g as usize,
-            n_hidden,
-            &mut out,
-        );
+        sparse_by_gene_times_rows(&bg.rows, &bg.genes, w, cpu_slice(&wt), n_hidden, &mut out);
         let mut hx = Tensor::from_slice(&out).view([sp.n_rows, n_hidden as i64]);
-        let track = lin.ws.requires_grad() && grad_mode();
+        let track = lin.wt.requires_grad() && grad_mode();
         if track {
             hx = hx.set_requires_grad(true);
         }
-        let mut h = match &lin.bs {
-            Some(b) => &hx + b,
-            None => hx.shallow_clone(),
-        };
+        let mut h = &hx + &lin.bs;
         let mut next = g;
         if let Some(v) = &visible {
-            h = &h + v.matmul(&lin.ws.narrow(1, g, g).tr());
+            h = &h + v.matmul(&lin.wt.narrow(0, g, g));
             next += g;
         }
         if let Some(b) = input.batch {
-            h = &h + b.matmul(&lin.ws.narrow(1, next, b.size()[1]).tr());
+            h = &h + b.matmul(&lin.wt.narrow(0, next, b.size()[1]));
         }
         (
             h,
@@ -372,31 +395,22 @@ impl Vae {
         inputs.push(sf.out.shallow_clone());
         let mut grads = Tensor::run_backward(&[&losses.total], &inputs, false, false);
         let d_out = grads.pop().expect("one gradient per input").contiguous();
-        let ws = &self.encoder[0].linear.ws;
-        let Some(i) = params.iter().position(|p| p.data_ptr() == ws.data_ptr()) else {
+        let wt = &self.input.linear.wt;
+        let Some(i) = params.iter().position(|p| p.data_ptr() == wt.data_ptr()) else {
             return grads;
         };
+        // Added to autograd's gradient (mask and batch rows) when there is one.
+        let dw = if grads[i].defined() {
+            grads[i].contiguous()
+        } else {
+            wt.zeros_like()
+        };
         let (g, n_hidden) = (self.arch.n_genes, self.arch.n_hidden);
-        let mut dwt = vec![0f32; g * n_hidden];
+        // SAFETY: a contiguous f32 CPU tensor of at least g x n_hidden elements, owned here.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dw.data_ptr() as *mut f32, g * n_hidden) };
         let bg = &sf.by_gene;
         let w = sf.weights.as_deref().unwrap_or(&bg.log1p);
-        sparse_times_dense_par(&bg.genes, &bg.rows, w, cpu_slice(&d_out), n_hidden, &mut dwt, true);
-        // Into the weight's [hidden, inputs] layout: added to autograd's gradient (mask and batch
-        // columns) when there is one, else written into a fresh tensor.
-        let n_in = ws.size()[1] as usize;
-        let (dw, add) = if grads[i].defined() {
-            (grads[i].contiguous(), true)
-        } else if n_in == g {
-            (
-                Tensor::empty([n_hidden as i64, n_in as i64], (Kind::Float, Device::Cpu)),
-                false,
-            )
-        } else {
-            (ws.zeros_like(), true)
-        };
-        // SAFETY: a contiguous f32 CPU tensor of n_hidden x n_in elements, owned here.
-        let dst = unsafe { std::slice::from_raw_parts_mut(dw.data_ptr() as *mut f32, n_hidden * n_in) };
-        transpose_into(&dwt, g, n_hidden, dst, n_in, add);
+        sparse_times_dense_par(&bg.genes, &bg.rows, w, cpu_slice(&d_out), n_hidden, dst);
         grads[i] = dw;
         grads
     }

@@ -1,0 +1,170 @@
+//! Model files: the variables of a model as safetensors, under PyTorch's names and layouts
+//! whatever layout a variable has in memory. The encoder's first weight is held transposed in
+//! memory (see `vae::InputLinear`); files keep it outputs x inputs, as they always have, so
+//! models, checkpoints and optimiser states written before and after read the same.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{nn, Device, Tensor};
+
+/// Suffix of a variable held transposed in memory (its file name drops it).
+pub const TRANSPOSED: &str = "_t";
+
+/// A variable's name in model files, and whether it is held transposed in memory.
+pub fn file_name(name: &str) -> (&str, bool) {
+    match name.strip_suffix(TRANSPOSED) {
+        Some(base) => (base, true),
+        None => (name, false),
+    }
+}
+
+/// A copy on the CPU of variable `name` as model files keep it: PyTorch's layout, a linear
+/// layer's weight outputs x inputs (so files written before the first layer was held transposed,
+/// and after, read the same).
+pub fn to_file(name: &str, t: &Tensor) -> (String, Tensor) {
+    let (base, transposed) = file_name(name);
+    let t = t.detach().to_device(Device::Cpu);
+    (
+        base.to_string(),
+        if transposed { t.tr().contiguous() } else { t.copy() },
+    )
+}
+
+/// The tensor a model file keeps under `name`'s file name, in memory layout; an error names the
+/// file and the variable when it is missing or its shape differs from `like`.
+pub fn from_file(file: &HashMap<String, Tensor>, path: &Path, name: &str, like: &Tensor) -> anyhow::Result<Tensor> {
+    let (base, transposed) = file_name(name);
+    let t = file.get(base).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no `{base}`; the file does not belong to this model",
+            path.display()
+        )
+    })?;
+    // Shapes as the file has them.
+    let mut want = like.size();
+    if transposed {
+        want.reverse();
+    }
+    anyhow::ensure!(
+        t.size() == want,
+        "{}: `{base}` has shape {:?}, the model expects {want:?}",
+        path.display(),
+        t.size(),
+    );
+    Ok(if transposed { t.tr() } else { t.shallow_clone() })
+}
+
+/// Every variable of `vs` (weights and BatchNorm statistics) as model files keep them.
+pub fn stored_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    tch::no_grad(|| {
+        let mut v: Vec<_> = vs.variables().iter().map(|(n, t)| to_file(n, t)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    })
+}
+
+/// Loads a model file (from `stored_variables`, or a `VarStore` save of the same names) into `vs`.
+pub fn load_stored(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let src = from_file(&file, path, &name, &t)?;
+            t.copy_(&src);
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adam::{write_atomic, Adam};
+    use crate::vae::Vae;
+    use scmz::zoo::manifest::Architecture;
+
+    fn model() -> (nn::VarStore, Vae) {
+        let arch = Architecture {
+            n_genes: 30,
+            n_hidden: 8,
+            n_latent: 3,
+            n_layers: 2,
+            dropout: 0.1,
+            norm: "batch".into(),
+            likelihood: "nb".into(),
+            batch_categories: vec!["a".into(), "b".into()],
+            masked_input: true,
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let vae = Vae::new(&vs.root(), arch);
+        (vs, vae)
+    }
+
+    /// Files keep PyTorch's names and layouts (the first weight outputs x inputs, as files
+    /// written before it was held transposed); weights and optimiser moments read back exactly.
+    #[test]
+    fn files_keep_pytorch_layout_and_read_back() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(1);
+        let dir = tempfile::tempdir().unwrap();
+        let (vs, _vae) = model();
+        let stored = stored_variables(&vs);
+        let first = stored
+            .iter()
+            .find(|(n, _)| n == "encoder.0.linear.weight")
+            .expect("first weight");
+        // 8 hidden x (30 genes + 30 mask + 2 batches).
+        assert_eq!(first.1.size(), [8, 62]);
+        assert!(stored.iter().all(|(n, _)| !n.ends_with(TRANSPOSED)));
+        let held = &vs.variables()["encoder.0.linear.weight_t"];
+        assert!(first.1.equal(&held.tr()));
+        let path = dir.path().join("w.safetensors");
+        write_atomic(&stored, &path).unwrap();
+        tch::manual_seed(2);
+        let (other, _) = model();
+        assert!(!other.variables()["encoder.0.linear.weight_t"].equal(held));
+        load_stored(&other, &path).unwrap();
+        for (name, t) in vs.variables() {
+            assert!(t.equal(&other.variables()[&name]), "{name}");
+        }
+        // Moments: one step on a made-up gradient, then a fresh optimiser loads the snapshot.
+        let mut opt = Adam::new(&vs, 1e-3, 0.0, 1e-8);
+        let grads: Vec<Tensor> = opt.params().iter().map(|p| p.randn_like()).collect();
+        opt.step(&grads);
+        let moments = dir.path().join("o.safetensors");
+        write_atomic(&opt.snapshot(), &moments).unwrap();
+        let file: HashMap<String, Tensor> = Tensor::read_safetensors(&moments).unwrap().into_iter().collect();
+        assert_eq!(file["m.encoder.0.linear.weight"].size(), [8, 62]);
+        let mut again = Adam::new(&other, 1e-3, 0.0, 1e-8);
+        again.load(&moments).unwrap();
+        for ((a, b), name) in again.snapshot().iter().zip(opt.snapshot()).zip(0..) {
+            assert_eq!(a.0, b.0);
+            assert!(a.1.equal(&b.1), "{name}: {}", a.0);
+        }
+    }
+
+    /// A file of another model fails naming the file and the variable.
+    #[test]
+    fn a_file_of_another_model_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        let (vs, _vae) = model();
+        let mut stored = stored_variables(&vs);
+        stored.retain(|(n, _)| n != "px_log_theta");
+        write_atomic(&stored, &path).unwrap();
+        let err = load_stored(&vs, &path).unwrap_err().to_string();
+        assert!(err.contains("w.safetensors") && err.contains("`px_log_theta`"), "{err}");
+        let mut stored = stored_variables(&vs);
+        stored.retain(|(n, _)| n != "encoder.0.linear.weight");
+        stored.push((
+            "encoder.0.linear.weight".into(),
+            Tensor::zeros([8, 61], tch::kind::FLOAT_CPU),
+        ));
+        write_atomic(&stored, &path).unwrap();
+        let err = load_stored(&vs, &path).unwrap_err().to_string();
+        assert!(
+            err.contains("`encoder.0.linear.weight` has shape [8, 61], the model expects [8, 62]"),
+            "{err}"
+        );
+    }
+}
