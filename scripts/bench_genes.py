@@ -49,6 +49,9 @@ with tempfile.TemporaryDirectory() as tmp:
         ad.obs_names = [f"c{i}" for i in range(a.cells)]
         path = os.path.join(tmp, f"g{g}.h5ad")
         ad.write_h5ad(path)
+        # Flush the new file now, so that the kernel's write-back does not share the cores with
+        # the first timed run.
+        os.sync()
         zoo = os.path.join(tmp, f"zoo{g}")
         # A fresh wrapper process per run, so the peak memory is this run's alone.
         wrap = ("import subprocess, resource, sys; subprocess.run(sys.argv[1:], check=True, stderr=subprocess.DEVNULL);"
