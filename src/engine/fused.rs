@@ -8,8 +8,9 @@
 //! model is wide. The caller feeds the gradients back to autograd through a zero-valued surrogate.
 //!
 //! With `m` the genes the cell's dataset measured, `s = softmax over m of a`, `mu = l * s`,
-//! `t = theta + mu`: NB: `ll = sum_m theta (log theta - log t) + x (log mu - log t)` (plus the
-//! lgamma terms, handled with the nonzeros elsewhere); Poisson: `ll = sum_m x log mu - mu`.
+//! `t = theta + mu`: NB: `ll = sum_m theta (log theta - log t) + x (log mu - log t)
+//! + lgamma(x + theta) - lgamma(theta)` (the last two at the nonzeros only); Poisson:
+//! `ll = sum_m x log mu - mu`. Both leave out `-lgamma(x + 1)`, which the model does not change.
 //! With `q_g = mu_g d ll / d mu_g`, the gradient in the logits is `q_g - s_g sum q`.
 
 const EPS: f32 = 1e-8;
@@ -33,7 +34,7 @@ pub struct Batch<'a> {
 }
 
 pub struct Output {
-    /// Per cell.
+    /// Per cell (without `-lgamma(x + 1)`).
     pub ll: Vec<f32>,
     /// d (sum over cells of ll) / d theta, per gene.
     pub grad_theta: Vec<f32>,
@@ -81,6 +82,7 @@ pub fn likelihood(b: &Batch, threads: usize, grad: &mut [f32]) -> Output {
                     q: vec![0f32; g],
                     tmp: vec![0f32; g],
                     gt: vec![0f32; g],
+                    nz: Nonzeros::default(),
                 };
                 for (i, (llr, gr)) in ll_part.iter_mut().zip(grad_part.chunks_mut(g)).enumerate() {
                     let r = r0 + i;
@@ -115,6 +117,35 @@ struct Scratch {
     q: Vec<f32>,
     tmp: Vec<f32>,
     gt: Vec<f32>,
+    nz: Nonzeros,
+}
+
+/// One cell's measured nonzeros, gathered so that their logarithms run as one vector loop (a
+/// logarithm per nonzero in a scalar loop waits on its polynomial's latency each time): gene,
+/// count, mu, theta + mu, and for NB the product `prod_{j < x} (theta + j)` whose log is
+/// `lgamma(x + theta) - lgamma(theta)`, with `digamma(x + theta) - digamma(theta)` beside it.
+#[derive(Default)]
+struct Nonzeros {
+    gene: Vec<usize>,
+    x: Vec<f32>,
+    mu: Vec<f32>,
+    t: Vec<f32>,
+    prod: Vec<f64>,
+    dg: Vec<f64>,
+    ln_mu: Vec<f32>,
+    ln_t: Vec<f32>,
+    ln_prod: Vec<f64>,
+}
+
+impl Nonzeros {
+    fn clear(&mut self) {
+        self.gene.clear();
+        self.x.clear();
+        self.mu.clear();
+        self.t.clear();
+        self.prod.clear();
+        self.dg.clear();
+    }
 }
 
 /// `row`, compiled for 8-wide vectors where the CPU has them.
@@ -151,7 +182,7 @@ unsafe fn row_avx2(
 /// into `sc.gt`.
 #[inline(always)]
 fn row(b: &Batch, r: usize, nz: std::ops::Range<usize>, ln_theta: &[f32], grad: &mut [f32], sc: &mut Scratch) -> f32 {
-    let Scratch { ones, q, tmp, gt } = sc;
+    let Scratch { ones, q, tmp, gt, .. } = sc;
     let g = b.n_genes;
     let a = &b.logits[r * g..(r + 1) * g];
     let m = b.measured.map_or(&ones[..], |m| &m[r * g..(r + 1) * g]);
@@ -196,7 +227,11 @@ fn row(b: &Batch, r: usize, nz: std::ops::Range<usize>, ln_theta: &[f32], grad: 
         }
     }
     let mut ll = sum8(tmp);
-    // Nonzero counts.
+    // Nonzero counts: gathered, their logarithms in vector loops, then accumulated.
+    let nzs = &mut sc.nz;
+    nzs.clear();
+    // lgamma(x + theta) - lgamma(theta) of the counts whose product form does not apply.
+    let mut ll_rare = 0f64;
     for k in nz {
         let gi = b.genes[k] as usize;
         if m[gi] == 0.0 {
@@ -204,20 +239,55 @@ fn row(b: &Batch, r: usize, nz: std::ops::Range<usize>, ln_theta: &[f32], grad: 
         }
         let x = b.values[k];
         let mu = l * grad[gi];
-        let ln_mu = fast_ln(mu + EPS);
-        if b.poisson {
-            ll += x * ln_mu;
-            if b.want_grad {
-                q[gi] += x * mu / (mu + EPS);
-            }
-        } else {
-            let t = b.theta[gi] + mu + EPS;
-            ll += x * (ln_mu - fast_ln(t));
-            if b.want_grad {
-                q[gi] += mu * (x / (mu + EPS) - x / t);
-                gt[gi] -= x / t;
+        nzs.gene.push(gi);
+        nzs.x.push(x);
+        nzs.mu.push(mu);
+        if !b.poisson {
+            let th = b.theta[gi];
+            nzs.t.push(th + mu + EPS);
+            match product_form(x as f64, th as f64) {
+                Some((p, d)) => {
+                    nzs.prod.push(p);
+                    nzs.dg.push(d);
+                }
+                None => {
+                    let (v, d) = lgamma_digamma_diff(x as f64, th as f64);
+                    ll_rare += v;
+                    nzs.prod.push(1.0);
+                    nzs.dg.push(d);
+                }
             }
         }
+    }
+    let n_nz = nzs.gene.len();
+    nzs.ln_mu.clear();
+    nzs.ln_mu.extend(nzs.mu.iter().map(|&mu| fast_ln(mu + EPS)));
+    let ln_mu = &nzs.ln_mu[..n_nz];
+    let (x, mu) = (&nzs.x[..n_nz], &nzs.mu[..n_nz]);
+    if b.poisson {
+        for i in 0..n_nz {
+            ll += x[i] * ln_mu[i];
+            if b.want_grad {
+                q[nzs.gene[i]] += x[i] * mu[i] / (mu[i] + EPS);
+            }
+        }
+    } else {
+        nzs.ln_t.clear();
+        nzs.ln_t.extend(nzs.t.iter().map(|&t| fast_ln(t)));
+        nzs.ln_prod.clear();
+        nzs.ln_prod.extend(nzs.prod.iter().map(|&p| ln_f64(p)));
+        let (t, ln_t, ln_prod) = (&nzs.t[..n_nz], &nzs.ln_t[..n_nz], &nzs.ln_prod[..n_nz]);
+        let mut ll_lgamma = ll_rare;
+        for i in 0..n_nz {
+            ll += x[i] * (ln_mu[i] - ln_t[i]);
+            ll_lgamma += ln_prod[i];
+            if b.want_grad {
+                let gi = nzs.gene[i];
+                q[gi] += mu[i] * (x[i] / (mu[i] + EPS) - x[i] / t[i]);
+                gt[gi] += (nzs.dg[i] - (x[i] / t[i]) as f64) as f32;
+            }
+        }
+        ll += ll_lgamma as f32;
     }
     if !b.want_grad {
         return ll;
@@ -255,6 +325,66 @@ fn max8(v: &[f32]) -> f32 {
         }
     }
     acc.iter().fold(rest, |m, &x| m.max(x))
+}
+
+/// For a small integer count `x` (up to 16): `prod_{j < x} (t + j)`, whose log is
+/// `lgamma(x + t) - lgamma(t)`, and `digamma(x + t) - digamma(t) = sum_j 1 / (t + j)`, as the
+/// product's derivative over the product (one division). None for other counts.
+#[inline(always)]
+pub fn product_form(x: f64, t: f64) -> Option<(f64, f64)> {
+    // At most 16 factors below 1e15 each: no overflow.
+    if !((0.0..=16.0).contains(&x) && (x as u32) as f64 == x && t < 1e15) {
+        return None;
+    }
+    let (mut p, mut dp) = (1.0, 0.0);
+    for j in 0..x as u32 {
+        let z = t + j as f64;
+        dp = dp * z + p;
+        p *= z;
+    }
+    Some((p, dp / p))
+}
+
+/// `lgamma(x + t) - lgamma(t)` and `digamma(x + t) - digamma(t)`, for `x >= 0`, `t > 0`: the
+/// product form for the small integer counts of real data, series otherwise.
+pub fn lgamma_digamma_diff(x: f64, t: f64) -> (f64, f64) {
+    if let Some((p, d)) = product_form(x, t) {
+        return (ln_f64(p), d);
+    }
+    let (a, da) = lgamma_digamma(x + t);
+    let (b, db) = lgamma_digamma(t);
+    (a - b, da - db)
+}
+
+/// ln(p) for a positive normal f64, to about 1e-7 absolute: the exponent exactly, the mantissa
+/// (in [1, 2)) by the single-precision `fast_ln` (a libm log costs as much as the rest of the
+/// per-nonzero work).
+#[inline(always)]
+pub fn ln_f64(p: f64) -> f64 {
+    let bits = p.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    e as f64 * std::f64::consts::LN_2 + fast_ln(m as f32) as f64
+}
+
+/// `lgamma(z)` and `digamma(z)` for `z > 0`: recurrence up to z >= 10, then the asymptotic series
+/// (error below 1e-12 there).
+fn lgamma_digamma(mut z: f64) -> (f64, f64) {
+    let (mut prod, mut dg) = (1.0f64, 0.0);
+    while z < 10.0 {
+        prod *= z;
+        dg -= 1.0 / z;
+        z += 1.0;
+    }
+    let mut lg = if prod == 1.0 { 0.0 } else { -prod.ln() };
+    let inv = 1.0 / z;
+    let inv2 = inv * inv;
+    let ln_z = z.ln();
+    lg += (z - 0.5) * ln_z - z
+        + 0.5 * (2.0 * std::f64::consts::PI).ln()
+        + inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 * (1.0 / 1260.0 - inv2 / 1680.0)));
+    dg += ln_z - 0.5 * inv - inv2 * (1.0 / 12.0 - inv2 * (1.0 / 120.0 - inv2 * (1.0 / 252.0 - inv2 / 240.0)));
+    (lg, dg)
 }
 
 /// exp(x) to about 2 ulp for x in [-87, 88] (Cephes' expf polynomial), branch-free so that loops

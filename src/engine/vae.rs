@@ -6,7 +6,7 @@
 
 use tch::{nn, nn::Module, nn::ModuleT, Device, Kind, Tensor};
 
-use crate::fused;
+use crate::fused::{self, lgamma_digamma_diff};
 use crate::stored::TRANSPOSED;
 use crate::tensor::{cpu_slice, sparse_by_gene_times_rows, sparse_times_dense_par};
 
@@ -507,15 +507,8 @@ impl Vae {
         let threads = tch::get_num_threads().max(1) as usize;
         let batch_wants_grad = batch.want_grad;
         let out = fused::likelihood(&batch, threads, grad_buf);
-        let mut ll = Tensor::from_slice(&out.ll);
-        let mut dtheta = out.grad_theta;
-        if !poisson {
-            let (cell, d) = lgamma_terms(rows, genes, values, mask_nz, cpu_slice(&theta_c), n);
-            ll += Tensor::from_slice(&cell);
-            for (a, b) in dtheta.iter_mut().zip(d) {
-                *a += b;
-            }
-        }
+        let ll = Tensor::from_slice(&out.ll);
+        let dtheta = out.grad_theta;
         if !batch_wants_grad {
             return (ll, None);
         }
@@ -701,54 +694,6 @@ fn lgamma_terms(
         cell.drain(..).map(|v| v as f32).collect(),
         dtheta.drain(..).map(|v| v as f32).collect(),
     )
-}
-
-/// `lgamma(x + t) - lgamma(t)` and `digamma(x + t) - digamma(t)`, for `x >= 0`, `t > 0`: sums over
-/// `t + j` for the small integer counts of real data, series otherwise.
-pub fn lgamma_digamma_diff(x: f64, t: f64) -> (f64, f64) {
-    if (0.0..=16.0).contains(&x) && (x as u32) as f64 == x && t < 1e15 {
-        // One log of the product (at most 16 factors below 1e16: no overflow).
-        let (mut p, mut d) = (1.0, 0.0);
-        for j in 0..x as usize {
-            let z = t + j as f64;
-            p *= z;
-            d += 1.0 / z;
-        }
-        return (ln_f64(p), d);
-    }
-    let (a, da) = lgamma_digamma(x + t);
-    let (b, db) = lgamma_digamma(t);
-    (a - b, da - db)
-}
-
-/// ln(p) for a positive normal f64, to about 1e-7 absolute: the exponent exactly, the mantissa
-/// (in [1, 2)) by the single-precision `fused::fast_ln` (a libm log costs as much as the rest of
-/// the per-nonzero work).
-fn ln_f64(p: f64) -> f64 {
-    let bits = p.to_bits();
-    let e = ((bits >> 52) & 0x7ff) as i64 - 1023;
-    let m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
-    e as f64 * std::f64::consts::LN_2 + fused::fast_ln(m as f32) as f64
-}
-
-/// `lgamma(z)` and `digamma(z)` for `z > 0`: recurrence up to z >= 10, then the asymptotic series
-/// (error below 1e-12 there).
-fn lgamma_digamma(mut z: f64) -> (f64, f64) {
-    let (mut prod, mut dg) = (1.0f64, 0.0);
-    while z < 10.0 {
-        prod *= z;
-        dg -= 1.0 / z;
-        z += 1.0;
-    }
-    let mut lg = if prod == 1.0 { 0.0 } else { -prod.ln() };
-    let inv = 1.0 / z;
-    let inv2 = inv * inv;
-    let ln_z = z.ln();
-    lg += (z - 0.5) * ln_z - z
-        + 0.5 * (2.0 * std::f64::consts::PI).ln()
-        + inv * (1.0 / 12.0 - inv2 * (1.0 / 360.0 - inv2 * (1.0 / 1260.0 - inv2 / 1680.0)));
-    dg += ln_z - 0.5 * inv - inv2 * (1.0 / 12.0 - inv2 * (1.0 / 120.0 - inv2 * (1.0 / 252.0 - inv2 / 240.0)));
-    (lg, dg)
 }
 
 /// The likelihoods below leave out `-lgamma(x + 1)`, which does not depend on the model: the
