@@ -159,6 +159,45 @@ fn read_ints(ds: &hdf5::Dataset, range: std::ops::Range<usize>) -> hdf5::Result<
     }
 }
 
+/// An index outside its range: its position and value.
+type BadIndex = Option<(usize, i64)>;
+
+/// Column indices of a CSR matrix as u32, and the first one outside `0..limit` when there is
+/// one. Read in the stored width and converted in place: CSR indices
+/// are most of what a reader moves.
+fn read_columns(ds: &hdf5::Dataset, range: std::ops::Range<usize>, limit: usize) -> hdf5::Result<(Vec<u32>, BadIndex)> {
+    use hdf5::types::{IntSize, TypeDescriptor};
+    // One pass that vectorises; the position is looked up only for a bad file.
+    fn first_bad<T: Copy + Into<i64>>(v: &[T], limit: usize) -> BadIndex {
+        let limit = limit as i64;
+        let bad = v.iter().fold(false, |bad, &c| bad | !(0..limit).contains(&c.into()));
+        bad.then(|| {
+            let k = v
+                .iter()
+                .position(|&c| !(0..limit).contains(&c.into()))
+                .expect("a bad index");
+            (k, v[k].into())
+        })
+    }
+    Ok(match ds.dtype()?.to_descriptor()? {
+        TypeDescriptor::Integer(IntSize::U4) => {
+            let v = ds.read_slice_1d::<i32, _>(range)?.into_raw_vec_and_offset().0;
+            let bad = first_bad(&v, limit);
+            (v.into_iter().map(|c| c as u32).collect(), bad)
+        }
+        TypeDescriptor::Unsigned(IntSize::U4) => {
+            let v = ds.read_slice_1d::<u32, _>(range)?.into_raw_vec_and_offset().0;
+            let bad = first_bad(&v, limit);
+            (v, bad)
+        }
+        _ => {
+            let v = ds.read_slice_1d::<i64, _>(range)?.into_raw_vec_and_offset().0;
+            let bad = first_bad(&v, limit);
+            (v.into_iter().map(|c| c as u32).collect(), bad)
+        }
+    })
+}
+
 /// Rows of a CSC matrix are gathered from this many stored entries at a time.
 const CSC_BLOCK: usize = 1 << 20;
 
@@ -302,9 +341,9 @@ impl H5Matrix {
             .hint("the matrix is inconsistent; rewrite it with anndata"));
         }
         let (lo, hi) = (lo as usize, hi as usize);
-        let idx = g
+        let (idx, bad_col) = g
             .dataset("indices")
-            .and_then(|d| read_ints(&d, lo..hi))
+            .and_then(|d| read_columns(&d, lo..hi, self.file_cols))
             .at(path, &self.part("indices"))?;
         let val = g
             .dataset("data")
@@ -315,13 +354,10 @@ impl H5Matrix {
         let ptr = ptr.as_slice().expect("a 1-d array read from a file is contiguous");
         // Checked in one pass each (the common case); the first bad entry is looked up for the
         // message only when there is one.
-        let cols = self.file_cols as i64;
-        let bad_col = idx.iter().fold(false, |bad, &c| bad | !(0..cols).contains(&c));
         let bad_val = val.iter().fold(false, |bad, v| bad | !v.is_finite());
         let row_of = |k: usize| start + ptr.partition_point(|&p| p as usize <= lo + k) - 1;
-        if bad_col {
-            let k = idx.iter().position(|c| !(0..cols).contains(c)).expect("a bad column");
-            self.column(path, idx[k], row_of(k))?;
+        if let Some((k, c)) = bad_col {
+            self.column(path, c, row_of(k))?;
         }
         if bad_val {
             let k = val.iter().position(|v| !v.is_finite()).expect("a bad value");
@@ -330,7 +366,7 @@ impl H5Matrix {
         let mut chunk = CsrChunk::empty(start, self.n_cols);
         match &self.col_map {
             None => {
-                chunk.indices = idx.iter().map(|&c| c as u32).collect();
+                chunk.indices = idx;
                 chunk.data = val;
                 chunk.indptr = ptr.iter().map(|&p| p as usize - lo).collect();
             }

@@ -135,7 +135,144 @@ pub fn replay<T: Send + 'static>(
     rx
 }
 
-/// Starts the reader thread for one pass over the data; each batch is turned into `T` by `make`
+/// One pass over the data as minibatches, read on the calling thread: chunks of rows in shuffled
+/// order, cells shuffled within a buffer of several chunks. `batches` runs one on a thread of its
+/// own; training on the CPU with every core computing iterates one directly (see `train`).
+pub struct Reader {
+    cfg: LoaderConfig,
+    rng: Rng,
+    /// First row of each chunk, in reading order, and how many have been read.
+    starts: Vec<usize>,
+    next: usize,
+    /// Cells as (row in the dataset, chunk, row in the chunk); chunks stay in `chunks` while a
+    /// pooled cell refers to them, and a minibatch copies its cells' nonzeros from there in one
+    /// slice copy each.
+    pool: Vec<(usize, u32, u32)>,
+    chunks: Vec<Option<CsrChunk>>,
+    ready: std::collections::VecDeque<Batch>,
+    done: bool,
+}
+
+impl Reader {
+    pub fn new(cfg: LoaderConfig, epoch: usize) -> Self {
+        let n = cfg.dataset.n_cells();
+        let mut rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 1_000_003));
+        let mut starts: Vec<usize> = (0..n).step_by(cfg.chunk_rows.max(1)).collect();
+        if cfg.shuffle {
+            rng.shuffle(&mut starts);
+        }
+        Reader {
+            cfg,
+            rng,
+            starts,
+            next: 0,
+            pool: Vec::new(),
+            chunks: Vec::new(),
+            ready: Default::default(),
+            done: false,
+        }
+    }
+
+    fn keep(&self, i: usize) -> bool {
+        match self.cfg.split {
+            Split::Validation => is_validation(self.cfg.seed, i),
+            Split::Train => !is_validation(self.cfg.seed, i),
+        }
+    }
+
+    fn gather(&self, group: &[(usize, u32, u32)]) -> Batch {
+        let chunk = |c: u32| self.chunks[c as usize].as_ref().expect("pooled chunk");
+        let nnz = group
+            .iter()
+            .map(|&(_, c, r)| chunk(c).indptr[r as usize + 1] - chunk(c).indptr[r as usize])
+            .sum();
+        let mut x = CsrChunk::empty(0, self.cfg.dataset.n_genes());
+        x.indices.reserve(nnz);
+        x.data.reserve(nnz);
+        let mut rows = Vec::with_capacity(group.len());
+        for &(row, c, r) in group {
+            let (idx, val) = chunk(c).row(r as usize);
+            x.indices.extend_from_slice(idx);
+            x.data.extend_from_slice(val);
+            x.indptr.push(x.data.len());
+            rows.push(row);
+        }
+        Batch { x, rows }
+    }
+
+    /// Turns the pool into minibatches (`all`: the pass's last, which keeps no tail).
+    fn emit(&mut self, all: bool) {
+        if self.cfg.shuffle {
+            self.rng.shuffle(&mut self.pool);
+        }
+        let pool = std::mem::take(&mut self.pool);
+        let bs = self.cfg.batch_size;
+        let mut rest = Vec::new();
+        for group in pool.chunks(bs) {
+            // BatchNorm needs at least two cells; keep a short tail for the next group.
+            if group.len() < bs && (!all || group.len() < 2) {
+                if !all || !self.cfg.shuffle {
+                    rest.extend_from_slice(group);
+                }
+                continue;
+            }
+            let b = self.gather(group);
+            self.ready.push_back(b);
+        }
+        // Evaluation passes must see every cell, even a last single one.
+        if all && !self.cfg.shuffle && !rest.is_empty() {
+            let b = self.gather(&rest);
+            self.ready.push_back(b);
+            rest.clear();
+        }
+        // Drop the chunks no pooled cell needs any more.
+        let mut keep = vec![false; self.chunks.len()];
+        for &(_, c, _) in &rest {
+            keep[c as usize] = true;
+        }
+        for (c, k) in self.chunks.iter_mut().zip(keep) {
+            if !k {
+                *c = None;
+            }
+        }
+        self.pool = rest;
+    }
+}
+
+impl Iterator for Reader {
+    type Item = Result<Batch, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.ready.is_empty() && !self.done {
+            let Some(&s) = self.starts.get(self.next) else {
+                self.emit(true);
+                self.done = true;
+                break;
+            };
+            let chunk = match self.cfg.dataset.read_rows(s, s + self.cfg.chunk_rows) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e.to_string()));
+                }
+            };
+            let id = self.chunks.len() as u32;
+            for r in 0..chunk.n_rows() {
+                if self.keep(s + r) {
+                    self.pool.push((s + r, id, r as u32));
+                }
+            }
+            self.chunks.push(Some(chunk));
+            self.next += 1;
+            if self.next.is_multiple_of(self.cfg.buffer_chunks.max(1)) {
+                self.emit(false);
+            }
+        }
+        self.ready.pop_front().map(Ok)
+    }
+}
+
+/// Starts a reader thread for one pass over the data; each batch is turned into `T` by `make`
 /// on that thread (tensor preparation overlaps training) and arrives in the returned channel.
 pub fn batches<T: Send + 'static>(
     cfg: LoaderConfig,
@@ -145,101 +282,78 @@ pub fn batches<T: Send + 'static>(
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
         yield_to_training();
-        let ds = cfg.dataset.clone();
-        let n = ds.n_cells();
-        let mut rng = Rng::new(cfg.seed.wrapping_add(epoch as u64 * 1_000_003));
-        let mut starts: Vec<usize> = (0..n).step_by(cfg.chunk_rows.max(1)).collect();
-        if cfg.shuffle {
-            rng.shuffle(&mut starts);
-        }
-        let keep = |i: usize| match cfg.split {
-            Split::Validation => is_validation(cfg.seed, i),
-            Split::Train => !is_validation(cfg.seed, i),
-        };
-        // The pool holds cells as (row in the dataset, chunk, row in the chunk); chunks stay in
-        // `chunks` while a pooled cell refers to them, and a minibatch copies its cells' nonzeros
-        // from there in one slice copy each.
-        let mut pool: Vec<(usize, u32, u32)> = Vec::new();
-        let mut chunks: Vec<Option<CsrChunk>> = Vec::new();
-        let n_cols = ds.n_genes();
-        let gather = |group: &[(usize, u32, u32)], chunks: &[Option<CsrChunk>]| {
-            let nnz = group
-                .iter()
-                .map(|&(_, c, r)| {
-                    let ch = chunks[c as usize].as_ref().expect("pooled chunk");
-                    ch.indptr[r as usize + 1] - ch.indptr[r as usize]
-                })
-                .sum();
-            let mut x = CsrChunk::empty(0, n_cols);
-            x.indices.reserve(nnz);
-            x.data.reserve(nnz);
-            let mut rows = Vec::with_capacity(group.len());
-            for &(row, c, r) in group {
-                let (idx, val) = chunks[c as usize].as_ref().expect("pooled chunk").row(r as usize);
-                x.indices.extend_from_slice(idx);
-                x.data.extend_from_slice(val);
-                x.indptr.push(x.data.len());
-                rows.push(row);
-            }
-            Batch { x, rows }
-        };
-        let emit =
-            |pool: &mut Vec<(usize, u32, u32)>, chunks: &mut Vec<Option<CsrChunk>>, all: bool, rng: &mut Rng| -> bool {
-                if cfg.shuffle {
-                    rng.shuffle(pool);
-                }
-                let mut rest = Vec::new();
-                for group in pool.chunks(cfg.batch_size) {
-                    // BatchNorm needs at least two cells; keep a short tail for the next group.
-                    if group.len() < cfg.batch_size && (!all || group.len() < 2) {
-                        if !all || !cfg.shuffle {
-                            rest.extend_from_slice(group);
-                        }
-                        continue;
-                    }
-                    if tx.send(Ok(make(gather(group, chunks)))).is_err() {
-                        return false;
-                    }
-                }
-                // Drop the chunks no pooled cell needs any more.
-                let mut keep = vec![false; chunks.len()];
-                for &(_, c, _) in &rest {
-                    keep[c as usize] = true;
-                }
-                for (c, k) in chunks.iter_mut().zip(keep) {
-                    if !k {
-                        *c = None;
-                    }
-                }
-                *pool = rest;
-                true
-            };
-        for (k, &s) in starts.iter().enumerate() {
-            let chunk = match ds.read_rows(s, s + cfg.chunk_rows) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let id = chunks.len() as u32;
-            for r in 0..chunk.n_rows() {
-                if keep(s + r) {
-                    pool.push((s + r, id, r as u32));
-                }
-            }
-            chunks.push(Some(chunk));
-            if (k + 1) % cfg.buffer_chunks.max(1) == 0 && !emit(&mut pool, &mut chunks, false, &mut rng) {
+        for b in Reader::new(cfg, epoch) {
+            if tx.send(b.map(&make)).is_err() {
                 return;
             }
         }
-        if !emit(&mut pool, &mut chunks, true, &mut rng) {
-            return;
-        }
-        // Evaluation passes must see every cell, even a last single one.
-        if !cfg.shuffle && !pool.is_empty() {
-            let _ = tx.send(Ok(make(gather(&pool, &chunks))));
-        }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(split: Split, shuffle: bool) -> LoaderConfig {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pbmc68k_counts.h5ad");
+        LoaderConfig {
+            dataset: std::sync::Arc::new(Dataset::open(path).unwrap()),
+            batch_size: 64,
+            chunk_rows: 100,
+            buffer_chunks: 3,
+            seed: 7,
+            split,
+            shuffle,
+        }
+    }
+
+    /// A training pass sees each training cell once (a single leftover cell may be dropped, as
+    /// BatchNorm needs two), in full batches but the last, with the file's counts; evaluation
+    /// passes see every validation cell once, in file order; the order depends on the epoch only
+    /// through the seed, and a reader on a thread yields what one on the caller's does.
+    #[test]
+    fn passes_cover_their_split_once_with_the_files_rows() {
+        let train: Vec<Batch> = Reader::new(config(Split::Train, true), 0).map(Result::unwrap).collect();
+        let ds = config(Split::Train, true).dataset;
+        let n = ds.n_cells();
+        let want: Vec<usize> = (0..n).filter(|&i| !is_validation(7, i)).collect();
+        let mut seen: Vec<usize> = train.iter().flat_map(|b| b.rows.clone()).collect();
+        assert!(train[..train.len() - 1].iter().all(|b| b.rows.len() == 64));
+        assert!(train.last().unwrap().rows.len() >= 2);
+        // Shuffled: not in file order.
+        assert!(seen.windows(2).any(|w| w[1] < w[0]));
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(
+            seen.len(),
+            train.iter().map(|b| b.rows.len()).sum::<usize>(),
+            "a cell twice"
+        );
+        assert!(want.len() - seen.len() <= 1 && seen.iter().all(|r| want.binary_search(r).is_ok()));
+        for b in &train[..2] {
+            for (i, &row) in b.rows.iter().enumerate() {
+                let file = ds.read_rows(row, row + 1).unwrap();
+                let (a, z) = (b.x.indptr[i], b.x.indptr[i + 1]);
+                assert_eq!(&b.x.indices[a..z], &file.indices[..]);
+                assert_eq!(&b.x.data[a..z], &file.data[..]);
+            }
+        }
+        let val: Vec<usize> = Reader::new(config(Split::Validation, false), 0)
+            .flat_map(|b| b.unwrap().rows)
+            .collect();
+        assert_eq!(val, (0..n).filter(|&i| is_validation(7, i)).collect::<Vec<_>>());
+        let rows = |epoch: usize| -> Vec<usize> {
+            Reader::new(config(Split::Train, true), epoch)
+                .flat_map(|b| b.unwrap().rows)
+                .collect()
+        };
+        assert_eq!(rows(0), train.iter().flat_map(|b| b.rows.clone()).collect::<Vec<_>>());
+        assert_ne!(rows(0), rows(1));
+        let threaded: Vec<usize> = batches(config(Split::Train, true), 1, |b| b.rows)
+            .into_iter()
+            .flat_map(Result::unwrap)
+            .collect();
+        assert_eq!(threaded, rows(1));
+    }
 }
