@@ -51,13 +51,15 @@
 //! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
 //! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
 //! loss; on the CPU the encoder's first layer runs over the nonzeros, gene by gene, outside
-//! autograd, with its weight gradient by hand), `fused` (NB/Poisson log-likelihood and its
-//! gradient in one Rust pass per cell, fed back to autograd through a zero-valued surrogate),
-//! `adam` (the optimiser: one fused pass per parameter on the CPU, moments checkpointed),
-//! `loader` (reader threads streaming shuffled minibatches over bounded channels, running an
-//! epoch ahead; validation cells cached after the first pass within a budget; the seeded
-//! train/validation split), `train` (the loop, checkpoints, resume, event log, saving into
-//! the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
+//! autograd, with its weight gradient by hand; that weight is held inputs x outputs in memory),
+//! `stored` (model files: PyTorch's names and layouts whatever the layout in memory), `fused`
+//! (NB/Poisson log-likelihood with its lgamma terms and its gradient in one Rust pass per cell,
+//! fed back to autograd through a zero-valued surrogate), `adam` (the optimiser: one fused pass
+//! per parameter on the CPU, moments checkpointed), `loader` (a pass over the data as an iterator
+//! of shuffled minibatches, run on the training thread when every core computes on the CPU, else
+//! on reader threads over bounded channels running an epoch ahead; validation cells cached after
+//! the first pass within a budget; the seeded train/validation split), `train` (the loop,
+//! checkpoints, resume, event log, saving into the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
 //! mapping-quality prediction from the reference counts stored with each model), `finetune`
 //! (a new batch category trained alone on a query), `compare` (pretrained vs from scratch on
 //! held-out cells, overlap sweep, verdict) and `tensor` (CSR chunks to tensors).

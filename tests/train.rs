@@ -421,3 +421,43 @@ fn sigterm_stops_training_cleanly_with_a_resumable_checkpoint() {
     });
     assert_eq!(first, Some(done + 1));
 }
+
+/// A run that stops early saves its best epoch's weights, not its last: they encode cells as a
+/// run of the same seed that ends at that epoch does.
+#[test]
+fn an_early_stopped_model_keeps_its_best_epoch() {
+    let zoo = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let train = |name: &str, epochs: usize, patience: usize| {
+        let o = engine(
+            &[
+                "train",
+                pbmc.to_str().unwrap(),
+                "--name",
+                name,
+                "--epochs",
+                &epochs.to_string(),
+                "--patience",
+                &patience.to_string(),
+                "--lr",
+                "0.03",
+                "--kl-warmup",
+                "0",
+                "--n-hidden",
+                "32",
+            ],
+            zoo.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(zoo.path().join(name).join("manifest.json")).unwrap()).unwrap();
+        let t = &m["training"];
+        (t["best_epoch"].as_u64().unwrap() as usize, t["epochs_run"].as_u64().unwrap() as usize)
+    };
+    let (best, run) = train("early", 60, 1);
+    assert!(best + 1 < run, "the run should stop after an epoch that is not its best: {best} of {run}");
+    // Its last epoch is its best (the weights in memory are saved).
+    assert_eq!(train("to-best", best + 1, 0), (best, best + 1));
+    let latent = |model: &str| encode(zoo.path(), model, &pbmc, 20).1;
+    assert_eq!(latent("early"), latent("to-best"));
+}

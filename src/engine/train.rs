@@ -494,10 +494,20 @@ impl CheckpointWriter {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Snapshot>(1);
         let handle = std::thread::spawn(move || -> anyhow::Result<()> {
             for s in rx {
+                let checkpoint = run_dir.join("checkpoint.safetensors");
+                write_atomic(&s.weights, &checkpoint)?;
                 if s.best {
-                    write_atomic(&s.weights, &run_dir.join("best.safetensors"))?;
+                    // The same bytes: a second name for the checkpoint's file (the next checkpoint
+                    // replaces that name, not the file), written out where links are refused.
+                    let best = run_dir.join("best.safetensors");
+                    let tmp = run_dir.join("best.tmp.safetensors");
+                    let _ = std::fs::remove_file(&tmp);
+                    if std::fs::hard_link(&checkpoint, &tmp).is_ok() {
+                        std::fs::rename(&tmp, &best)?;
+                    } else {
+                        write_atomic(&s.weights, &best)?;
+                    }
                 }
-                write_atomic(&s.weights, &run_dir.join("checkpoint.safetensors"))?;
                 write_atomic(&s.optimizer, &run_dir.join("optimizer.safetensors"))?;
                 write_json_atomic(&run_dir.join("checkpoint.json"), &s.state)?;
             }
@@ -885,8 +895,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         eprintln!();
     }
     checkpoints.finish()?;
-    // The model keeps the best validation weights.
-    load_stored(&vs, &run_dir.join("best.safetensors"))?;
+    // The model keeps the best validation weights (in memory already when the last epoch was it).
+    if state.best_epoch.is_none_or(|b| b + 1 != epochs_run) {
+        load_stored(&vs, &run_dir.join("best.safetensors"))?;
+    }
     let seconds = state.seconds + started.elapsed().as_secs_f64();
     let staging = zoo.staging_dir(&args.name)?;
     let result = (|| -> anyhow::Result<PathBuf> {
