@@ -452,10 +452,16 @@ fn an_early_stopped_model_keeps_its_best_epoch() {
         let m: Value =
             serde_json::from_slice(&std::fs::read(zoo.path().join(name).join("manifest.json")).unwrap()).unwrap();
         let t = &m["training"];
-        (t["best_epoch"].as_u64().unwrap() as usize, t["epochs_run"].as_u64().unwrap() as usize)
+        (
+            t["best_epoch"].as_u64().unwrap() as usize,
+            t["epochs_run"].as_u64().unwrap() as usize,
+        )
     };
     let (best, run) = train("early", 60, 1);
-    assert!(best + 1 < run, "the run should stop after an epoch that is not its best: {best} of {run}");
+    assert!(
+        best + 1 < run,
+        "the run should stop after an epoch that is not its best: {best} of {run}"
+    );
     // Its last epoch is its best (the weights in memory are saved).
     assert_eq!(train("to-best", best + 1, 0), (best, best + 1));
     let latent = |model: &str| encode(zoo.path(), model, &pbmc, 20).1;

@@ -19,7 +19,7 @@ use crate::adam::{write_atomic, Adam};
 use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Reader, Split};
 use crate::stored::{load_stored, stored_variables};
 use crate::tensor::{cpu_slice, filled};
-use crate::vae::{ByGene, Input, SparseX, Vae};
+use crate::vae::{ByGene, Input, MaskGroups, SparseX, Vae};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct TrainArgs {
@@ -138,7 +138,40 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 pub(crate) struct Covariates {
     pub batch: Option<(Vec<String>, Vec<i32>)>,
     pub labels: Option<(Vec<String>, Vec<i32>)>,
-    pub presence: Option<scmz::data::dataset::Presence>,
+    pub presence: Option<Masks>,
+}
+
+/// The presence mask of a merged file as one 0/1 row per input dataset, and each cell's dataset:
+/// a minibatch's mask is a copy of rows, its distinct rows a few.
+pub(crate) struct Masks {
+    rows: Vec<f32>,
+    n_genes: usize,
+    dataset_of_cell: Vec<i32>,
+}
+
+impl Masks {
+    pub fn new(p: &scmz::data::dataset::Presence, n_genes: usize) -> Self {
+        let d = p.n_datasets;
+        let mut rows = vec![0f32; d * n_genes];
+        for g in 0..n_genes {
+            for k in 0..d {
+                rows[k * n_genes + g] = f32::from(u8::from(p.mask[g * d + k]));
+            }
+        }
+        Masks {
+            rows,
+            n_genes,
+            dataset_of_cell: p.dataset_of_cell.clone(),
+        }
+    }
+
+    fn dataset(&self, cell: usize) -> usize {
+        self.dataset_of_cell[cell] as usize
+    }
+
+    fn row(&self, dataset: usize) -> &[f32] {
+        &self.rows[dataset * self.n_genes..(dataset + 1) * self.n_genes]
+    }
 }
 
 fn categorical(ds: &Dataset, key: &str, flag: &str) -> anyhow::Result<(Vec<String>, Vec<i32>)> {
@@ -167,6 +200,7 @@ pub(crate) struct Prepared {
     sparse: SparseX,
     lgamma_x1: Tensor,
     pub measured: Option<Tensor>,
+    measured_groups: Option<MaskGroups>,
     pub visible: Option<Tensor>,
     batch: Option<Tensor>,
 }
@@ -199,12 +233,15 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
             let (idx, val) = c.row(r);
             let sum: f64 = match &cov.presence {
                 None => sum4(val.iter().map(|&v| ln_factorial(v as f64))),
-                Some(p) => sum4(
-                    idx.iter()
-                        .zip(val)
-                        .filter(|(g, _)| p.measured(b.rows[r], **g as usize))
-                        .map(|(_, &v)| ln_factorial(v as f64)),
-                ),
+                Some(p) => {
+                    let m = p.row(p.dataset(b.rows[r]));
+                    sum4(
+                        idx.iter()
+                            .zip(val)
+                            .filter(|(&g, _)| m[g as usize] != 0.0)
+                            .map(|(_, &v)| ln_factorial(v as f64)),
+                    )
+                }
             };
             sum as f32
         })
@@ -221,15 +258,37 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
     };
     let lgamma_x1 = Tensor::from_slice(&lgamma).to_device(dev);
     let measured = cov.presence.as_ref().map(|p| {
-        let mut m = vec![0f32; b.rows.len() * n_genes];
-        for (r, &row) in b.rows.iter().enumerate() {
-            for g in 0..n_genes {
-                m[r * n_genes + g] = f32::from(u8::from(p.measured(row, g)));
+        filled::<f32>(n * n_genes, |m| {
+            for (out, &row) in m.chunks_mut(n_genes).zip(&b.rows) {
+                out.copy_from_slice(p.row(p.dataset(row)));
             }
+        })
+        .view([n as i64, n_genes as i64])
+    });
+    // The same mask as its distinct rows (datasets in order of first appearance).
+    let measured_groups = cov.presence.as_ref().map(|p| {
+        let mut seen: Vec<usize> = Vec::new();
+        let index: Vec<i64> = b
+            .rows
+            .iter()
+            .map(|&row| {
+                let d = p.dataset(row);
+                let k = seen.iter().position(|&s| s == d).unwrap_or_else(|| {
+                    seen.push(d);
+                    seen.len() - 1
+                });
+                k as i64
+            })
+            .collect();
+        let rows = filled::<f32>(seen.len() * n_genes, |m| {
+            for (out, &d) in m.chunks_mut(n_genes).zip(&seen) {
+                out.copy_from_slice(p.row(d));
+            }
+        });
+        MaskGroups {
+            rows: rows.view([seen.len() as i64, n_genes as i64]),
+            index: Tensor::from_slice(&index),
         }
-        Tensor::from_slice(&m)
-            .view([b.rows.len() as i64, n_genes as i64])
-            .to_device(dev)
     });
     let visible = None;
     let batch = cov.batch.as_ref().map(|(cats, codes)| {
@@ -245,6 +304,7 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
         sparse,
         lgamma_x1,
         measured,
+        measured_groups,
         visible,
         batch,
     }
@@ -407,6 +467,10 @@ impl Prepared {
             },
             lgamma_x1: mv(self.lgamma_x1),
             measured,
+            measured_groups: self.measured_groups.map(|g| MaskGroups {
+                rows: mv(g.rows),
+                index: mv(g.index),
+            }),
             visible,
             batch: self.batch.map(mv),
         }
@@ -418,6 +482,7 @@ impl Prepared {
             lgamma_x1: Some(&self.lgamma_x1),
             x: None,
             measured: self.measured.as_ref(),
+            measured_groups: self.measured_groups.as_ref(),
             visible: self.visible.as_ref(),
             batch: self.batch.as_ref(),
         }
@@ -606,7 +671,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(|k| categorical(&ds, k, "--label-key"))
             .transpose()?,
-        presence: ds.presence()?,
+        presence: ds.presence()?.map(|p| Masks::new(&p, n_genes)),
     });
     let max_epochs = args
         .epochs

@@ -143,10 +143,22 @@ pub struct Input<'a> {
     pub x: Option<&'a Tensor>,
     /// 1 where a gene was measured for the cell (enters the loss); None: all measured.
     pub measured: Option<&'a Tensor>,
+    /// `measured` as its distinct rows, when the caller has them (see `MaskGroups`).
+    pub measured_groups: Option<&'a MaskGroups>,
     /// 1 where the encoder may see the gene (measured and not dropped out); None: `measured`.
     pub visible: Option<&'a Tensor>,
     /// One-hot batch, cells x n_batch.
     pub batch: Option<&'a Tensor>,
+}
+
+/// A minibatch's presence mask as its distinct rows: cell `i`'s mask is `rows[index[i]]`. Cells
+/// of one input dataset of a merged file share a row, so the encoder's product with the mask
+/// costs a few rows (one per dataset in the batch) instead of one per cell.
+pub struct MaskGroups {
+    /// Distinct rows x genes.
+    pub rows: Tensor,
+    /// Per cell (int64).
+    pub index: Tensor,
 }
 
 /// Whether autograd records operations now (false inside `tch::no_grad`).
@@ -369,7 +381,12 @@ impl Vae {
         let mut h = &hx + &lin.bs;
         let mut next = g;
         if let Some(v) = &visible {
-            h = &h + v.matmul(&lin.wt.narrow(0, g, g));
+            let wm = lin.wt.narrow(0, g, g);
+            h = &h
+                + match (input.visible, input.measured_groups) {
+                    (None, Some(mg)) => mg.rows.matmul(&wm).index_select(0, &mg.index),
+                    _ => v.matmul(&wm),
+                };
             next += g;
         }
         if let Some(b) = input.batch {
@@ -801,6 +818,7 @@ mod tests {
             lgamma_x1: None,
             x: Some(x),
             measured: Some(measured),
+            measured_groups: None,
             visible: Some(visible),
             batch: Some(batch),
         }
@@ -894,6 +912,52 @@ mod tests {
         }
     }
 
+    /// The mask given as its distinct rows (a merged file's datasets) gives the same losses and
+    /// gradients as the per-cell mask.
+    #[test]
+    fn mask_groups_match_the_per_cell_mask() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(9);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let vae = Vae::new(&vs.root(), arch("nb"));
+        let params: Vec<Tensor> = vs.trainable_variables();
+        let x = Tensor::randint(6, [8, 50], (Kind::Float, tch::Device::Cpu))
+            * Tensor::rand([8, 50], (Kind::Float, tch::Device::Cpu)).ge(0.5);
+        let groups = MaskGroups {
+            rows: Tensor::rand([3, 50], (Kind::Float, tch::Device::Cpu))
+                .ge(0.3)
+                .to_kind(Kind::Float),
+            index: Tensor::from_slice(&[0i64, 2, 2, 1, 0, 1, 2, 0]),
+        };
+        let measured = groups.rows.index_select(0, &groups.index);
+        let sp = sparse_of(&x);
+        let run = |g: Option<&MaskGroups>| {
+            let input = Input {
+                sparse: Some(&sp),
+                lgamma_x1: None,
+                x: Some(&x),
+                measured: Some(&measured),
+                measured_groups: g,
+                visible: None,
+                batch: None,
+            };
+            tch::manual_seed(4);
+            let l = vae.losses(&input, 0.5, true);
+            let grads = vae.backward(&l, &params);
+            (l.total.double_value(&[]), grads)
+        };
+        let (a, ga) = run(None);
+        let (b, gb) = run(Some(&groups));
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
+        for (d, s) in ga.iter().zip(&gb) {
+            assert_eq!(d.defined(), s.defined());
+            if d.defined() {
+                let diff = f64::try_from((d - s).abs().max()).unwrap();
+                assert!(diff <= 1e-5 * f64::try_from(d.abs().max()).unwrap().max(1.0), "{diff}");
+            }
+        }
+    }
+
     /// A gene a cell's dataset did not measure changes nothing, whatever value sits in it.
     #[test]
     fn unmeasured_genes_never_enter_the_loss() {
@@ -917,6 +981,7 @@ mod tests {
                         lgamma_x1: None,
                         x: Some(x),
                         measured: Some(&measured),
+                        measured_groups: None,
                         visible: None,
                         batch: None,
                     },
