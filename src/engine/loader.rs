@@ -149,7 +149,11 @@ pub struct Reader {
     /// slice copy each.
     pool: Vec<(usize, u32, u32)>,
     chunks: Vec<Option<CsrChunk>>,
-    ready: std::collections::VecDeque<Batch>,
+    /// The shuffled cells being handed out, as minibatches (ranges of `emitting`, gathered one at
+    /// a time so that a pool is not held twice), and the short tail kept for the next pool.
+    emitting: Vec<(usize, u32, u32)>,
+    groups: std::collections::VecDeque<std::ops::Range<usize>>,
+    rest: Vec<(usize, u32, u32)>,
     done: bool,
 }
 
@@ -168,7 +172,9 @@ impl Reader {
             next: 0,
             pool: Vec::new(),
             chunks: Vec::new(),
-            ready: Default::default(),
+            emitting: Vec::new(),
+            groups: Default::default(),
+            rest: Vec::new(),
             done: false,
         }
     }
@@ -205,29 +211,33 @@ impl Reader {
         if self.cfg.shuffle {
             self.rng.shuffle(&mut self.pool);
         }
-        let pool = std::mem::take(&mut self.pool);
-        let bs = self.cfg.batch_size;
-        let mut rest = Vec::new();
-        for group in pool.chunks(bs) {
+        self.emitting = std::mem::take(&mut self.pool);
+        let (bs, n) = (self.cfg.batch_size, self.emitting.len());
+        for lo in (0..n).step_by(bs.max(1)) {
+            let hi = (lo + bs).min(n);
             // BatchNorm needs at least two cells; keep a short tail for the next group.
-            if group.len() < bs && (!all || group.len() < 2) {
+            if hi - lo < bs && (!all || hi - lo < 2) {
                 if !all || !self.cfg.shuffle {
-                    rest.extend_from_slice(group);
+                    self.rest.extend_from_slice(&self.emitting[lo..hi]);
                 }
                 continue;
             }
-            let b = self.gather(group);
-            self.ready.push_back(b);
+            self.groups.push_back(lo..hi);
         }
-        // Evaluation passes must see every cell, even a last single one.
-        if all && !self.cfg.shuffle && !rest.is_empty() {
-            let b = self.gather(&rest);
-            self.ready.push_back(b);
-            rest.clear();
-        }
-        // Drop the chunks no pooled cell needs any more.
+    }
+
+    /// After a pool's minibatches: evaluation passes must see every cell, even a last single one;
+    /// the chunks no cell of the tail needs are dropped and the tail starts the next pool.
+    fn finish_pool(&mut self) -> Option<Batch> {
+        self.emitting.clear();
+        let last = if self.done && !self.cfg.shuffle && !self.rest.is_empty() {
+            let tail = std::mem::take(&mut self.rest);
+            Some(self.gather(&tail))
+        } else {
+            None
+        };
         let mut keep = vec![false; self.chunks.len()];
-        for &(_, c, _) in &rest {
+        for &(_, c, _) in &self.rest {
             keep[c as usize] = true;
         }
         for (c, k) in self.chunks.iter_mut().zip(keep) {
@@ -235,7 +245,8 @@ impl Reader {
                 *c = None;
             }
         }
-        self.pool = rest;
+        self.pool = std::mem::take(&mut self.rest);
+        last
     }
 }
 
@@ -243,11 +254,22 @@ impl Iterator for Reader {
     type Item = Result<Batch, String>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while self.ready.is_empty() && !self.done {
+        loop {
+            if let Some(g) = self.groups.pop_front() {
+                return Some(Ok(self.gather(&self.emitting[g])));
+            }
+            if !self.emitting.is_empty() || !self.rest.is_empty() {
+                if let Some(b) = self.finish_pool() {
+                    return Some(Ok(b));
+                }
+            }
+            if self.done {
+                return None;
+            }
             let Some(&s) = self.starts.get(self.next) else {
-                self.emit(true);
                 self.done = true;
-                break;
+                self.emit(true);
+                continue;
             };
             let chunk = match self.cfg.dataset.read_rows(s, s + self.cfg.chunk_rows) {
                 Ok(c) => c,
@@ -268,7 +290,6 @@ impl Iterator for Reader {
                 self.emit(false);
             }
         }
-        self.ready.pop_front().map(Ok)
     }
 }
 
