@@ -48,7 +48,8 @@ enum Command {
         #[arg(long)]
         batch_key: Option<String>,
     },
-    /// Times training steps on one minibatch held in memory: the compute floor, without reading.
+    /// Times training steps on one minibatch held in memory (the compute floor, without reading),
+    /// and apart from them reading and preparing a minibatch.
     BenchStep {
         path: PathBuf,
         #[arg(long, default_value_t = 200)]
