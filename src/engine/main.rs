@@ -78,15 +78,22 @@ fn main() {
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
-        std::process::exit(1);
+        exit_now(1);
     }
 }
 
-/// libtorch allocates each intermediate tensor with malloc and frees it a moment later. glibc
-/// serves blocks above 128 KiB with fresh mmap'ed pages (a page fault per 4 KiB on first touch)
-/// and trims the heap top eagerly; a model step's tensors (128 cells x 1,000 genes = 512 KiB)
-/// then pay the kernel every time: 3.9 vs 3.3 ms per step on mouse_10k. Keep such blocks in the
-/// heap instead, reused from one step to the next.
+/// Ends the process at once, without exit handlers: HDF5 tears its library down in one (atexit),
+/// and a reader thread still inside a read then crashes the process (a cancelled run under load
+/// ended killed by a signal instead of with its exit code). Whatever the engine writes is on disk
+/// by then (event log lines are flushed, checkpoints joined); stdout and stderr are flushed here.
+pub(crate) fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit only ends the process.
+    unsafe { libc::_exit(code) }
+}
+
 /// libtorch's OpenMP workers spin for a while after each parallel region (GOMP_SPINCOUNT, 300,000
 /// by default) before sleeping; between regions scmz runs its own loops (the likelihood, the
 /// sparse first layer, the optimiser) and the reader thread, which then compete with a spinning
@@ -113,6 +120,11 @@ fn spin_briefly() {
         .exec();
 }
 
+/// libtorch allocates each intermediate tensor with malloc and frees it a moment later. glibc
+/// serves blocks above 128 KiB with fresh mmap'ed pages (a page fault per 4 KiB on first touch)
+/// and trims the heap top eagerly; a model step's tensors (128 cells x 1,000 genes = 512 KiB)
+/// then pay the kernel every time: 3.9 vs 3.3 ms per step on mouse_10k. Keep such blocks in the
+/// heap instead, reused from one step to the next.
 fn tune_malloc() {
     // SAFETY: mallopt only adjusts allocator parameters; called before any other thread starts.
     unsafe {

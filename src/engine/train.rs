@@ -861,7 +861,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 "no epoch had finished, so there is no checkpoint".to_string()
             };
             eprintln!("\ncancelled during epoch {}: {kept}", epoch + 1);
-            std::process::exit(143);
+            crate::exit_now(143);
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
         cells_per_s = n as f64 / train_secs.max(1e-9);
