@@ -63,6 +63,8 @@ pub enum Event {
         /// Share of the latent variance on each of the two components.
         explained: [f32; 2],
     },
+    /// The epoch's checkpoint is on disk (a resume starts after it); written once its files are,
+    /// so it may follow the next epoch's first steps.
     Checkpoint {
         epoch: usize,
     },

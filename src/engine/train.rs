@@ -555,9 +555,14 @@ struct CheckpointWriter {
 }
 
 impl CheckpointWriter {
+    /// Writes into `run_dir`, and appends to the run's event log (`events.jsonl` there) that a
+    /// checkpoint is on disk once it is: only then may a resume start after it.
     fn start(run_dir: PathBuf) -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Snapshot>(1);
         let handle = std::thread::spawn(move || -> anyhow::Result<()> {
+            // Lines are appended whole (one write each), so this log and the training thread's
+            // do not interleave within a line.
+            let mut log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
             for s in rx {
                 let checkpoint = run_dir.join("checkpoint.safetensors");
                 write_atomic(&s.weights, &checkpoint)?;
@@ -575,6 +580,7 @@ impl CheckpointWriter {
                 }
                 write_atomic(&s.optimizer, &run_dir.join("optimizer.safetensors"))?;
                 write_json_atomic(&run_dir.join("checkpoint.json"), &s.state)?;
+                log.write(Event::Checkpoint { epoch: s.state.epoch })?;
             }
             Ok(())
         });
@@ -845,13 +851,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             }
         }
         if stop_requested() {
+            checkpoints.finish()?;
             log.write(Event::End {
                 status: "cancelled".into(),
                 best_epoch: state.best_epoch,
                 best_val_elbo: state.best_val,
                 model: None,
             })?;
-            checkpoints.finish()?;
             let kept = if ckpt_json.exists() {
                 format!(
                     "the checkpoint of epoch {} is kept; run again with --resume to continue",
@@ -934,7 +940,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             best,
             state: state.clone(),
         })?;
-        log.write(Event::Checkpoint { epoch })?;
         final_train = Some(train_terms);
         final_val = Some(val_terms);
         epochs_run = epoch + 1;
