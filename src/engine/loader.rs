@@ -155,6 +155,8 @@ pub struct Reader {
     groups: std::collections::VecDeque<std::ops::Range<usize>>,
     rest: Vec<(usize, u32, u32)>,
     done: bool,
+    /// Chunks read ahead, in `starts` order, by a thread of their own (see `prefetch`).
+    ahead: Option<Receiver<Result<CsrChunk, String>>>,
 }
 
 impl Reader {
@@ -176,6 +178,38 @@ impl Reader {
             groups: Default::default(),
             rest: Vec::new(),
             done: false,
+            ahead: None,
+        }
+    }
+
+    /// Reads the file's chunks on a thread of its own, a few ahead, while the caller shuffles,
+    /// gathers and prepares minibatches: a slow or network filesystem's latency is then hidden,
+    /// at the cost of only the reads (a small share of a reader's work) competing with training.
+    pub fn prefetch(mut self) -> Self {
+        let (tx, rx) = sync_channel(2);
+        let (ds, starts, rows) = (self.cfg.dataset.clone(), self.starts.clone(), self.cfg.chunk_rows);
+        std::thread::spawn(move || {
+            yield_to_training();
+            for s in starts {
+                let chunk = ds.read_rows(s, s + rows).map_err(|e| e.to_string());
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        self.ahead = Some(rx);
+        self
+    }
+
+    fn read_chunk(&mut self, start: usize) -> Result<CsrChunk, String> {
+        match &self.ahead {
+            Some(rx) => rx.recv().map_err(|_| "the chunk reader stopped".to_string())?,
+            None => self
+                .cfg
+                .dataset
+                .read_rows(start, start + self.cfg.chunk_rows)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -271,11 +305,11 @@ impl Iterator for Reader {
                 self.emit(true);
                 continue;
             };
-            let chunk = match self.cfg.dataset.read_rows(s, s + self.cfg.chunk_rows) {
+            let chunk = match self.read_chunk(s) {
                 Ok(c) => c,
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(e.to_string()));
+                    return Some(Err(e));
                 }
             };
             let id = self.chunks.len() as u32;
@@ -332,7 +366,8 @@ mod tests {
     /// A training pass sees each training cell once (a single leftover cell may be dropped, as
     /// BatchNorm needs two), in full batches but the last, with the file's counts; evaluation
     /// passes see every validation cell once, in file order; the order depends on the epoch only
-    /// through the seed, and a reader on a thread yields what one on the caller's does.
+    /// through the seed, and a reader on a thread, or reading its chunks ahead on one, yields what
+    /// one on the caller's does.
     #[test]
     fn passes_cover_their_split_once_with_the_files_rows() {
         let train: Vec<Batch> = Reader::new(config(Split::Train, true), 0).map(Result::unwrap).collect();
@@ -376,5 +411,10 @@ mod tests {
             .flat_map(Result::unwrap)
             .collect();
         assert_eq!(threaded, rows(1));
+        let prefetched: Vec<usize> = Reader::new(config(Split::Train, true), 1)
+            .prefetch()
+            .flat_map(|b| b.unwrap().rows)
+            .collect();
+        assert_eq!(prefetched, rows(1));
     }
 }
