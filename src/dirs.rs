@@ -1,7 +1,7 @@
 //! Where scmz keeps its files: the platform's user directories (`directories`), each
 //! overridable by an environment variable so tests and shared servers can redirect them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn project() -> Option<directories::ProjectDirs> {
     directories::ProjectDirs::from("", "", "scmz")
@@ -30,5 +30,32 @@ pub fn data_dir() -> PathBuf {
 pub fn state_dir() -> PathBuf {
     from_env_or("SCMZ_STATE_DIR", |p| {
         p.state_dir().unwrap_or(p.data_dir()).to_path_buf()
+    })
+}
+
+/// ("network" | "local", name) of the filesystem holding `path`, from statfs's magic number; None
+/// when statfs fails or the filesystem is not one of these.
+pub fn filesystem_kind(path: &Path) -> Option<(&'static str, &'static str)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(match st.f_type as u64 {
+        0x6969 => ("network", "nfs"),
+        0x0bd0_0bd0 => ("network", "lustre"),
+        0x4750_4653 => ("network", "gpfs"),
+        0x00c3_6400 => ("network", "cephfs"),
+        0x1983_0326 => ("network", "beegfs"),
+        0xff53_4d42 | 0xfe53_4d42 => ("network", "cifs/smb"),
+        0xef53 => ("local", "ext4"),
+        0x5846_5342 => ("local", "xfs"),
+        0x9123_683e => ("local", "btrfs"),
+        0x0102_1994 => ("local", "tmpfs"),
+        0x794c_7630 => ("local", "overlayfs"),
+        0x2fc1_2fc1 => ("local", "zfs"),
+        _ => return None,
     })
 }

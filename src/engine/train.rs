@@ -744,17 +744,26 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     // compute threads mid-product, and each stall holds up the others at the product's end: at
     // 20,000 genes a step took 30.5 ms with the reader running beside it, 26.4 ms without, for
     // 1.7 ms of reading and preparing. There the training thread prepares minibatches between
-    // steps itself, with only the file reads a few chunks ahead on a thread (hiding a slow
-    // filesystem's latency for about 3 % here); elsewhere (a GPU, or a core left free of
-    // libtorch) readers run ahead on threads.
+    // steps itself; its file reads too from a local disk, else (a network filesystem, or one it
+    // cannot tell) a few chunks ahead on a thread, to hide the latency (3-8 % slower from the
+    // page cache). Elsewhere (a GPU, or a core left free of libtorch) readers run ahead on threads.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let read_here = dev == Device::Cpu && tch::get_num_threads() as usize >= cores;
+    let read_ahead = !matches!(scmz::dirs::filesystem_kind(&path), Some(("local", _)));
+    let reader = move |cfg: LoaderConfig, epoch: usize| {
+        let r = Reader::new(cfg, epoch);
+        if read_ahead {
+            r.prefetch()
+        } else {
+            r
+        }
+    };
     let train_batches = |epoch: usize| -> Batches {
         let c = cov.clone();
         let make = move |b: Batch| prepare(&b, &c, n_genes);
         let cfg = loader(Split::Train, true);
         if read_here {
-            Box::new(Reader::new(cfg, epoch).prefetch().map(move |b| b.map(&make)))
+            Box::new(reader(cfg, epoch).map(move |b| b.map(&make)))
         } else {
             Box::new(batches(cfg, epoch, make).into_iter())
         }
@@ -778,7 +787,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let mut cfg = loader(Split::Validation, false);
         cfg.batch_size = cfg.batch_size.max(VALIDATION_BATCH);
         if read_here {
-            Box::new(Reader::new(cfg, epoch).prefetch().map(move |b| b.map(&make)))
+            Box::new(reader(cfg, epoch).map(move |b| b.map(&make)))
         } else {
             Box::new(batches(cfg, epoch, make).into_iter())
         }

@@ -116,7 +116,7 @@ pub fn shared_filesystem_note(dir: &Path) -> Option<String> {
     if !nodes.is_empty() && nodes.iter().all(|n| *n == here.trim()) {
         return None;
     }
-    let kind = filesystem_kind(dir);
+    let kind = crate::dirs::filesystem_kind(dir);
     match kind {
         Some(("network", _)) => None,
         Some((_, name)) => Some(format!(
@@ -130,32 +130,6 @@ pub fn shared_filesystem_note(dir: &Path) -> Option<String> {
             dir.display()
         )),
     }
-}
-
-/// ("network" | "local", name) from statfs's filesystem magic.
-fn filesystem_kind(dir: &Path) -> Option<(&'static str, &'static str)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct we own; the path is a valid C string.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(match st.f_type as u64 {
-        0x6969 => ("network", "nfs"),
-        0x0bd0_0bd0 => ("network", "lustre"),
-        0x4750_4653 => ("network", "gpfs"),
-        0x00c3_6400 => ("network", "cephfs"),
-        0x1983_0326 => ("network", "beegfs"),
-        0xff53_4d42 | 0xfe53_4d42 => ("network", "cifs/smb"),
-        0xef53 => ("local", "ext4"),
-        0x5846_5342 => ("local", "xfs"),
-        0x9123_683e => ("local", "btrfs"),
-        0x0102_1994 => ("local", "tmpfs"),
-        0x794c_7630 => ("local", "overlayfs"),
-        0x2fc1_2fc1 => ("local", "zfs"),
-        _ => return None,
-    })
 }
 
 /// Slurm's view of a job: its state word (PENDING, RUNNING, COMPLETED, TIMEOUT, ...) and reason.
