@@ -57,7 +57,7 @@
 //! fed back to autograd through a zero-valued surrogate), `adam` (the optimiser: one fused pass
 //! per parameter on the CPU, moments checkpointed), `loader` (a pass over the data as an iterator
 //! of shuffled minibatches, run on the training thread when every core computes on the CPU (file
-//! reads a few chunks ahead on a thread), else on reader threads over bounded channels running
+//! reads a few chunks ahead on a thread from a network filesystem), else on reader threads over bounded channels running
 //! an epoch ahead; validation cells cached after the first pass within a budget; the seeded
 //! train/validation split), `train` (the loop,
 //! checkpoints, resume, event log, saving into the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
