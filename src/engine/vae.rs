@@ -36,7 +36,7 @@ fn linear<'a>(p: impl std::borrow::Borrow<nn::Path<'a>>, n_in: i64, n_out: i64) 
 
 /// The encoder's first linear map, its weight kept inputs x outputs (`weight_t`): the sparse
 /// product over the nonzeros reads, and its gradient writes, one contiguous row per gene. Model
-/// files keep PyTorch's outputs x inputs `weight` (see `stored_variables`).
+/// files keep PyTorch's outputs x inputs `weight` (see `stored::stored_variables`).
 #[derive(Debug)]
 struct InputLinear {
     wt: Tensor,
@@ -329,7 +329,8 @@ impl Vae {
     /// On the CPU the counts' part runs over the nonzeros (cost nonzeros x hidden instead of
     /// cells x genes x hidden, the largest product of a whole-transcriptome model) outside
     /// autograd; when training, its output is a leaf whose gradient `backward` turns into the
-    /// weight's. The mask and batch parts stay dense products under autograd.
+    /// weight's. The mask and batch parts stay products under autograd (the mask's over its
+    /// distinct rows when the caller has them).
     fn first_layer(&self, input: &Input) -> (Tensor, Option<SparseFirst>) {
         let lin = &self.input.linear;
         let g = self.arch.n_genes as i64;
