@@ -233,12 +233,6 @@ pub struct Presence {
     pub dataset_of_cell: Vec<i32>,
 }
 
-impl Presence {
-    pub fn measured(&self, cell: usize, gene: usize) -> bool {
-        self.mask[gene * self.n_datasets + self.dataset_of_cell[cell] as usize]
-    }
-}
-
 /// Choices the user can make when opening.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
