@@ -251,6 +251,9 @@ pub(crate) enum Source {
 pub struct Dataset {
     info: DatasetInfo,
     source: Source,
+    /// Served genes when a subset was chosen (`keep_genes`): stored column -> served column
+    /// (`u32::MAX`: left out), and the stored columns kept.
+    genes_kept: Option<(Vec<u32>, Vec<usize>)>,
 }
 
 impl Dataset {
@@ -269,7 +272,11 @@ impl Dataset {
             detect::Detected::TenxH5(file, version) => tenx::open(path, file, version, opts)?,
             detect::Detected::TenxMtx(dir) => mtx::open(&dir, opts)?,
         };
-        let ds = Dataset { info, source };
+        let ds = Dataset {
+            info,
+            source,
+            genes_kept: None,
+        };
         ds.check_not_empty()?;
         ds.check_genes()?;
         Ok(ds)
@@ -344,10 +351,55 @@ impl Dataset {
 
     /// Cells `start..end` of the served matrix as CSR.
     pub fn read_rows(&self, start: usize, end: usize) -> Result<CsrChunk> {
-        match &self.source {
+        let chunk = match &self.source {
             Source::H5 { file, matrix } => matrix.read_rows(&self.info.path, file, start, end),
             Source::Mtx(m) => m.read_rows(start, end),
+        }?;
+        Ok(match &self.genes_kept {
+            None => chunk,
+            Some((map, kept)) => {
+                let mut out = CsrChunk::empty(chunk.first_row, kept.len());
+                for r in 0..chunk.n_rows() {
+                    let (idx, val) = chunk.row(r);
+                    out.push_row(
+                        idx.iter()
+                            .zip(val)
+                            .filter(|(&c, _)| map[c as usize] != u32::MAX)
+                            .map(|(&c, &v)| (map[c as usize], v)),
+                    );
+                }
+                out
+            }
+        })
+    }
+
+    /// Serves only the genes where `keep` is true (one entry per served gene), in their order:
+    /// the matrix's columns, the gene table and the presence mask. `keep` must keep a gene.
+    pub fn keep_genes(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.info.n_genes, "one entry per gene");
+        let before: Vec<usize> = match &self.genes_kept {
+            Some((_, kept)) => kept.clone(),
+            None => (0..self.info.n_genes).collect(),
+        };
+        let kept: Vec<usize> = before.iter().zip(keep).filter(|(_, k)| **k).map(|(&c, _)| c).collect();
+        let stored = match &self.genes_kept {
+            Some((map, _)) => map.len(),
+            None => self.info.n_genes,
+        };
+        let mut map = vec![u32::MAX; stored];
+        for (i, &c) in kept.iter().enumerate() {
+            map[c] = i as u32;
         }
+        let g = &self.info.genes;
+        let index = super::matrix::kept(g.index.clone(), keep);
+        let columns = g
+            .columns
+            .iter()
+            .map(|(n, v)| (n.clone(), super::matrix::kept(v.clone(), keep)))
+            .collect();
+        self.info.genes = GeneTable::new(g.index_name.clone(), index, columns);
+        self.info.n_genes = kept.len();
+        self.genes_kept = Some((map, kept));
     }
 
     /// The values of an `obs` column (None for formats without obs, or unsupported columns).
@@ -372,16 +424,23 @@ impl Dataset {
             .dataset(el)
             .map_err(|e| DataError::at(&self.info.path, el, e.to_string()))?;
         let shape = ds.shape();
-        if shape.len() != 2 || shape[0] != self.info.n_genes {
+        let stored_genes = self.genes_kept.as_ref().map_or(self.info.n_genes, |(map, _)| map.len());
+        if shape.len() != 2 || shape[0] != stored_genes {
             return Err(DataError::at(
                 &self.info.path,
                 el,
                 format!("has shape {shape:?}, expected [genes, datasets]"),
             ));
         }
-        let mask = ds
+        let mut mask = ds
             .read_raw::<bool>()
             .map_err(|e| DataError::at(&self.info.path, el, e.to_string()))?;
+        if let Some((_, kept)) = &self.genes_kept {
+            mask = kept
+                .iter()
+                .flat_map(|&g| mask[g * shape[1]..(g + 1) * shape[1]].to_vec())
+                .collect();
+        }
         let codes = match self.info.obs_column("dataset").map(|c| &c.kind) {
             Some(ColumnKind::Categorical { codes, .. }) if codes.iter().all(|&c| c >= 0 && (c as usize) < shape[1]) => {
                 codes.clone()

@@ -267,8 +267,14 @@ fn read_frame_group(
         return Err(DataError::at(path, &index_el, "is missing: the dataframe has no index")
             .hint("rewrite the file with anndata (it writes `_index`)"));
     }
-    let index_ds = g.dataset(&index_key).at(path, &index_el)?;
-    let index = h5::strings_at(path, &index_ds, &index_el)?;
+    // anndata 0.13 with pandas 3 writes string indices as `nullable-string-array` groups.
+    let index = match g.group(&index_key) {
+        Ok(ig) => nullable_strings(path, &ig, &index_el)?,
+        Err(_) => {
+            let index_ds = g.dataset(&index_key).at(path, &index_el)?;
+            h5::strings_at(path, &index_ds, &index_el)?
+        }
+    };
     let mut names = h5::attr_strings(g, "column-order");
     if names.is_empty() {
         names = g
@@ -288,6 +294,30 @@ fn read_frame_group(
         cols.push(Column { name, data });
     }
     Ok((index_el, index, cols))
+}
+
+/// A `nullable-string-array` group (`values` strings, `mask` true where missing) as strings,
+/// missing ones empty.
+fn nullable_strings(path: &Path, g: &Group, el: &str) -> Result<Vec<String>> {
+    let values_el = format!("{el}/values");
+    let values = g.dataset("values").at(path, &values_el)?;
+    let mut out = h5::strings_at(path, &values, &values_el)?;
+    if let Ok(mask) = g.dataset("mask") {
+        let mask = mask.read_raw::<bool>().at(path, &format!("{el}/mask"))?;
+        if mask.len() != out.len() {
+            return Err(DataError::at(
+                path,
+                &format!("{el}/mask"),
+                format!("has {} entries for {} values", mask.len(), out.len()),
+            ));
+        }
+        for (v, m) in out.iter_mut().zip(mask) {
+            if m {
+                v.clear();
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn read_column(
@@ -320,7 +350,11 @@ fn read_column(
             }
             "nullable-integer" => Ok(ColumnData::Numeric("nullable int".into())),
             "nullable-boolean" => Ok(ColumnData::Boolean),
-            "nullable-string-array" => Ok(ColumnData::Strings(None)),
+            "nullable-string-array" => Ok(ColumnData::Strings(if want_strings {
+                Some(nullable_strings(path, &g, el)?)
+            } else {
+                None
+            })),
             other => Err(DataError::at(path, el, format!("has unknown encoding-type `{other}`"))
                 .hint(format!("scmz reads {KNOWN}"))),
         };

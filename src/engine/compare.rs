@@ -19,7 +19,7 @@ use scmz::zoo::Zoo;
 use crate::loader::{Batch, Rng};
 use crate::project::{knn_labels, to_model_space};
 use crate::train::{load_model, prepare, train, Covariates, TrainArgs};
-use crate::vae::Vae;
+use crate::vae::{Pass, Vae};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct CompareArgs {
@@ -125,6 +125,7 @@ fn score(vae: &Vae, x: &CsrChunk, shared: &[f32], visible: Option<&[f32]>) -> an
         batch: None,
         labels: None,
         presence: None,
+        classes: None,
     };
     let mut p = prepare(
         &Batch {
@@ -145,7 +146,7 @@ fn score(vae: &Vae, x: &CsrChunk, shared: &[f32], visible: Option<&[f32]>) -> an
     }
     p.measured = Some(row(shared));
     let (l, mu) = tch::no_grad(|| {
-        let l = vae.losses(&p.input(), 1.0, false);
+        let l = vae.losses(&p.input(), 1.0, Pass::Mean);
         let (mu, _) = vae.encode(&p.input(), false);
         (l.recon.double_value(&[]), mu)
     });

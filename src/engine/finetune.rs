@@ -8,7 +8,7 @@ use scmz::data::CsrChunk;
 
 use crate::loader::Batch;
 use crate::train::{prepare, Covariates};
-use crate::vae::Vae;
+use crate::vae::{Pass, Vae};
 
 pub struct Finetuned {
     /// Owns the variables the model uses.
@@ -63,6 +63,7 @@ fn step_losses(
         batch: Some((cats.to_vec(), vec![batch as i32; n])),
         labels: None,
         presence: None,
+        classes: None,
     };
     let b = Batch {
         x: c.clone(),
@@ -78,7 +79,7 @@ fn step_losses(
         });
     }
     p.measured = Some(measured);
-    let l = vae.losses(&p.input(), kl_weight, false);
+    let l = vae.losses(&p.input(), kl_weight, Pass::Mean);
     (l.recon, l.kl, l.total)
 }
 

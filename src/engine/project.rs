@@ -98,6 +98,7 @@ impl Encoder<'_> {
             batch: self.batch.as_ref().map(|(cats, c)| (cats.clone(), vec![*c as i32; n])),
             labels: None,
             presence: None,
+            classes: None,
         };
         // Hidden genes carry no counts, whatever the policy.
         let x = if hide {
@@ -314,6 +315,25 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         }
     }
 
+    // The classifier head's label and probability, for models trained with one.
+    let classified: Option<(Vec<String>, Vec<f64>)> = if args.predict_only || ds.n_cells() == 0 {
+        None
+    } else {
+        let mu = Tensor::from_slice(&latent).view([ds.n_cells() as i64, l as i64]);
+        match tch::no_grad(|| enc_q.vae.classify(&mu)) {
+            Some(probs) => {
+                let (p, k) = probs.max_dim(1, false);
+                let names = &enc_q.vae.arch.classifier_labels;
+                let k = Vec::<i64>::try_from(k)?;
+                Some((
+                    k.iter().map(|&k| names[k as usize].clone()).collect(),
+                    Vec::<f64>::try_from(p.to_kind(Kind::Double))?,
+                ))
+            }
+            None => None,
+        }
+    };
+
     // Reference sample: latents, labels and (newer models) counts.
     let reference = m.reference.as_ref();
     let tensors: Vec<(String, Tensor)> = match reference {
@@ -418,6 +438,10 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             cols.push(Column::new("scmz_label".into(), p.clone()));
             cols.push(Column::new("scmz_label_confidence".into(), c.clone()));
         }
+        if let Some((p, c)) = &classified {
+            cols.push(Column::new("scmz_classifier".into(), p.clone()));
+            cols.push(Column::new("scmz_classifier_probability".into(), c.clone()));
+        }
         let mut df = DataFrame::new_infer_height(cols)?;
         scmz::tables::write_table(&mut df, &output)?;
     } else {
@@ -436,6 +460,16 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
             });
             add.obs.push(FrameColumn {
                 name: "scmz_label_confidence".into(),
+                values: ColumnValues::Float(c.clone()),
+            });
+        }
+        if let Some((p, c)) = &classified {
+            add.obs.push(FrameColumn {
+                name: "scmz_classifier".into(),
+                values: ColumnValues::categorical_from(p),
+            });
+            add.obs.push(FrameColumn {
+                name: "scmz_classifier_probability".into(),
                 values: ColumnValues::Float(c.clone()),
             });
         }

@@ -12,6 +12,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use scmz::data::{ColumnKind, Dataset, OpenOptions};
 use scmz::events::{Event, EventLog, LossTerms};
+use scmz::genes::selection::GeneSelection;
 use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
 use scmz::zoo::{sha256_file, Zoo};
 
@@ -19,7 +20,7 @@ use crate::adam::{write_atomic, Adam};
 use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Reader, Split};
 use crate::stored::{load_stored, stored_variables};
 use crate::tensor::{cpu_slice, filled};
-use crate::vae::{ByGene, Input, MaskGroups, SparseX, Vae};
+use crate::vae::{ByGene, Input, MaskGroups, Pass, SparseX, Vae};
 
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct TrainArgs {
@@ -95,6 +96,21 @@ pub struct TrainArgs {
     /// Reference cells kept with the model for label transfer.
     #[arg(long, default_value_t = 2000)]
     pub reference_cells: usize,
+    /// Train a cell-type classifier on the --label-key labels with the model (scANVI's
+    /// semi-supervised objective: cells whose label is missing or --unlabeled-category enter only
+    /// the ELBO); `project` then writes its label and probability.
+    #[arg(long, requires = "label_key")]
+    #[serde(default)]
+    pub classifier: bool,
+    /// The --label-key value that marks a cell as unlabelled (missing values always do).
+    #[arg(long, requires = "classifier")]
+    #[serde(default)]
+    pub unlabeled_category: Option<String>,
+    /// Genes to train on: all, hvg:N (the N most variable by Seurat v3's method on raw counts, as
+    /// scanpy's flavor="seurat_v3"), or a file naming one gene per line.
+    #[arg(long, default_value = "all")]
+    #[serde(default)]
+    pub genes: GeneSelection,
 }
 
 impl TrainArgs {
@@ -135,10 +151,36 @@ pub fn device(name: &str) -> anyhow::Result<Device> {
 }
 
 /// Per-cell covariates taken from obs.
+#[derive(Default)]
 pub(crate) struct Covariates {
     pub batch: Option<(Vec<String>, Vec<i32>)>,
     pub labels: Option<(Vec<String>, Vec<i32>)>,
     pub presence: Option<Masks>,
+    /// The classifier's label of each cell (-1: unlabelled) when one is trained.
+    pub classes: Option<Vec<i64>>,
+}
+
+/// The classifier's labels (the label column's categories less the unlabelled one) and each
+/// cell's label among them, -1 where its value is missing or `unlabeled`.
+fn classes(labels: &(Vec<String>, Vec<i32>), unlabeled: Option<&str>) -> (Vec<String>, Vec<i64>) {
+    let (cats, codes) = labels;
+    let mut names = Vec::new();
+    let map: Vec<i64> = cats
+        .iter()
+        .map(|c| {
+            if Some(c.as_str()) == unlabeled {
+                -1
+            } else {
+                names.push(c.clone());
+                names.len() as i64 - 1
+            }
+        })
+        .collect();
+    let per_cell = codes
+        .iter()
+        .map(|&c| usize::try_from(c).ok().and_then(|c| map.get(c)).copied().unwrap_or(-1))
+        .collect();
+    (names, per_cell)
 }
 
 /// The presence mask of a merged file as one 0/1 row per input dataset, and each cell's dataset:
@@ -203,6 +245,7 @@ pub(crate) struct Prepared {
     measured_groups: Option<MaskGroups>,
     pub visible: Option<Tensor>,
     batch: Option<Tensor>,
+    labels: Option<Tensor>,
 }
 
 /// Builds the minibatch's tensors on the CPU (on the reader thread); `to` moves them to the device
@@ -298,6 +341,10 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
             .one_hot(cats.len() as i64)
             .to_kind(Kind::Float)
     });
+    let labels = cov
+        .classes
+        .as_ref()
+        .map(|c| Tensor::from_slice(&b.rows.iter().map(|&r| c[r]).collect::<Vec<i64>>()));
     Prepared {
         n: b.rows.len(),
         rows: b.rows.clone(),
@@ -307,6 +354,7 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
         measured_groups,
         visible,
         batch,
+        labels,
     }
 }
 
@@ -473,6 +521,7 @@ impl Prepared {
             }),
             visible,
             batch: self.batch.map(mv),
+            labels: self.labels.map(mv),
         }
     }
 
@@ -485,6 +534,7 @@ impl Prepared {
             measured_groups: self.measured_groups.as_ref(),
             visible: self.visible.as_ref(),
             batch: self.batch.as_ref(),
+            labels: self.labels.as_ref(),
         }
     }
 }
@@ -633,8 +683,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         layer: args.layer.clone(),
         ..Default::default()
     };
+    let mut ds = Dataset::open_with(&path, &open)?;
+    if let Some(keep) = args.genes.keep(&ds)? {
+        let n = keep.iter().filter(|&&k| k).count();
+        eprintln!("genes: {n} of {} ({})", ds.n_genes(), args.genes);
+        ds.keep_genes(&keep);
+    }
     // Shared with the reader threads.
-    let ds = std::sync::Arc::new(Dataset::open_with(&path, &open)?);
+    let ds = std::sync::Arc::new(ds);
     if !args.force {
         ds.require_counts()
             .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
@@ -678,7 +734,30 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             .map(|k| categorical(&ds, k, "--label-key"))
             .transpose()?,
         presence: ds.presence()?.map(|p| Masks::new(&p, n_genes)),
+        classes: None,
     });
+    let (classifier_labels, cov) = if args.classifier {
+        let labels = cov.labels.as_ref().expect("clap: --classifier requires --label-key");
+        let (names, per_cell) = classes(labels, args.unlabeled_category.as_deref());
+        let labelled = per_cell.iter().filter(|&&c| c >= 0).count();
+        if names.len() < 2 || labelled == 0 {
+            bail!(
+                "{}: --classifier needs at least 2 label values in obs column `{}` and labelled cells ({} values, {labelled} labelled cells)",
+                path.display(),
+                args.label_key.as_deref().unwrap_or_default(),
+                names.len()
+            );
+        }
+        eprintln!(
+            "classifier: {} labels, {labelled} of {n_cells} cells labelled",
+            names.len()
+        );
+        let mut c = std::sync::Arc::into_inner(cov).expect("not shared yet");
+        c.classes = Some(per_cell);
+        (names, std::sync::Arc::new(c))
+    } else {
+        (Vec::new(), cov)
+    };
     let max_epochs = args
         .epochs
         .unwrap_or_else(|| ((20_000.0 / n_cells as f64 * 400.0).round() as usize).clamp(1, 400));
@@ -692,6 +771,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         likelihood: args.likelihood.clone(),
         batch_categories: cov.batch.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
         masked_input: cov.presence.is_some() || args.gene_dropout > 0.0,
+        classifier_labels,
     };
     let dev = device(&args.device)?;
     set_threads(n_genes);
@@ -810,6 +890,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         };
         let t_epoch = Instant::now();
         let (mut sr, mut sk, mut n) = (0.0, 0.0, 0usize);
+        let (mut sce, mut nce) = (0.0, 0usize);
         // Readers on threads run ahead: this epoch's training batches were started with the last
         // epoch; this epoch's validation batches and the next epoch's training batches start now,
         // while this epoch trains (each reader holds a bounded number of batches).
@@ -824,7 +905,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 break;
             }
             let input = p.input();
-            let l = vae.losses(&input, kl_weight, true);
+            let l = vae.losses(&input, kl_weight, Pass::Train);
             let grads = vae.backward(&l, opt.params());
             opt.step(&grads);
             let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
@@ -835,6 +916,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
             }
             let m = p.n;
+            if let Some(ce) = &l.ce {
+                sce += ce.double_value(&[]) * m as f64;
+                nce += m;
+            }
             sr += r * m as f64;
             sk += k * m as f64;
             n += m;
@@ -891,7 +976,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         tch::no_grad(|| -> anyhow::Result<()> {
             for p in val_rx {
                 let p = p.map_err(anyhow::Error::msg)?.to(dev, 0.0);
-                let l = vae.losses(&p.input(), 1.0, false);
+                // The ELBO's estimate from a sampled latent, as scvi-tools validates (decoding the
+                // mean instead reads several units better than the ELBO is).
+                let l = vae.losses(&p.input(), 1.0, Pass::Elbo);
                 let m = p.n as f64;
                 vr += l.recon.double_value(&[]) * m;
                 vk += l.kl.double_value(&[]) * m;
@@ -954,8 +1041,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         final_train = Some(train_terms);
         final_val = Some(val_terms);
         epochs_run = epoch + 1;
+        let classification = if nce > 0 {
+            format!("  classifier loss {:.3}", sce / nce as f64)
+        } else {
+            String::new()
+        };
         let line = format!(
-            "epoch {}/{max_epochs}  train {:.2}  val elbo {:.2}  {:.0} cells/s  ETA {}",
+            "epoch {}/{max_epochs}  train {:.2}  val elbo {:.2}{classification}  {:.0} cells/s  ETA {}",
             epoch + 1,
             train_terms.total,
             val_terms.elbo,
@@ -985,7 +1077,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<PathBuf> {
         let weights = staging.join("weights.safetensors");
         write_atomic(&stored_variables(&vs), &weights)?;
-        let reference = reference_sample(&vae, &ds, &path, &open, &cov, &args, dev, &staging)?;
+        let reference = reference_sample(&vae, &ds, &cov, &args, dev, &staging)?;
         std::fs::copy(run_dir.join("events.jsonl"), staging.join("history.jsonl"))?;
         let g = &info.genes;
         let species = scmz::genes::GeneList::from_table(&args.name, g).species;
@@ -1035,6 +1127,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 best_val_elbo: state.best_val,
                 final_train,
                 final_val,
+                classifier: classifier_metrics(&vae, &ds, &cov, args.seed, dev)?,
             },
             weights: FileRef {
                 file: "weights.safetensors".into(),
@@ -1077,15 +1170,22 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 fn reference_sample(
     vae: &Vae,
     ds: &Dataset,
-    path: &Path,
-    open: &OpenOptions,
     cov: &Covariates,
     args: &TrainArgs,
     dev: Device,
     dir: &Path,
 ) -> anyhow::Result<Reference> {
     let n = ds.n_cells();
-    let train_rows: Vec<usize> = (0..n).filter(|&i| !is_validation(args.seed, i)).collect();
+    // Cells without a label (a missing value, or the unlabelled category) are left out of the
+    // reference the labels are transferred from.
+    let unlabelled = |i: usize| match (&cov.classes, &cov.labels) {
+        (Some(c), _) => c[i] < 0,
+        (None, Some((_, codes))) => codes[i] < 0,
+        (None, None) => false,
+    };
+    let train_rows: Vec<usize> = (0..n)
+        .filter(|&i| !is_validation(args.seed, i) && !unlabelled(i))
+        .collect();
     let step = (train_rows.len() / args.reference_cells.max(1)).max(1);
     let chosen: Vec<usize> = train_rows
         .iter()
@@ -1093,7 +1193,7 @@ fn reference_sample(
         .take(args.reference_cells)
         .copied()
         .collect();
-    let latent = encode_rows(vae, path, open, cov, &chosen, dev)?;
+    let latent = encode_rows(vae, ds, cov, &chosen, dev)?;
     let t = Tensor::from_slice(&latent).view([chosen.len() as i64, args.n_latent as i64]);
     let file = dir.join("reference.safetensors");
     let counts = read_rows(ds, &chosen)?;
@@ -1152,22 +1252,51 @@ pub fn read_rows(ds: &Dataset, rows: &[usize]) -> anyhow::Result<scmz::data::Csr
     Ok(out)
 }
 
-/// Latent means (row-major, rows in the order given) of the given cells.
-fn encode_rows(
+/// The classifier head on the validation cells that have a label (None without a classifier).
+fn classifier_metrics(
     vae: &Vae,
-    path: &Path,
-    open: &OpenOptions,
+    ds: &Dataset,
     cov: &Covariates,
-    rows: &[usize],
+    seed: u64,
     dev: Device,
-) -> anyhow::Result<Vec<f32>> {
-    let ds = Dataset::open_with(path, open)?;
+) -> anyhow::Result<Option<manifest::ClassifierMetrics>> {
+    let Some(classes) = cov.classes.as_ref().filter(|_| vae.arch.classifier_labels.len() > 1) else {
+        return Ok(None);
+    };
+    let rows: Vec<usize> = (0..ds.n_cells())
+        .filter(|&i| is_validation(seed, i) && classes[i] >= 0)
+        .collect();
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let latent = encode_rows(vae, ds, cov, &rows, dev)?;
+    let mu = Tensor::from_slice(&latent).view([rows.len() as i64, vae.arch.n_latent as i64]);
+    let probs = tch::no_grad(|| vae.classify(&mu)).expect("a classifier");
+    let (p, k) = probs.max_dim(1, false);
+    let conf = Vec::<f64>::try_from(p.to_kind(Kind::Double))?;
+    let pred = Vec::<i64>::try_from(k)?;
+    let correct: Vec<bool> = pred.iter().zip(&rows).map(|(&k, &r)| k == classes[r]).collect();
+    let accuracy = correct.iter().filter(|&&c| c).count() as f64 / rows.len() as f64;
+    let ece = manifest::expected_calibration_error(&conf, &correct);
+    eprintln!(
+        "classifier on {} held-out labelled cells: accuracy {accuracy:.3}, expected calibration error {ece:.3}",
+        rows.len()
+    );
+    Ok(Some(manifest::ClassifierMetrics {
+        n_cells: rows.len(),
+        accuracy,
+        ece,
+    }))
+}
+
+/// Latent means (row-major, rows in the order given) of the given cells.
+fn encode_rows(vae: &Vae, ds: &Dataset, cov: &Covariates, rows: &[usize], dev: Device) -> anyhow::Result<Vec<f32>> {
     let l = vae.arch.n_latent;
     let mut out = Vec::with_capacity(rows.len() * l);
     tch::no_grad(|| -> anyhow::Result<()> {
         for group in rows.chunks(512) {
             let b = Batch {
-                x: read_rows(&ds, group)?,
+                x: read_rows(ds, group)?,
                 rows: group.to_vec(),
             };
             let p = prepare(&b, cov, ds.n_genes()).to(dev, 0.0);
@@ -1192,6 +1321,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
         likelihood: likelihood.into(),
         batch_categories: Vec::new(),
         masked_input: false,
+        classifier_labels: Vec::new(),
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = Vae::new(&vs.root(), arch);
@@ -1210,6 +1340,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
         batch: None,
         labels: None,
         presence: None,
+        classes: None,
     };
     let mut p = prepare(&b, &cov, ds.n_genes());
     let t = Instant::now();
@@ -1220,7 +1351,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
     let t = Instant::now();
     for _ in 0..steps {
         let input = p.input();
-        let l = vae.losses(&input, 0.5, true);
+        let l = vae.losses(&input, 0.5, Pass::Train);
         let grads = vae.backward(&l, opt.params());
         opt.step(&grads);
     }
@@ -1262,9 +1393,10 @@ pub fn encode_dataset(
         batch: batch_key.map(|k| categorical(&ds, k, "--batch-key")).transpose()?,
         labels: None,
         presence: None,
+        classes: None,
     };
     let rows: Vec<usize> = (0..cells.min(ds.n_cells())).collect();
-    let flat = encode_rows(&vae, data, &OpenOptions::default(), &cov, &rows, Device::Cpu)?;
+    let flat = encode_rows(&vae, &ds, &cov, &rows, Device::Cpu)?;
     let l = m.architecture.n_latent;
     Ok((
         rows.iter().map(|&r| ds.info().cell_ids[r].clone()).collect(),

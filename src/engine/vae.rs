@@ -77,9 +77,14 @@ impl<L: Module> Block<L> {
             };
             Norm::Layer(nn::layer_norm(&p / "norm", vec![n_out], cfg))
         } else {
+            // PyTorch's BatchNorm1d starts its scale at 1; tch's default draws it uniform in
+            // [0, 1), which halves the layer's signal on average and all but silences some units:
+            // on Kang CTRL -> STIM the latents then transfer labels markedly worse per epoch.
             let cfg = nn::BatchNormConfig {
                 momentum: 0.01,
                 eps: 1e-3,
+                ws_init: nn::Init::Const(1.0),
+                bs_init: nn::Init::Const(0.0),
                 ..Default::default()
             };
             Norm::Batch(nn::batch_norm1d(&p / "norm", n_out, cfg))
@@ -113,6 +118,42 @@ pub struct Vae {
     zi_logits: Option<nn::Linear>,
     /// Gene-wise log inverse dispersion.
     log_theta: Tensor,
+    /// scANVI's classifier on the latent mean (`arch.classifier_labels`), trained with the VAE.
+    classifier: Option<Classifier>,
+}
+
+/// A cell-type classifier on the latent mean, shaped as scANVI's (one hidden block of the
+/// encoder's width, normalisation, ReLU and dropout, then a linear map to one logit per type).
+struct Classifier {
+    hidden: Block,
+    out: nn::Linear,
+}
+
+impl Classifier {
+    fn logits(&self, mu: &Tensor, train: bool) -> Tensor {
+        self.out.forward(&self.hidden.forward(mu, train))
+    }
+}
+
+/// Weight of the classification loss against the per-cell ELBO (scANVI's `classification_ratio`).
+pub const CLASSIFICATION_RATIO: f64 = 50.0;
+
+/// How a pass runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pass {
+    /// Dropout, BatchNorm on the batch's statistics, a sampled latent.
+    Train,
+    /// Evaluation (running statistics, no dropout) decoding a sampled latent: the ELBO's
+    /// single-sample estimate, as scvi-tools validates.
+    Elbo,
+    /// Evaluation decoding the latent mean.
+    Mean,
+}
+
+impl Pass {
+    fn train(self) -> bool {
+        self == Pass::Train
+    }
 }
 
 /// The nonzero counts of a minibatch: the encoder's first layer and the likelihood terms whose
@@ -149,6 +190,8 @@ pub struct Input<'a> {
     pub visible: Option<&'a Tensor>,
     /// One-hot batch, cells x n_batch.
     pub batch: Option<&'a Tensor>,
+    /// Per cell its classifier label (int64), -1 where unlabelled; None: no classification loss.
+    pub labels: Option<&'a Tensor>,
 }
 
 /// A minibatch's presence mask as its distinct rows: cell `i`'s mask is `rows[index[i]]`. Cells
@@ -256,6 +299,9 @@ pub struct Losses {
     pub total: Tensor,
     /// Mean KL per latent dimension.
     pub kl_per_dim: Tensor,
+    /// Mean cross-entropy of the classifier over the batch's labelled cells (None: no classifier,
+    /// or no labelled cell); in `total` times `CLASSIFICATION_RATIO`.
+    pub ce: Option<Tensor>,
     /// Set when the encoder's first layer ran over the nonzeros outside autograd (see `backward`).
     sparse_first: Option<SparseFirst>,
 }
@@ -292,6 +338,11 @@ impl Vae {
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == "zinb").then(|| linear(vs / "px_dropout", h, g));
         let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let n_labels = arch.classifier_labels.len() as i64;
+        let classifier = (n_labels > 0).then(|| Classifier {
+            hidden: Block::new(vs / "classifier" / 0, |p| linear(p, l, h), h, &arch.norm, arch.dropout),
+            out: linear(vs / "classifier" / "out", h, n_labels),
+        });
         Vae {
             arch,
             input,
@@ -302,7 +353,16 @@ impl Vae {
             scale,
             zi_logits,
             log_theta,
+            classifier,
         }
+    }
+
+    /// The classifier's probabilities (cells x labels) for latent means, in evaluation mode;
+    /// None for a model without a classifier.
+    pub fn classify(&self, mu: &Tensor) -> Option<Tensor> {
+        self.classifier
+            .as_ref()
+            .map(|c| c.logits(mu, false).softmax(-1, Kind::Float))
     }
 
     /// Latent mean and log-variance.
@@ -433,12 +493,25 @@ impl Vae {
         grads
     }
 
-    pub fn losses(&self, input: &Input, kl_weight: f64, train: bool) -> Losses {
+    pub fn losses(&self, input: &Input, kl_weight: f64, pass: Pass) -> Losses {
+        let train = pass.train();
         let (mu, logvar, sparse_first) = self.encode_parts(input, train);
-        let z = if train {
-            &mu + (&logvar * 0.5).exp() * mu.randn_like()
-        } else {
+        let z = if pass == Pass::Mean {
             mu.shallow_clone()
+        } else {
+            &mu + (&logvar * 0.5).exp() * mu.randn_like()
+        };
+        // scANVI's classification loss: on the latent mean of the labelled cells.
+        let ce = match (&self.classifier, input.labels) {
+            (Some(c), Some(y)) => {
+                let idx = y.ge(0).nonzero().squeeze_dim(1);
+                (idx.size()[0] > 0).then(|| {
+                    c.logits(&mu, train)
+                        .index_select(0, &idx)
+                        .cross_entropy_for_logits(&y.index_select(0, &idx))
+                })
+            }
+            _ => None,
         };
         let mut h = z;
         if let Some(b) = input.batch {
@@ -461,16 +534,19 @@ impl Vae {
         let recon = -ll_cell + lgamma_x1;
         let kl_dims = ((&mu * &mu) + logvar.exp() - &logvar - 1.0) * 0.5;
         let kl = kl_dims.sum_dim_intlist(1, false, Kind::Float);
-        let total = (&recon + &kl * kl_weight).mean(Kind::Float);
-        let total = match surrogate {
-            Some(s) => total + s,
-            None => total,
-        };
+        let mut total = (&recon + &kl * kl_weight).mean(Kind::Float);
+        if let Some(s) = surrogate {
+            total = total + s;
+        }
+        if let Some(ce) = &ce {
+            total = total + ce * CLASSIFICATION_RATIO;
+        }
         Losses {
             recon: recon.mean(Kind::Float),
             kl: kl.mean(Kind::Float),
             total,
             kl_per_dim: kl_dims.mean_dim(0, false, Kind::Float),
+            ce,
             sparse_first,
         }
     }
@@ -751,6 +827,7 @@ mod tests {
             likelihood: likelihood.into(),
             batch_categories: Vec::new(),
             masked_input: true,
+            classifier_labels: Vec::new(),
         }
     }
 
@@ -822,6 +899,7 @@ mod tests {
             measured_groups: None,
             visible: Some(visible),
             batch: Some(batch),
+            labels: None,
         }
     }
 
@@ -876,7 +954,7 @@ mod tests {
         let run = |sparse: Option<&SparseX>| {
             let input = masked_input(sparse, &x, &measured, &visible, &batch);
             tch::manual_seed(11);
-            let l = vae.losses(&input, 0.7, true);
+            let l = vae.losses(&input, 0.7, Pass::Train);
             assert_eq!(l.sparse_first.is_some(), sparse.is_some());
             let grads = vae.backward(&l, &params);
             (l.total.double_value(&[]), grads)
@@ -886,7 +964,7 @@ mod tests {
         // Evaluation (no autograd, the fused pass without gradients) gives the same values too.
         let eval = |sparse: Option<&SparseX>| {
             let input = masked_input(sparse, &x, &measured, &visible, &batch);
-            let l = tch::no_grad(|| vae.losses(&input, 1.0, false));
+            let l = tch::no_grad(|| vae.losses(&input, 1.0, Pass::Mean));
             (l.recon.double_value(&[]), l.kl.double_value(&[]))
         };
         let (a, b) = (eval(None), eval(Some(&sp)));
@@ -941,9 +1019,10 @@ mod tests {
                 measured_groups: g,
                 visible: None,
                 batch: None,
+                labels: None,
             };
             tch::manual_seed(4);
-            let l = vae.losses(&input, 0.5, true);
+            let l = vae.losses(&input, 0.5, Pass::Train);
             let grads = vae.backward(&l, &params);
             (l.total.double_value(&[]), grads)
         };
@@ -985,9 +1064,10 @@ mod tests {
                         measured_groups: None,
                         visible: None,
                         batch: None,
+                        labels: None,
                     },
                     1.0,
-                    false,
+                    Pass::Mean,
                 );
                 (l.recon.double_value(&[]), l.kl.double_value(&[]))
             };

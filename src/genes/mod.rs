@@ -6,6 +6,7 @@ pub mod matching;
 pub mod merge;
 pub mod overlap;
 pub mod reference;
+pub mod selection;
 
 pub use matching::{match_genes, GeneList, Matching, Route};
 pub use overlap::{compare_datasets, compare_lists, OverlapReport};

@@ -21,6 +21,9 @@ pub struct Architecture {
     pub batch_categories: Vec<String>,
     /// The encoder takes `[log1p(x) * mask, mask]`: trained with a presence mask or gene dropout.
     pub masked_input: bool,
+    /// Labels of the classifier head trained with the model (`--classifier`; empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classifier_labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +66,34 @@ pub struct Metrics {
     pub best_val_elbo: Option<f64>,
     pub final_train: Option<crate::events::LossTerms>,
     pub final_val: Option<crate::events::LossTerms>,
+    /// The classifier head on the held-out (validation) cells that have a label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierMetrics {
+    pub n_cells: usize,
+    pub accuracy: f64,
+    /// Expected calibration error: |accuracy - mean probability| over ten probability bins,
+    /// weighted by the bins' cells.
+    pub ece: f64,
+}
+
+/// Expected calibration error of predictions with probability `conf` that were `correct`.
+pub fn expected_calibration_error(conf: &[f64], correct: &[bool]) -> f64 {
+    let n = conf.len().max(1) as f64;
+    let mut bins = [(0usize, 0f64, 0usize); 10];
+    for (&c, &ok) in conf.iter().zip(correct) {
+        let b = ((c * 10.0).ceil() as usize).clamp(1, 10) - 1;
+        bins[b].0 += 1;
+        bins[b].1 += c;
+        bins[b].2 += usize::from(ok);
+    }
+    bins.iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(k, sum, ok)| k as f64 / n * (ok as f64 / k as f64 - sum / k as f64).abs())
+        .sum()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

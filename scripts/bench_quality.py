@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Benchmark: model quality on real data, scmz vs scvi-tools, side by side, several seeds (CPU).
+
+    cargo build --release
+    ~/.pyenv/versions/3.12.1/bin/python -m venv ~/.cache/scmz/bench-venv   # any Python >= 3.12
+    ~/.cache/scmz/bench-venv/bin/pip install scvi-tools==1.4.2 scib-metrics==0.6.1
+    ~/.cache/scmz/bench-venv/bin/python scripts/bench_quality.py [--seeds 0,1,2] [--skip-scib]
+
+Kang et al. 2018 PBMCs (`../shared/data/kang_tutorial.h5ad`): both tools train on the CTRL cells
+(1 x 128 hidden, 10 latent, NB, batch 128, the same seeded 10 % held out), then the STIM cells
+(a condition neither model saw) are labelled by kNN (k = 15) on latent means against the CTRL
+cells' latents; accuracy on `seurat_annotations` (10 types) and `cell_type` (8), macro-F1. Also:
+scmz's own label (`scmz_label`, kNN from the model's stored reference), the classifier head's label
+when `--classifier` models are trained (with scANVI from the scVI model as its peer), expected
+calibration error, validation ELBO after epochs 1, 2, 5, 10 and 20 on Kang CTRL and on
+mouse_10k_subset (the same held-out cells for both tools), and scib-metrics totals for the
+integration of all Kang cells with `stim` as the batch (seed 0). Each run is a process of its own.
+"""
+import argparse, json, os, subprocess, sys, tempfile, time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+ENGINE = os.path.join(TARGET, "release", "scmz-engine")
+ELBO_EPOCHS = [1, 2, 5, 10, 20]
+
+p = argparse.ArgumentParser()
+p.add_argument("--kang", default=os.path.join(ROOT, "..", "shared", "data", "kang_tutorial.h5ad"))
+p.add_argument("--mouse", default=os.path.join(ROOT, "tests", "data", "mouse_10k_subset.h5ad"))
+p.add_argument("--seeds", default="0,1,2")
+p.add_argument("--epochs", default="10,20", help="training lengths whose label transfer is measured")
+p.add_argument("--skip-scvi", action="store_true")
+p.add_argument("--skip-scib", action="store_true")
+p.add_argument("--skip-mouse", action="store_true")
+p.add_argument("--classifier", action="store_true", help="also train scmz's classifier head and scANVI")
+p.add_argument("--scmz-args", default="", help="extra flags for scmz-engine train (A/B runs)")
+p.add_argument("--json", help="write every figure here")
+p.add_argument("--plain-strings", action="store_true",
+               help="write string columns as plain string arrays (for scmz builds that predate anndata 0.13's "
+                    "nullable-string-array)")
+a = p.parse_args()
+seeds = [int(s) for s in a.seeds.split(",")]
+lengths = [int(e) for e in a.epochs.split(",")]
+LABEL, COARSE = "seurat_annotations", "cell_type"
+
+import anndata
+if a.plain_strings:
+    anndata.settings.allow_write_nullable_strings = False
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+ARCH = ["--batch-size", "128", "--likelihood", "nb", "--n-hidden", "128", "--n-latent", "10",
+        "--n-layers", "1", "--patience", "0"]
+
+
+def scmz_validation(seed, n):
+    """scmz's train/validation split (loader.rs `is_validation`)."""
+    M = (1 << 64) - 1
+    out = np.zeros(n, dtype=bool)
+    for i in range(n):
+        x = ((seed * 31 + i) & M) ^ 0x9E3779B97F4A7C15
+        x = (x + 0x9E3779B97F4A7C15) & M
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M
+        out[i] = (x ^ (x >> 31)) % 10 == 0
+    return out
+
+
+def knn(ref_z, ref_y, query_z, k=15):
+    return KNeighborsClassifier(n_neighbors=k).fit(ref_z, ref_y).predict(query_z)
+
+
+def ece(conf, correct, bins=10):
+    """Expected calibration error: |accuracy - confidence| per confidence bin, weighted by size."""
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+def transfer(ref_z, query_z, ctrl, stim):
+    r = {}
+    pred = knn(ref_z, ctrl.obs[LABEL].astype(str).values, query_z)
+    truth = stim.obs[LABEL].astype(str).values
+    r["knn10"] = float((pred == truth).mean())
+    r["f1"] = float(f1_score(truth, pred, average="macro"))
+    pred8 = knn(ref_z, ctrl.obs[COARSE].astype(str).values, query_z)
+    r["knn8"] = float((pred8 == stim.obs[COARSE].astype(str).values).mean())
+    return r
+
+
+def elbos(hist_vals):
+    return {e: hist_vals[e - 1] for e in ELBO_EPOCHS if e <= len(hist_vals)}
+
+
+def run_scmz(train, name, zoo, seed, epochs, extra=()):
+    t = time.perf_counter()
+    subprocess.run([ENGINE, "train", train, "--name", name, "--zoo", zoo, "--epochs", str(epochs), "--seed",
+                    str(seed), "--device", "cpu", *ARCH, *extra, *a.scmz_args.split()], check=True,
+                   stderr=subprocess.DEVNULL)
+    secs = time.perf_counter() - t
+    hist = [json.loads(l) for l in open(os.path.join(zoo, name, "history.jsonl"))]
+    vals = [h["val"]["elbo"] for h in hist if h["event"] == "epoch"]
+    return secs, vals
+
+
+def scmz_latent(data, name, zoo, out):
+    subprocess.run([ENGINE, "project", data, "--model", name, "--zoo", zoo, "-o", out, "--min-overlap", "0"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import pandas as pd
+    df = pd.read_csv(out)
+    z = df[[c for c in df.columns if c.startswith("latent_")]].values
+    return z, df
+
+
+def scvi_model(ad, seed, epochs):
+    import scvi, torch
+    torch.set_num_threads(os.cpu_count())
+    scvi.settings.seed = seed
+    scvi.model.SCVI.setup_anndata(ad, batch_key="stim" if ad.obs["stim"].nunique() > 1 else None)
+    m = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=0.1)
+    is_val = scmz_validation(seed, ad.n_obs)
+    split = [np.flatnonzero(~is_val), np.flatnonzero(is_val), np.array([], dtype=int)]
+    t = time.perf_counter()
+    m.train(max_epochs=epochs, batch_size=128, accelerator="cpu", check_val_every_n_epoch=1,
+            early_stopping=False, enable_progress_bar=False, datasplitter_kwargs={"external_indexing": split})
+    secs = time.perf_counter() - t
+    vals = [float(v) for v in m.history["elbo_validation"].iloc[:, 0].values]
+    return m, secs, vals
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+results = {"scmz": {}, "scvi": {}}
+started = time.perf_counter()
+with tempfile.TemporaryDirectory() as tmp:
+    kang = anndata.read_h5ad(a.kang)
+    kang.obs_names_make_unique()
+    ctrl = kang[kang.obs["stim"] == "CTRL"].copy()
+    stim = kang[kang.obs["stim"] == "STIM"].copy()
+    import scipy.sparse as sp
+    for ad in (ctrl, stim):
+        ad.X = sp.csr_matrix(ad.X)
+    ctrl_path, stim_path = os.path.join(tmp, "ctrl.h5ad"), os.path.join(tmp, "stim.h5ad")
+    ctrl.write_h5ad(ctrl_path)
+    stim.write_h5ad(stim_path)
+    zoo = os.path.join(tmp, "zoo")
+
+    for seed in seeds:
+        for epochs in lengths:
+            key = f"e{epochs}_s{seed}"
+            name = f"ctrl_{key}"
+            extra = ["--label-key", LABEL]
+            if a.classifier:
+                extra += ["--classifier"]
+            secs, vals = run_scmz(ctrl_path, name, zoo, seed, epochs, extra)
+            zc, _ = scmz_latent(ctrl_path, name, zoo, os.path.join(tmp, f"{name}_ctrl.csv"))
+            zs, df = scmz_latent(stim_path, name, zoo, os.path.join(tmp, f"{name}_stim.csv"))
+            r = transfer(zc, zs, ctrl, stim)
+            truth = stim.obs[LABEL].astype(str).values
+            r["own"] = float((df["scmz_label"].astype(str).values == truth).mean())
+            if "scmz_classifier" in df.columns:
+                r["head"] = float((df["scmz_classifier"].astype(str).values == truth).mean())
+                r["head_ece"] = ece(df["scmz_classifier_probability"].values,
+                                    df["scmz_classifier"].astype(str).values == truth)
+            r["secs"], r["elbo"] = secs, elbos(vals)
+            results["scmz"][key] = r
+            print(f"scmz  {key}: {json.dumps(r)}", flush=True)
+            if a.skip_scvi:
+                continue
+            m, secs, vals = scvi_model(ctrl.copy(), seed, epochs)
+            zc, zs = m.get_latent_representation(), m.get_latent_representation(stim)
+            r = transfer(zc, zs, ctrl, stim)
+            r["secs"], r["elbo"] = secs, elbos(vals)
+            if a.classifier and epochs == max(lengths):
+                import scvi
+                ref = ctrl.copy()
+                sc = scvi.model.SCANVI.from_scvi_model(m, unlabeled_category="Unknown", labels_key=LABEL,
+                                                       adata=ref)
+                sc.train(max_epochs=7, batch_size=128, accelerator="cpu", enable_progress_bar=False)
+                q = stim.copy()
+                q.obs[LABEL] = "Unknown"
+                probs = sc.predict(q, soft=True)
+                pred = probs.columns.values[probs.values.argmax(1)]
+                r["head"] = float((pred == truth).mean())
+                r["head_ece"] = ece(probs.values.max(1), pred == truth)
+            results["scvi"][key] = r
+            print(f"scvi  {key}: {json.dumps(r)}", flush=True)
+
+    if not a.skip_mouse:
+        for seed in seeds:
+            _, vals = run_scmz(a.mouse, f"mouse_s{seed}", zoo, seed, 20)
+            results["scmz"][f"mouse_s{seed}"] = {"elbo": elbos(vals)}
+            if not a.skip_scvi:
+                md = anndata.read_h5ad(a.mouse)
+                md.obs["stim"] = "one"
+                _, _, vals = scvi_model(md, seed, 20)
+                results["scvi"][f"mouse_s{seed}"] = {"elbo": elbos(vals)}
+            print(f"mouse seed {seed}: scmz {results['scmz'][f'mouse_s{seed}']} "
+                  f"scvi {results['scvi'].get(f'mouse_s{seed}')}", flush=True)
+
+    if not a.skip_scib and not a.skip_scvi:
+        from scib_metrics.benchmark import Benchmarker
+        import scanpy as sc_
+        full = kang.copy()
+        full.X = sp.csr_matrix(full.X)
+        all_path = os.path.join(tmp, "all.h5ad")
+        full.write_h5ad(all_path)
+        run_scmz(all_path, "all", zoo, 0, 20, ["--batch-key", "stim"])
+        z, _ = scmz_latent(all_path, "all", zoo, os.path.join(tmp, "all.csv"))
+        full.obsm["scmz"] = z
+        m, _, _ = scvi_model(full.copy(), 0, 20)
+        full.obsm["scVI"] = m.get_latent_representation(full)
+        lg = full.copy()
+        sc_.pp.normalize_total(lg)
+        sc_.pp.log1p(lg)
+        sc_.pp.highly_variable_genes(lg, n_top_genes=2000)
+        sc_.tl.pca(lg, n_comps=30, mask_var="highly_variable")
+        full.obsm["Unintegrated"] = lg.obsm["X_pca"]
+        bm = Benchmarker(full, batch_key="stim", label_key=LABEL, embedding_obsm_keys=["Unintegrated", "scVI", "scmz"],
+                         n_jobs=2)
+        bm.benchmark()
+        df = bm.get_results(min_max_scale=False)
+        results["scib"] = {k: {c: float(df.loc[k, c]) for c in ["Batch correction", "Bio conservation", "Total"]}
+                           for k in ["Unintegrated", "scVI", "scmz"]}
+        print("scib:", json.dumps(results["scib"]), flush=True)
+
+# The tables.
+print(f"\nKang CTRL -> STIM, seeds {seeds}; total {time.perf_counter() - started:.0f} s")
+tools = ["scmz"] + ([] if a.skip_scvi else ["scvi"])
+metrics = [("knn10", "kNN acc, 10 types"), ("knn8", "kNN acc, 8 types"), ("f1", "macro-F1, 10 types"),
+           ("own", "own label acc"), ("head", "classifier head acc"), ("head_ece", "classifier head ECE"),
+           ("secs", "training s")]
+for epochs in lengths:
+    print(f"\n{epochs} epochs" + "".join(f" | {t} s{s}" for t in tools for s in seeds) + "".join(
+        f" | {t} mean" for t in tools))
+    for k, label in metrics:
+        cells = [results[t].get(f"e{epochs}_s{s}", {}).get(k) for t in tools for s in seeds]
+        if all(c is None for c in cells):
+            continue
+        means = [mean([results[t].get(f"e{epochs}_s{s}", {}).get(k) for s in seeds]) for t in tools]
+        fmt = lambda v: "" if v is None else f"{v:.3f}"
+        print(f"{label}" + "".join(f" | {fmt(c)}" for c in cells) + "".join(f" | {m:.3f}" for m in means))
+for data, key in [("Kang CTRL", f"e{max(lengths)}_s"), ("mouse_10k", "mouse_s")]:
+    if f"{key}{seeds[0]}" not in results["scmz"]:
+        continue
+    print(f"\nvalidation ELBO, {data} (mean of seeds)" + "".join(f" | epoch {e}" for e in ELBO_EPOCHS))
+    for t in tools:
+        row = [mean([results[t][f"{key}{s}"]["elbo"].get(e) for s in seeds]) for e in ELBO_EPOCHS]
+        print(t + "".join(f" | {v:.2f}" for v in row))
+    if len(tools) == 2:
+        row = [mean([results["scmz"][f"{key}{s}"]["elbo"].get(e) for s in seeds]) /
+               mean([results["scvi"][f"{key}{s}"]["elbo"].get(e) for s in seeds]) - 1 for e in ELBO_EPOCHS]
+        print("scmz vs scvi-tools" + "".join(f" | {100 * v:+.2f} %" for v in row))
+if "scib" in results:
+    print("\nscib-metrics (integration of all Kang cells, batch stim, seed 0) | batch correction | bio conservation | total")
+    for k, v in results["scib"].items():
+        print(f"{k} | {v['Batch correction']:.3f} | {v['Bio conservation']:.3f} | {v['Total']:.3f}")
+if a.json:
+    json.dump(results, open(a.json, "w"), indent=1)
