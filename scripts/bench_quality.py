@@ -106,6 +106,8 @@ def run_scmz(train, name, zoo, seed, epochs, extra=()):
     secs = time.perf_counter() - t
     hist = [json.loads(l) for l in open(os.path.join(zoo, name, "history.jsonl"))]
     vals = [h["val"]["elbo"] for h in hist if h["event"] == "epoch"]
+    best = json.load(open(os.path.join(zoo, name, "manifest.json")))["training"]["best_epoch"]
+    print(f"  {name}: {len(vals)} epochs, the model keeps epoch {best + 1}'s weights", flush=True)
     return secs, vals
 
 

@@ -16,8 +16,7 @@
 //!   memory is bounded by the chunk, not the file. `data::writer` writes modern `.h5ad`
 //!   (streamed CSR `X`, dataframes, `obsm`, `uns`) through a temporary file renamed into place.
 //!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
-//!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species);
-//!   the gene matching module will build on it.
+//!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species).
 //! - [`genes`]: identifiers across datasets and models. `genes::reference` embeds the GENCODE v44
 //!   id-to-symbol and Ensembl 105 human-to-mouse ortholog tables (parsed once, ~50 ms).
 //!   `genes::matching` matches a reference gene list B (a dataset's or a model's: both are a
@@ -28,7 +27,9 @@
 //!   read before applying a model (coverage both ways, counts-weighted coverage streamed from A,
 //!   missing genes by B's mean expression, annotation drift, id/species warnings);
 //!   `genes::merge` stacks datasets over the union of their genes with a genes x datasets
-//!   presence mask in `varm/scmz_presence`.
+//!   presence mask in `varm/scmz_presence`; `genes::selection` picks the genes a model trains on
+//!   (highly variable genes by Seurat v3's method, or a list in a file), which `Dataset::keep_genes`
+//!   then serves alone.
 //! - [`tables`]: report tables as polars DataFrames written to CSV or Parquet.
 //! - [`config`]: the user's `config.toml` (job backend and slot limits, Slurm defaults, TUI theme).
 //! - [`events`]: the run event log (`events.jsonl`): its schema (including the latent sample the
@@ -49,8 +50,8 @@
 //! `tui::theme` (TOML themes) and `tui::keys` (bindings as data for help and footer), driven by a
 //! tokio loop that redraws only on change. It never calls libtorch, so the linker leaves libtorch out and it starts in milliseconds (loading
 //! libtorch costs about 200 ms and 120 MiB before any work). `scmz-engine` (`src/engine/`) is
-//! the libtorch worker: `vae` (the model and its likelihoods, masked genes excluded from the
-//! loss; on the CPU the encoder's first layer runs over the nonzeros, gene by gene, outside
+//! the libtorch worker: `vae` (the model, its likelihoods and its optional scANVI-style classifier
+//! head on the latent mean, masked genes excluded from the loss; on the CPU the encoder's first layer runs over the nonzeros, gene by gene, outside
 //! autograd, with its weight gradient by hand; that weight is held inputs x outputs in memory),
 //! `stored` (model files: PyTorch's names and layouts whatever the layout in memory), `fused`
 //! (NB/Poisson log-likelihood with its lgamma terms and its gradient in one Rust pass per cell,
