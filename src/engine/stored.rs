@@ -94,6 +94,7 @@ mod tests {
             likelihood: "nb".into(),
             batch_categories: vec!["a".into(), "b".into()],
             masked_input: true,
+            classifier_labels: Vec::new(),
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let vae = Vae::new(&vs.root(), arch);
