@@ -539,10 +539,10 @@ impl Vae {
         let kl = kl_dims.sum_dim_intlist(1, false, Kind::Float);
         let mut total = (&recon + &kl * kl_weight).mean(Kind::Float);
         if let Some(s) = surrogate {
-            total = total + s;
+            total = &total + s;
         }
         if let Some(ce) = &ce {
-            total = total + ce * CLASSIFICATION_RATIO;
+            total = &total + ce * CLASSIFICATION_RATIO;
         }
         Losses {
             recon: recon.mean(Kind::Float),
