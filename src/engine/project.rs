@@ -320,18 +320,11 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         None
     } else {
         let mu = Tensor::from_slice(&latent).view([ds.n_cells() as i64, l as i64]);
-        match tch::no_grad(|| enc_q.vae.classify(&mu)) {
-            Some(probs) => {
-                let (p, k) = probs.max_dim(1, false);
-                let names = &enc_q.vae.arch.classifier_labels;
-                let k = Vec::<i64>::try_from(k)?;
-                Some((
-                    k.iter().map(|&k| names[k as usize].clone()).collect(),
-                    Vec::<f64>::try_from(p.to_kind(Kind::Double))?,
-                ))
-            }
-            None => None,
-        }
+        let names = &enc_q.vae.arch.classifier_labels;
+        enc_q
+            .vae
+            .predict(&mu)
+            .map(|(k, p)| (k.iter().map(|&k| names[k as usize].clone()).collect(), p))
     };
 
     // Reference sample: latents, labels and (newer models) counts.
@@ -424,6 +417,14 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         ),
         None => (None, None),
     };
+    // Each label written with its score: kNN transfer, and the classifier head's.
+    let mut label_columns: Vec<(&str, &str, &[String], &[f64])> = Vec::new();
+    if let (Some(p), Some(c)) = (&pred_labels, &conf) {
+        label_columns.push(("scmz_label", "scmz_label_confidence", p, c));
+    }
+    if let Some((p, c)) = &classified {
+        label_columns.push(("scmz_classifier", "scmz_classifier_probability", p, c));
+    }
     if args.predict_only {
     } else if ext == "parquet" || ext == "csv" {
         use polars::prelude::*;
@@ -434,13 +435,9 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
                 (0..ds.n_cells()).map(|i| latent[i * l + d]).collect::<Vec<f32>>(),
             ));
         }
-        if let (Some(p), Some(c)) = (&pred_labels, &conf) {
-            cols.push(Column::new("scmz_label".into(), p.clone()));
-            cols.push(Column::new("scmz_label_confidence".into(), c.clone()));
-        }
-        if let Some((p, c)) = &classified {
-            cols.push(Column::new("scmz_classifier".into(), p.clone()));
-            cols.push(Column::new("scmz_classifier_probability".into(), c.clone()));
+        for (label, score, p, c) in &label_columns {
+            cols.push(Column::new((*label).into(), p.to_vec()));
+            cols.push(Column::new((*score).into(), c.to_vec()));
         }
         let mut df = DataFrame::new_infer_height(cols)?;
         scmz::tables::write_table(&mut df, &output)?;
@@ -453,24 +450,14 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
                 values: latent.clone(),
             }],
         };
-        if let (Some(p), Some(c)) = (&pred_labels, &conf) {
+        for (label, score, p, c) in &label_columns {
             add.obs.push(FrameColumn {
-                name: "scmz_label".into(),
+                name: (*label).into(),
                 values: ColumnValues::categorical_from(p),
             });
             add.obs.push(FrameColumn {
-                name: "scmz_label_confidence".into(),
-                values: ColumnValues::Float(c.clone()),
-            });
-        }
-        if let Some((p, c)) = &classified {
-            add.obs.push(FrameColumn {
-                name: "scmz_classifier".into(),
-                values: ColumnValues::categorical_from(p),
-            });
-            add.obs.push(FrameColumn {
-                name: "scmz_classifier_probability".into(),
-                values: ColumnValues::Float(c.clone()),
+                name: (*score).into(),
+                values: ColumnValues::Float(c.to_vec()),
             });
         }
         write_copy_with(&ds, &output, &add)?;

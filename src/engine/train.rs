@@ -1271,10 +1271,7 @@ fn classifier_metrics(
     }
     let latent = encode_rows(vae, ds, cov, &rows, dev)?;
     let mu = Tensor::from_slice(&latent).view([rows.len() as i64, vae.arch.n_latent as i64]);
-    let probs = tch::no_grad(|| vae.classify(&mu)).expect("a classifier");
-    let (p, k) = probs.max_dim(1, false);
-    let conf = Vec::<f64>::try_from(p.to_kind(Kind::Double))?;
-    let pred = Vec::<i64>::try_from(k)?;
+    let (pred, conf) = vae.predict(&mu).expect("a classifier");
     let correct: Vec<bool> = pred.iter().zip(&rows).map(|(&k, &r)| k == classes[r]).collect();
     let accuracy = correct.iter().filter(|&&c| c).count() as f64 / rows.len() as f64;
     let ece = manifest::expected_calibration_error(&conf, &correct);

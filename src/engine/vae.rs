@@ -367,6 +367,17 @@ impl Vae {
             .map(|c| c.logits(mu, false).softmax(-1, Kind::Float))
     }
 
+    /// The classifier's most probable label (an index into `arch.classifier_labels`) and its
+    /// probability for each latent mean; None for a model without a classifier.
+    pub fn predict(&self, mu: &Tensor) -> Option<(Vec<i64>, Vec<f64>)> {
+        let probs = tch::no_grad(|| self.classify(mu))?;
+        let (p, k) = probs.max_dim(1, false);
+        Some((
+            Vec::<i64>::try_from(k).expect("int64 labels"),
+            Vec::<f64>::try_from(p.to_kind(Kind::Double)).expect("float probabilities"),
+        ))
+    }
+
     /// Latent mean and log-variance.
     pub fn encode(&self, input: &Input, train: bool) -> (Tensor, Tensor) {
         let (mu, logvar, _) = self.encode_parts(input, train);
