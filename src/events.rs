@@ -126,15 +126,31 @@ pub fn format_duration(seconds: f64) -> String {
 /// Appends events to a log file, one flushed line each.
 pub struct EventLog {
     file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// An I/O error that names the log and says what failed in the OS's words.
+fn log_error(path: &Path, what: &str, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        e.kind(),
+        format!("{}: cannot {what}: {}", path.display(), crate::files::describe(&e)),
+    )
 }
 
 impl EventLog {
     pub fn append_to(path: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(|e| log_error(dir, "create the folder", e))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(EventLog { file })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| log_error(path, "open the event log", e))?;
+        Ok(EventLog {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn write(&mut self, event: Event) -> std::io::Result<()> {
@@ -144,8 +160,10 @@ impl EventLog {
         })
         .map_err(std::io::Error::other)?;
         line.push('\n');
-        self.file.write_all(line.as_bytes())?;
-        self.file.flush()
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| log_error(&self.path, "write", e))
     }
 }
 

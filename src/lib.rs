@@ -4,6 +4,10 @@
 //! terminal UI (`src/tui/`). The library knows nothing of terminals. Its modules read in pipeline order,
 //! and each imports only those above it in this list:
 //!
+//! - [`files`]: writing without loss and reading only what should be read: `AtomicFile` (a
+//!   temporary sibling, fsynced and renamed into place, removed on any failure), `check_output`
+//!   (an output is never an input, by path, symlink or hard link; an existing one only with
+//!   `--overwrite`), `open_regular` (no FIFOs or devices), and `printable` for names from files.
 //! - [`dirs`]: the user directories scmz keeps files in (cache, zoo, jobs), each
 //!   overridable by an environment variable (`SCMZ_CACHE_DIR`, ...).
 //! - [`data`]: dataset formats and the stream of CSR row chunks every later stage reads through.
@@ -13,7 +17,8 @@
 //!   category counts, every matrix in the file), picks the matrix holding raw counts (or the
 //!   one named by `--layer`), and tells counts from normalised values on a sample of rows.
 //!   `Dataset::chunks(n)` then serves the matrix `n` cells at a time, validating each chunk, so
-//!   memory is bounded by the chunk, not the file. `data::writer` writes modern `.h5ad`
+//!   memory is bounded by the chunk, not the file. Opening an HDF5 file refuses external links,
+//!   external storage and virtual datasets anywhere in it before anything is read. `data::writer` writes modern `.h5ad`
 //!   (streamed CSR `X`, dataframes, `obsm`, `uns`) through a temporary file renamed into place.
 //!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
 //!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species).
@@ -35,11 +40,13 @@
 //! - [`events`]: the run event log (`events.jsonl`): its schema (including the latent sample the
 //!   TUI plots), writer, reader, and `LogTail` for following a log another process appends to.
 //! - [`jobs`]: the job registry (one folder per job, atomic `job.json`, flock for scheduling),
-//!   slot limits, the supervisor every job runs under (tokio: waits for `scmz-engine`, forwards
-//!   SIGTERM, records the end) and the `Backend` trait with its two implementations:
+//!   slot limits, the supervisor every job runs under (tokio: waits for `scmz-engine`, which dies
+//!   with it, forwards SIGTERM, records the end; pids are checked against their recorded start
+//!   time before any signal) and the `Backend` trait with its two implementations:
 //!   `jobs::local` (a detached supervisor in its own session) and `jobs::slurm` (`sbatch`, state
 //!   from `squeue`/`scontrol`/`sacct`, `scancel`). Clients see only `Job` records.
-//! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums, listing, and
+//! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums (a manifest
+//!   may name only plain regular files inside its folder; symlinks are refused), listing, and
 //!   installation of a fully written staging folder by one rename. Torch-free: the CLI and the TUI
 //!   read models without libtorch; weights are loaded in the engine.
 //!
@@ -75,6 +82,7 @@ pub mod config;
 pub mod data;
 pub mod dirs;
 pub mod events;
+pub mod files;
 pub mod genes;
 pub mod jobs;
 pub mod tables;

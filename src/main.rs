@@ -12,7 +12,8 @@ fn main() {
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         let msg = format!("{e:#}");
-        eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+        eprintln!("error: {}", scmz::files::printable(&line));
         std::process::exit(1);
     }
 }

@@ -1,5 +1,5 @@
 //! Tables for machines: a report becomes a polars `DataFrame`, written as CSV or Parquet by the
-//! output file's extension, through a temporary file renamed into place.
+//! output file's extension, through `files::AtomicFile` (whole or absent).
 
 use std::path::Path;
 
@@ -28,19 +28,17 @@ pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<(), TableError> {
         path: shown.clone(),
         message: e.to_string(),
     };
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("table");
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<(), TableError> {
-        let file = std::fs::File::create(&tmp).map_err(|e| err(&e))?;
-        if ext == "csv" {
-            CsvWriter::new(file).finish(df).map_err(|e| err(&e))?;
-        } else {
-            ParquetWriter::new(file).finish(df).map_err(|e| err(&e))?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| err(&e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut f = crate::files::AtomicFile::create(path).map_err(|e| TableError::Write {
+        path: shown.clone(),
+        message: e.message,
+    })?;
+    if ext == "csv" {
+        CsvWriter::new(f.file()).finish(df).map_err(|e| err(&e))?;
+    } else {
+        ParquetWriter::new(f.file()).finish(df).map_err(|e| err(&e))?;
     }
-    result
+    f.commit().map_err(|e| TableError::Write {
+        path: shown,
+        message: e.message,
+    })
 }

@@ -113,7 +113,13 @@ fn cancel_leaves_a_cancelled_job_a_checkpoint_and_no_model() {
     assert!(stdout(&o).contains("cancelled"), "{}", stdout(&o));
     let j = job(root.path(), &id);
     assert_eq!(j["state"], "cancelled");
-    assert!(root.path().join("zoo/.runs/stopme/checkpoint.safetensors").exists());
+    // checkpoint.json names the epoch's weights, and they are there.
+    let run = root.path().join("zoo/.runs/stopme");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("checkpoint.json")).unwrap()).unwrap();
+    let epoch = state["epoch"].as_u64().unwrap();
+    assert!(run.join(format!("checkpoint-{epoch}.safetensors")).exists());
+    assert!(run.join(format!("optimizer-{epoch}.safetensors")).exists());
     assert!(!root.path().join("zoo/stopme").exists());
 }
 

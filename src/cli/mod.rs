@@ -80,6 +80,9 @@ enum Command {
         /// Also write the table to FILE.csv or FILE.parquet.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Replace an existing --out file.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Merge datasets over the union of their genes, recording which genes each measured.
     Merge {
@@ -93,6 +96,9 @@ enum Command {
         /// Merge normalised data with raw counts anyway.
         #[arg(long)]
         force: bool,
+        /// Replace an existing output file (never one of the inputs).
+        #[arg(long)]
+        overwrite: bool,
         #[arg(long)]
         json: bool,
     },
@@ -230,16 +236,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             counts,
         }) => inspect::run(&path, &open.options(), json, counts),
-        Some(Command::Overlap { paths, open, json, out }) => {
-            overlap::overlap(&paths, &open.options(), json, out.as_deref())
-        }
+        Some(Command::Overlap {
+            paths,
+            open,
+            json,
+            out,
+            overwrite,
+        }) => overlap::overlap(&paths, &open.options(), json, out.as_deref(), overwrite),
         Some(Command::Merge {
             paths,
             output,
             open,
             force,
+            overwrite,
             json,
-        }) => overlap::merge_cmd(&paths, &output, &open.options(), force, json),
+        }) => overlap::merge_cmd(&paths, &output, &open.options(), force, overwrite, json),
         Some(Command::Train { args }) => engine("train", args),
         Some(Command::Project { args }) => engine("project", args),
         Some(Command::Compare { args }) => engine("compare", args),

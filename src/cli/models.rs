@@ -56,7 +56,7 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
         .filter_map(|m| m.as_ref().err().map(|e| e.to_string()))
         .collect();
     for b in &bad {
-        eprintln!("error: {b}");
+        eprintln!("error: {}", scmz::files::printable(b));
     }
     anyhow::ensure!(bad.is_empty(), "{} model folders could not be read", bad.len());
     Ok(())
@@ -70,7 +70,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
     }
     let a = &m.architecture;
     let t = &m.training;
-    let line = |k: &str, v: String| println!("{k:<12} {v}");
+    let line = |k: &str, v: String| println!("{k:<12} {}", scmz::files::printable(&v));
     line(
         "name",
         format!(
@@ -182,7 +182,14 @@ pub fn engine_path() -> PathBuf {
 /// Runs `scmz-engine <args>` with this terminal, returning its exit code.
 pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
     let engine = engine_path();
-    let status = std::process::Command::new(&engine).args(args).status().map_err(|e| {
+    let mut cmd = std::process::Command::new(&engine);
+    cmd.args(args);
+    // A foreground engine stops (with a checkpoint) when this process is killed.
+    // SAFETY: the hook makes only async-signal-safe calls.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, scmz::jobs::die_with_parent());
+    }
+    let status = cmd.status().map_err(|e| {
         anyhow::anyhow!(
             "{}: cannot start the libtorch engine ({e}); reinstall scmz",
             engine.display()

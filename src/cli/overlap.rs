@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use scmz::data::{Dataset, OpenOptions};
+use scmz::files::check_output;
 use scmz::genes::merge::{merge, MergeOptions};
 use scmz::genes::overlap::{compare_datasets, genes_frame, label, pairs_frame, zero_overlap_message};
 use scmz::genes::{GeneList, OverlapReport};
@@ -67,11 +68,20 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
     Ok(())
 }
 
-pub fn overlap(paths: &[PathBuf], opts: &OpenOptions, json: bool, out: Option<&Path>) -> anyhow::Result<()> {
+pub fn overlap(
+    paths: &[PathBuf],
+    opts: &OpenOptions,
+    json: bool,
+    out: Option<&Path>,
+    overwrite: bool,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         paths.len() >= 2,
         "overlap needs two datasets (A: the data, B: the reference) or more"
     );
+    if let Some(out) = out {
+        check_output(out, &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(), overwrite)?;
+    }
     // A second argument that is no file but a model name: compare against the zoo model.
     if paths.len() == 2 && !paths[1].exists() && paths[1].components().count() == 1 {
         return overlap_model(&paths[0], &paths[1].to_string_lossy(), opts, json);
@@ -195,7 +205,15 @@ fn print_report(r: &OverlapReport) {
     }
 }
 
-pub fn merge_cmd(paths: &[PathBuf], out: &Path, opts: &OpenOptions, force: bool, json: bool) -> anyhow::Result<()> {
+pub fn merge_cmd(
+    paths: &[PathBuf],
+    out: &Path,
+    opts: &OpenOptions,
+    force: bool,
+    overwrite: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    check_output(out, &paths.iter().map(PathBuf::as_path).collect::<Vec<_>>(), overwrite)?;
     let ds = open_all(paths, opts)?;
     let s = merge(
         &ds,

@@ -23,8 +23,14 @@ impl Table {
         self
     }
 
+    /// Adds a row; control characters in its cells (names read from files) are escaped.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(
+            cells
+                .into_iter()
+                .map(|c| scmz::files::printable(&c).into_owned())
+                .collect(),
+        );
     }
 
     pub fn render(&self) -> String {

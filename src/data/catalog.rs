@@ -235,19 +235,9 @@ pub fn scan(roots: &[PathBuf], cache: Option<&Path>) -> Vec<Summary> {
     if let (Some(cache), true) = (cache, changed) {
         store.version = CACHE_VERSION;
         // A cache that cannot be written only costs speed next time.
-        let _ = write_atomic(cache, &serde_json::to_vec(&store).unwrap_or_default());
+        let _ = crate::files::write_atomic(cache, &serde_json::to_vec(&store).unwrap_or_default());
     }
     rows
-}
-
-/// Writes `bytes` to a temporary sibling and renames it over `path`.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The default cache file.

@@ -14,7 +14,8 @@ const HDF5_SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
 /// True if the file starts with the HDF5 signature (at 0 or at a user-block offset).
 pub fn has_hdf5_signature(path: &Path) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
+    // A FIFO would block here and a device never end: regular files only.
+    let mut f = crate::files::open_regular(path).map_err(|e| std::io::Error::other(e.message))?;
     let len = f.metadata()?.len();
     let mut buf = [0u8; 8];
     for offset in [0u64, 512, 1024, 2048] {
@@ -44,13 +45,80 @@ pub fn open_file(path: &Path) -> Result<File> {
         }
         Err(e) => return Err(DataError::file(path, format!("cannot read: {e}"))),
     }
-    hdf5::File::with_options()
+    let file = hdf5::File::with_options()
         .with_fapl(|p| p.file_locking(false))
         .open(path)
         .map_err(|e| {
             DataError::file(path, format!("HDF5 cannot open it ({e})"))
                 .hint("the file is damaged or truncated; copy it again")
+        })?;
+    refuse_outside_storage(path, &file, "", 0)?;
+    Ok(file)
+}
+
+/// Deepest group nesting walked; AnnData and 10x files use a few levels, a deeper one is hostile
+/// (hard links can even make cycles).
+const MAX_DEPTH: usize = 16;
+
+/// Refuses what would make HDF5 read another file: external links, datasets with external
+/// storage (raw bytes in another file, `/etc/passwd` say) and virtual datasets, anywhere in the
+/// file; nothing of them is read. Soft links point inside the file and are not followed here.
+fn refuse_outside_storage(path: &Path, group: &Group, prefix: &str, depth: usize) -> Result<()> {
+    use hdf5::{LinkType, LocationType};
+    let mut links = Vec::new();
+    group
+        .iter_visit_default(|name, info| {
+            links.push((name.to_string(), info.link_type));
+            Ok(())
         })
+        .map_err(|e| {
+            DataError::at(
+                path,
+                if prefix.is_empty() { "/" } else { prefix },
+                format!("cannot list ({e})"),
+            )
+        })?;
+    for (name, kind) in links {
+        let element = format!("{prefix}{name}");
+        let refuse = |what: &str| {
+            Err(DataError::at(
+                path,
+                &element,
+                format!("is {what}, which points outside this file; scmz reads only what the file itself holds"),
+            )
+            .hint("write the data into the file itself (anndata's write_h5ad does)"))
+        };
+        match kind {
+            LinkType::External => return refuse("an external link"),
+            LinkType::Soft => continue,
+            LinkType::Hard => {}
+        }
+        match group.loc_type_by_name(&name) {
+            Ok(LocationType::Group) => {
+                if depth >= MAX_DEPTH {
+                    return Err(DataError::at(
+                        path,
+                        &element,
+                        format!("is nested more than {MAX_DEPTH} groups deep"),
+                    ));
+                }
+                let g = group.group(&name).at(path, &element)?;
+                refuse_outside_storage(path, &g, &format!("{element}/"), depth + 1)?;
+            }
+            Ok(LocationType::Dataset) => {
+                let ds = group.dataset(&name).at(path, &element)?;
+                let dcpl = ds.dcpl().at(path, &element)?;
+                if !dcpl.external().is_empty() {
+                    return refuse("a dataset with external storage");
+                }
+                if dcpl.layout() == hdf5::dataset::Layout::Virtual {
+                    return refuse("a virtual dataset");
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 pub fn has(group: &Group, name: &str) -> bool {

@@ -28,7 +28,7 @@ pub(crate) struct MtxMatrix {
 }
 
 fn open_text(path: &Path) -> Result<Box<dyn BufRead>> {
-    let f = std::fs::File::open(path).map_err(|e| DataError::file(path, format!("cannot open: {e}")))?;
+    let f = crate::files::open_regular(path).map_err(|e| DataError::file(path, e.message))?;
     let inner: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(f))
     } else {

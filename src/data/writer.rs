@@ -105,40 +105,26 @@ pub struct Annotations {
     pub uns: Vec<(String, UnsValue)>,
 }
 
-/// Temporary sibling path of `out`; removed unless `commit` is reached.
-fn temp_path(out: &Path) -> PathBuf {
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("out.h5ad");
-    out.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
-}
-
+/// The output being written (`files::AtomicFile`): HDF5 writes the temporary sibling by path;
+/// `commit` fsyncs and renames it, and dropping it uncommitted removes it.
 struct TempFile {
+    file: crate::files::AtomicFile,
     tmp: PathBuf,
     out: PathBuf,
-    done: bool,
 }
 
 impl TempFile {
-    fn new(out: &Path) -> Self {
-        TempFile {
-            tmp: temp_path(out),
+    fn new(out: &Path) -> Result<Self> {
+        let file = crate::files::AtomicFile::create(out).map_err(|e| DataError::file(out, e.message))?;
+        Ok(TempFile {
+            tmp: file.path().to_path_buf(),
             out: out.to_path_buf(),
-            done: false,
-        }
+            file,
+        })
     }
 
-    fn commit(mut self) -> Result<()> {
-        std::fs::rename(&self.tmp, &self.out)
-            .map_err(|e| DataError::file(&self.out, format!("cannot rename into place: {e}")))?;
-        self.done = true;
-        Ok(())
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+    fn commit(self) -> Result<()> {
+        self.file.commit().map_err(|e| DataError::file(&self.out, e.message))
     }
 }
 
@@ -195,7 +181,7 @@ fn append<T: hdf5::H5Type>(ds: &hdf5::Dataset, at: usize, values: &[T]) -> hdf5:
 
 impl H5adWriter {
     pub fn create(out: &Path, n_cols: usize) -> Result<Self> {
-        let temp = TempFile::new(out);
+        let temp = TempFile::new(out)?;
         let file = super::h5::create_unlocked(&temp.tmp).at(&temp.tmp, "/")?;
         let w = H5adWriter {
             temp,
@@ -433,16 +419,16 @@ pub struct Additions {
 /// categorical obs columns).
 pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> {
     let info = ds.info();
-    if out.exists() && std::fs::canonicalize(out).ok() == std::fs::canonicalize(&info.path).ok() {
-        return Err(DataError::file(out, "is the input file").hint("write the copy to another path"));
-    }
+    // Whatever the caller checked: never over the input (a path, link or hard link to it).
+    crate::files::check_output(out, &[&info.path], true).map_err(|e| DataError::file(out, e.message))?;
     if info.format
         == (Format::H5ad {
             layout: H5adLayout::Modern,
         })
     {
-        let temp = TempFile::new(out);
-        std::fs::copy(&info.path, &temp.tmp).map_err(|e| DataError::file(out, format!("cannot copy input: {e}")))?;
+        let temp = TempFile::new(out)?;
+        std::fs::copy(&info.path, &temp.tmp)
+            .map_err(|e| DataError::file(out, format!("cannot write: {}", crate::files::describe(&e))))?;
         {
             let f = super::h5::open_rw_unlocked(&temp.tmp).at(out, "/")?;
             amend(&f, out, info.n_cells, add)?;

@@ -163,12 +163,26 @@ impl Adam {
     }
 }
 
-/// Named tensors as safetensors, through a temporary file renamed into place.
+/// Named tensors as safetensors, whole or not at all (`files::AtomicFile`: a full disk leaves
+/// the previous file and no temporary one).
 pub fn write_atomic(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp.safetensors");
-    Tensor::write_safetensors(named, &tmp)?;
-    std::fs::rename(&tmp, path)?;
+    let f = scmz::files::AtomicFile::create(path)?;
+    Tensor::write_safetensors(named, f.path())
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {}", path.display(), tch_io_reason(&e)))?;
+    f.commit()?;
     Ok(())
+}
+
+/// The reason of a failed tch write, as the OS says it where there is one.
+pub fn tch_io_reason(e: &tch::TchError) -> String {
+    match e {
+        tch::TchError::Io(io)
+        | tch::TchError::SafeTensorError {
+            err: safetensors::SafeTensorError::IoError(io),
+            ..
+        } => scmz::files::describe(io),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -48,6 +48,9 @@ pub struct CompareArgs {
     /// Also write the table to FILE.csv or FILE.parquet.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 use scmz::zoo::comparison::{Comparison, ComparisonRow as Row};
@@ -209,6 +212,9 @@ fn write_subset(
 }
 
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    if let Some(out) = &args.out {
+        scmz::files::check_output(out, &[&args.data], args.overwrite)?;
+    }
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let (m, _vs, vae) = load_model(&zoo.model_dir(&args.model), Device::Cpu)?;

@@ -77,7 +77,8 @@ fn main() {
     tune_malloc();
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
-        eprintln!("error: {}", msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+        eprintln!("error: {}", scmz::files::printable(&line));
         exit_now(1);
     }
 }

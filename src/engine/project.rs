@@ -29,13 +29,16 @@ pub struct ProjectArgs {
     /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
     #[arg(short, long, required_unless_present = "predict_only")]
     pub output: Option<PathBuf>,
+    /// Replace an existing output file (never the input).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Only report the overlap and the predicted mapping quality; encode and write nothing.
     #[arg(long)]
     pub predict_only: bool,
     #[arg(long)]
     pub layer: Option<String>,
     /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
-    #[arg(long, default_value = "mask")]
+    #[arg(long, default_value = "mask", value_parser = ["mask", "zero"])]
     pub missing: String,
     /// Refuse when fewer than this share of the model's genes are found (unless --force).
     #[arg(long, default_value_t = 0.5)]
@@ -200,6 +203,9 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     if args.missing != "mask" && args.missing != "zero" {
         bail!("--missing {}: use mask or zero", args.missing);
     }
+    if let Some(out) = &args.output {
+        scmz::files::check_output(out, &[&args.data], args.overwrite)?;
+    }
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let dir = zoo.model_dir(&args.model);
@@ -312,6 +318,18 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     if !args.predict_only {
         for chunk in ds.chunks(2048) {
             latent.extend(enc_q.encode(&to_model(&chunk?), true)?);
+        }
+        let bad = latent
+            .chunks(l.max(1))
+            .filter(|z| z.iter().any(|v| !v.is_finite()))
+            .count();
+        if bad > 0 {
+            bail!(
+                "{}: model `{}` gives {bad} of {} cells a latent that is not a finite number (the model's weights hold NaN or infinity, or the values are not counts); nothing was written",
+                args.data.display(),
+                args.model,
+                ds.n_cells()
+            );
         }
     }
 

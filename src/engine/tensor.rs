@@ -33,6 +33,10 @@ pub fn cpu_slice<T: tch::kind::Element>(t: &Tensor) -> &[T] {
         t.kind(),
         t.is_contiguous()
     );
+    if t.numel() == 0 {
+        // An empty tensor's data pointer may be null, which a slice must never be.
+        return &[];
+    }
     // SAFETY: checked above: `numel` elements of T at `data_ptr`, alive as long as `t`.
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }
 }
@@ -40,6 +44,11 @@ pub fn cpu_slice<T: tch::kind::Element>(t: &Tensor) -> &[T] {
 /// A new 1-d CPU tensor of `n` elements written by `fill` (no copy from a Vec).
 pub fn filled<T: tch::kind::Element>(n: usize, fill: impl FnOnce(&mut [T])) -> Tensor {
     let t = Tensor::empty([n as i64], (T::KIND, Device::Cpu));
+    if n == 0 {
+        // An empty tensor's data pointer may be null, which a slice must never be.
+        fill(&mut []);
+        return t;
+    }
     // SAFETY: a fresh contiguous CPU tensor of `n` elements of T, not shared until returned.
     fill(unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n) });
     t

@@ -42,33 +42,33 @@ pub struct TrainArgs {
     #[arg(long)]
     pub label_key: Option<String>,
     /// nb, zinb or poisson.
-    #[arg(long, default_value = "nb")]
+    #[arg(long, default_value = "nb", value_parser = ["nb", "zinb", "poisson"])]
     pub likelihood: String,
     /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_finite)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = 1e-6, value_parser = non_negative)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = positive)]
     pub n_hidden: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = positive)]
     pub n_latent: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = positive)]
     pub n_layers: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = share_below_one)]
     pub dropout: f64,
     /// batch or layer.
-    #[arg(long, default_value = "batch")]
+    #[arg(long, default_value = "batch", value_parser = ["batch", "layer"])]
     pub norm: String,
     /// Epochs over which the KL weight rises from 0 to 1.
     #[arg(long, default_value_t = 400)]
     pub kl_warmup: usize,
     /// Hide this share of genes from the encoder in every minibatch (learns partial gene sets).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = share_below_one)]
     pub gene_dropout: f64,
     /// Stop after this many epochs without a better validation ELBO (0: never).
     #[arg(long, default_value_t = 45)]
@@ -76,7 +76,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// auto (CUDA when available), cpu or cuda.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
     pub device: String,
     /// Continue an interrupted run from its last checkpoint.
     #[arg(long)]
@@ -91,7 +91,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub force: bool,
     /// Cells per chunk read from disk.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = positive)]
     pub chunk_rows: usize,
     /// Reference cells kept with the model for label transfer.
     #[arg(long, default_value_t = 2000)]
@@ -111,6 +111,49 @@ pub struct TrainArgs {
     #[arg(long, default_value = "all")]
     #[serde(default)]
     pub genes: GeneSelection,
+}
+
+/// A whole number of at least 1 (sizes, epochs).
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number of at least 1")),
+    }
+}
+
+fn finite(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("`{s}` is not a finite number"))
+}
+
+fn positive_finite(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be above 0"))
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be 0 or more"))
+    }
+}
+
+/// A share in [0, 1) (dropout rates).
+fn share_below_one(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if (0.0..1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be at least 0 and below 1"))
+    }
 }
 
 impl TrainArgs {
@@ -134,6 +177,39 @@ struct Checkpoint {
     since_best: usize,
     step: u64,
     seconds: f64,
+    /// The weights, moments and best weights are files named by epoch (`checkpoint-E`,
+    /// `optimizer-E`, `best-B`), which this json, written last, points at: a checkpoint is one
+    /// unit whenever the run is killed. False in checkpoints of older scmz (fixed names).
+    #[serde(default)]
+    epoch_files: bool,
+}
+
+impl Checkpoint {
+    fn weights_file(&self) -> String {
+        if self.epoch_files {
+            format!("checkpoint-{}.safetensors", self.epoch)
+        } else {
+            "checkpoint.safetensors".into()
+        }
+    }
+
+    fn optimizer_file(&self) -> String {
+        if self.epoch_files {
+            format!("optimizer-{}.safetensors", self.epoch)
+        } else {
+            "optimizer.safetensors".into()
+        }
+    }
+
+    /// The best weights so far, if any epoch was validated.
+    fn best_file(&self) -> Option<String> {
+        let b = self.best_epoch?;
+        Some(if self.epoch_files {
+            format!("best-{b}.safetensors")
+        } else {
+            "best.safetensors".into()
+        })
+    }
 }
 
 pub fn device(name: &str) -> anyhow::Result<Device> {
@@ -364,6 +440,42 @@ type Batches = Box<dyn Iterator<Item = Result<Prepared, String>>>;
 /// Cells per validation minibatch (at least; the training batch size when larger). BatchNorm
 /// uses its running statistics in evaluation, so the result does not depend on it.
 const VALIDATION_BATCH: usize = 512;
+
+/// Diagnostics, not a user feature: with `SCMZ_TRACE_DIR` set, training writes its initial
+/// weights there (`init.safetensors`, PyTorch's layout) and every step's cells and loss terms
+/// (`steps.jsonl`), so that `scripts/bench_parity.py` can replay the same steps in scvi-tools from
+/// the same weights; `SCMZ_TRACE_NOISE=T` decodes the latent mean plus T/10 standard deviations
+/// instead of a random draw (deterministic steps).
+struct Trace {
+    steps: std::io::BufWriter<std::fs::File>,
+    fixed_noise: Option<i8>,
+    /// `SCMZ_TRACE_DROPOUT=fixed`: dropout drops a fixed pattern (`vae::fixed_dropout_mask`).
+    fixed_dropout: bool,
+}
+
+impl Trace {
+    fn start(vs: &nn::VarStore) -> anyhow::Result<Option<Trace>> {
+        let Some(dir) = std::env::var_os("SCMZ_TRACE_DIR").map(PathBuf::from) else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        write_atomic(&stored_variables(vs), &dir.join("init.safetensors"))?;
+        let f = std::fs::File::create(dir.join("steps.jsonl"))
+            .with_context(|| format!("{}: cannot create steps.jsonl", dir.display()))?;
+        Ok(Some(Trace {
+            steps: std::io::BufWriter::new(f),
+            fixed_noise: std::env::var("SCMZ_TRACE_NOISE").ok().and_then(|v| v.parse().ok()),
+            fixed_dropout: std::env::var("SCMZ_TRACE_DROPOUT").is_ok_and(|v| v == "fixed"),
+        }))
+    }
+
+    fn step(&mut self, epoch: usize, rows: &[usize], recon: f64, kl: f64, kl_weight: f64) -> anyhow::Result<()> {
+        use std::io::Write;
+        let line = serde_json::json!({"epoch": epoch, "rows": rows, "recon": recon, "kl": kl, "kl_weight": kl_weight});
+        writeln!(self.steps, "{line}")?;
+        Ok(())
+    }
+}
 
 /// Validation cells whose latent means the event log keeps for the TUI's scatter.
 const LATENT_SAMPLE: usize = 400;
@@ -614,22 +726,24 @@ impl CheckpointWriter {
             // do not interleave within a line.
             let mut log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
             for s in rx {
-                let checkpoint = run_dir.join("checkpoint.safetensors");
+                let state = Checkpoint {
+                    epoch_files: true,
+                    ..s.state
+                };
+                let checkpoint = run_dir.join(state.weights_file());
                 write_atomic(&s.weights, &checkpoint)?;
-                if s.best {
-                    // The same bytes: a second name for the checkpoint's file (the next checkpoint
-                    // replaces that name, not the file), written out where links are refused.
-                    let best = run_dir.join("best.safetensors");
-                    let tmp = run_dir.join("best.tmp.safetensors");
-                    let _ = std::fs::remove_file(&tmp);
-                    if std::fs::hard_link(&checkpoint, &tmp).is_ok() {
-                        std::fs::rename(&tmp, &best)?;
-                    } else {
+                if let (true, Some(name)) = (s.best, state.best_file()) {
+                    // The same bytes: a second name for the checkpoint's file, written out where
+                    // links are refused.
+                    let best = run_dir.join(name);
+                    let _ = std::fs::remove_file(&best);
+                    if std::fs::hard_link(&checkpoint, &best).is_err() {
                         write_atomic(&s.weights, &best)?;
                     }
                 }
-                write_atomic(&s.optimizer, &run_dir.join("optimizer.safetensors"))?;
-                write_json_atomic(&run_dir.join("checkpoint.json"), &s.state)?;
+                write_atomic(&s.optimizer, &run_dir.join(state.optimizer_file()))?;
+                write_json_atomic(&run_dir.join("checkpoint.json"), &state)?;
+                remove_other_checkpoints(&run_dir, &state);
                 log.write(Event::Checkpoint { epoch: s.state.epoch })?;
             }
             Ok(())
@@ -663,11 +777,68 @@ impl CheckpointWriter {
     }
 }
 
+/// Takes the run's lock (`.runs/NAME.lock`, beside its folder), or says who holds it: two
+/// engines training one run would overwrite each other's checkpoints.
+fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = run_dir.with_file_name(format!("{name}.lock"));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the run's lock", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            bail!(
+                "a run named `{name}` is in progress ({}); wait for it to end or cancel it (`scmz jobs`)",
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            bail!("{}: cannot lock the run: {}", path.display(), scmz::files::describe(&e))
+        }
+    }
+    let job = std::env::var("SCMZ_JOB_ID")
+        .map(|j| format!("job {j}, "))
+        .unwrap_or_default();
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{job}engine pid {}", std::process::id());
+    Ok(f)
+}
+
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    Ok(scmz::files::write_atomic(path, &serde_json::to_vec_pretty(value)?)?)
+}
+
+/// Removes the checkpoint files `state` does not point at (older epochs', and the fixed names of
+/// an older scmz's checkpoint it resumed from).
+fn remove_other_checkpoints(run_dir: &Path, state: &Checkpoint) {
+    let keep = [
+        Some(state.weights_file()),
+        Some(state.optimizer_file()),
+        state.best_file(),
+    ];
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = ["checkpoint", "optimizer", "best"]
+            .iter()
+            .any(|p| name.starts_with(p) && name.ends_with(".safetensors"));
+        if ours && !keep.iter().any(|k| k.as_deref() == Some(name.as_str())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -704,6 +875,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         );
     }
     let run_dir = zoo.run_dir(&args.name);
+    // One engine per run folder, held until this process ends (before --restart may remove it).
+    let _run_lock = lock_run(&run_dir, &args.name)?;
     let ckpt_json = run_dir.join("checkpoint.json");
     let resuming = ckpt_json.exists();
     if resuming && !args.resume && !args.restart {
@@ -779,6 +952,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let vs = nn::VarStore::new(dev);
     let vae = Vae::new(&vs.root(), arch.clone());
     let mut opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
+    let mut trace = Trace::start(&vs)?;
+    let train_pass = match trace.as_ref().and_then(|t| t.fixed_noise) {
+        Some(tenths) => Pass::TrainFixed { tenths },
+        None => Pass::Train,
+    };
 
     let mut state = Checkpoint {
         epoch: 0,
@@ -787,13 +965,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         since_best: 0,
         step: 0,
         seconds: 0.0,
+        epoch_files: true,
     };
     let mut first_epoch = 0;
     if resuming && args.resume {
-        state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
-        load_stored(&vs, &run_dir.join("checkpoint.safetensors")).context("loading the checkpoint")?;
+        state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)
+            .with_context(|| format!("{}: damaged; run again with --restart", ckpt_json.display()))?;
+        load_stored(&vs, &run_dir.join(state.weights_file())).context("loading the checkpoint")?;
         // Checkpoints from before the optimiser state was kept resume with fresh moments.
-        let adam = run_dir.join("optimizer.safetensors");
+        let adam = run_dir.join(state.optimizer_file());
         if adam.exists() {
             opt.load(&adam).context("loading the optimiser state")?;
         }
@@ -905,10 +1085,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 break;
             }
             let input = p.input();
-            let l = vae.losses(&input, kl_weight, Pass::Train);
+            if trace.as_ref().is_some_and(|t| t.fixed_dropout) {
+                crate::vae::TRACE_DROPOUT_STEP.store(state.step as i64, std::sync::atomic::Ordering::Relaxed);
+            }
+            let l = vae.losses(&input, kl_weight, train_pass);
             let grads = vae.backward(&l, opt.params());
             opt.step(&grads);
             let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
+            if let Some(t) = &mut trace {
+                t.step(epoch, &p.rows, r, k, kl_weight)?;
+            }
             if !r.is_finite() || !k.is_finite() {
                 log.write(Event::Error {
                     message: format!("loss became {r} at epoch {epoch}"),
@@ -1069,8 +1255,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     checkpoints.finish()?;
     // The model keeps the best validation weights (in memory already when the last epoch was it).
-    if state.best_epoch.is_none_or(|b| b + 1 != epochs_run) {
-        load_stored(&vs, &run_dir.join("best.safetensors"))?;
+    if let (Some(b), Some(file)) = (state.best_epoch, state.best_file()) {
+        if b + 1 != epochs_run {
+            load_stored(&vs, &run_dir.join(file))?;
+        }
     }
     let seconds = state.seconds + started.elapsed().as_secs_f64();
     let staging = zoo.staging_dir(&args.name)?;
@@ -1135,7 +1323,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             },
             reference: Some(reference),
         };
-        std::fs::write(staging.join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+        scmz::files::write_atomic(&staging.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
         Ok(zoo.install(&staging, &args.name)?)
     })();
     let model_dir = match result {
@@ -1152,7 +1340,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         best_val_elbo: state.best_val,
         model: Some(model_dir.display().to_string()),
     })?;
-    std::fs::copy(run_dir.join("events.jsonl"), model_dir.join("history.jsonl"))?;
+    let history = std::fs::read(run_dir.join("events.jsonl"))?;
+    scmz::files::write_atomic(&model_dir.join("history.jsonl"), &history)?;
     std::fs::remove_dir_all(&run_dir)?;
     eprintln!(
         "model `{}` saved in {} ({} epochs, best validation ELBO {:.2} at epoch {})",

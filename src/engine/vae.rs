@@ -104,8 +104,34 @@ impl<L: Module> Block<L> {
             Norm::Batch(b) => b.forward_t(&h, train),
             Norm::Layer(l) => l.forward(&h),
         };
+        let step = TRACE_DROPOUT_STEP.load(std::sync::atomic::Ordering::Relaxed);
+        if train && self.dropout > 0.0 && step >= 0 {
+            return h.relu() * fixed_dropout_mask(h.size()[0], h.size()[1], step, self.dropout);
+        }
         h.relu().dropout(self.dropout, train)
     }
+}
+
+/// Diagnostics (`SCMZ_TRACE_DIR`): when set to a step number, dropout drops a fixed pattern
+/// instead of a random one (`fixed_dropout_mask`), so that `scripts/bench_parity.py` can replay
+/// training with dropout step for step; -1 (always, outside that script) is off.
+pub static TRACE_DROPOUT_STEP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
+
+/// Unit j of cell i is dropped at `step` when (131 i + 71 j + 17 step) mod 10 is 0: a tenth of
+/// the units, scaled by 1 / (1 - p) as dropout does (p must be 0.1).
+fn fixed_dropout_mask(n: i64, h: i64, step: i64, p: f64) -> Tensor {
+    let keep: Vec<f32> = (0..n)
+        .flat_map(|i| {
+            (0..h).map(move |j| {
+                if (131 * i + 71 * j + 17 * step) % 10 == 0 {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_slice(&keep).view([n, h]) / (1.0 - p)
 }
 
 pub struct Vae {
@@ -150,11 +176,16 @@ pub enum Pass {
     Elbo,
     /// Evaluation decoding the latent mean.
     Mean,
+    /// Training (dropout, batch statistics) decoding the latent mean plus `tenths / 10` standard
+    /// deviations in every dimension instead of a random draw: deterministic steps (with no
+    /// dropout), for replaying them step for step in scvi-tools (`SCMZ_TRACE_DIR`,
+    /// `scripts/bench_parity.py`); a non-zero shift exercises the gradient through the variance.
+    TrainFixed { tenths: i8 },
 }
 
 impl Pass {
     fn train(self) -> bool {
-        self == Pass::Train
+        matches!(self, Pass::Train | Pass::TrainFixed { .. })
     }
 }
 
@@ -512,6 +543,8 @@ impl Vae {
         let (mu, logvar, sparse_first) = self.encode_parts(input, train);
         let z = if pass == Pass::Mean {
             mu.shallow_clone()
+        } else if let Pass::TrainFixed { tenths } = pass {
+            &mu + (&logvar * 0.5).exp() * (f64::from(tenths) / 10.0)
         } else {
             &mu + (&logvar * 0.5).exp() * mu.randn_like()
         };

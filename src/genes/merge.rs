@@ -211,6 +211,9 @@ pub fn merge(inputs: &[Dataset], out: &Path, opts: &MergeOptions) -> Result<Merg
         columns.push(col);
     }
     let n_genes = union.names.len();
+    // Whatever the caller checked: never over an input (a path, link or hard link to one).
+    let paths: Vec<&Path> = inputs.iter().map(|d| d.info().path.as_path()).collect();
+    crate::files::check_output(out, &paths, true).map_err(|e| DataError::file(out, e.message))?;
     let mut writer = H5adWriter::create(out, n_genes)?;
     let rows = if opts.chunk_rows == 0 { 4096 } else { opts.chunk_rows };
     for (ds, col) in inputs.iter().zip(&columns) {

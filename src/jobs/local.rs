@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{alive, now_minus_minute, Backend, Job, JobError, JobState, Registry};
+use super::{is_process, now_minus_minute, Backend, Job, JobError, JobState, Registry};
 use crate::events::now_rfc3339;
 
 pub struct Local;
@@ -42,33 +42,65 @@ impl Backend for Local {
         Ok(())
     }
 
-    /// A job that says running but whose supervisor is gone ended without recording it.
+    /// A job that says running but whose supervisor is gone ended without recording it. Its
+    /// engine stops with it (SIGTERM at the supervisor's death, then a checkpoint); until the
+    /// engine is gone too the job stays running, so that no other engine starts in its place.
     fn refresh(&self, reg: &Registry, mut job: Job) -> Result<Job, JobError> {
+        if job.state != JobState::Running {
+            return Ok(job);
+        }
         let never_started =
             job.supervisor_pid.is_none() && job.started.as_deref().is_some_and(|t| t < now_minus_minute().as_str());
-        if job.state == JobState::Running && (job.supervisor_pid.is_some_and(|p| !alive(p)) || never_started) {
-            job.state = JobState::Failed;
-            job.ended = Some(now_rfc3339());
-            job.reason =
-                Some("the job's processes ended without recording an exit (killed, or the machine restarted)".into());
-            reg.save(&job)?;
+        let supervisor_gone = job.supervisor_pid.is_some_and(|p| !is_process(p, job.supervisor_start));
+        if !(supervisor_gone || never_started) {
+            return Ok(job);
         }
+        if let Some(pid) = job.pid.filter(|&p| is_process(p, job.pid_start)) {
+            // An engine of an older scmz has no death signal: stop it now.
+            // SAFETY: kill(2) on the verified engine process of this job.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            return Ok(job);
+        }
+        job.state = JobState::Failed;
+        job.ended = Some(now_rfc3339());
+        job.reason = Some(if supervisor_gone {
+            format!(
+                "its supervisor was killed (or the machine restarted); the engine stopped with it; `scmz jobs resume {}` continues from the last checkpoint",
+                job.id
+            )
+        } else {
+            "its supervisor never started".into()
+        });
+        reg.save(&job)?;
         Ok(job)
     }
 
-    /// SIGTERM to the engine (it saves a checkpoint and exits), SIGKILL after `grace`.
-    fn cancel(&self, _reg: &Registry, job: &Job, grace: Duration) -> Result<(), JobError> {
-        if let Some(pid) = job.pid {
-            // SAFETY: plain kill(2) on the engine process this job started.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-            let t = Instant::now();
-            while alive(pid) && t.elapsed() < grace {
-                std::thread::sleep(Duration::from_millis(100));
+    /// SIGTERM to the engine (it saves a checkpoint and exits), SIGKILL after `grace`; only to
+    /// the process the job started (pid and start time), never to a pid reused since.
+    fn cancel(&self, reg: &Registry, job: &Job, grace: Duration) -> Result<(), JobError> {
+        let Some(pid) = job.pid.filter(|&p| is_process(p, job.pid_start)) else {
+            if job.supervisor_pid.is_some_and(|p| is_process(p, job.supervisor_start)) {
+                // The engine is not started yet, or gone: the supervisor records the end.
+                return Ok(());
             }
-            if alive(pid) {
-                // SAFETY: as above.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            let mut j = reg.load(&job.id)?;
+            if !j.state.is_final() {
+                j.state = JobState::Failed;
+                j.ended = Some(now_rfc3339());
+                j.reason = Some("its process is gone (nothing was signalled)".into());
+                reg.save(&j)?;
             }
+            return Ok(());
+        };
+        // SAFETY: plain kill(2) on the verified engine process this job started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let t = Instant::now();
+        while is_process(pid, job.pid_start) && t.elapsed() < grace {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_process(pid, job.pid_start) {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
         }
         Ok(())
     }

@@ -81,6 +81,12 @@ pub struct Job {
     /// The supervising `scmz` process and the engine it runs.
     pub supervisor_pid: Option<u32>,
     pub pid: Option<u32>,
+    /// When those processes started (`start_time`): with the pid, it names one process for
+    /// good, so a reused pid is never signalled. Absent in records of older scmz.
+    #[serde(default)]
+    pub supervisor_start: Option<u64>,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     /// Why the job failed or was cancelled, in one line.
@@ -111,6 +117,8 @@ impl Job {
             ended: None,
             supervisor_pid: None,
             pid: None,
+            supervisor_start: None,
+            pid_start: None,
             exit_code: None,
             signal: None,
             reason: None,
@@ -191,6 +199,8 @@ pub enum JobError {
     Backend(String),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JobError + '_ {
@@ -219,6 +229,47 @@ pub fn alive(pid: u32) -> bool {
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => true,
+    }
+}
+
+/// A `pre_exec` hook for the engine's child process: it gets SIGTERM (it checkpoints and exits)
+/// when its parent, the process spawning it, dies, `kill -9` included, and exits at once if the
+/// parent died before the hook ran. Only async-signal-safe calls (prctl, getppid, _exit).
+pub fn die_with_parent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    let parent = std::process::id() as libc::pid_t;
+    move || {
+        // SAFETY: plain syscalls in the forked child before exec.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() != parent {
+                libc::_exit(143);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses): state is field 3.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(22 - 3).and_then(|s| s.parse().ok())
+}
+
+/// Whether `pid` is alive and still the process recorded as starting at `start` (a pid reused by
+/// another process is not). Records without a start time (older scmz) also need the process to
+/// be an scmz binary.
+pub fn is_process(pid: u32, start: Option<u64>) -> bool {
+    if !alive(pid) {
+        return false;
+    }
+    match start {
+        Some(s) => start_time(pid) == Some(s),
+        None => std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("scmz")))
+            .unwrap_or(false),
     }
 }
 
@@ -501,10 +552,8 @@ impl Registry {
     /// Writes job.json atomically (temporary file, then rename).
     pub fn save(&self, job: &Job) -> Result<(), JobError> {
         let path = self.job_dir(&job.id).join("job.json");
-        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let bytes = serde_json::to_vec_pretty(job).expect("job serialises");
-        std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))
+        Ok(crate::files::write_atomic(&path, &bytes)?)
     }
 
     pub fn load(&self, id: &str) -> Result<Job, JobError> {
@@ -643,7 +692,7 @@ mod tests {
         let listed: Vec<Job> = reg.list().into_iter().map(Result::unwrap).collect();
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].state, JobState::Failed);
-        assert!(listed[0].reason.as_deref().unwrap().contains("without recording"));
+        assert!(listed[0].reason.as_deref().unwrap().contains("supervisor was killed"));
         assert!(alive(std::process::id()));
         assert!(matches!(reg.load("nope"), Err(JobError::NotFound(_))));
     }

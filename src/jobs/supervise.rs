@@ -56,18 +56,28 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let engine = engine_path(&reg.scmz);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
-    let mut child = tokio::process::Command::new(&engine)
-        .arg(&job.kind)
+    let mut cmd = tokio::process::Command::new(&engine);
+    cmd.arg(&job.kind)
         .args(&job.args)
+        .env("SCMZ_JOB_ID", &job.id)
         .stdin(Stdio::null())
         .stdout(out)
-        .stderr(err)
+        .stderr(err);
+    // The engine must not outlive its supervisor (see `die_with_parent`). PDEATHSIG follows the
+    // spawning thread: this runtime is single-threaded, so that thread is the supervisor's life.
+    // SAFETY: the hook makes only async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(super::die_with_parent());
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| JobError::Backend(format!("{}: cannot start the engine ({e})", engine.display())))?;
     job.state = JobState::Running;
     job.started.get_or_insert_with(now_rfc3339);
     job.supervisor_pid = Some(std::process::id());
+    job.supervisor_start = super::start_time(std::process::id());
     job.pid = child.id();
+    job.pid_start = child.id().and_then(super::start_time);
     job.host = hostname();
     reg.save(&job)?;
     let status = tokio::select! {

@@ -635,6 +635,8 @@ impl App {
                 self.sources.zoo.display().to_string(),
                 "-o".into(),
                 out.display().to_string(),
+                // scmz's own projections folder: projecting the pair again replaces the older copy.
+                "--overwrite".into(),
             ],
             backend: "local".into(),
             slot: "cpu".into(),

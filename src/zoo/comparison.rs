@@ -39,15 +39,22 @@ fn folder(model_dir: &Path) -> PathBuf {
 /// Writes a comparison beside the model (temporary file, then rename), one file per dataset.
 pub fn save(model_dir: &Path, c: &Comparison) -> std::io::Result<PathBuf> {
     let dir = folder(model_dir);
+    for d in [model_dir, dir.as_path()] {
+        if std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(std::io::Error::other(format!(
+                "{} is a symbolic link; nothing is written through links out of the zoo",
+                d.display()
+            )));
+        }
+    }
     std::fs::create_dir_all(&dir)?;
     let stem = Path::new(&c.data)
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "data".into());
     let path = dir.join(format!("{stem}.json"));
-    let tmp = dir.join(format!(".{stem}.json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, &path)?;
+    crate::files::write_atomic(&path, &serde_json::to_vec_pretty(c).map_err(std::io::Error::other)?)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(path)
 }
 

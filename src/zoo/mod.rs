@@ -41,6 +41,12 @@ pub fn default_zoo() -> PathBuf {
 
 /// A model name must be a plain folder name.
 pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > 100 {
+        return Err(format!(
+            "a model name of {} characters is too long: use at most 100",
+            name.len()
+        ));
+    }
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -106,6 +112,7 @@ impl Zoo {
         } else {
             std::fs::rename(staging, &target).map_err(io(&target))?;
         }
+        crate::files::sync_dir(&target);
         Ok(target)
     }
 
@@ -136,6 +143,39 @@ impl Zoo {
     }
 }
 
+/// A file of the model folder `dir` named by its manifest: a plain file name (no folder part,
+/// checked before anything is read) of a regular file there, not a symbolic link.
+fn model_file(dir: &Path, manifest: &Path, name: &str) -> Result<PathBuf, ZooError> {
+    if !crate::files::plain_name(name) {
+        return Err(ZooError::Bad {
+            path: manifest.display().to_string(),
+            problem: format!(
+                "names the file `{}`, which is not a plain file name inside the model folder; the manifest was edited or damaged",
+                crate::files::printable(name)
+            ),
+        });
+    }
+    let p = dir.join(name);
+    regular(&p)?;
+    Ok(p)
+}
+
+/// Refuses symbolic links and anything but regular files inside a model folder.
+fn regular(p: &Path) -> Result<(), ZooError> {
+    let meta = std::fs::symlink_metadata(p).map_err(io(p))?;
+    let problem = if meta.file_type().is_symlink() {
+        "is a symbolic link; the files of a model must be regular files inside its folder"
+    } else if !meta.is_file() {
+        "is not a regular file"
+    } else {
+        return Ok(());
+    };
+    Err(ZooError::Bad {
+        path: p.display().to_string(),
+        problem: problem.into(),
+    })
+}
+
 /// Loads the manifest in `dir` and checks the files it names.
 pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
     let path = dir.join("manifest.json");
@@ -143,24 +183,38 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
         path: path.display().to_string(),
         problem,
     };
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(ZooError::Bad {
+            path: dir.display().to_string(),
+            problem: "is a symbolic link; a model folder must be a folder inside the zoo".into(),
+        });
+    }
+    regular(&path)?;
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
     let value = manifest::migrate(value).map_err(bad)?;
     let m: Manifest =
         serde_json::from_value(value).map_err(|e| bad(format!("does not match the manifest schema ({e})")))?;
-    let weights = dir.join(&m.weights.file);
+    if m.genes.names.len() != m.architecture.n_genes {
+        return Err(bad(format!(
+            "lists {} genes but the model has {} inputs; the manifest was edited or damaged",
+            m.genes.names.len(),
+            m.architecture.n_genes
+        )));
+    }
+    let weights = model_file(dir, &path, &m.weights.file)?;
     let sum = sha256_file(&weights)?;
     if sum != m.weights.sha256 {
         return Err(ZooError::Bad {
             path: weights.display().to_string(),
             problem: format!(
                 "sha256 {sum} differs from the manifest's {}: the weights were changed or damaged; retrain or restore the model",
-                m.weights.sha256
+                crate::files::printable(&m.weights.sha256)
             ),
         });
     }
     if let Some(r) = &m.reference {
-        let p = dir.join(&r.file);
+        let p = model_file(dir, &path, &r.file)?;
         let sum = sha256_file(&p)?;
         if sum != r.sha256 {
             return Err(ZooError::Bad {

@@ -1,0 +1,315 @@
+//! Files written so that nothing is lost and read only where they should be.
+//!
+//! - [`AtomicFile`]: every output goes to a temporary sibling (`tempfile`), is flushed and
+//!   fsynced, renamed into place and its folder fsynced; on any failure, and when dropped
+//!   uncommitted, the temporary file is removed, so an output is whole or absent.
+//! - [`check_output`]: an output path may never be one of the inputs (the same path, a symlink or
+//!   a hard link to it), and an existing file is replaced only when the user said `--overwrite`.
+//! - [`open_regular`]: readers open regular files only (a FIFO would block, `/dev/zero` never
+//!   ends).
+//! - [`plain_name`], [`printable`]: names taken from files are checked before use and escaped
+//!   before they reach a terminal.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A file-system failure: the path and one line saying what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct FileError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FileError {
+    pub fn new(path: &Path, message: impl Into<String>) -> Self {
+        FileError {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// "cannot WHAT: reason", the reason as the OS says it ("no space left on device").
+    pub fn io(path: &Path, what: &str, e: &std::io::Error) -> Self {
+        FileError::new(path, format!("cannot {what}: {}", describe(e)))
+    }
+}
+
+/// An I/O error in one lower-case phrase, without Rust's "(os error N)".
+pub fn describe(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let text = match e.raw_os_error() {
+        Some(code) => text
+            .strip_suffix(&format!(" (os error {code})"))
+            .unwrap_or(&text)
+            .to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
+}
+
+/// A file being written: a temporary sibling of `out` until `commit` renames it into place.
+pub struct AtomicFile {
+    tmp: tempfile::NamedTempFile,
+    out: PathBuf,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file beside `out` (creating `out`'s folder when missing).
+    pub fn create(out: &Path) -> Result<Self, FileError> {
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| FileError::io(&dir, "create the folder", &e))?;
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            // As a plain create would (the umask applies), not tempfile's private 0600.
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(&dir)
+            .map_err(|e| FileError::io(out, "create a temporary file beside it", &e))?;
+        Ok(AtomicFile {
+            tmp,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// The temporary file's path, for writers that take a path (HDF5, safetensors); they must
+    /// write the same file (truncate, not replace it) and close it before `commit`.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The final path.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.tmp.as_file_mut()
+    }
+
+    /// Flushes and fsyncs the data, renames the file into place and fsyncs its folder; an error
+    /// (a full disk among them) removes the temporary file and leaves `out` as it was.
+    pub fn commit(mut self) -> Result<(), FileError> {
+        let out = self.out.clone();
+        self.tmp
+            .as_file_mut()
+            .flush()
+            .and_then(|_| self.tmp.as_file().sync_all())
+            .map_err(|e| FileError::io(&out, "write", &e))?;
+        self.tmp
+            .persist(&out)
+            .map_err(|e| FileError::io(&out, "rename into place", &e.error))?;
+        sync_dir(&out);
+        Ok(())
+    }
+}
+
+/// Fsyncs the folder holding `path`, so that a rename into it survives a crash (best effort: some
+/// file systems refuse to sync a folder).
+pub fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+/// Writes `bytes` to `out` atomically (see [`AtomicFile`]).
+pub fn write_atomic(out: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    let mut f = AtomicFile::create(out)?;
+    f.file().write_all(bytes).map_err(|e| FileError::io(out, "write", &e))?;
+    f.commit()
+}
+
+/// Checks that writing `out` loses nothing: it is none of `inputs` (by path, symlink or hard
+/// link; nor inside an input folder), not a folder, and, when it exists, `overwrite` was given.
+pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(), FileError> {
+    let exists = match std::fs::symlink_metadata(out) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(FileError::io(out, "read", &e)),
+    };
+    if !exists {
+        return Ok(());
+    }
+    if let Ok(target) = std::fs::metadata(out) {
+        let real_out = std::fs::canonicalize(out).ok();
+        for input in inputs {
+            let Ok(m) = std::fs::metadata(input) else { continue };
+            let same = m.dev() == target.dev() && m.ino() == target.ino();
+            let inside = m.is_dir()
+                && match (&real_out, std::fs::canonicalize(input)) {
+                    (Some(o), Ok(i)) => o.starts_with(i),
+                    _ => false,
+                };
+            if same || inside {
+                return Err(FileError::new(
+                    out,
+                    format!(
+                        "is the input {}{}; write the output to another path",
+                        input.display(),
+                        if same { "" } else { " (a file inside it)" }
+                    ),
+                ));
+            }
+        }
+        if target.is_dir() {
+            return Err(FileError::new(out, "is a folder; name the output file"));
+        }
+    }
+    if !overwrite {
+        return Err(FileError::new(out, "already exists; pass --overwrite to replace it"));
+    }
+    Ok(())
+}
+
+/// Opens `path` for reading if it is a regular file (after symlinks); anything else (a FIFO, a
+/// device, a folder) is refused before it is opened.
+pub fn open_regular(path: &Path) -> Result<File, FileError> {
+    require_regular(path)?;
+    File::open(path).map_err(|e| FileError::io(path, "read", &e))
+}
+
+/// Refuses anything but a regular file (after symlinks).
+pub fn require_regular(path: &Path) -> Result<std::fs::Metadata, FileError> {
+    let m = std::fs::metadata(path).map_err(|e| FileError::io(path, "read", &e))?;
+    if !m.is_file() {
+        let kind = if m.is_dir() {
+            "a folder"
+        } else {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            if t.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if t.is_char_device() || t.is_block_device() {
+                "a device"
+            } else if t.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        };
+        return Err(FileError::new(path, format!("is {kind}, not a regular file")));
+    }
+    Ok(m)
+}
+
+/// True for a plain file name: no folder part, not `.`/`..`, nothing but a name.
+pub fn plain_name(name: &str) -> bool {
+    let p = Path::new(name);
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+        && p.components().count() == 1
+}
+
+/// `s` with control characters (escape sequences among them) shown as `\u{..}` escapes, so that a
+/// name read from a file cannot drive the terminal it is printed on.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_never_replace_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.h5ad");
+        std::fs::write(&input, b"data").unwrap();
+        let link = dir.path().join("link.h5ad");
+        std::os::unix::fs::symlink(&input, &link).unwrap();
+        let hard = dir.path().join("hard.h5ad");
+        std::fs::hard_link(&input, &hard).unwrap();
+        for out in [&input, &link, &hard] {
+            let e = check_output(out, &[&input], true).unwrap_err();
+            assert!(e.message.contains("is the input"), "{e}");
+        }
+        let other = dir.path().join("other.h5ad");
+        assert!(check_output(&other, &[&input], false).is_ok());
+        std::fs::write(&other, b"old").unwrap();
+        let e = check_output(&other, &[&input], false).unwrap_err();
+        assert!(e.message.contains("--overwrite"), "{e}");
+        assert!(check_output(&other, &[&input], true).is_ok());
+        // A file inside an input folder (a Matrix Market dataset) is the input too.
+        let mtx = dir.path().join("mtx");
+        std::fs::create_dir(&mtx).unwrap();
+        std::fs::write(mtx.join("matrix.mtx"), b"%").unwrap();
+        let e = check_output(&mtx.join("matrix.mtx"), &[&mtx], true).unwrap_err();
+        assert!(e.message.contains("inside"), "{e}");
+    }
+
+    #[test]
+    fn an_uncommitted_file_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.csv");
+        {
+            let mut f = AtomicFile::create(&out).unwrap();
+            f.file().write_all(b"half").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        write_atomic(&out, b"whole").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"whole");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.h5ad");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = open_regular(&fifo).unwrap_err();
+        assert!(e.message.contains("FIFO"), "{e}");
+        assert!(open_regular(Path::new("/dev/zero"))
+            .unwrap_err()
+            .message
+            .contains("device"));
+    }
+
+    #[test]
+    fn names_and_printing() {
+        assert!(plain_name("weights.safetensors"));
+        for bad in ["", ".", "..", "../x", "/etc/passwd", "a/b"] {
+            assert!(!plain_name(bad), "{bad}");
+        }
+        assert_eq!(printable("B cell"), "B cell");
+        assert_eq!(printable("\x1b[2Jx"), "\\u{1b}[2Jx");
+    }
+}

@@ -1,0 +1,612 @@
+//! Bad input, faults and hostile files, each built here at test time: every case must end in a
+//! one-line refusal naming the file or setting and a non-zero exit (never a panic), with the
+//! inputs unchanged, nothing written outside the output and no temporary file left behind.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{copy_of, data, run_python, stderr, stdout};
+
+/// Runs `scmz` with a private zoo, state, cache and config under `root`.
+fn scmz(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(args)
+        .env("SCMZ_ZOO", root.join("zoo"))
+        .env("SCMZ_STATE_DIR", root.join("state"))
+        .env("SCMZ_CACHE_DIR", root.join("cache"))
+        .env("SCMZ_CONFIG", root.join("config.toml"))
+        .env_remove("SCMZ_MAX_CPU_JOBS")
+        .output()
+        .unwrap()
+}
+
+fn sha(path: &Path) -> String {
+    scmz::zoo::sha256_file(path).unwrap()
+}
+
+/// A refusal: exit `code`, no panic, and one line holding every needle.
+fn refused(o: &Output, code: i32, needles: &[&str]) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stdout: {}\nstderr: {err}", stdout(o));
+    assert!(!err.contains("panicked"), "{err}");
+    let first = err.lines().next().unwrap_or_default().to_string();
+    for n in needles {
+        assert!(
+            err.to_lowercase().contains(&n.to_lowercase()),
+            "`{n}` missing from: {err}"
+        );
+    }
+    first
+}
+
+/// Every file below `dir` (relative names), for "nothing else was written" checks.
+fn files_below(dir: &Path) -> Vec<String> {
+    fn walk(d: &Path, base: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                walk(&p, base, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn no_temp_files(dir: &Path) {
+    let left: Vec<String> = files_below(dir)
+        .into_iter()
+        .filter(|f| f.contains(".tmp") || f.contains("/.tmp-") || f.starts_with(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
+}
+
+/// A copy of the bundled test zoo (model `pbmc-tiny`) under `root/zoo`.
+fn bundled_zoo(root: &Path) -> PathBuf {
+    let zoo = root.join("zoo");
+    let model = zoo.join("pbmc-tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(data("zoo/pbmc-tiny")).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    zoo
+}
+
+// ---- Data loss -------------------------------------------------------------------------------
+
+#[test]
+fn no_command_writes_over_its_input() {
+    let (dir, a) = copy_of("pbmc68k_counts.h5ad");
+    let b = dir.path().join("b.h5ad");
+    std::fs::copy(&a, &b).unwrap();
+    let link = dir.path().join("link.h5ad");
+    std::os::unix::fs::symlink(&b, &link).unwrap();
+    let hard = dir.path().join("hard.h5ad");
+    std::fs::hard_link(&b, &hard).unwrap();
+    let before = (sha(&a), sha(&b));
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for out in [&b, &link, &hard] {
+        let o = out.to_str().unwrap();
+        for overwrite in [false, true] {
+            let mut merge = vec!["merge", sa, sb, "-o", o];
+            let mut project = vec![
+                "project",
+                sb,
+                "--model",
+                "pbmc-tiny",
+                "--zoo",
+                zoo.to_str().unwrap(),
+                "-o",
+                o,
+            ];
+            let mut table = vec!["overlap", sa, sb, "--out", o];
+            if overwrite {
+                for c in [&mut merge, &mut project, &mut table] {
+                    c.push("--overwrite");
+                }
+            }
+            for args in [&merge, &project, &table] {
+                let line = refused(&scmz(root.path(), args), 1, &["is the input"]);
+                assert!(line.contains(o), "{line}");
+            }
+        }
+    }
+    assert_eq!((sha(&a), sha(&b)), before, "an input changed");
+    no_temp_files(dir.path());
+}
+
+#[test]
+fn an_existing_output_is_replaced_only_with_overwrite() {
+    let (dir, a) = copy_of("pbmc68k_counts.h5ad");
+    let out = dir.path().join("out.h5ad");
+    std::fs::write(&out, b"keep me").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let args = [
+        "project",
+        a.to_str().unwrap(),
+        "--model",
+        "pbmc-tiny",
+        "--zoo",
+        zoo.to_str().unwrap(),
+        "-o",
+    ];
+    let mut refuse = args.to_vec();
+    refuse.push(out.to_str().unwrap());
+    refused(&scmz(root.path(), &refuse), 1, &["already exists", "--overwrite"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    refuse.push("--overwrite");
+    let o = scmz(root.path(), &refuse);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        common::run_python(
+            "import anndata,sys; a=anndata.read_h5ad(sys.argv[1]); print(a.obsm['X_scmz'].shape[0])",
+            &[&out]
+        )
+        .trim()
+        .parse::<usize>()
+        .unwrap()
+            > 0
+    );
+    no_temp_files(dir.path());
+}
+
+/// A small tmpfs at `dir`, or None (with the reason printed) where mounting is not allowed.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                dir.to_str().unwrap(),
+            ])
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!("skipped: cannot mount a tmpfs ({})", stderr(&o).trim());
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount ({e})");
+                None
+            }
+        }
+    }
+
+    /// Fills the file system but for `leave` bytes.
+    fn fill(&self, leave: u64) {
+        let st = nix_statvfs(&self.0);
+        let free = st.saturating_sub(leave);
+        let f = std::fs::File::create(self.0.join("filler")).unwrap();
+        f.set_len(0).unwrap();
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(f);
+        let block = vec![1u8; 4096];
+        let mut written = 0;
+        while written + 4096 <= free {
+            if w.write_all(&block).is_err() {
+                break;
+            }
+            written += 4096;
+        }
+        let _ = w.flush();
+    }
+}
+
+fn nix_statvfs(p: &Path) -> u64 {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a zeroed out-struct.
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_write_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&work.path().join("small"), "2m") else {
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    // The copy (2.9 MB) cannot fit: the write fails, named, and nothing is left.
+    let out = fs.0.join("projected.h5ad");
+    let o = scmz(
+        root.path(),
+        &[
+            "project",
+            si,
+            "--model",
+            "pbmc-tiny",
+            "--zoo",
+            zoo.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    refused(&o, 1, &["no space left on device", "projected.h5ad"]);
+    assert!(files_below(&fs.0).is_empty(), "{:?}", files_below(&fs.0));
+    // Merges and tables, with a nearly full disk.
+    fs.fill(64 << 10);
+    let merged = fs.0.join("merged.h5ad");
+    let o = scmz(root.path(), &["merge", si, si, "-o", merged.to_str().unwrap()]);
+    refused(&o, 1, &["no space left on device", "merged.h5ad"]);
+    let table = fs.0.join("latents.csv");
+    let o = scmz(
+        root.path(),
+        &[
+            "project",
+            si,
+            "--model",
+            "pbmc-tiny",
+            "--zoo",
+            zoo.to_str().unwrap(),
+            "-o",
+            table.to_str().unwrap(),
+        ],
+    );
+    refused(&o, 1, &["no space left on device", "latents.csv"]);
+    assert_eq!(files_below(&fs.0), vec!["filler".to_string()]);
+}
+
+#[test]
+fn training_into_a_full_zoo_leaves_no_partial_model() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&work.path().join("zoo"), "1m") else {
+        return;
+    };
+    let input = data("pbmc68k_counts.h5ad");
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["train", input.to_str().unwrap(), "--name", "full", "--epochs", "2"])
+        .env("SCMZ_ZOO", &fs.0)
+        .env("SCMZ_STATE_DIR", work.path().join("state"))
+        .output()
+        .unwrap();
+    refused(&o, 1, &["no space left on device"]);
+    let left = files_below(&fs.0);
+    assert!(
+        !left.iter().any(|f| f.starts_with("full/")),
+        "a partial model: {left:?}"
+    );
+    assert!(!left.iter().any(|f| f.contains(".tmp")), "temporary files: {left:?}");
+    // What a resume needs is whole: no checkpoint json without its weights.
+    if let Ok(j) = std::fs::read(fs.0.join(".runs/full/checkpoint.json")) {
+        let j: serde_json::Value = serde_json::from_slice(&j).unwrap();
+        let e = j["epoch"].as_u64().unwrap();
+        assert!(fs.0.join(format!(".runs/full/checkpoint-{e}.safetensors")).exists());
+    }
+}
+
+// ---- Security --------------------------------------------------------------------------------
+
+/// Rewrites `X/data` of an h5ad as a dataset whose bytes live in `outside` (HDF5 external storage),
+/// an external link, or a virtual dataset.
+fn point_outside(path: &Path, how: &str, outside: &Path) {
+    run_python(
+        r#"
+import h5py, sys
+path, how, outside = sys.argv[1], sys.argv[2], sys.argv[3]
+f = h5py.File(path, "r+")
+x = f["X"]
+n, dt = x["data"].shape[0], x["data"].dtype
+del x["data"]
+if how == "external":
+    x.create_dataset("data", shape=(n,), dtype=dt, external=[(outside, 0, h5py.h5f.UNLIMITED)])
+elif how == "link":
+    x["data"] = h5py.ExternalLink(outside, "/X/data")
+else:
+    layout = h5py.VirtualLayout(shape=(n,), dtype=dt)
+    layout[:] = h5py.VirtualSource(outside, "/X/data", shape=(n,))
+    x.create_virtual_dataset("data", layout)
+f.close()
+"#,
+        &[path, Path::new(how), outside],
+    );
+}
+
+#[test]
+fn hdf5_that_points_outside_the_file_is_refused() {
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("secret.txt");
+    std::fs::write(&secret, "TOPSECRET-".repeat(100_000)).unwrap();
+    let (_d, other) = copy_of("pbmc68k_counts.h5ad");
+    for how in ["external", "link", "virtual"] {
+        let (dir, p) = copy_of("pbmc68k_counts.h5ad");
+        let target = if how == "external" { &secret } else { &other };
+        point_outside(&p, how, target);
+        let root = tempfile::tempdir().unwrap();
+        let sp = p.to_str().unwrap();
+        let line = refused(
+            &scmz(root.path(), &["inspect", sp]),
+            1,
+            &["X/data", "outside this file"],
+        );
+        assert!(line.contains("pbmc68k_counts.h5ad"), "{line}");
+        refused(
+            &scmz(root.path(), &["train", sp, "--name", "leak", "--epochs", "1"]),
+            1,
+            &["X/data"],
+        );
+        assert!(!root.path().join("zoo/leak").exists());
+        // The folder scan lists it as unreadable instead.
+        let o = scmz(root.path(), &["datasets", dir.path().to_str().unwrap(), "--json"]);
+        assert!(!stdout(&o).contains("TOPSECRET"));
+    }
+}
+
+#[test]
+fn model_folders_name_only_their_own_regular_files() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let model = zoo.join("pbmc-tiny");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+    let query = data("pbmc68k_counts.h5ad");
+    let out = root.path().join("out.csv");
+    let project = |root: &Path| {
+        scmz(
+            root,
+            &[
+                "project",
+                query.to_str().unwrap(),
+                "--model",
+                "pbmc-tiny",
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        )
+    };
+    // A manifest naming a file outside the folder: refused before anything is read.
+    for name in ["/etc/passwd", "../../../../etc/passwd", "..", ""] {
+        let mut m = manifest.clone();
+        m["weights"]["file"] = name.into();
+        std::fs::write(model.join("manifest.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        for args in [vec!["model", "show", "pbmc-tiny"], vec!["models"]] {
+            let o = scmz(root.path(), &args);
+            assert!(stderr(&o).contains("not a plain file name"), "{name}: {}", stderr(&o));
+            assert!(!stdout(&o).contains("root:"), "{}", stdout(&o));
+        }
+        refused(&project(root.path()), 1, &["not a plain file name"]);
+    }
+    std::fs::write(model.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    // A weights file that is a symlink (to /dev/zero: a read that never ends).
+    let weights = model.join(manifest["weights"]["file"].as_str().unwrap());
+    let saved = std::fs::read(&weights).unwrap();
+    std::fs::remove_file(&weights).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &weights).unwrap();
+    let t = Instant::now();
+    refused(&project(root.path()), 1, &["symbolic link"]);
+    assert!(t.elapsed() < Duration::from_secs(20));
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::write(&weights, saved).unwrap();
+    // A model folder that is a symlink out of the zoo.
+    let outside = tempfile::tempdir().unwrap();
+    let moved = outside.path().join("pbmc-tiny");
+    std::fs::rename(&model, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &model).unwrap();
+    refused(&project(root.path()), 1, &["symbolic link"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_fifo_or_device_named_like_a_dataset_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.h5ad");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.h5ad")).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let t = Instant::now();
+    refused(
+        &scmz(root.path(), &["inspect", fifo.to_str().unwrap()]),
+        1,
+        &["pipe.h5ad", "FIFO"],
+    );
+    refused(
+        &scmz(
+            root.path(),
+            &["inspect", dir.path().join("zero.h5ad").to_str().unwrap()],
+        ),
+        1,
+        &["zero.h5ad", "device"],
+    );
+    let o = scmz(root.path(), &["datasets", dir.path().to_str().unwrap()]);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+}
+
+#[test]
+fn names_from_files_cannot_drive_the_terminal() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    run_python(
+        r#"
+import anndata, sys
+a = anndata.read_h5ad(sys.argv[1])
+a.obs["evil"] = ["\x1b[2J\x1b]0;pwned\x07" if i % 2 else "ok" for i in range(a.n_obs)]
+a.obs["evil"] = a.obs["evil"].astype("category")
+a.write_h5ad(sys.argv[1])
+"#,
+        &[&p],
+    );
+    let root = tempfile::tempdir().unwrap();
+    let o = scmz(root.path(), &["inspect", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("evil"), "{text}");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\x07'),
+        "raw control characters printed: {text:?}"
+    );
+    assert!(text.contains("\\u{1b}"), "{text}");
+}
+
+#[test]
+fn cancel_never_signals_a_process_that_is_not_the_job() {
+    let root = tempfile::tempdir().unwrap();
+    // An unrelated process whose pid a stale or edited job.json names.
+    let mut bystander = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = bystander.id();
+    let id = "20260101-000000-0001";
+    let dir = root.path().join("state/jobs").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let job = serde_json::json!({
+        "id": id, "kind": "train", "name": "x", "args": [], "backend": "local",
+        "state": "running", "created": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z",
+        "ended": null, "supervisor_pid": pid, "pid": pid, "supervisor_start": 1, "pid_start": 1,
+        "exit_code": null, "signal": null, "reason": null, "events": null, "slot": "cpu"
+    });
+    std::fs::write(dir.join("job.json"), serde_json::to_vec(&job).unwrap()).unwrap();
+    let o = scmz(root.path(), &["jobs", "cancel", id]);
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(bystander.try_wait().unwrap().is_none(), "the bystander was signalled");
+    let o = scmz(root.path(), &["jobs", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let j = jobs.as_array().unwrap().iter().find(|j| j["id"] == id).unwrap();
+    assert_eq!(j["state"], "failed", "{j:#}");
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+}
+
+// ---- Settings and runs -----------------------------------------------------------------------
+
+#[test]
+fn settings_out_of_range_fail_at_parse_time() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    for (flag, value) in [
+        ("--batch-size", "0"),
+        ("--n-latent", "0"),
+        ("--n-hidden", "0"),
+        ("--n-layers", "0"),
+        ("--epochs", "0"),
+        ("--chunk-rows", "0"),
+        ("--lr", "-1"),
+        ("--lr", "nan"),
+        ("--gene-dropout", "1.5"),
+        ("--dropout", "1"),
+        ("--norm", "lyer"),
+        ("--likelihood", "gaussian"),
+    ] {
+        let setting = format!("{flag}={value}");
+        let o = scmz(root.path(), &["train", si, "--name", "bad", &setting]);
+        refused(&o, 2, &[flag]);
+    }
+    assert!(!root.path().join("zoo").exists(), "{:?}", files_below(root.path()));
+}
+
+#[test]
+fn one_engine_per_run() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let zoo = root.path().join("zoo");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args([
+            "train",
+            si,
+            "--name",
+            "twice",
+            "--epochs",
+            "400",
+            "--zoo",
+            zoo.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = root.path().join("zoo/.runs/twice.lock");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|s| s.contains("pid")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "the first run never locked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let o = scmz(
+        root.path(),
+        &["train", si, "--name", "twice", "--epochs", "2", "--restart"],
+    );
+    refused(&o, 1, &["a run named `twice` is in progress", "pid"]);
+    first.kill().unwrap();
+    let _ = first.wait();
+}
+
+#[test]
+fn killing_a_supervisor_stops_its_engine_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root.path(),
+        &[
+            "train",
+            input.to_str().unwrap(),
+            "--name",
+            "orphan",
+            "--epochs",
+            "400",
+            "--detach",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = Instant::now();
+    let job = loop {
+        let o = scmz(root.path(), &["jobs", "--json"]);
+        let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let j = jobs[0].clone();
+        if j["state"] == "running" && j["pid"].is_u64() {
+            break j;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "never running: {j:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (sup, engine) = (job["supervisor_pid"].as_u64().unwrap(), job["pid"].as_u64().unwrap());
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe { libc::kill(sup as i32, libc::SIGKILL) };
+    let t = Instant::now();
+    while scmz::jobs::alive(engine as u32) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the engine outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Instant::now();
+    let j = loop {
+        let o = scmz(root.path(), &["jobs", "--json"]);
+        let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if jobs[0]["state"] != "running" {
+            break jobs[0].clone();
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "still running: {:#}", jobs[0]);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert!(j["reason"].as_str().unwrap().contains("supervisor was killed"), "{j:#}");
+}
