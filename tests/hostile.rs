@@ -468,6 +468,34 @@ a.write_h5ad(sys.argv[1])
 }
 
 #[test]
+fn duplicate_cell_ids_are_named() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    run_python(
+        r#"
+import anndata, sys
+a = anndata.read_h5ad(sys.argv[1])
+a.obs_names = ["cell"] * 3 + list(a.obs_names[3:])
+a.write_h5ad(sys.argv[1])
+"#,
+        &[&p],
+    );
+    let root = tempfile::tempdir().unwrap();
+    let o = scmz(root.path(), &["inspect", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("1 duplicated cell ids in obs (cell)"),
+        "{}",
+        stdout(&o)
+    );
+    let o = scmz(
+        root.path(),
+        &["train", p.to_str().unwrap(), "--name", "dup", "--epochs", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("duplicated cell ids"), "{}", stderr(&o));
+}
+
+#[test]
 fn cancel_never_signals_a_process_that_is_not_the_job() {
     let root = tempfile::tempdir().unwrap();
     // An unrelated process whose pid a stale or edited job.json names.

@@ -294,8 +294,20 @@ fn a_run_started_in_a_terminal_is_listed_beside_jobs() {
     assert_eq!((runs[0].id.as_str(), runs[0].backend.as_str()), ("run:fg", "terminal"));
     assert_eq!(runs[0].state, scmz::jobs::JobState::Running);
     assert_eq!(runs[0].events.as_deref(), Some(events.as_path()));
+    let lock = zoo.join(".runs/fg.lock");
+    let holder = std::fs::read_to_string(&lock).unwrap();
+    let engine: u32 = holder.rsplit(' ').next().unwrap().trim().parse().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    // The engine dies with the `scmz train` that started it (kill -9 included).
+    let t = Instant::now();
+    while scmz::jobs::alive(engine) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the engine outlived `scmz train`"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // A log that stopped growing two minutes ago: an interrupted run, resumable.
     let old = std::ffi::CString::new(events.to_str().unwrap()).unwrap();
     let two_minutes_ago = libc::timeval {

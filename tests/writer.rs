@@ -162,10 +162,10 @@ fn copy_of_modern_h5ad_keeps_everything_and_adds() {
     )
     .unwrap();
     assert_eq!(back.info().matrix, "layers/counts");
-    assert_eq!(
-        write_copy_with(&ds, &src_path, &additions(700)).unwrap_err().problem,
-        "is the input file"
-    );
+    assert!(write_copy_with(&ds, &src_path, &additions(700))
+        .unwrap_err()
+        .problem
+        .starts_with("is the input"));
 }
 
 #[test]

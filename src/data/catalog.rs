@@ -71,6 +71,14 @@ impl Summary {
                 super::dataset::preview(&dup, 3)
             ));
         }
+        let dup_cells = super::dataset::GeneTable::duplicates(&info.cell_ids);
+        if !dup_cells.is_empty() {
+            warnings.push(format!(
+                "{} duplicated cell ids in obs ({}); results keyed by cell id will mix them up: make them unique (anndata's obs_names_make_unique)",
+                dup_cells.len(),
+                super::dataset::preview(&dup_cells, 3)
+            ));
+        }
         Summary {
             path: info.path.clone(),
             format: Some(info.format.to_string()),

@@ -503,7 +503,8 @@ impl Dataset {
     }
 }
 
-pub(crate) fn preview(items: &[String], n: usize) -> String {
+/// The first `n` items joined by commas, then ", ..." when there are more.
+pub fn preview(items: &[String], n: usize) -> String {
     let mut s = items.iter().take(n).cloned().collect::<Vec<_>>().join(", ");
     if items.len() > n {
         s.push_str(", ...");

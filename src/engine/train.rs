@@ -855,6 +855,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let mut ds = Dataset::open_with(&path, &open)?;
+    let dup = scmz::data::dataset::GeneTable::duplicates(&ds.info().cell_ids);
+    if !dup.is_empty() {
+        eprintln!(
+            "warning: {}: {} duplicated cell ids in obs ({}); labels and latents keyed by cell id will mix them up",
+            path.display(),
+            dup.len(),
+            scmz::files::printable(&scmz::data::dataset::preview(&dup, 3))
+        );
+    }
     if let Some(keep) = args.genes.keep(&ds)? {
         let n = keep.iter().filter(|&&k| k).count();
         eprintln!("genes: {n} of {} ({})", ds.n_genes(), args.genes);

@@ -1129,6 +1129,35 @@ mod tests {
         }
     }
 
+    /// The replay passes of `scripts/bench_parity.py` are deterministic (no random draw), a noise
+    /// shift moves the latent the decoder sees, and the fixed dropout pattern drops a tenth.
+    #[test]
+    fn trace_passes_are_deterministic() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let vae = Vae::new(&vs.root(), arch("nb"));
+        let x = Tensor::randint(6, [8, 50], (Kind::Float, tch::Device::Cpu));
+        let measured = Tensor::ones([8, 50], (Kind::Float, tch::Device::Cpu));
+        let batch = Tensor::zeros([8, 0], (Kind::Float, tch::Device::Cpu));
+        let input = masked_input(None, &x, &measured, &measured, &batch);
+        let loss = |pass: Pass| vae.losses(&input, 1.0, pass).recon.double_value(&[]);
+        TRACE_DROPOUT_STEP.store(4, std::sync::atomic::Ordering::Relaxed);
+        let fixed = [
+            loss(Pass::TrainFixed { tenths: 0 }),
+            loss(Pass::TrainFixed { tenths: 0 }),
+        ];
+        let shifted = loss(Pass::TrainFixed { tenths: 10 });
+        TRACE_DROPOUT_STEP.store(-1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(fixed[0], fixed[1]);
+        assert_ne!(fixed[0], shifted);
+        let random = [loss(Pass::Train), loss(Pass::Train)];
+        assert_ne!(random[0], random[1]);
+        let mask = fixed_dropout_mask(128, 128, 7, 0.1);
+        let dropped = mask.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((dropped - 0.1).abs() < 0.01, "{dropped}");
+    }
+
     /// BatchNorm layers start as PyTorch's (and scvi-tools'): scale 1, shift 0. (tch's default
     /// scale is uniform in [0, 1); with it the latents transferred labels worse per epoch.)
     #[test]
