@@ -415,6 +415,44 @@ fn model_folders_name_only_their_own_regular_files() {
 }
 
 #[test]
+fn a_manifest_whose_genes_do_not_fit_its_weights_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let path = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["genes"]["names"].as_array_mut().unwrap().pop();
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = root.path().join("out.csv");
+    let query = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root.path(),
+        &[
+            "project",
+            query.to_str().unwrap(),
+            "--model",
+            "pbmc-tiny",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    refused(&o, 1, &["manifest.json", "genes but the model has"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_model_name_too_long_for_a_folder_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let name = "m".repeat(300);
+    let o = scmz(
+        root.path(),
+        &["train", input.to_str().unwrap(), "--name", &name, "--epochs", "1"],
+    );
+    refused(&o, 1, &["too long: use at most 100"]);
+    assert!(!root.path().join("zoo").exists());
+}
+
+#[test]
 fn a_fifo_or_device_named_like_a_dataset_does_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("pipe.h5ad");
