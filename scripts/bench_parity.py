@@ -101,6 +101,7 @@ def load_into(module, weights):
         for name, t in weights.items():
             target = next((v + name[len(k):] for k, v in NAMES.items() if name.startswith(k)), None)
             assert target in state, f"no scvi-tools variable for scmz's {name} ({target})"
+            assert tuple(state[target].shape) == tuple(t.shape), f"{name}: {tuple(t.shape)} vs {tuple(state[target].shape)}"
             state[target].copy_(t)
             loaded.add(target)
     return loaded
@@ -131,15 +132,8 @@ if a.projection:
     module = scvi.model.SCVI(ctrl, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb",
                              dropout_rate=dropout).module
 
+loaded = load_into(module, init)
 state = module.state_dict()
-loaded = set()
-with torch.no_grad():
-    for name, t in init.items():
-        target = next((v + name[len(k):] for k, v in NAMES.items() if name.startswith(k)), None)
-        assert target in state, f"no scvi-tools variable for scmz's {name} ({target})"
-        assert tuple(state[target].shape) == tuple(t.shape), f"{name}: {tuple(t.shape)} vs {tuple(state[target].shape)}"
-        state[target].copy_(t)
-        loaded.add(target)
 unloaded = [k for k in state if k not in loaded and not k.startswith("l_encoder") and "num_batches" not in k
             and "px_r_decoder" not in k and "px_dropout_decoder" not in k]
 assert not unloaded, f"scvi-tools variables scmz has no weights for: {unloaded}"
@@ -185,8 +179,9 @@ if a.projection:
     pred = KNeighborsClassifier(n_neighbors=15).fit(zc, ref_y).predict(zs)
     print(f"kNN CTRL -> STIM from the scvi-tools replay (scmz's init and batches, torch's draws): "
           f"{(pred == truth).mean():.3f}")
-print(f"{len(steps)} steps, {'sampled latents, dropout 0.1' if a.sample else 'latent means, no dropout'}, "
-      f"seed {a.seed}")
+mode = ("sampled latents, random dropout 0.1" if a.sample else
+        f"latent means + {a.noise / 10:g} sd, " + ("dropout 0.1 in a fixed pattern" if a.fixed_dropout else "no dropout"))
+print(f"{len(steps)} steps, {mode}, seed {a.seed}")
 print(f"{'step':>6} {'scmz recon':>12} {'scvi recon':>12} {'rel diff':>9} {'scmz KL':>9} {'scvi KL':>9}")
 for i in sorted({0, 1, 2, 4, 9, 19, 44, 89, 179, 269, 359, 449, 899, len(steps) - 1}):
     if i < len(steps):
