@@ -227,13 +227,19 @@ pub fn plain_name(name: &str) -> bool {
 /// `s` with control characters (escape sequences among them) shown as `\u{..}` escapes, so that a
 /// name read from a file cannot drive the terminal it is printed on.
 pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    // Control characters, and the invisible marks that reorder or hide text (bidi overrides and
+    // isolates, zero-width characters).
+    let hostile = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.chars().any(hostile) {
         return std::borrow::Cow::Borrowed(s);
     }
     std::borrow::Cow::Owned(
         s.chars()
             .map(|c| {
-                if c.is_control() {
+                if hostile(c) {
                     c.escape_unicode().to_string()
                 } else {
                     c.to_string()
@@ -311,5 +317,6 @@ mod tests {
         }
         assert_eq!(printable("B cell"), "B cell");
         assert_eq!(printable("\x1b[2Jx"), "\\u{1b}[2Jx");
+        assert_eq!(printable("a\u{202e}b"), "a\\u{202e}b");
     }
 }

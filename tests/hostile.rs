@@ -124,6 +124,26 @@ fn no_command_writes_over_its_input() {
     }
     assert_eq!((sha(&a), sha(&b)), before, "an input changed");
     no_temp_files(dir.path());
+    // The model's files are inputs of `project` too, and `--model` names a model, not a path.
+    let weights = zoo.join("pbmc-tiny/weights.safetensors");
+    let saved = sha(&weights);
+    let o = scmz(
+        root.path(),
+        &[
+            "project",
+            sa,
+            "--model",
+            "pbmc-tiny",
+            "-o",
+            weights.to_str().unwrap(),
+            "--overwrite",
+        ],
+    );
+    refused(&o, 1, &["is the input"]);
+    assert_eq!(sha(&weights), saved);
+    let outside = tempfile::tempdir().unwrap();
+    let o = scmz(root.path(), &["model", "show", outside.path().to_str().unwrap()]);
+    refused(&o, 1, &["not a valid model name"]);
 }
 
 #[test]
@@ -573,6 +593,9 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--n-latent", "0"),
         ("--n-hidden", "0"),
         ("--n-layers", "0"),
+        ("--n-hidden", "100000000"),
+        ("--n-latent", "100000000"),
+        ("--n-layers", "100000"),
         ("--epochs", "0"),
         ("--chunk-rows", "0"),
         ("--lr", "-1"),

@@ -65,6 +65,14 @@ pub(crate) trait Context<T> {
 
 impl<T, E: fmt::Display> Context<T> for std::result::Result<T, E> {
     fn at(self, path: &Path, element: &str) -> Result<T> {
-        self.map_err(|e| DataError::at(path, element, e.to_string()))
+        self.map_err(|e| {
+            let text = e.to_string();
+            // HDF5's report of a failed write holds the OS's errno among its internals.
+            if text.contains("errno = 28") {
+                DataError::at(path, element, "cannot write: no space left on device")
+            } else {
+                DataError::at(path, element, text)
+            }
+        })
     }
 }

@@ -212,10 +212,11 @@ fn write_subset(
 }
 
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
-    if let Some(out) = &args.out {
-        scmz::files::check_output(out, &[&args.data], args.overwrite)?;
-    }
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
+    if let Some(out) = &args.out {
+        // The model's own files are inputs too.
+        scmz::files::check_output(out, &[&args.data, &zoo.model_dir(&args.model)], args.overwrite)?;
+    }
     zoo.load(&args.model)?;
     let (m, _vs, vae) = load_model(&zoo.model_dir(&args.model), Device::Cpu)?;
     let ds = Dataset::open(&args.data)?;

@@ -203,12 +203,13 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     if args.missing != "mask" && args.missing != "zero" {
         bail!("--missing {}: use mask or zero", args.missing);
     }
-    if let Some(out) = &args.output {
-        scmz::files::check_output(out, &[&args.data], args.overwrite)?;
-    }
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let dir = zoo.model_dir(&args.model);
+    if let Some(out) = &args.output {
+        // The model's own files are inputs too.
+        scmz::files::check_output(out, &[&args.data, &dir], args.overwrite)?;
+    }
     let (m, vs, vae) = load_model(&dir, Device::Cpu)?;
     let ds = Dataset::open_with(
         &args.data,

@@ -53,11 +53,11 @@ pub struct TrainArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1e-6, value_parser = non_negative)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 128, value_parser = positive)]
+    #[arg(long, default_value_t = 128, value_parser = width)]
     pub n_hidden: usize,
-    #[arg(long, default_value_t = 10, value_parser = positive)]
+    #[arg(long, default_value_t = 10, value_parser = width)]
     pub n_latent: usize,
-    #[arg(long, default_value_t = 1, value_parser = positive)]
+    #[arg(long, default_value_t = 1, value_parser = layers)]
     pub n_layers: usize,
     #[arg(long, default_value_t = 0.1, value_parser = share_below_one)]
     pub dropout: f64,
@@ -111,6 +111,23 @@ pub struct TrainArgs {
     #[arg(long, default_value = "all")]
     #[serde(default)]
     pub genes: GeneSelection,
+}
+
+/// A layer width within what a model can hold (1 to 16,384).
+fn width(s: &str) -> Result<usize, String> {
+    at_most(s, 16_384)
+}
+
+/// A number of hidden layers (1 to 16).
+fn layers(s: &str) -> Result<usize, String> {
+    at_most(s, 16)
+}
+
+fn at_most(s: &str, max: usize) -> Result<usize, String> {
+    match positive(s)? {
+        n if n <= max => Ok(n),
+        _ => Err(format!("`{s}` is more than {max}")),
+    }
 }
 
 /// A whole number of at least 1 (sizes, epochs).

@@ -118,6 +118,11 @@ impl Zoo {
 
     /// Reads and verifies a model's manifest: schema (migrated if older) and weights checksum.
     pub fn load(&self, name: &str) -> Result<Manifest, ZooError> {
+        // A model is a folder of the zoo: no path (`../x`, `/abs`) reaches outside it.
+        check_name(name).map_err(|problem| ZooError::Bad {
+            path: self.dir.display().to_string(),
+            problem,
+        })?;
         let dir = self.model_dir(name);
         if !dir.join("manifest.json").exists() {
             return Err(ZooError::NotFound {
