@@ -81,6 +81,22 @@ fn bundled_zoo(root: &Path) -> PathBuf {
     zoo
 }
 
+/// `scmz project INPUT --model pbmc-tiny --zoo ZOO -o OUT`, plus `extra`.
+fn project(root: &Path, input: &Path, zoo: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "project",
+        input.to_str().unwrap(),
+        "--model",
+        "pbmc-tiny",
+        "--zoo",
+        zoo.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    scmz(root, &args)
+}
+
 // ---- Data loss -------------------------------------------------------------------------------
 
 #[test]
@@ -153,21 +169,13 @@ fn an_existing_output_is_replaced_only_with_overwrite() {
     std::fs::write(&out, b"keep me").unwrap();
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
-    let args = [
-        "project",
-        a.to_str().unwrap(),
-        "--model",
-        "pbmc-tiny",
-        "--zoo",
-        zoo.to_str().unwrap(),
-        "-o",
-    ];
-    let mut refuse = args.to_vec();
-    refuse.push(out.to_str().unwrap());
-    refused(&scmz(root.path(), &refuse), 1, &["already exists", "--overwrite"]);
+    refused(
+        &project(root.path(), &a, &zoo, &out, &[]),
+        1,
+        &["already exists", "--overwrite"],
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
-    refuse.push("--overwrite");
-    let o = scmz(root.path(), &refuse);
+    let o = project(root.path(), &a, &zoo, &out, &["--overwrite"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         common::run_python(
@@ -257,19 +265,7 @@ fn a_full_disk_fails_the_write_and_leaves_nothing() {
     let si = input.to_str().unwrap();
     // The copy (2.9 MB) cannot fit: the write fails, named, and nothing is left.
     let out = fs.0.join("projected.h5ad");
-    let o = scmz(
-        root.path(),
-        &[
-            "project",
-            si,
-            "--model",
-            "pbmc-tiny",
-            "--zoo",
-            zoo.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = project(root.path(), &input, &zoo, &out, &[]);
     refused(&o, 1, &["no space left on device", "projected.h5ad"]);
     assert!(files_below(&fs.0).is_empty(), "{:?}", files_below(&fs.0));
     // Merges and tables, with a nearly full disk.
@@ -278,19 +274,7 @@ fn a_full_disk_fails_the_write_and_leaves_nothing() {
     let o = scmz(root.path(), &["merge", si, si, "-o", merged.to_str().unwrap()]);
     refused(&o, 1, &["no space left on device", "merged.h5ad"]);
     let table = fs.0.join("latents.csv");
-    let o = scmz(
-        root.path(),
-        &[
-            "project",
-            si,
-            "--model",
-            "pbmc-tiny",
-            "--zoo",
-            zoo.to_str().unwrap(),
-            "-o",
-            table.to_str().unwrap(),
-        ],
-    );
+    let o = project(root.path(), &input, &zoo, &table, &[]);
     refused(&o, 1, &["no space left on device", "latents.csv"]);
     assert_eq!(files_below(&fs.0), vec!["filler".to_string()]);
 }

@@ -109,7 +109,6 @@ pub struct Annotations {
 /// `commit` fsyncs and renames it, and dropping it uncommitted removes it.
 struct TempFile {
     file: crate::files::AtomicFile,
-    tmp: PathBuf,
     out: PathBuf,
 }
 
@@ -117,10 +116,14 @@ impl TempFile {
     fn new(out: &Path) -> Result<Self> {
         let file = crate::files::AtomicFile::create(out).map_err(|e| DataError::file(out, e.message))?;
         Ok(TempFile {
-            tmp: file.path().to_path_buf(),
             out: out.to_path_buf(),
             file,
         })
+    }
+
+    /// The temporary file HDF5 writes.
+    fn tmp(&self) -> &Path {
+        self.file.path()
     }
 
     fn commit(self) -> Result<()> {
@@ -182,7 +185,7 @@ fn append<T: hdf5::H5Type>(ds: &hdf5::Dataset, at: usize, values: &[T]) -> hdf5:
 impl H5adWriter {
     pub fn create(out: &Path, n_cols: usize) -> Result<Self> {
         let temp = TempFile::new(out)?;
-        let file = super::h5::create_unlocked(&temp.tmp).at(&temp.tmp, "/")?;
+        let file = super::h5::create_unlocked(temp.tmp()).at(temp.tmp(), "/")?;
         let w = H5adWriter {
             temp,
             file,
@@ -427,10 +430,10 @@ pub fn write_copy_with(ds: &Dataset, out: &Path, add: &Additions) -> Result<()> 
         })
     {
         let temp = TempFile::new(out)?;
-        std::fs::copy(&info.path, &temp.tmp)
+        std::fs::copy(&info.path, temp.tmp())
             .map_err(|e| DataError::file(out, format!("cannot write: {}", crate::files::describe(&e))))?;
         {
-            let f = super::h5::open_rw_unlocked(&temp.tmp).at(out, "/")?;
+            let f = super::h5::open_rw_unlocked(temp.tmp()).at(out, "/")?;
             amend(&f, out, info.n_cells, add)?;
             f.close().at(out, "/")?;
         }

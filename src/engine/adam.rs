@@ -174,7 +174,7 @@ pub fn write_atomic(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<(
 }
 
 /// The reason of a failed tch write, as the OS says it where there is one.
-pub fn tch_io_reason(e: &tch::TchError) -> String {
+fn tch_io_reason(e: &tch::TchError) -> String {
     match e {
         tch::TchError::Io(io)
         | tch::TchError::SafeTensorError {
