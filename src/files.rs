@@ -40,13 +40,9 @@ impl FileError {
 /// An I/O error in one lower-case phrase, without Rust's "(os error N)".
 pub fn describe(e: &std::io::Error) -> String {
     let text = e.to_string();
-    let text = match e.raw_os_error() {
-        Some(code) => text
-            .strip_suffix(&format!(" (os error {code})"))
-            .unwrap_or(&text)
-            .to_string(),
-        None => text,
-    };
+    // Without the errno and without the path `tempfile` appends (the caller names the path).
+    let text = text.split(" at path \"").next().unwrap_or_default();
+    let text = text.split(" (os error ").next().unwrap_or_default().to_string();
     let mut chars = text.chars();
     match chars.next() {
         Some(c) => c.to_lowercase().chain(chars).collect(),
@@ -175,6 +171,15 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(),
         if target.is_dir() {
             return Err(FileError::new(out, "is a folder; name the output file"));
         }
+    }
+    if std::fs::metadata(out).is_err() {
+        let to = std::fs::read_link(out)
+            .map(|t| printable(&t.display().to_string()).into_owned())
+            .unwrap_or_default();
+        return Err(FileError::new(
+            out,
+            format!("is a symbolic link to {to}, which does not exist; remove the link or name another output"),
+        ));
     }
     if !overwrite {
         return Err(FileError::new(out, "already exists; pass --overwrite to replace it"));

@@ -40,9 +40,10 @@
 //! - [`events`]: the run event log (`events.jsonl`): its schema (including the latent sample the
 //!   TUI plots), writer, reader, and `LogTail` for following a log another process appends to.
 //! - [`jobs`]: the job registry (one folder per job, atomic `job.json`, flock for scheduling),
-//!   slot limits, the supervisor every job runs under (tokio: waits for `scmz-engine`, which dies
-//!   with it, forwards SIGTERM, records the end; pids are checked against their recorded start
-//!   time before any signal) and the `Backend` trait with its two implementations:
+//!   slot limits, the supervisor every job runs under (tokio: runs `scmz-engine` in the folder
+//!   the job was submitted from, forwards SIGTERM, records the end; an engine whose supervisor is
+//!   killed stops with a checkpoint, records that itself and starts the next queued job; pids are
+//!   checked against their recorded start time before any signal) and the `Backend` trait with its two implementations:
 //!   `jobs::local` (a detached supervisor in its own session) and `jobs::slurm` (`sbatch`, state
 //!   from `squeue`/`scontrol`/`sacct`, `scancel`). Clients see only `Job` records.
 //! - [`zoo`]: model folders: `zoo::manifest` (schema, version, migration), checksums (a manifest

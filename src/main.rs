@@ -9,6 +9,7 @@ fn main() {
     // Exit quietly when the reader of a pipe goes away (`scmz datasets | head`), as Unix tools do.
     // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    scmz::data::guard::install();
     let args = cli::Cli::parse();
     if let Err(e) = cli::run(args) {
         let msg = format!("{e:#}");

@@ -175,6 +175,16 @@ fn an_existing_output_is_replaced_only_with_overwrite() {
         &["already exists", "--overwrite"],
     );
     assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+    // A link to nothing is named as such, not as a file that exists.
+    let dangling = dir.path().join("dangling.h5ad");
+    std::os::unix::fs::symlink(dir.path().join("nowhere.h5ad"), &dangling).unwrap();
+    refused(
+        &project(root.path(), &a, &zoo, &dangling, &[]),
+        1,
+        &["dangling.h5ad", "symbolic link", "does not exist"],
+    );
+    assert!(!dir.path().join("nowhere.h5ad").exists());
+    std::fs::remove_file(&dangling).unwrap();
     let o = project(root.path(), &a, &zoo, &out, &["--overwrite"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -277,6 +287,66 @@ fn a_full_disk_fails_the_write_and_leaves_nothing() {
     let o = project(root.path(), &input, &zoo, &table, &[]);
     refused(&o, 1, &["no space left on device", "latents.csv"]);
     assert_eq!(files_below(&fs.0), vec!["filler".to_string()]);
+}
+
+#[test]
+fn a_read_only_zoo_is_named_and_loses_no_results() {
+    let work = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&work.path().join("zoo"), "8m") else {
+        return;
+    };
+    let model = fs.0.join("pbmc-tiny");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(data("zoo/pbmc-tiny")).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+        }
+    }
+    let o = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let zoo = fs.0.to_str().unwrap();
+    let o = scmz(
+        root.path(),
+        &["train", si, "--name", "new", "--epochs", "1", "--zoo", zoo],
+    );
+    refused(&o, 1, &[zoo, "read-only file system"]);
+    assert!(!stderr(&o).contains("os error"), "{}", stderr(&o));
+    // `compare` prints what it measured, then says it could not keep it with the model.
+    let o = scmz(
+        root.path(),
+        &[
+            "compare",
+            si,
+            "--model",
+            "pbmc-tiny",
+            "--zoo",
+            zoo,
+            "--epochs",
+            "2",
+            "--seeds",
+            "1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stdout(&o).contains("verdict:"), "{}", stdout(&o));
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap();
+    for needle in [
+        "comparisons",
+        "read-only file system",
+        "not kept with model `pbmc-tiny`",
+        "--out",
+    ] {
+        assert!(last.contains(needle), "`{needle}` missing from: {last}");
+    }
+    assert!(!last.contains("at path"), "{last}");
 }
 
 #[test]
@@ -416,6 +486,73 @@ fn model_folders_name_only_their_own_regular_files() {
     std::os::unix::fs::symlink(&moved, &model).unwrap();
     refused(&project(root.path()), 1, &["symbolic link"]);
     assert!(!out.exists());
+}
+
+/// A safetensors file with its header replaced by `header` (its data kept).
+fn with_header(bytes: &[u8], header: &[u8]) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+#[test]
+fn damaged_model_files_are_refused_in_words() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let model = zoo.join("pbmc-tiny");
+    let weights = model.join("weights.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[8..8 + n]).unwrap();
+    // The first float tensor's data: where a NaN goes.
+    let (name, first) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, v)| *k != "__metadata__" && v["dtype"] == "F32")
+        .map(|(k, v)| (k.clone(), v["data_offsets"][0].as_u64().unwrap() as usize))
+        .unwrap();
+    let mut nan = good.clone();
+    nan[8 + n + first..8 + n + first + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mut shifted = header.clone();
+    shifted[&name]["data_offsets"][1] = serde_json::json!(u32::MAX);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("cut short", good[..good.len() / 2].to_vec(), "cut short"),
+        ("tiny", good[..5].to_vec(), "cut short"),
+        ("header not JSON", with_header(&good, b"{not json"), "header"),
+        (
+            "header length huge",
+            [&u64::MAX.to_le_bytes()[..], &good[8..]].concat(),
+            "header",
+        ),
+        (
+            "offsets past the data",
+            with_header(&good, &serde_json::to_vec(&shifted).unwrap()),
+            "does not hold",
+        ),
+        ("NaN weight", nan, "NaN"),
+    ];
+    let query = data("pbmc68k_counts.h5ad");
+    let out = root.path().join("out.csv");
+    let manifest_path = model.join("manifest.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    for (what, bytes, needle) in cases {
+        std::fs::write(&weights, &bytes).unwrap();
+        // The checksum made to fit, as someone who edits the file on purpose would.
+        let mut m = manifest.clone();
+        m["weights"]["sha256"] = sha(&weights).into();
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let o = project(root.path(), &query, &zoo, &out, &[]);
+        let line = refused(&o, 1, &["weights.safetensors", needle]);
+        assert!(line.contains("train or install"), "{what}: {line}");
+        assert!(
+            !line.contains("TensorInvalidInfo") && !line.contains("InvalidOffset"),
+            "{what}: {line}"
+        );
+        assert!(!out.exists(), "{what}");
+    }
 }
 
 #[test]
@@ -588,10 +725,17 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--dropout", "1"),
         ("--norm", "lyer"),
         ("--likelihood", "gaussian"),
+        ("--epochs", "100000000000"),
+        ("--lr", "1e30"),
     ] {
         let setting = format!("{flag}={value}");
         let o = scmz(root.path(), &["train", si, "--name", "bad", &setting]);
         refused(&o, 2, &[flag]);
+    }
+    // A negative number as its own argument is the setting's value, not a flag.
+    for flag in ["--lr", "--weight-decay", "--dropout", "--gene-dropout"] {
+        let o = scmz(root.path(), &["train", si, "--name", "bad", flag, "-1"]);
+        refused(&o, 2, &[flag, "`-1` must be"]);
     }
     assert!(!root.path().join("zoo").exists(), "{:?}", files_below(root.path()));
 }
@@ -631,55 +775,190 @@ fn one_engine_per_run() {
     let _ = first.wait();
 }
 
-#[test]
-fn killing_a_supervisor_stops_its_engine_and_says_so() {
-    let root = tempfile::tempdir().unwrap();
-    let input = data("pbmc68k_counts.h5ad");
-    let o = scmz(
-        root.path(),
-        &[
-            "train",
-            input.to_str().unwrap(),
-            "--name",
-            "orphan",
-            "--epochs",
-            "400",
-            "--detach",
-        ],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+/// The job record as its folder holds it, read without running `scmz` (whose listing would start
+/// queued jobs itself).
+fn job_record(root: &Path, id: &str) -> serde_json::Value {
+    let path = root.join("state/jobs").join(id).join("job.json");
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_record(root: &Path, id: &str, what: &str, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let t = Instant::now();
-    let job = loop {
-        let o = scmz(root.path(), &["jobs", "--json"]);
-        let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        let j = jobs[0].clone();
-        if j["state"] == "running" && j["pid"].is_u64() {
-            break j;
+    loop {
+        let j = job_record(root, id);
+        if ok(&j) {
+            return j;
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "never running: {j:#}");
-        std::thread::sleep(Duration::from_millis(100));
+        assert!(t.elapsed() < Duration::from_secs(180), "job {id} never {what}: {j:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Engines running for any of `ids` now, from /proc (the job id is in each engine's environment).
+fn engines_of(ids: &[String]) -> usize {
+    let engine = std::fs::canonicalize(env!("CARGO_BIN_EXE_scmz-engine")).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        if std::fs::read_link(p.join("exe")).ok().as_deref() != Some(engine.as_path()) {
+            continue;
+        }
+        let env = std::fs::read(p.join("environ")).unwrap_or_default();
+        if env
+            .split(|&b| b == 0)
+            .any(|v| ids.iter().any(|id| v == format!("SCMZ_JOB_ID={id}").as_bytes()))
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn killing_a_supervisor_stops_its_engine_records_why_and_the_queue_moves_on() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let submit = |name: &str, epochs: &str| {
+        let o = scmz(
+            root.path(),
+            &[
+                "train",
+                input.to_str().unwrap(),
+                "--name",
+                name,
+                "--epochs",
+                epochs,
+                "--device",
+                "cpu",
+                "--detach",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
     };
+    let (a, b) = (submit("orphan", "100"), submit("next", "3"));
+    let ids = [a.clone(), b.clone()];
+    // Watch /proc from now on: never two engines of these jobs at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, ids) = (stop.clone(), ids.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(engines_of(&ids));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        })
+    };
+    let runs = root.path().join("zoo/.runs/orphan/events.jsonl");
+    let job = wait_record(root.path(), &a, "checkpointed", |j| {
+        j["state"] == "running"
+            && j["pid"].is_u64()
+            && std::fs::read_to_string(&runs).is_ok_and(|l| l.contains("\"event\":\"checkpoint\""))
+    });
+    assert_eq!(
+        job_record(root.path(), &b)["state"],
+        "queued",
+        "the limit of one slot was not kept"
+    );
     let (sup, engine) = (job["supervisor_pid"].as_u64().unwrap(), job["pid"].as_u64().unwrap());
     // SAFETY: kill(2) on the supervisor this test started.
     unsafe { libc::kill(sup as i32, libc::SIGKILL) };
+    // Nothing here runs `scmz` until the queue has moved on by itself.
+    let j = wait_record(root.path(), &a, "ended", |j| j["state"] == "failed");
+    let reason = j["reason"].as_str().unwrap();
+    assert!(reason.contains("its supervisor was killed"), "{j:#}");
+    assert!(reason.contains("checkpoint of epoch"), "{j:#}");
+    assert!(reason.contains(&format!("scmz jobs resume {a}")), "{j:#}");
     let t = Instant::now();
-    while scmz::jobs::alive(engine as u32) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the engine outlived its supervisor"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    while scmz::jobs::alive(engine as u32) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let t = Instant::now();
-    let j = loop {
-        let o = scmz(root.path(), &["jobs", "--json"]);
-        let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        if jobs[0]["state"] != "running" {
-            break jobs[0].clone();
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "still running: {:#}", jobs[0]);
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(j["state"], "failed", "{j:#}");
-    assert!(j["reason"].as_str().unwrap().contains("supervisor was killed"), "{j:#}");
+    assert!(!scmz::jobs::alive(engine as u32), "the engine outlived its supervisor");
+    wait_record(root.path(), &b, "finished on its own", |j| j["state"] == "done");
+    // Resumed, the killed run finishes once.
+    let o = scmz(root.path(), &["jobs", "resume", &a]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    let ids3 = [a.clone(), b.clone(), c.clone()];
+    let j = wait_record(root.path(), &c, "finished", |j| j["state"] == "done");
+    assert_eq!(j["exit_code"], 0, "{j:#}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(watcher.join().unwrap() <= 1, "two engines of one slot ran at once");
+    assert_eq!(engines_of(&ids3), 0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.path().join("zoo/orphan/manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["training"]["epochs_run"], 100, "{manifest:#}");
+    let history = std::fs::read_to_string(root.path().join("zoo/orphan/history.jsonl")).unwrap();
+    assert_eq!(history.matches("\"status\":\"done\"").count(), 1, "{history}");
+    assert!(root.path().join("zoo/next/manifest.json").exists());
+}
+
+#[test]
+fn a_damaged_job_record_or_lock_is_named_and_the_rest_work() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let o = scmz(
+        root.path(),
+        &["train", si, "--name", "fine", "--epochs", "1", "--detach"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    let jobs = root.path().join("state/jobs");
+    wait_record(root.path(), &id, "finished", |j| j["state"] == "done");
+    std::fs::create_dir_all(jobs.join("broken")).unwrap();
+    std::fs::write(jobs.join("broken/job.json"), b"{\"id\": ").unwrap();
+    let o = scmz(root.path(), &["jobs"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&id), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("broken/job.json") && err.contains("damaged"), "{err}");
+    let o = scmz(root.path(), &["jobs", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    // A folder where the queue's lock file belongs: refused before anything is queued.
+    std::fs::remove_file(jobs.join(".lock")).unwrap();
+    std::fs::create_dir(jobs.join(".lock")).unwrap();
+    let before = std::fs::read_dir(&jobs).unwrap().count();
+    let o = scmz(
+        root.path(),
+        &["train", si, "--name", "more", "--epochs", "1", "--detach"],
+    );
+    refused(&o, 1, &[".lock", "is a folder"]);
+    assert_eq!(std::fs::read_dir(&jobs).unwrap().count(), before, "a job was queued");
+}
+
+#[test]
+fn a_file_without_a_matrix_is_shown_but_not_trained_on() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("no_x.h5ad");
+    run_python(
+        "import anndata, pandas as pd, sys\n\
+         a = anndata.AnnData(obs=pd.DataFrame(index=[f'c{i}' for i in range(5)]),\n\
+                             var=pd.DataFrame(index=[f'g{i}' for i in range(3)]))\n\
+         a.obs['type'] = pd.Categorical(['a', 'b', 'a', 'b', 'a'])\n\
+         a.write_h5ad(sys.argv[1])\n",
+        &[&path],
+    );
+    let sp = path.to_str().unwrap();
+    let o = scmz(root.path(), &["inspect", sp]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in ["5 cells x 3 genes", "type", "holds no matrix", "nothing to train on"] {
+        assert!(out.contains(needle), "`{needle}` missing from: {out}");
+    }
+    let o = scmz(root.path(), &["train", sp, "--name", "none", "--epochs", "1"]);
+    refused(&o, 1, &["no_x.h5ad", "holds no matrix", "nothing to train on"]);
+    let o = scmz(
+        root.path(),
+        &["train", sp, "--name", "none", "--epochs", "1", "--force"],
+    );
+    refused(&o, 1, &["no_x.h5ad", "holds no matrix"]);
+    assert!(!root.path().join("zoo/none").exists());
 }

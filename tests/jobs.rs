@@ -84,7 +84,27 @@ fn a_detached_training_job_finishes_after_its_parent_has_exited() {
 #[test]
 fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     let root = tempfile::tempdir().unwrap();
-    let id = submit(root.path(), "killed", "60");
+    // Submitted with a relative dataset path from a folder of its own, resumed from another.
+    let here = root.path().join("here");
+    std::fs::create_dir_all(&here).unwrap();
+    std::fs::copy(data("pbmc68k_counts.h5ad"), here.join("cells.h5ad")).unwrap();
+    let in_folder = |dir: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args(args)
+            .current_dir(dir)
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_CONFIG", root.path().join("config.toml"))
+            .env_remove("SCMZ_MAX_CPU_JOBS")
+            .output()
+            .unwrap()
+    };
+    let o = in_folder(
+        &here,
+        &["train", "cells.h5ad", "--name", "killed", "--epochs", "60", "--detach"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
     let j = wait_for(root.path(), &id, "checkpointed", |j| {
         j["state"] == "running" && checkpointed(root.path(), "killed")
     });
@@ -94,11 +114,17 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     assert_eq!(j["signal"], 9);
     assert!(j["reason"].as_str().unwrap().contains("SIGKILL"), "{j:#}");
     assert!(!root.path().join("zoo/killed").exists());
-    let o = scmz(&["jobs", "resume", &id], root.path());
+    let o = in_folder(Path::new("/"), &["jobs", "resume", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     let new_id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
     wait_for(root.path(), &new_id, "finished", |j| j["state"] == "done");
     assert!(root.path().join("zoo/killed/manifest.json").exists());
+    let o = scmz(&["jobs", "logs", &new_id], root.path());
+    assert!(
+        stdout(&o).contains("resuming `killed` from its checkpoint: epoch"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

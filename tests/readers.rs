@@ -294,3 +294,46 @@ fn nullable_string_arrays_of_anndata_0_13_are_read() {
     };
     assert_eq!(keep(&first), keep(&same));
 }
+
+/// A Cell Ranger 2 file with two genome groups: the first is served with a word about the
+/// other, `--genome` picks either, and an unknown genome is refused with the list.
+#[test]
+fn a_cell_ranger_2_file_with_two_genomes_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("two.h5");
+    std::fs::copy(data("10x/1.2.0/filtered_gene_bc_matrices_h5.h5"), &two).unwrap();
+    run_python(
+        "import h5py, sys, numpy as np\n\
+         f = h5py.File(sys.argv[1], 'r+')\n\
+         f.copy('hg19_chr21', 'mm10_chr1')\n\
+         g = f['mm10_chr1']\n\
+         ids = [b'ENSMUSG%011d' % i for i in range(len(g['genes']))]\n\
+         del g['genes']\n\
+         g['genes'] = np.array(ids)\n",
+        &[&two],
+    );
+    let first = Dataset::open(&two).unwrap();
+    assert!(
+        first.info().genes.index[0].starts_with("ENSG"),
+        "{:?}",
+        &first.info().genes.index[..2]
+    );
+    let w = first.info().warnings.join("; ");
+    assert!(w.contains("holds 2 genomes") && w.contains("--genome mm10_chr1"), "{w}");
+    let opts = OpenOptions {
+        genome: Some("mm10_chr1".into()),
+        ..Default::default()
+    };
+    let other = Dataset::open_with(&two, &opts).unwrap();
+    assert!(other.info().genes.index[0].starts_with("ENSMUSG"));
+    assert_eq!(sorted_rows(&first), sorted_rows(&other));
+    let opts = OpenOptions {
+        genome: Some("hg38".into()),
+        ..Default::default()
+    };
+    let e = Dataset::open_with(&two, &opts).err().unwrap().to_string();
+    assert!(
+        e.contains("no genome `hg38`") && e.contains("hg19_chr21, mm10_chr1"),
+        "{e}"
+    );
+}

@@ -82,6 +82,7 @@ pub fn submission(kind: &str, args: &mut Vec<String>) -> anyhow::Result<Option<S
         backend,
         slurm,
         sweep,
+        cwd: None,
     }))
 }
 
@@ -162,7 +163,15 @@ fn progress(job: &Job) -> (String, String, String) {
 pub fn list(json: bool) -> anyhow::Result<()> {
     let reg = registry();
     reg.schedule()?;
-    let jobs: Vec<Job> = reg.list().into_iter().collect::<Result<_, _>>()?;
+    // A damaged record is named, and the others are listed all the same.
+    let (jobs, damaged): (Vec<_>, Vec<_>) = reg.list().into_iter().partition(Result::is_ok);
+    let jobs: Vec<Job> = jobs.into_iter().flatten().collect();
+    for e in damaged.into_iter().filter_map(Result::err) {
+        eprintln!(
+            "warning: {}; remove that job's folder or restore the file",
+            scmz::files::printable(&e.to_string())
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(());
@@ -228,6 +237,7 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         slurm: job.slurm.clone().unwrap_or_default(),
         sweep: None,
         slot: job.slot.clone(),
+        cwd: job.cwd.clone(),
     };
     for new in submit(&req)? {
         println!("job {} resumes job {id}", new.id);

@@ -170,6 +170,12 @@ enum JobsCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Starts the queued jobs the slot limits allow (run by an engine whose supervisor died).
+    #[command(hide = true)]
+    Schedule {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +199,9 @@ pub struct OpenArgs {
     /// 10x v3: keep every feature type, not only Gene Expression.
     #[arg(long)]
     all_features: bool,
+    /// Cell Ranger 2 HDF5 with several genomes: the genome to use [default: the first].
+    #[arg(long)]
+    genome: Option<String>,
 }
 
 impl OpenArgs {
@@ -200,6 +209,7 @@ impl OpenArgs {
         scmz::data::OpenOptions {
             layer: self.layer.clone(),
             all_features: self.all_features,
+            genome: self.genome.clone(),
         }
     }
 }
@@ -260,6 +270,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Some(JobsCommand::Cancel { id, grace }) => jobs::cancel(&id, grace),
             Some(JobsCommand::Resume { id }) => jobs::resume(&id),
             Some(JobsCommand::Supervise { id, dir }) => jobs::supervise(&id, dir),
+            Some(JobsCommand::Schedule { dir }) => Ok(scmz::jobs::Registry::new(dir).schedule()?),
         },
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),

@@ -240,11 +240,18 @@ pub struct OpenOptions {
     pub layer: Option<String>,
     /// 10x v3: serve every feature type, not only `Gene Expression`.
     pub all_features: bool,
+    /// Cell Ranger 2 HDF5 with several genome groups: the one to serve [default: the first].
+    pub genome: Option<String>,
 }
 
 pub(crate) enum Source {
-    H5 { file: hdf5::File, matrix: H5Matrix },
+    H5 {
+        file: hdf5::File,
+        matrix: H5Matrix,
+    },
     Mtx(mtx::MtxMatrix),
+    /// An AnnData file with no matrix: metadata only.
+    NoMatrix,
 }
 
 /// An opened dataset: metadata plus a way to stream its matrix.
@@ -267,6 +274,7 @@ impl Dataset {
             return Err(DataError::file(path, "no such file or directory"));
         }
         OPENED.fetch_add(1, Ordering::Relaxed);
+        let _guard = super::guard::enter(path);
         let (info, source) = match detect::detect(path)? {
             detect::Detected::H5ad(file, layout) => h5ad::open(path, file, layout, opts)?,
             detect::Detected::TenxH5(file, version) => tenx::open(path, file, version, opts)?,
@@ -284,6 +292,10 @@ impl Dataset {
 
     fn check_not_empty(&self) -> Result<()> {
         let i = &self.info;
+        if matches!(self.source, Source::NoMatrix) {
+            // Shown for its metadata; reading it says why there is nothing to read.
+            return Ok(());
+        }
         let nnz = i.selected_matrix().map_or(0, |m| m.nnz);
         if i.n_cells == 0 || i.n_genes == 0 || nnz == 0 {
             return Err(DataError::at(
@@ -300,7 +312,16 @@ impl Dataset {
     }
 
     /// Fails unless the served matrix holds raw counts, saying why and what to do.
+    /// The refusal for a file that holds no matrix.
+    fn no_matrix(&self) -> DataError {
+        DataError::file(&self.info.path, super::h5ad::NO_MATRIX)
+            .hint("there is nothing to train on or project; use the file the counts are in")
+    }
+
     pub fn require_counts(&self) -> Result<()> {
+        if matches!(self.source, Source::NoMatrix) {
+            return Err(self.no_matrix());
+        }
         match &self.info.values {
             ValueKind::Counts => Ok(()),
             ValueKind::Normalised { reason } => {
@@ -352,8 +373,12 @@ impl Dataset {
     /// Cells `start..end` of the served matrix as CSR.
     pub fn read_rows(&self, start: usize, end: usize) -> Result<CsrChunk> {
         let chunk = match &self.source {
-            Source::H5 { file, matrix } => matrix.read_rows(&self.info.path, file, start, end),
+            Source::H5 { file, matrix } => {
+                let _guard = super::guard::enter(&self.info.path);
+                matrix.read_rows(&self.info.path, file, start, end)
+            }
             Source::Mtx(m) => m.read_rows(start, end),
+            Source::NoMatrix => Err(self.no_matrix()),
         }?;
         Ok(match &self.genes_kept {
             None => chunk,
@@ -405,7 +430,10 @@ impl Dataset {
     /// The values of an `obs` column (None for formats without obs, or unsupported columns).
     pub fn obs_values(&self, name: &str) -> Result<Option<super::writer::ColumnValues>> {
         match (&self.source, &self.info.format) {
-            (Source::H5 { file, .. }, Format::H5ad { .. }) => h5ad::read_obs_values(&self.info.path, file, name),
+            (Source::H5 { file, .. }, Format::H5ad { .. }) => {
+                let _guard = super::guard::enter(&self.info.path);
+                h5ad::read_obs_values(&self.info.path, file, name)
+            }
             _ => Ok(None),
         }
     }

@@ -166,12 +166,13 @@ pub fn read_strings(c: &Container) -> hdf5::Result<Vec<String>> {
         TypeDescriptor::VarLenUnicode => Ok(c
             .read_raw::<VarLenUnicode>()?
             .iter()
-            .map(|s| s.as_str().to_string())
+            // Bytes, not `as_str`: that assumes valid UTF-8, which a damaged file need not hold.
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
             .collect()),
         TypeDescriptor::VarLenAscii => Ok(c
             .read_raw::<VarLenAscii>()?
             .iter()
-            .map(|s| s.as_str().to_string())
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
             .collect()),
         TypeDescriptor::FixedAscii(n) | TypeDescriptor::FixedUnicode(n) => {
             let bytes = read_raw_bytes(c, &c.dtype()?, n)?;

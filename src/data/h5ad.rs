@@ -12,7 +12,7 @@ use super::dataset::{
 use super::error::{Context, DataError, Result};
 use super::h5;
 use super::matrix::{H5Matrix, MatrixEncoding};
-use super::values::sample_values;
+use super::values::{sample_values, ValueKind};
 use super::writer::ColumnValues;
 
 /// Encodings this reader understands, for the error message about others.
@@ -36,6 +36,9 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
         found.push(matrix_at(path, &file, raw_x, "raw/X")?);
     }
     let infos: Vec<MatrixInfo> = found.iter().map(|(i, _)| i.clone()).collect();
+    if infos.is_empty() && opts.layer.is_none() {
+        return without_matrix(path, file, layout);
+    }
     let (chosen, reason, values) = choose_matrix(path, &infos, opts.layer.as_deref(), |i| {
         let m = &found[i].1;
         sample_values(m.n_rows, m.nnz, |a, b| m.read_rows(path, &file, a, b))
@@ -95,6 +98,37 @@ pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptio
     };
     Ok((info, Source::H5 { file, matrix }))
 }
+
+/// A file with no matrix at all (anndata writes `X` as None this way): its shape and metadata,
+/// from `obs` and `var`, with a source that refuses to be read.
+fn without_matrix(path: &Path, file: File, layout: H5adLayout) -> Result<(DatasetInfo, Source)> {
+    let (_, cell_ids, obs_columns) = read_frame(path, &file, "obs", false)?;
+    let (var_index_name, genes, var_columns) = read_frame(path, &file, "var", true)?;
+    let gene_columns = var_columns
+        .into_iter()
+        .filter_map(|c| c.strings().map(|s| (c.name.clone(), s)))
+        .collect();
+    let info = DatasetInfo {
+        path: path.to_path_buf(),
+        format: Format::H5ad { layout },
+        n_cells: cell_ids.len(),
+        n_genes: genes.len(),
+        cell_ids,
+        genes: GeneTable::new(var_index_name, genes, gene_columns),
+        obs: obs_columns.into_iter().map(Column::into_obs).collect(),
+        matrices: Vec::new(),
+        matrix: "none".into(),
+        matrix_reason: NO_MATRIX.into(),
+        values: ValueKind::Normalised {
+            reason: NO_MATRIX.into(),
+        },
+        warnings: vec![format!("{NO_MATRIX}: there is nothing to train on or project")],
+    };
+    Ok((info, Source::NoMatrix))
+}
+
+/// Why a file without a matrix serves nothing.
+pub(crate) const NO_MATRIX: &str = "the file holds no matrix (X is None, no layers, no raw/X)";
 
 /// Describes the matrix stored at HDF5 path `element`, shown to users as `location`.
 fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<(MatrixInfo, H5Matrix)> {

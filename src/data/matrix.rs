@@ -278,9 +278,9 @@ impl H5Matrix {
                         path,
                         &format!("{element}/indptr"),
                         format!(
-                            "runs from {:?} to {:?} but data has {nnz} entries",
-                            ends.first(),
-                            ends.last()
+                            "runs from {} to {} but data has {nnz} entries (it must run from 0 to {nnz})",
+                            ends.first().map_or("nothing".into(), i64::to_string),
+                            ends.last().map_or("nothing".into(), i64::to_string)
                         ),
                     )
                     .hint("the matrix is inconsistent; rewrite it with anndata"));

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod detect;
 pub mod error;
 pub mod gene_ids;
+pub mod guard;
 pub mod h5;
 mod h5ad;
 pub mod matrix;

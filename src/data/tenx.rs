@@ -11,6 +11,7 @@ use super::error::{Context, DataError, Result};
 use super::h5;
 use super::matrix::{kept, H5Matrix, MatrixEncoding};
 use super::values::sample_values;
+use crate::files::printable;
 
 pub const GENE_EXPRESSION: &str = "Gene Expression";
 
@@ -18,12 +19,33 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
     let (group, genome) = if version == 3 {
         ("matrix".to_string(), None)
     } else {
-        let names = file.member_names().at(path, "/")?;
-        let g = names
+        let genomes: Vec<String> = file
+            .member_names()
+            .at(path, "/")?
             .into_iter()
-            .find(|g| file.group(g).map(|g| g.link_exists("genes")).unwrap_or(false))
-            .ok_or_else(|| DataError::file(path, "no genome group with `genes`"))?;
+            .filter(|g| file.group(g).map(|g| g.link_exists("genes")).unwrap_or(false))
+            .collect();
+        let g = match &opts.genome {
+            Some(want) => genomes.iter().find(|g| *g == want).cloned().ok_or_else(|| {
+                DataError::file(path, format!("holds no genome `{}`", printable(want)))
+                    .hint(format!("choose one of: {}", printable(&genomes.join(", "))))
+            })?,
+            None => genomes
+                .first()
+                .cloned()
+                .ok_or_else(|| DataError::file(path, "no genome group with `genes`"))?,
+        };
         (g.clone(), Some(g))
+    };
+    let other_genomes: Vec<String> = if version == 3 {
+        Vec::new()
+    } else {
+        file.member_names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| Some(n) != genome.as_ref())
+            .filter(|n| file.group(n).map(|g| g.link_exists("genes")).unwrap_or(false))
+            .collect()
     };
     let strings = |name: &str| -> Result<Vec<String>> {
         let el = format!("{group}/{name}");
@@ -76,6 +98,19 @@ pub(crate) fn open(path: &Path, file: File, version: u8, opts: &OpenOptions) -> 
     let mut matrix = H5Matrix::open(path, &file, &group, MatrixEncoding::Csr, (n_cells, n_features))?;
     let mut index = ids;
     let mut warnings = Vec::new();
+    if !other_genomes.is_empty() {
+        warnings.push(format!(
+            "holds {} genomes: serving `{}`; --genome {} serves {}",
+            other_genomes.len() + 1,
+            printable(genome.as_deref().unwrap_or_default()),
+            printable(&other_genomes[0]),
+            if other_genomes.len() == 1 {
+                "the other"
+            } else {
+                "another"
+            }
+        ));
+    }
     if let Some(types) = columns
         .iter()
         .find(|(n, _)| n == "feature_type")

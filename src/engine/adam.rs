@@ -143,7 +143,8 @@ impl Adam {
 
     /// Restores a written `snapshot` of the same model.
     pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
-        let named: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+        let named: std::collections::HashMap<String, Tensor> =
+            crate::stored::read_safetensors(path)?.into_iter().collect();
         let get = |k: &str| {
             named
                 .get(k)

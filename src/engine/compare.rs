@@ -437,14 +437,21 @@ fn report(args: &CompareArgs, rows: &[Row]) -> anyhow::Result<()> {
         rows: rows.to_vec(),
         verdicts: verdicts.clone(),
     };
-    scmz::zoo::comparison::save(&zoo.model_dir(&args.model), &kept)
-        .with_context(|| format!("saving the comparison into model `{}`", args.model))?;
+    // Printed whether or not the model folder takes them: a read-only zoo loses no results.
+    let saved = scmz::zoo::comparison::save(&zoo.model_dir(&args.model), &kept)
+        .map(drop)
+        .with_context(|| {
+            format!(
+            "the results above are not kept with model `{}` (the TUI will not chart them; --out FILE keeps a table)",
+            args.model
+        )
+        });
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "verdicts": verdicts }))?
         );
-        return Ok(());
+        return saved;
     }
     println!(
         "{:>7} {:>4} {:>6} {:>13} {:>13} {:>9} {:>9} {:>6} {:>8} {:>8}",
@@ -469,7 +476,7 @@ fn report(args: &CompareArgs, rows: &[Row]) -> anyhow::Result<()> {
     for v in verdicts {
         println!("verdict: {v}");
     }
-    Ok(())
+    saved
 }
 
 #[cfg(test)]

@@ -75,6 +75,7 @@ pub(crate) static TORCH_RNG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(
 fn main() {
     spin_briefly();
     tune_malloc();
+    scmz::data::guard::install();
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -93,6 +94,67 @@ pub(crate) fn exit_now(code: i32) -> ! {
     let _ = std::io::stderr().flush();
     // SAFETY: _exit only ends the process.
     unsafe { libc::_exit(code) }
+}
+
+/// How a job's engine ended, for `hand_over_if_orphaned`: `Ok` saved its result, `Err` stopped
+/// early (the text says what was kept).
+pub(crate) type Ending<'a> = Result<(), &'a str>;
+
+/// When this engine runs a job whose supervisor is gone (killed, so the engine got its death
+/// signal and stopped at its next step, or finished a save it had begun), no one else would record
+/// the end or start what waits in the queue. The engine records it, then becomes `scmz jobs
+/// schedule` by exec, so that the next job's engine starts only once this one is no more. Returns
+/// when the engine runs no job or its supervisor lives (which then records the end itself).
+pub(crate) fn hand_over_if_orphaned(ending: Ending) {
+    use std::os::unix::process::CommandExt;
+    let (Some(id), Some(dir)) = (std::env::var_os("SCMZ_JOB_ID"), std::env::var_os("SCMZ_JOBS_DIR")) else {
+        return;
+    };
+    let reg = scmz::jobs::Registry::new(PathBuf::from(dir));
+    let id = id.to_string_lossy();
+    let Ok(mut job) = reg.load(&id) else {
+        return;
+    };
+    if job.state.is_final()
+        || job
+            .supervisor_pid
+            .is_some_and(|p| scmz::jobs::is_process(p, job.supervisor_start))
+    {
+        return;
+    }
+    job.ended = Some(scmz::events::now_rfc3339());
+    match ending {
+        Ok(()) => {
+            job.state = scmz::jobs::JobState::Done;
+            job.exit_code = Some(0);
+            job.reason = None;
+        }
+        Err(kept) => {
+            job.state = scmz::jobs::JobState::Failed;
+            job.exit_code = Some(143);
+            job.reason = Some(format!(
+                "its supervisor was killed; the engine stopped with it ({kept}): `scmz jobs resume {id}` continues"
+            ));
+        }
+    }
+    if let Err(e) = reg.save(&job) {
+        eprintln!("error: recording the end of job {id}: {e}");
+        return;
+    }
+    if job.backend != "local" {
+        return;
+    }
+    let Ok(engine) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(engine.with_file_name("scmz"))
+        .args(["jobs", "schedule", "--dir"])
+        .arg(&reg.dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .exec();
+    eprintln!("error: starting the next queued job: {err}");
 }
 
 /// libtorch's OpenMP workers spin for a while after each parallel region (GOMP_SPINCOUNT, 300,000
@@ -141,7 +203,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", tensor::devices_json());
             Ok(())
         }
-        Command::Train(args) => train::train(*args),
+        Command::Train(args) => {
+            train::train(*args)?;
+            hand_over_if_orphaned(Ok(()));
+            Ok(())
+        }
         Command::Project(args) => project::project(*args),
         Command::Compare(args) => compare::compare(*args),
         Command::Encode {

@@ -37,6 +37,9 @@ pub struct ProjectArgs {
     pub predict_only: bool,
     #[arg(long)]
     pub layer: Option<String>,
+    /// Cell Ranger 2 HDF5 with several genomes: the genome to project [default: the first].
+    #[arg(long)]
+    pub genome: Option<String>,
     /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
     #[arg(long, default_value = "mask", value_parser = ["mask", "zero"])]
     pub missing: String,
@@ -215,6 +218,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         &args.data,
         &OpenOptions {
             layer: args.layer.clone(),
+            genome: args.genome.clone(),
             ..Default::default()
         },
     )?;
@@ -349,7 +353,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     // Reference sample: latents, labels and (newer models) counts.
     let reference = m.reference.as_ref();
     let tensors: Vec<(String, Tensor)> = match reference {
-        Some(r) => Tensor::read_safetensors(dir.join(&r.file))?,
+        Some(r) => crate::stored::read_safetensors(&dir.join(&r.file))?,
         None => Vec::new(),
     };
     let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());

@@ -64,9 +64,49 @@ pub fn stored_variables(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
     })
 }
 
+/// Reads a safetensors file scmz wrote (weights, moments, reference), with a damaged or foreign
+/// file refused in one line that names it, and every floating-point tensor checked to be finite.
+pub fn read_safetensors(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
+    use safetensors::SafeTensorError as E;
+    let named = Tensor::read_safetensors(path).map_err(|e| {
+        let why = match &e {
+            tch::TchError::Io(io) => scmz::files::describe(io),
+            tch::TchError::SafeTensorError { err, .. } => match err {
+                E::IoError(io) => scmz::files::describe(io),
+                E::HeaderTooSmall | E::InvalidHeaderLength | E::MetadataIncompleteBuffer => {
+                    "is cut short (its header or data end early)".into()
+                }
+                E::HeaderTooLarge => "has a header larger than safetensors allows".into(),
+                E::InvalidHeader | E::InvalidHeaderStart | E::InvalidHeaderDeserialization | E::JsonError(_) => {
+                    "has a header that is not safetensors' JSON".into()
+                }
+                E::TensorInvalidInfo | E::InvalidOffset(_) | E::InvalidTensorView(..) | E::ValidationOverflow => {
+                    "describes a tensor its data does not hold (shape, type or offsets do not fit)".into()
+                }
+                other => format!("is not a valid safetensors file ({other:?})"),
+            },
+            other => format!("cannot be read ({other})"),
+        };
+        anyhow::anyhow!(
+            "{}: {why}; the file is damaged: train or install the model again",
+            path.display()
+        )
+    })?;
+    for (name, t) in &named {
+        if t.is_floating_point() && tch::no_grad(|| t.isfinite().all().int64_value(&[])) == 0 {
+            anyhow::bail!(
+                "{}: tensor `{}` holds NaN or infinite values; the model is damaged: train or install it again",
+                path.display(),
+                scmz::files::printable(name)
+            );
+        }
+    }
+    Ok(named)
+}
+
 /// Loads a model file (from `stored_variables`, or a `VarStore` save of the same names) into `vs`.
 pub fn load_stored(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
-    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+    let file: HashMap<String, Tensor> = read_safetensors(path)?.into_iter().collect();
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
             let src = from_file(&file, path, &name, &t)?;

@@ -35,6 +35,10 @@ pub struct TrainArgs {
     /// Matrix to train on: X, raw, or a layer name [default: the first holding raw counts].
     #[arg(long)]
     pub layer: Option<String>,
+    /// Cell Ranger 2 HDF5 with several genomes: the genome to train on [default: the first].
+    #[arg(long)]
+    #[serde(default)]
+    pub genome: Option<String>,
     /// obs column with the batch covariate.
     #[arg(long)]
     pub batch_key: Option<String>,
@@ -45,13 +49,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "nb", value_parser = ["nb", "zinb", "poisson"])]
     pub likelihood: String,
     /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = epochs)]
     pub epochs: Option<usize>,
     #[arg(long, default_value_t = 128, value_parser = positive)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3, value_parser = positive_finite)]
+    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, allow_negative_numbers = true)]
     pub lr: f64,
-    #[arg(long, default_value_t = 1e-6, value_parser = non_negative)]
+    #[arg(long, default_value_t = 1e-6, value_parser = non_negative, allow_negative_numbers = true)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 128, value_parser = width)]
     pub n_hidden: usize,
@@ -59,7 +63,7 @@ pub struct TrainArgs {
     pub n_latent: usize,
     #[arg(long, default_value_t = 1, value_parser = layers)]
     pub n_layers: usize,
-    #[arg(long, default_value_t = 0.1, value_parser = share_below_one)]
+    #[arg(long, default_value_t = 0.1, value_parser = share_below_one, allow_negative_numbers = true)]
     pub dropout: f64,
     /// batch or layer.
     #[arg(long, default_value = "batch", value_parser = ["batch", "layer"])]
@@ -68,7 +72,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 400)]
     pub kl_warmup: usize,
     /// Hide this share of genes from the encoder in every minibatch (learns partial gene sets).
-    #[arg(long, default_value_t = 0.0, value_parser = share_below_one)]
+    #[arg(long, default_value_t = 0.0, value_parser = share_below_one, allow_negative_numbers = true)]
     pub gene_dropout: f64,
     /// Stop after this many epochs without a better validation ELBO (0: never).
     #[arg(long, default_value_t = 45)]
@@ -135,6 +139,25 @@ fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("`{s}` must be a whole number of at least 1")),
+    }
+}
+
+/// Epochs: at least 1, at most a million (a longer run is a typo, not a plan).
+fn epochs(s: &str) -> Result<usize, String> {
+    match positive(s)? {
+        n if n <= 1_000_000 => Ok(n),
+        _ => Err(format!(
+            "`{s}` epochs is more than 1,000,000: give a number of epochs to train"
+        )),
+    }
+}
+
+/// Adam's step size: above 0 and at most 1 (scvi-tools trains at 1e-3; above 1 every step
+/// overshoots and the loss becomes NaN).
+fn learning_rate(s: &str) -> Result<f64, String> {
+    match positive_finite(s)? {
+        v if v <= 1.0 => Ok(v),
+        _ => Err(format!("`{s}` must be at most 1 (the default is 1e-3)")),
     }
 }
 
@@ -475,7 +498,8 @@ impl Trace {
         let Some(dir) = std::env::var_os("SCMZ_TRACE_DIR").map(PathBuf::from) else {
             return Ok(None);
         };
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {}", dir.display(), scmz::files::describe(&e)))?;
         write_atomic(&stored_variables(vs), &dir.join("init.safetensors"))?;
         let f = std::fs::File::create(dir.join("steps.jsonl"))
             .with_context(|| format!("{}: cannot create steps.jsonl", dir.display()))?;
@@ -800,7 +824,8 @@ fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     let path = run_dir.with_file_name(format!("{name}.lock"));
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {}", parent.display(), scmz::files::describe(&e)))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .read(true)
@@ -869,6 +894,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let path = args.data[0].clone();
     let open = OpenOptions {
         layer: args.layer.clone(),
+        genome: args.genome.clone(),
         ..Default::default()
     };
     let mut ds = Dataset::open_with(&path, &open)?;
@@ -1004,6 +1030,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             opt.load(&adam).context("loading the optimiser state")?;
         }
         first_epoch = state.epoch + 1;
+        eprintln!(
+            "resuming `{}` from its checkpoint: epoch {} of {} done{}",
+            args.name,
+            first_epoch,
+            max_epochs,
+            state
+                .best_val
+                .map_or(String::new(), |b| format!(", best validation ELBO {b:.2}"))
+        );
     }
     let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
     let mut log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
@@ -1167,14 +1202,17 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 model: None,
             })?;
             let kept = if ckpt_json.exists() {
-                format!(
-                    "the checkpoint of epoch {} is kept; run again with --resume to continue",
-                    state.epoch + 1
-                )
+                format!("the checkpoint of epoch {} is kept", state.epoch + 1)
             } else {
                 "no epoch had finished, so there is no checkpoint".to_string()
             };
-            eprintln!("\ncancelled during epoch {}: {kept}", epoch + 1);
+            let again = if ckpt_json.exists() {
+                "; run again with --resume to continue"
+            } else {
+                ""
+            };
+            eprintln!("\ncancelled during epoch {}: {kept}{again}", epoch + 1);
+            crate::hand_over_if_orphaned(Err(&kept));
             crate::exit_now(143);
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();

@@ -96,6 +96,11 @@ pub struct Job {
     /// `gpu` or `cpu`: which slot limit the job counts against.
     #[serde(default = "cpu_slot")]
     pub slot: String,
+    /// The folder the job was submitted from: its engine runs there, so that relative paths in
+    /// its arguments mean what they meant (also when resumed from elsewhere). Absent in records
+    /// of older scmz.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
 }
 
 impl Job {
@@ -124,6 +129,7 @@ impl Job {
             reason: None,
             events,
             slot: cpu_slot(),
+            cwd: None,
         }
     }
 
@@ -285,6 +291,8 @@ pub struct Submission {
     pub sweep: Option<String>,
     /// `cpu` or `gpu`: which local slot the jobs take.
     pub slot: String,
+    /// The folder relative paths in `args` are relative to (None: the current one).
+    pub cwd: Option<PathBuf>,
 }
 
 fn value_after(args: &[String], flag: &str) -> Option<String> {
@@ -362,6 +370,12 @@ impl Registry {
         use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join(".lock");
+        if path.is_dir() {
+            return Err(JobError::Backend(format!(
+                "{}: is a folder, where scmz keeps the lock of its job queue; remove it",
+                path.display()
+            )));
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -450,13 +464,16 @@ impl Registry {
                 req.backend
             )));
         }
+        // Nothing is queued where the queue could not be scheduled.
+        drop(self.lock()?);
+        let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
         let mut jobs = Vec::new();
         for args in settings {
             let (name, events) = match req.kind.as_str() {
                 "train" => {
                     let name = value_after(&args, "--name");
                     let zoo = value_after(&args, "--zoo")
-                        .map(PathBuf::from)
+                        .map(|z| cwd.as_deref().map_or(PathBuf::from(&z), |c| c.join(&z)))
                         .unwrap_or_else(crate::zoo::default_zoo);
                     let events = name
                         .as_ref()
@@ -468,6 +485,7 @@ impl Registry {
             let mut job = self.create(&req.kind, name, args, events)?;
             job.slot = req.slot.clone();
             job.backend = req.backend.clone();
+            job.cwd = cwd.clone();
             if req.backend == "slurm" {
                 job.slurm = Some(req.slurm.clone());
             }

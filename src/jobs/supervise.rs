@@ -53,6 +53,16 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
         reg.save(&job)?;
         return Ok(job);
     }
+    if let Some(cwd) = job.cwd.as_ref().filter(|d| !d.is_dir()) {
+        job.state = JobState::Failed;
+        job.ended = Some(now_rfc3339());
+        job.reason = Some(format!(
+            "the folder it was submitted from, {}, is gone (its relative paths meant files there); submit it again",
+            crate::files::printable(&cwd.display().to_string())
+        ));
+        reg.save(&job)?;
+        return Ok(job);
+    }
     let engine = engine_path(&reg.scmz);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
@@ -60,9 +70,16 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     cmd.arg(&job.kind)
         .args(&job.args)
         .env("SCMZ_JOB_ID", &job.id)
+        .env(
+            "SCMZ_JOBS_DIR",
+            std::path::absolute(&reg.dir).unwrap_or_else(|_| reg.dir.clone()),
+        )
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
+    if let Some(cwd) = &job.cwd {
+        cmd.current_dir(cwd);
+    }
     // The engine must not outlive its supervisor (see `die_with_parent`). PDEATHSIG follows the
     // spawning thread: this runtime is single-threaded, so that thread is the supervisor's life.
     // SAFETY: the hook makes only async-signal-safe calls.

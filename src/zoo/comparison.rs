@@ -47,7 +47,12 @@ pub fn save(model_dir: &Path, c: &Comparison) -> std::io::Result<PathBuf> {
             )));
         }
     }
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: cannot create: {}", dir.display(), crate::files::describe(&e)),
+        )
+    })?;
     let stem = Path::new(&c.data)
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())

@@ -54,7 +54,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{name}` is not a valid model name: use letters, digits, `-`, `_` and `.`"
+            "`{}` is not a valid model name: start with a letter, digit, `-` or `_`, then use letters, digits, `-`, `_` and `.`",
+            crate::files::printable(name)
         ))
     }
 }
