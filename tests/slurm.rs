@@ -217,6 +217,40 @@ fn errors(conf: &str) {
     assert!(jobs[0]["reason"].as_str().unwrap().contains("invalid partition"));
 }
 
+/// `kill -9` of the supervisor inside the Slurm job: the engine stops with it and the job says
+/// so (not "ended by Slurm (FAILED, ...)").
+fn supervisor_killed(conf: &str) {
+    let root = tempfile::tempdir().unwrap();
+    let env = Env {
+        root: root.path(),
+        conf,
+    };
+    let id = env.train("orphan", &["--epochs", "20000", "--patience", "0"]).remove(0);
+    let j = env.wait(&id, "checkpointed", 120, |j| {
+        j["state"] == "running"
+            && j["pid"].is_u64()
+            && std::fs::read_to_string(root.path().join("zoo/.runs/orphan/events.jsonl"))
+                .is_ok_and(|l| l.contains("\"event\":\"checkpoint\""))
+    });
+    let (sup, engine) = (j["supervisor_pid"].as_u64().unwrap(), j["pid"].as_u64().unwrap());
+    // SAFETY: kill(2) on the supervisor of this test's job (the single node is this machine).
+    unsafe { libc::kill(sup as i32, libc::SIGKILL) };
+    let j = env.wait(&id, "ended", 60, |j| j["state"] != "running");
+    assert_eq!(j["state"], "failed", "{j:#}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
+        "{j:#}"
+    );
+    let t = Instant::now();
+    while scmz::jobs::alive(engine as u32) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the engine outlived its supervisor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn slurm_jobs_complete_cancel_time_out_sweep_and_fail_clearly() {
     let cluster = match Cluster::start() {
@@ -235,6 +269,7 @@ fn slurm_jobs_complete_cancel_time_out_sweep_and_fail_clearly() {
             s.spawn(|| completes_and_cancels(&conf)),
             s.spawn(|| sweep(&conf)),
             s.spawn(|| errors(&conf)),
+            s.spawn(|| supervisor_killed(&conf)),
         ];
         for h in handles {
             if let Err(e) = h.join() {
