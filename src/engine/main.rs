@@ -76,6 +76,9 @@ fn main() {
     spin_briefly();
     tune_malloc();
     scmz::data::guard::install();
+    if std::env::var_os("SCMZ_JOB_ID").is_some() {
+        watch_job();
+    }
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -94,6 +97,21 @@ pub(crate) fn exit_now(code: i32) -> ! {
     let _ = std::io::stderr().flush();
     // SAFETY: _exit only ends the process.
     unsafe { libc::_exit(code) }
+}
+
+/// In a job, SIGTERM (a cancel, or the death signal when the supervisor is killed) must end the
+/// engine in every phase: a training run answers it at its next step with a checkpoint; before
+/// its epochs start (reading, gene selection), and in the other commands, this thread does, after
+/// recording the end when the supervisor is gone (so the queue moves on then too).
+fn watch_job() {
+    train::install_stop_handlers();
+    std::thread::spawn(|| loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if train::stop_requested() && !train::TRAINING.load(std::sync::atomic::Ordering::SeqCst) {
+            hand_over_if_orphaned(Err("before it had saved anything"));
+            exit_now(143);
+        }
+    });
 }
 
 /// How a job's engine ended, for `hand_over_if_orphaned`: `Ok` saved its result, `Err` stopped

@@ -695,12 +695,15 @@ impl Prepared {
 /// Set by SIGTERM or SIGINT: training stops after the current step, keeping the last epoch's
 /// checkpoint, so `--resume` continues from there (`scmz jobs cancel` and Ctrl-C both land here).
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set when the epoch loop starts: from then on the loop answers a stop (with a checkpoint), and
+/// after it the save runs to its end; before it, `crate::watch_job` does.
+pub(crate) static TRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn request_stop(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
-fn install_stop_handlers() {
+pub(crate) fn install_stop_handlers() {
     let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
@@ -709,7 +712,7 @@ fn install_stop_handlers() {
     }
 }
 
-fn stop_requested() -> bool {
+pub(crate) fn stop_requested() -> bool {
     STOP.load(std::sync::atomic::Ordering::SeqCst)
 }
 
@@ -1123,6 +1126,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut epochs_run = first_epoch;
     let mut cells_per_s = 0.0;
     install_stop_handlers();
+    TRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
     for epoch in first_epoch..max_epochs {
         let kl_weight = if args.kl_warmup == 0 {
             1.0
