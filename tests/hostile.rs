@@ -962,3 +962,89 @@ fn a_file_without_a_matrix_is_shown_but_not_trained_on() {
     refused(&o, 1, &["no_x.h5ad", "holds no matrix"]);
     assert!(!root.path().join("zoo/none").exists());
 }
+
+#[test]
+fn a_detached_job_is_checked_before_it_is_queued() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let cases: [(&[&str], i32, &[&str]); 5] = [
+        (&[si, "--name", "dt", "--epochs", "abc"], 2, &["--epochs"]),
+        (&[si, "--name", "../evil"], 1, &["not a valid model name"]),
+        (&["missing.h5ad", "--name", "dt"], 1, &["missing.h5ad", "no such file"]),
+        (&[si, "--name", "pbmc-tiny"], 1, &["already exists", "--overwrite"]),
+        (
+            &[si, "--name", "dt", "--batch-size", "1"],
+            1,
+            &["--batch-size 1", "at least 2"],
+        ),
+    ];
+    for (args, code, needles) in cases {
+        let mut all = vec!["train"];
+        all.extend_from_slice(args);
+        all.push("--detach");
+        refused(&scmz(root.path(), &all), code, needles);
+    }
+    assert!(
+        !root.path().join("state/jobs").exists()
+            || files_below(&root.path().join("state/jobs"))
+                .iter()
+                .all(|f| f == ".lock")
+    );
+    // A manifest whose architecture its weights cannot hold is refused before anything is allocated.
+    let path = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["architecture"]["n_hidden"] = serde_json::json!(1_000_000_000_000u64);
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = root.path().join("out.csv");
+    refused(
+        &project(root.path(), &input, &zoo, &out, &[]),
+        1,
+        &["manifest.json", "outside what scmz trains"],
+    );
+    m["architecture"]["n_hidden"] = serde_json::json!(4096);
+    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    refused(
+        &project(root.path(), &input, &zoo, &out, &[]),
+        1,
+        &["manifest.json", "bytes of weights"],
+    );
+}
+
+#[test]
+fn a_foreground_engine_killed_by_a_signal_is_named() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let child = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["train", input.to_str().unwrap(), "--name", "fg", "--epochs", "400"])
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let events = root.path().join("zoo/.runs/fg/events.jsonl");
+    let t = Instant::now();
+    while !events.exists() {
+        assert!(t.elapsed() < Duration::from_secs(60), "training never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let engine: i32 = std::fs::read_to_string(&children)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the engine this test's scmz started.
+    unsafe { libc::kill(engine, libc::SIGKILL) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("scmz-engine was killed by signal 9"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -226,6 +226,9 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     if !job.state.is_final() {
         anyhow::bail!("job {id} is {}; cancel it first", job.state);
     }
+    if job.state == scmz::jobs::JobState::Done {
+        anyhow::bail!("job {id} is done: its result is saved; there is nothing to resume");
+    }
     let mut args = job.args.clone();
     if job.kind == "train" && !args.iter().any(|a| a == "--resume") {
         args.push("--resume".into());

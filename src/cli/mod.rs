@@ -290,6 +290,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     if let Some(req) = jobs::submission(command, &mut args)? {
+        // What the engine would refuse at once is refused now, not after the job's turn comes.
+        if command == "train" && req.sweep.is_none() {
+            let mut check = vec![command.to_string()];
+            check.extend(req.args.iter().cloned());
+            check.push("--check-only".into());
+            let code = models::run_engine(&check)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         jobs::submit(&req)?;
         return Ok(());
     }

@@ -195,5 +195,15 @@ pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
             engine.display()
         )
     })?;
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        let why = match sig {
+            libc::SIGKILL => " (SIGKILL: out of memory, or killed by someone)",
+            libc::SIGTERM => " (SIGTERM)",
+            libc::SIGSEGV => " (SIGSEGV: a crash; please report it)",
+            _ => "",
+        };
+        eprintln!("error: scmz-engine was killed by signal {sig}{why}");
+        return Ok(1);
+    }
     Ok(status.code().unwrap_or(1))
 }

@@ -49,19 +49,19 @@ pub struct TrainArgs {
     #[arg(long, default_value = "nb", value_parser = ["nb", "zinb", "poisson"])]
     pub likelihood: String,
     /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
-    #[arg(long, value_parser = epochs)]
+    #[arg(long, value_parser = epochs, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 128, value_parser = positive)]
+    #[arg(long, default_value_t = 128, value_parser = positive, allow_negative_numbers = true)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, allow_negative_numbers = true)]
     pub lr: f64,
     #[arg(long, default_value_t = 1e-6, value_parser = non_negative, allow_negative_numbers = true)]
     pub weight_decay: f64,
-    #[arg(long, default_value_t = 128, value_parser = width)]
+    #[arg(long, default_value_t = 128, value_parser = width, allow_negative_numbers = true)]
     pub n_hidden: usize,
-    #[arg(long, default_value_t = 10, value_parser = width)]
+    #[arg(long, default_value_t = 10, value_parser = width, allow_negative_numbers = true)]
     pub n_latent: usize,
-    #[arg(long, default_value_t = 1, value_parser = layers)]
+    #[arg(long, default_value_t = 1, value_parser = layers, allow_negative_numbers = true)]
     pub n_layers: usize,
     #[arg(long, default_value_t = 0.1, value_parser = share_below_one, allow_negative_numbers = true)]
     pub dropout: f64,
@@ -69,15 +69,15 @@ pub struct TrainArgs {
     #[arg(long, default_value = "batch", value_parser = ["batch", "layer"])]
     pub norm: String,
     /// Epochs over which the KL weight rises from 0 to 1.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, allow_negative_numbers = true)]
     pub kl_warmup: usize,
     /// Hide this share of genes from the encoder in every minibatch (learns partial gene sets).
     #[arg(long, default_value_t = 0.0, value_parser = share_below_one, allow_negative_numbers = true)]
     pub gene_dropout: f64,
     /// Stop after this many epochs without a better validation ELBO (0: never).
-    #[arg(long, default_value_t = 45)]
+    #[arg(long, default_value_t = 45, allow_negative_numbers = true)]
     pub patience: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// auto (CUDA when available), cpu or cuda.
     #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
@@ -91,14 +91,19 @@ pub struct TrainArgs {
     /// Replace a model of the same name in the zoo.
     #[arg(long)]
     pub overwrite: bool,
+    /// Check the settings, the dataset and the zoo, then stop (`scmz train --detach` runs this
+    /// before it queues a job).
+    #[arg(long, hide = true)]
+    #[serde(default, skip_serializing)]
+    pub check_only: bool,
     /// Train on values that are not raw counts.
     #[arg(long)]
     pub force: bool,
     /// Cells per chunk read from disk.
-    #[arg(long, default_value_t = 1024, value_parser = positive)]
+    #[arg(long, default_value_t = 1024, value_parser = positive, allow_negative_numbers = true)]
     pub chunk_rows: usize,
     /// Reference cells kept with the model for label transfer.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
     pub reference_cells: usize,
     /// Train a cell-type classifier on the --label-key labels with the model (scANVI's
     /// semi-supervised objective: cells whose label is missing or --unlabeled-category enter only
@@ -900,7 +905,38 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         genome: args.genome.clone(),
         ..Default::default()
     };
+    let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
+    if zoo.model_dir(&args.name).join("manifest.json").exists() && !args.overwrite {
+        bail!(
+            "model `{}` already exists in {}; pass --overwrite to replace it",
+            args.name,
+            zoo.dir.display()
+        );
+    }
     let mut ds = Dataset::open_with(&path, &open)?;
+    if args.check_only {
+        if !args.force {
+            ds.require_counts()
+                .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
+        }
+        if args.batch_size < 2 && args.norm == "batch" {
+            bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
+        }
+        let run_dir = zoo.run_dir(&args.name);
+        if run_dir.exists() {
+            drop(lock_run(&run_dir, &args.name)?);
+            if run_dir.join("checkpoint.json").exists() && !args.resume && !args.restart {
+                bail!(
+                    "an interrupted run of `{}` exists; pass --resume to continue it or --restart to start over",
+                    args.name
+                );
+            }
+        }
+        return Ok(());
+    }
+    if args.batch_size < 2 && args.norm == "batch" {
+        bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
+    }
     let dup = scmz::data::dataset::GeneTable::duplicates(&ds.info().cell_ids);
     if !dup.is_empty() {
         eprintln!(
@@ -920,14 +956,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if !args.force {
         ds.require_counts()
             .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
-    }
-    let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
-    if zoo.model_dir(&args.name).join("manifest.json").exists() && !args.overwrite {
-        bail!(
-            "model `{}` already exists in {}; pass --overwrite to replace it",
-            args.name,
-            zoo.dir.display()
-        );
     }
     let run_dir = zoo.run_dir(&args.name);
     // One engine per run folder, held until this process ends (before --restart may remove it).
@@ -1255,6 +1283,16 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         })?;
         val_cache.lock().expect("validation cache").seal();
         let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
+        if vn > 0 && !val_terms.elbo.is_finite() {
+            log.write(Event::Error {
+                message: format!("validation ELBO became {} at epoch {epoch}", val_terms.elbo),
+            })?;
+            bail!(
+                "training diverged at epoch {} (validation ELBO {}); nothing was saved: lower --lr or check the data",
+                epoch + 1,
+                val_terms.elbo
+            );
+        }
         for v in &mut kl_dims {
             *v /= vn.max(1) as f64;
         }

@@ -674,14 +674,15 @@ pub fn finish(job: &mut Job, status: std::process::ExitStatus) {
     };
     job.reason = match (job.state, status.code(), status.signal()) {
         (JobState::Done, _, _) => None,
-        (JobState::Cancelled, _, _) => {
-            Some("cancelled; the last checkpoint is kept: `scmz jobs resume` continues".into())
-        }
-        _ if terminated => Some(
+        (JobState::Cancelled, _, _) => Some(format!(
+            "cancelled; the last checkpoint (if an epoch had finished) is kept: `scmz jobs resume {}` continues",
+            job.id
+        )),
+        _ if terminated => Some(format!(
             "stopped by SIGTERM from outside scmz (a time limit, preemption or kill); the last checkpoint is kept: \
-             `scmz jobs resume` continues"
-                .into(),
-        ),
+             `scmz jobs resume {}` continues",
+            job.id
+        )),
         (_, _, Some(sig)) => Some(format!(
             "killed by signal {sig}{}",
             if sig == libc::SIGKILL { " (SIGKILL)" } else { "" }

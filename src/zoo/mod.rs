@@ -208,7 +208,29 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
             m.architecture.n_genes
         )));
     }
+    let a = &m.architecture;
+    let sizes_ok =
+        (1..=16_384).contains(&a.n_hidden) && (1..=16_384).contains(&a.n_latent) && (1..=16).contains(&a.n_layers);
+    if !sizes_ok {
+        return Err(bad(format!(
+            "describes layers of {} hidden and {} latent units, {} deep: outside what scmz trains (1 to 16,384 units, 1 to 16 layers); the manifest was edited or damaged",
+            a.n_hidden, a.n_latent, a.n_layers
+        )));
+    }
     let weights = model_file(dir, &path, &m.weights.file)?;
+    // The encoder's first layer and the decoder's last are in the weights file (4-byte floats):
+    // an architecture larger than the file is refused before anything is allocated for it.
+    let inputs = a.n_genes * if a.masked_input { 2 } else { 1 } + a.batch_categories.len();
+    let least = 4 * (inputs as u64 + a.n_genes as u64) * a.n_hidden as u64;
+    let size = std::fs::metadata(&weights).map_err(io(&weights))?.len();
+    if size < least {
+        return Err(bad(format!(
+            "describes {} genes x {} hidden units, which need at least {least} bytes of weights, but {} has {size}; the manifest was edited or damaged",
+            a.n_genes,
+            a.n_hidden,
+            weights.display()
+        )));
+    }
     let sum = sha256_file(&weights)?;
     if sum != m.weights.sha256 {
         return Err(ZooError::Bad {
