@@ -1008,7 +1008,7 @@ fn a_detached_job_is_checked_before_it_is_queued() {
     refused(
         &project(root.path(), &input, &zoo, &out, &[]),
         1,
-        &["manifest.json", "bytes of weights"],
+        &["weights.safetensors", "bytes of weights"],
     );
 }
 

@@ -224,12 +224,14 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
     let least = 4 * (inputs as u64 + a.n_genes as u64) * a.n_hidden as u64;
     let size = std::fs::metadata(&weights).map_err(io(&weights))?.len();
     if size < least {
-        return Err(bad(format!(
-            "describes {} genes x {} hidden units, which need at least {least} bytes of weights, but {} has {size}; the manifest was edited or damaged",
-            a.n_genes,
-            a.n_hidden,
-            weights.display()
-        )));
+        return Err(ZooError::Bad {
+            path: weights.display().to_string(),
+            problem: format!(
+                "holds {size} bytes, but the manifest's {} genes x {} hidden units need at least {least} bytes of weights: \
+                 the file is cut short or the manifest was edited; train or install the model again",
+                a.n_genes, a.n_hidden
+            ),
+        });
     }
     let sum = sha256_file(&weights)?;
     if sum != m.weights.sha256 {
