@@ -18,7 +18,8 @@
 //!   one named by `--layer`), and tells counts from normalised values on a sample of rows.
 //!   `Dataset::chunks(n)` then serves the matrix `n` cells at a time, validating each chunk, so
 //!   memory is bounded by the chunk, not the file. Opening an HDF5 file refuses external links,
-//!   external storage and virtual datasets anywhere in it before anything is read. `data::writer` writes modern `.h5ad`
+//!   external storage and virtual datasets anywhere in it before anything is read; `data::guard`
+//!   turns a crash or an endless loop inside libhdf5 on a damaged file into one line naming it. `data::writer` writes modern `.h5ad`
 //!   (streamed CSR `X`, dataframes, `obsm`, `uns`) through a temporary file renamed into place.
 //!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
 //!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species).

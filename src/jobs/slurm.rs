@@ -271,6 +271,14 @@ impl Backend for Slurm {
         if job.state.is_final() {
             return Ok(job);
         }
+        // Its engine still runs here (its supervisor was killed: it stops at its next step and
+        // records why itself), so Slurm's word waits until it is gone.
+        let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string());
+        if job.host.is_some() && job.host == here && job.pid.is_some_and(|p| super::is_process(p, job.pid_start)) {
+            return Ok(job);
+        }
         // Even COMPLETED is a failure here: the batch script ended but the supervisor never
         // recorded the end.
         job.state = if state == "CANCELLED" && job.cancel_requested {
@@ -280,7 +288,10 @@ impl Backend for Slurm {
         };
         job.reason = Some(if job.state == JobState::Cancelled {
             if job.started.is_some() {
-                "cancelled; the last checkpoint is kept: `scmz jobs resume` continues".into()
+                format!(
+                    "cancelled; the last checkpoint is kept: `scmz jobs resume {}` continues",
+                    job.id
+                )
             } else {
                 "cancelled before it started".into()
             }
