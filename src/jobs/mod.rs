@@ -345,6 +345,13 @@ pub fn expand_sweep(args: &[String], spec: &str) -> Result<Vec<Vec<String>>, Str
 }
 
 /// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
+/// This machine's name, as job records keep it (`Job::host`).
+pub(crate) fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+}
+
 pub fn engine_path(scmz: &Path) -> PathBuf {
     scmz.with_file_name("scmz-engine")
 }

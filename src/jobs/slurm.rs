@@ -273,9 +273,7 @@ impl Backend for Slurm {
         }
         // Its engine still runs here (its supervisor was killed: it stops at its next step and
         // records why itself), so Slurm's word waits until it is gone.
-        let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string());
+        let here = super::hostname();
         if job.host.is_some() && job.host == here && job.pid.is_some_and(|p| super::is_process(p, job.pid_start)) {
             return Ok(job);
         }

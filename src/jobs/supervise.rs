@@ -19,12 +19,6 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
         .map_err(|e| JobError::Backend(format!("cannot start the async runtime: {e}")))
 }
 
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-}
-
 /// Runs job `id` of `reg` to its end: starts `scmz-engine <kind> <args>` with its output in the
 /// job folder, records the pids and host, forwards SIGTERM, and records how the engine ended.
 /// Local jobs then start whatever waits for their slot.
@@ -95,7 +89,7 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     job.supervisor_start = super::start_time(std::process::id());
     job.pid = child.id();
     job.pid_start = child.id().and_then(super::start_time);
-    job.host = hostname();
+    job.host = super::hostname();
     reg.save(&job)?;
     let status = tokio::select! {
         status = child.wait() => status,
