@@ -21,3 +21,14 @@ pub use dataset::{
 pub use error::{DataError, Result};
 pub use matrix::CsrChunk;
 pub use values::ValueKind;
+
+/// Nonzeros a reader may keep in memory to spare a later pass over the same file (the engine's
+/// chunk cache, the gene selection's second pass): `SCMZ_DATA_CACHE_MB` (default 512; 0: none)
+/// at 8 bytes a nonzero (a u32 column and an f32 value).
+pub fn cache_budget_nnz() -> usize {
+    let mb = std::env::var("SCMZ_DATA_CACHE_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(512);
+    (mb << 20) / 8
+}

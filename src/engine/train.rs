@@ -1083,6 +1083,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         first_epoch,
         max_epochs,
     })?;
+    // Shared by training and validation passes: whichever reads a chunk first keeps it.
+    let chunk_cache = std::sync::Arc::new(crate::loader::ChunkCache::new(n_cells, args.chunk_rows));
     let loader = |split: Split, shuffle: bool| LoaderConfig {
         dataset: ds.clone(),
         batch_size: args.batch_size,
@@ -1091,6 +1093,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         seed: args.seed,
         split,
         shuffle,
+        chunks: Some(chunk_cache.clone()),
     };
     // On the CPU with every core in libtorch's pool, a reader on a thread of its own preempts
     // compute threads mid-product, and each stall holds up the others at the product's end: at
@@ -1368,6 +1371,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let seconds = state.seconds + started.elapsed().as_secs_f64();
     let staging = zoo.staging_dir(&args.name)?;
+    let _staging_pending = scmz::files::Pending::new(&staging);
     let result = (|| -> anyhow::Result<PathBuf> {
         let weights = staging.join("weights.safetensors");
         write_atomic(&stored_variables(&vs), &weights)?;

@@ -94,12 +94,23 @@ pub fn seurat_v3_variances(ds: &Dataset) -> Result<Vec<f64>> {
         );
     }
     let (mut sum, mut sq) = (vec![0f64; g], vec![0f64; g]);
+    // The first pass keeps its chunks while they fit `data::cache_budget_nnz`, so that the second reads the
+    // file again only when it is large (a dense, compressed file costs a decompression a pass).
+    let (mut kept, mut kept_nnz, budget) = (Some(Vec::new()), 0usize, crate::data::cache_budget_nnz());
     for chunk in ds.chunks(4096) {
         let c = chunk?;
         for (&j, &v) in c.indices.iter().zip(&c.data) {
             let v = v as f64;
             sum[j as usize] += v;
             sq[j as usize] += v * v;
+        }
+        if let Some(k) = kept.as_mut() {
+            kept_nnz += c.nnz();
+            if kept_nnz > budget {
+                kept = None;
+            } else {
+                k.push(c);
+            }
         }
     }
     let nf = n as f64;
@@ -118,7 +129,11 @@ pub fn seurat_v3_variances(ds: &Dataset) -> Result<Vec<f64>> {
     }
     let clip: Vec<f64> = (0..g).map(|j| mean[j] + reg_std[j] * nf.sqrt()).collect();
     let (mut csum, mut csq) = (vec![0f64; g], vec![0f64; g]);
-    for chunk in ds.chunks(4096) {
+    let second: Box<dyn Iterator<Item = Result<crate::data::CsrChunk>>> = match kept {
+        Some(k) => Box::new(k.into_iter().map(Ok)),
+        None => Box::new(ds.chunks(4096)),
+    };
+    for chunk in second {
         let c = chunk?;
         for (&j, &v) in c.indices.iter().zip(&c.data) {
             let j = j as usize;
