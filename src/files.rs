@@ -54,6 +54,83 @@ pub fn describe(e: &std::io::Error) -> String {
 pub struct AtomicFile {
     tmp: tempfile::NamedTempFile,
     out: PathBuf,
+    _pending: Pending,
+}
+
+/// Temporary files and folders being written now, for `remove_pending`.
+static PENDING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A temporary file or folder listed for `remove_pending` until dropped (after its owner
+/// committed it or removed it).
+pub struct Pending(PathBuf);
+
+impl Pending {
+    pub fn new(path: &Path) -> Self {
+        if let Ok(mut p) = PENDING.lock() {
+            p.push(path.to_path_buf());
+        }
+        Pending(path.to_path_buf())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut p) = PENDING.lock() {
+            if let Some(i) = p.iter().rposition(|q| q == &self.0) {
+                p.swap_remove(i);
+            }
+        }
+    }
+}
+
+static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_signal(sig: libc::c_int) {
+    SIGNALLED.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// For a command that writes outputs in the foreground (`merge`, `overlap --out`): SIGINT,
+/// SIGTERM or SIGHUP ends the process (status 128 + signal, as the default action would) after
+/// removing the temporary files it was writing, instead of leaving them beside the output.
+/// Hand-written (an atomic store in the handler and a watching thread) as the engine's stop
+/// handler is.
+pub fn remove_pending_on_signal() {
+    let handler = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::signal(sig, handler);
+        }
+    }
+    std::thread::spawn(|| loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sig = SIGNALLED.load(std::sync::atomic::Ordering::SeqCst);
+        if sig != 0 {
+            remove_pending();
+            let name = match sig {
+                libc::SIGINT => "SIGINT",
+                libc::SIGHUP => "SIGHUP",
+                _ => "SIGTERM",
+            };
+            eprintln!("error: stopped by {name}; the output being written was removed");
+            // SAFETY: _exit only ends the process (HDF5's exit handlers must not run while
+            // another thread may be inside the library).
+            unsafe { libc::_exit(128 + sig) }
+        }
+    });
+}
+
+/// Removes every temporary file and folder still being written: for a process about to end at
+/// once (a signal), which runs no destructors. Never blocks on a writer holding the list.
+pub fn remove_pending() {
+    let Ok(p) = PENDING.try_lock() else { return };
+    for path in p.iter() {
+        if path.is_dir() {
+            let _ = std::fs::remove_dir_all(path);
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl AtomicFile {
@@ -77,6 +154,7 @@ impl AtomicFile {
             .tempfile_in(&dir)
             .map_err(|e| FileError::io(out, "create a temporary file beside it", &e))?;
         Ok(AtomicFile {
+            _pending: Pending::new(tmp.path()),
             tmp,
             out: out.to_path_buf(),
         })
@@ -196,7 +274,16 @@ pub fn open_regular(path: &Path) -> Result<File, FileError> {
 
 /// Refuses anything but a regular file (after symlinks).
 pub fn require_regular(path: &Path) -> Result<std::fs::Metadata, FileError> {
-    let m = std::fs::metadata(path).map_err(|e| FileError::io(path, "read", &e))?;
+    let m = std::fs::metadata(path).map_err(|e| match std::fs::read_link(path) {
+        Ok(target) if e.kind() == std::io::ErrorKind::NotFound => FileError::new(
+            path,
+            format!(
+                "is a symbolic link to `{}`, which does not exist",
+                printable(&target.display().to_string())
+            ),
+        ),
+        _ => FileError::io(path, "read", &e),
+    })?;
     if !m.is_file() {
         let kind = if m.is_dir() {
             "a folder"

@@ -193,3 +193,74 @@ fn truncated_matrix_market() {
     std::fs::write(d.path().join("matrix.mtx"), cut).unwrap();
     fails_clearly(&d.path().join("matrix.mtx"), &[], &["truncated"]);
 }
+
+/// Replaces dataset `name` with `data` (its attributes are lost; these parts have none).
+fn replace<T: hdf5::H5Type>(f: &hdf5::File, name: &str, data: &[T]) {
+    f.unlink(name).unwrap();
+    let (group, leaf) = name.rsplit_once('/').unwrap();
+    f.group(group)
+        .unwrap()
+        .new_dataset_builder()
+        .with_data(data)
+        .create(leaf)
+        .unwrap();
+}
+
+#[test]
+fn sparse_parts_of_the_wrong_type() {
+    // Float indices would be truncated by HDF5's conversion without a word.
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let v: Vec<f64> = f
+            .dataset("X/indices")
+            .unwrap()
+            .read_raw::<i32>()
+            .unwrap()
+            .iter()
+            .map(|&c| c as f64 + 0.5)
+            .collect();
+        replace(f, "X/indices", &v);
+    });
+    fails_clearly(&p, &[], &["X/indices", "64-bit floats", "integers are needed"]);
+
+    // Strings where the counts should be.
+    let (_d2, p2) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p2, |f| {
+        let n = f.dataset("X/data").unwrap().size();
+        let v: Vec<VarLenUnicode> = (0..n).map(|_| "1".parse().unwrap()).collect();
+        replace(f, "X/data", &v);
+    });
+    fails_clearly(&p2, &[], &["X/data", "strings", "numbers are needed"]);
+}
+
+#[test]
+fn a_shape_of_floats_or_an_unknown_encoding_version() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p, |f| {
+        let x = f.group("X").unwrap();
+        let shape = x.attr("shape").unwrap().read_raw::<i64>().unwrap();
+        x.delete_attr("shape").unwrap();
+        let v: Vec<f64> = shape.iter().map(|&s| s as f64 + 0.5).collect();
+        x.new_attr_builder().with_data(&v).create("shape").unwrap();
+    });
+    fails_clearly(&p, &[], &["`X`", "shape"]);
+
+    let (_d2, p2) = copy_of("pbmc68k_counts.h5ad");
+    rw(&p2, |f| {
+        let x = f.group("X").unwrap();
+        x.delete_attr("encoding-version").unwrap();
+        let v: VarLenUnicode = "9.9.9".parse().unwrap();
+        x.new_attr::<VarLenUnicode>()
+            .create("encoding-version")
+            .unwrap()
+            .write_scalar(&v)
+            .unwrap();
+    });
+    fails_clearly(&p2, &[], &["`X`", "encoding-version `9.9.9`"]);
+}
+
+#[test]
+fn genome_is_refused_where_a_file_has_no_genome_groups() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    fails_clearly(&p, &["--genome", "hg19"], &["--genome hg19", "Cell Ranger 2"]);
+}

@@ -51,7 +51,7 @@ fn datasets_lists_every_bundled_file_and_caches_metadata() {
     // The library says the same without a process boundary: no dataset opened on a cached scan.
     let before = scmz::data::dataset::datasets_opened();
     let cache_file = cache.path().join("catalog.json");
-    let rows = scmz::data::catalog::scan(std::slice::from_ref(&root), Some(&cache_file));
+    let rows = scmz::data::catalog::scan(std::slice::from_ref(&root), Some(&cache_file), None);
     assert!(rows.iter().all(|r| r.cached));
     assert_eq!(scmz::data::dataset::datasets_opened(), before);
 }
@@ -87,7 +87,12 @@ fn datasets_table_and_broken_files() {
         text.contains("good.h5ad") && text.contains("bulk_labels (10)"),
         "{text}"
     );
-    assert!(text.contains("bad.h5ad") && text.contains("not an HDF5 file"), "{text}");
+    // The table on stdout, the reasons on stderr (a script piping the table gets the table).
+    assert!(
+        text.contains("bad.h5ad") && !text.contains("not an HDF5 file"),
+        "{text}"
+    );
+    assert!(stderr(&out).contains("not an HDF5 file"), "{}", stderr(&out));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("1 of 2 datasets could not be read"));
 }

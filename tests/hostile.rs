@@ -616,6 +616,28 @@ fn a_fifo_or_device_named_like_a_dataset_does_not_hang() {
         1,
         &["zero.h5ad", "device"],
     );
+    // A 10x folder whose matrix.mtx is a FIFO, or a link to nothing, is named as such.
+    let (fifo_dir, dangling_dir) = (dir.path().join("tenx_fifo"), dir.path().join("tenx_dangling"));
+    for d in [&fifo_dir, &dangling_dir] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let c = std::ffi::CString::new(fifo_dir.join("matrix.mtx").to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/nonexistent/matrix.mtx", dangling_dir.join("matrix.mtx")).unwrap();
+    refused(
+        &scmz(root.path(), &["inspect", fifo_dir.to_str().unwrap()]),
+        1,
+        &["tenx_fifo/matrix.mtx", "FIFO"],
+    );
+    refused(
+        &scmz(root.path(), &["inspect", dangling_dir.to_str().unwrap()]),
+        1,
+        &[
+            "tenx_dangling/matrix.mtx",
+            "symbolic link to `/nonexistent/matrix.mtx`, which does not exist",
+        ],
+    );
     let o = scmz(root.path(), &["datasets", dir.path().to_str().unwrap()]);
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
@@ -922,6 +944,24 @@ fn a_damaged_job_record_or_lock_is_named_and_the_rest_work() {
     let o = scmz(root.path(), &["jobs", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1, "{listed:#}");
+    // An edited kind would run another engine command: the record is refused as damaged.
+    let mut forged = job_record(root.path(), &id);
+    forged["kind"] = "selftest".into();
+    forged["id"] = "forged".into();
+    std::fs::create_dir_all(jobs.join("forged")).unwrap();
+    std::fs::write(jobs.join("forged/job.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
+    let o = scmz(root.path(), &["jobs"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("kind `selftest` is not one scmz runs"),
+        "{}",
+        stderr(&o)
+    );
+    refused(
+        &scmz(root.path(), &["jobs", "resume", "forged"]),
+        1,
+        &["forged/job.json", "selftest"],
+    );
     // A folder where the queue's lock file belongs: refused before anything is queued.
     std::fs::remove_file(jobs.join(".lock")).unwrap();
     std::fs::create_dir(jobs.join(".lock")).unwrap();
@@ -1047,4 +1087,66 @@ fn a_foreground_engine_killed_by_a_signal_is_named() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A model is named by its folder: a renamed folder (or a manifest naming another model) shows
+/// and projects under the folder's name, never the name written inside.
+#[test]
+fn a_model_is_named_by_its_folder() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    std::fs::rename(zoo.join("pbmc-tiny"), zoo.join("renamed")).unwrap();
+    let o = scmz(root.path(), &["model", "show", "renamed", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["name"], "renamed", "{shown:#}");
+    let o = scmz(root.path(), &["models"]);
+    assert!(
+        stdout(&o).contains("renamed") && !stdout(&o).contains("pbmc-tiny"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// One byte of the real pbmc68k file changed so that Debian's libhdf5 1.10 segfaults opening it
+/// (found by the fuzz pass): a folder scan lists the other files and names this one, instead of
+/// the whole `scmz datasets` (or the TUI's catalog) ending with it.
+#[test]
+fn a_file_that_crashes_libhdf5_is_one_failed_row_of_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(data("pbmc68k_counts.h5ad")).unwrap();
+    std::fs::write(dir.path().join("a_good.h5ad"), &bytes).unwrap();
+    bytes[2791] = 0x66;
+    let crash = dir.path().join("b_crash.h5ad");
+    std::fs::write(&crash, &bytes).unwrap();
+    std::fs::write(
+        dir.path().join("c_good.h5ad"),
+        std::fs::read(data("pbmc68k_counts.h5ad")).unwrap(),
+    )
+    .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // Alone, it ends the reading process with one line naming it.
+    refused(
+        &scmz(root.path(), &["inspect", crash.to_str().unwrap()]),
+        1,
+        &["b_crash.h5ad", "the HDF5 library crashed"],
+    );
+    for pass in ["first", "cached"] {
+        let o = scmz(root.path(), &["datasets", dir.path().to_str().unwrap(), "--json"]);
+        // JSON carries each file's error in its row.
+        assert_eq!(o.status.code(), Some(0), "{pass}: {}", stderr(&o));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|r| r["path"].as_str().unwrap().rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["a_good.h5ad", "b_crash.h5ad", "c_good.h5ad"], "{pass}");
+        assert_eq!(rows[0]["n_cells"], 700, "{pass}");
+        assert_eq!(rows[2]["n_cells"], 700, "{pass}");
+        let why = rows[1]["error"].as_str().unwrap();
+        assert!(
+            why.contains("b_crash.h5ad") && why.contains("the HDF5 library crashed"),
+            "{pass}: {why}"
+        );
+    }
 }

@@ -117,6 +117,14 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     let o = in_folder(Path::new("/"), &["jobs", "resume", &id]);
     assert!(o.status.success(), "{}", stderr(&o));
     let new_id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    // A job is resumed once: a second resume names the job that continues it.
+    let again = in_folder(Path::new("/"), &["jobs", "resume", &id]);
+    assert_eq!(again.status.code(), Some(1), "{}", stdout(&again));
+    assert!(
+        stderr(&again).contains(&format!("resumed already, as job {new_id}")),
+        "{}",
+        stderr(&again)
+    );
     wait_for(root.path(), &new_id, "finished", |j| j["state"] == "done");
     assert!(root.path().join("zoo/killed/manifest.json").exists());
     let o = scmz(&["jobs", "logs", &new_id], root.path());

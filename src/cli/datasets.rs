@@ -18,7 +18,9 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
         }
     }
     let cache = default_cache();
-    let rows = scan(&dirs, (!no_cache).then_some(cache.as_path()));
+    // Files are opened in a child process: one that crashes libhdf5 is one failed row.
+    let exe = std::env::current_exe().ok();
+    let rows = scan(&dirs, (!no_cache).then_some(cache.as_path()), exe.as_deref());
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -68,7 +70,7 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
         println!("no datasets found (looked for .h5ad, 10x .h5 and Matrix Market folders)");
     }
     for n in &notes {
-        println!("{n}");
+        eprintln!("{n}");
     }
     let failed = rows.iter().filter(|r| r.error.is_some()).count();
     if failed > 0 {

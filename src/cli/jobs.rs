@@ -182,7 +182,8 @@ pub fn list(json: bool) -> anyhow::Result<()> {
     }
     let mut t = Table::new(&[
         "id", "kind", "model", "state", "progress", "eta", "device", "backend", "note",
-    ]);
+    ])
+    .limit(2, 40);
     for j in &jobs {
         let (p, eta, device) = progress(j);
         t.row(vec![
@@ -229,6 +230,9 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     if job.state == scmz::jobs::JobState::Done {
         anyhow::bail!("job {id} is done: its result is saved; there is nothing to resume");
     }
+    if let Some(next) = &job.resumed_by {
+        anyhow::bail!("job {id} was resumed already, as job {next}: follow that one (`scmz jobs logs {next}`), or resume it if it stopped");
+    }
     let mut args = job.args.clone();
     if job.kind == "train" && !args.iter().any(|a| a == "--resume") {
         args.push("--resume".into());
@@ -242,8 +246,13 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         slot: job.slot.clone(),
         cwd: job.cwd.clone(),
     };
+    let reg = registry();
     for new in submit(&req)? {
         println!("job {} resumes job {id}", new.id);
+        // Read again: the record may have changed while the new job was queued.
+        let mut old = reg.load(id)?;
+        old.resumed_by = Some(new.id.clone());
+        reg.save(&old)?;
     }
     Ok(())
 }

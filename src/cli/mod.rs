@@ -54,6 +54,9 @@ enum Command {
         /// Ignore the metadata cache and open every file.
         #[arg(long)]
         no_cache: bool,
+        /// Internal: summarise the files named on stdin (see `catalog::serve_worker`).
+        #[arg(long, hide = true)]
+        worker: bool,
     },
     /// Everything known about one dataset.
     Inspect {
@@ -239,7 +242,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Ui { dirs, zoo, demo }) => ui(dirs, zoo, demo),
-        Some(Command::Datasets { dirs, json, no_cache }) => datasets::run(dirs, json, no_cache),
+        Some(Command::Datasets { worker: true, .. }) => Ok(scmz::data::catalog::serve_worker()?),
+        Some(Command::Datasets {
+            dirs, json, no_cache, ..
+        }) => datasets::run(dirs, json, no_cache),
         Some(Command::Inspect {
             path,
             open,
@@ -252,7 +258,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             out,
             overwrite,
-        }) => overlap::overlap(&paths, &open.options(), json, out.as_deref(), overwrite),
+        }) => {
+            scmz::files::remove_pending_on_signal();
+            overlap::overlap(&paths, &open.options(), json, out.as_deref(), overwrite)
+        }
         Some(Command::Merge {
             paths,
             output,
@@ -260,7 +269,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             overwrite,
             json,
-        }) => overlap::merge_cmd(&paths, &output, &open.options(), force, overwrite, json),
+        }) => {
+            scmz::files::remove_pending_on_signal();
+            overlap::merge_cmd(&paths, &output, &open.options(), force, overwrite, json)
+        }
         Some(Command::Train { args }) => engine("train", args),
         Some(Command::Project { args }) => engine("project", args),
         Some(Command::Compare { args }) => engine("compare", args),

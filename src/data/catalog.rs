@@ -203,14 +203,19 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
 
 /// Scans `roots` and summarises every dataset, reusing cached summaries of unchanged files.
 /// `cache`: the cache file, or None to read everything afresh.
-pub fn scan(roots: &[PathBuf], cache: Option<&Path>) -> Vec<Summary> {
+///
+/// `worker`: the `scmz` binary, to open files not in the cache in a child process
+/// (`scmz datasets --worker`, see `serve_worker`), so that a file on which libhdf5 crashes or
+/// hangs (see `guard`) becomes one failed row instead of ending the scan; None: in this process.
+pub fn scan(roots: &[PathBuf], cache: Option<&Path>, worker: Option<&Path>) -> Vec<Summary> {
     let mut store: CacheFile = cache
         .and_then(|c| std::fs::read(c).ok())
         .and_then(|b| serde_json::from_slice(&b).ok())
         .filter(|c: &CacheFile| c.version == CACHE_VERSION)
         .unwrap_or_default();
     let mut changed = false;
-    let mut rows = Vec::new();
+    let mut rows: Vec<Option<Summary>> = Vec::new();
+    let mut todo = Vec::new();
     for path in find_datasets(roots) {
         let key = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         let st = stamp(&path);
@@ -219,14 +224,18 @@ pub fn scan(roots: &[PathBuf], cache: Option<&Path>) -> Vec<Summary> {
                 let mut s = rec.summary.clone();
                 s.path = path.clone();
                 s.cached = true;
-                rows.push(s);
+                rows.push(Some(s));
                 continue;
             }
         }
-        let summary = match Dataset::open(&path) {
-            Ok(ds) => Summary::from_info(ds.info()),
-            Err(e) => Summary::failed(&path, e.to_string()),
-        };
+        todo.push((rows.len(), path, key, st));
+        rows.push(None);
+    }
+    let summaries = match worker {
+        Some(exe) => summarise_isolated(exe, todo.iter().map(|(_, p, _, _)| p.as_path())),
+        None => todo.iter().map(|(_, p, _, _)| summarise(p)).collect(),
+    };
+    for ((i, _, key, st), summary) in todo.into_iter().zip(summaries) {
         if let Some((size, mtime_ns)) = st {
             store.entries.insert(
                 key,
@@ -238,14 +247,105 @@ pub fn scan(roots: &[PathBuf], cache: Option<&Path>) -> Vec<Summary> {
             );
             changed = true;
         }
-        rows.push(summary);
+        rows[i] = Some(summary);
     }
     if let (Some(cache), true) = (cache, changed) {
         store.version = CACHE_VERSION;
         // A cache that cannot be written only costs speed next time.
         let _ = crate::files::write_atomic(cache, &serde_json::to_vec(&store).unwrap_or_default());
     }
+    rows.into_iter().flatten().collect()
+}
+
+/// One dataset's catalog row, opening the file.
+fn summarise(path: &Path) -> Summary {
+    match Dataset::open(path) {
+        Ok(ds) => Summary::from_info(ds.info()),
+        Err(e) => Summary::failed(path, e.to_string()),
+    }
+}
+
+/// Summarises `paths` in child processes of `exe` (`serve_worker`): one child for all, and
+/// after a child dies on a file, that file's row is the child's last words and a new child
+/// takes the rest. Rows come back in the order of `paths`.
+fn summarise_isolated<'a>(exe: &Path, paths: impl Iterator<Item = &'a Path>) -> Vec<Summary> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let paths: Vec<&Path> = paths.collect();
+    let mut rows: Vec<Summary> = Vec::with_capacity(paths.len());
+    while rows.len() < paths.len() {
+        let rest = &paths[rows.len()..];
+        // Paths travel as JSON strings: one that is not UTF-8 is opened here.
+        let Ok(request) = serde_json::to_vec(rest) else {
+            rows.push(summarise(rest[0]));
+            continue;
+        };
+        let child = Command::new(exe)
+            .args(["datasets", "--worker"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            // No worker to be had (the binary moved): open the files here.
+            rows.extend(rest.iter().map(|p| summarise(p)));
+            break;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A worker that dies early closes its end; what it answered is still read below.
+            let _ = stdin.write_all(&request);
+        }
+        let before = rows.len();
+        // Its stderr on a thread, so that a talkative worker cannot block on a full pipe.
+        let stderr = child.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut e, &mut text);
+                text
+            })
+        });
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                match serde_json::from_str::<Summary>(&line) {
+                    Ok(s) if rows.len() < paths.len() => rows.push(s),
+                    _ => break,
+                }
+            }
+        }
+        let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+        let status = child.wait();
+        if rows.len() < paths.len() {
+            let path = paths[rows.len()];
+            let said = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let said = said.strip_prefix("error: ").unwrap_or(said).trim();
+            let why = if !said.is_empty() {
+                said.to_string()
+            } else {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                format!("{}: reading it ended the reader ({status})", path.display())
+            };
+            rows.push(Summary::failed(path, why));
+        }
+        debug_assert!(rows.len() > before);
+    }
     rows
+}
+
+/// The worker side of `summarise_isolated`: reads a JSON list of paths on stdin and prints one
+/// JSON row per path, each as soon as it is known.
+pub fn serve_worker() -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut request = Vec::new();
+    std::io::stdin().read_to_end(&mut request)?;
+    let paths: Vec<PathBuf> = serde_json::from_slice(&request).map_err(std::io::Error::other)?;
+    let mut out = std::io::stdout().lock();
+    for p in paths {
+        let row = serde_json::to_string(&summarise(&p)).map_err(std::io::Error::other)?;
+        writeln!(out, "{row}")?;
+        out.flush()?;
+    }
+    Ok(())
 }
 
 /// The default cache file.

@@ -275,7 +275,18 @@ impl Dataset {
         }
         OPENED.fetch_add(1, Ordering::Relaxed);
         let _guard = super::guard::enter(path);
-        let (info, source) = match detect::detect(path)? {
+        let detected = detect::detect(path)?;
+        if let (Some(g), false) = (&opts.genome, matches!(detected, detect::Detected::TenxH5(_, 2))) {
+            return Err(DataError::file(
+                path,
+                format!(
+                    "--genome {} applies to Cell Ranger 2 .h5 files, which keep one group per genome; this file has none",
+                    crate::files::printable(g)
+                ),
+            )
+            .hint("leave out --genome (a Cell Ranger 3 file lists every genome's features together)"));
+        }
+        let (info, source) = match detected {
             detect::Detected::H5ad(file, layout) => h5ad::open(path, file, layout, opts)?,
             detect::Detected::TenxH5(file, version) => tenx::open(path, file, version, opts)?,
             detect::Detected::TenxMtx(dir) => mtx::open(&dir, opts)?,

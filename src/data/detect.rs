@@ -34,6 +34,16 @@ pub fn looks_supported(path: &Path) -> bool {
 
 pub(crate) fn detect(path: &Path) -> Result<Detected> {
     if path.is_dir() {
+        // Something named matrix.mtx that is no regular file (a FIFO, a dangling link) is
+        // named as such, not reported missing.
+        if mtx_file(path).is_none() {
+            for name in ["matrix.mtx", "matrix.mtx.gz"] {
+                let p = path.join(name);
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    crate::files::require_regular(&p).map_err(|e| DataError::file(&p, e.message))?;
+                }
+            }
+        }
         return match mtx_file(path) {
             Some(_) => Ok(Detected::TenxMtx(path.to_path_buf())),
             None => Err(DataError::file(path, "folder holds no matrix.mtx or matrix.mtx.gz")

@@ -148,8 +148,49 @@ pub fn attr_strings(loc: &Location, name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An integer attribute's values; None when missing or not stored as integers (HDF5 would
+/// truncate floats such as a shape of 2.5 without a word).
 pub fn attr_ints(loc: &Location, name: &str) -> Option<Vec<i64>> {
-    loc.attr(name).ok()?.read_raw::<i64>().ok()
+    let attr = loc.attr(name).ok()?;
+    match attr.dtype().ok()?.to_descriptor().ok()? {
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => attr.read_raw::<i64>().ok(),
+        _ => None,
+    }
+}
+
+/// What an HDF5 dataset stores, in words (for refusals).
+pub fn describe_type(t: &TypeDescriptor) -> String {
+    match t {
+        TypeDescriptor::Integer(s) => format!("{}-bit integers", *s as usize * 8),
+        TypeDescriptor::Unsigned(s) => format!("{}-bit unsigned integers", *s as usize * 8),
+        TypeDescriptor::Float(s) => format!("{}-bit floats", *s as usize * 8),
+        TypeDescriptor::Boolean => "booleans".into(),
+        TypeDescriptor::Enum(_) => "enumerated values".into(),
+        TypeDescriptor::Compound(_) => "compound records".into(),
+        TypeDescriptor::FixedArray(..) | TypeDescriptor::VarLenArray(_) => "arrays".into(),
+        TypeDescriptor::FixedAscii(_)
+        | TypeDescriptor::FixedUnicode(_)
+        | TypeDescriptor::VarLenAscii
+        | TypeDescriptor::VarLenUnicode => "strings".into(),
+        _ => "values of an unsupported type".into(),
+    }
+}
+
+/// Whether `ds` stores numbers (integers or floats); otherwise what it stores, in words.
+pub fn numeric(ds: &hdf5::Dataset, integers_only: bool) -> std::result::Result<(), String> {
+    let t = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
+        .map_err(|_| "has a type HDF5 cannot describe".to_string())?;
+    match t {
+        TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) => Ok(()),
+        TypeDescriptor::Float(_) if !integers_only => Ok(()),
+        other => Err(format!(
+            "holds {}, where {} are needed",
+            describe_type(&other),
+            if integers_only { "integers" } else { "numbers" }
+        )),
+    }
 }
 
 pub fn attr_bool(loc: &Location, name: &str) -> Option<bool> {

@@ -130,6 +130,27 @@ fn without_matrix(path: &Path, file: File, layout: H5adLayout) -> Result<(Datase
 /// Why a file without a matrix serves nothing.
 pub(crate) const NO_MATRIX: &str = "the file holds no matrix (X is None, no layers, no raw/X)";
 
+/// AnnData's matrix encodings have all been 0.x (csr/csc 0.1.0, array 0.2.0): a later major
+/// version is a layout this scmz cannot know, refused rather than misread.
+fn check_encoding_version(path: &Path, element: &str, loc: &hdf5::Location) -> Result<()> {
+    let Some(v) = h5::attr_string(loc, "encoding-version") else {
+        return Ok(());
+    };
+    let major = v.split('.').next().and_then(|m| m.trim().parse::<u64>().ok());
+    if major == Some(0) {
+        return Ok(());
+    }
+    Err(DataError::at(
+        path,
+        element,
+        format!(
+            "has encoding-version `{}`, which this scmz does not know (it reads AnnData's 0.x encodings)",
+            crate::files::printable(&v)
+        ),
+    )
+    .hint("written by a newer or foreign writer; save it again with anndata, or update scmz"))
+}
+
 /// Describes the matrix stored at HDF5 path `element`, shown to users as `location`.
 fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<(MatrixInfo, H5Matrix)> {
     let (encoding, shape) = if let Ok(g) = file.group(element) {
@@ -149,6 +170,7 @@ fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<
                     .hint("not an AnnData matrix; rewrite the file with anndata"))
             }
         };
+        check_encoding_version(path, element, &g)?;
         let shape = h5::attr_ints(&g, "shape")
             .or_else(|| h5::attr_ints(&g, "h5sparse_shape"))
             .filter(|s| s.len() == 2 && s.iter().all(|&v| v >= 0))
@@ -165,6 +187,7 @@ fn matrix_at(path: &Path, file: &File, element: &str, location: &str) -> Result<
                 )
             }
         }
+        check_encoding_version(path, element, &ds)?;
         let s = ds.shape();
         if s.len() != 2 {
             return Err(DataError::at(

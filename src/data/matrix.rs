@@ -238,6 +238,16 @@ impl H5Matrix {
                 let data = g.dataset("data").at(path, &format!("{element}/data"))?;
                 let indices = g.dataset("indices").at(path, &format!("{element}/indices"))?;
                 let indptr = g.dataset("indptr").at(path, &format!("{element}/indptr"))?;
+                for (part, ds, ints) in [
+                    ("data", &data, false),
+                    ("indices", &indices, true),
+                    ("indptr", &indptr, true),
+                ] {
+                    super::h5::numeric(ds, ints).map_err(|problem| {
+                        DataError::at(path, &format!("{element}/{part}"), problem)
+                            .hint("not a sparse matrix anndata writes; rewrite the file with anndata")
+                    })?;
+                }
                 let nnz = data.size();
                 if indices.size() != nnz {
                     return Err(DataError::at(

@@ -93,6 +93,8 @@ fn main() {
 /// by then (event log lines are flushed, checkpoints joined); stdout and stderr are flushed here.
 pub(crate) fn exit_now(code: i32) -> ! {
     use std::io::Write;
+    // No destructor runs after this: the outputs being written go now (`files::Pending`).
+    scmz::files::remove_pending();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: _exit only ends the process.

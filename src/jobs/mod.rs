@@ -50,6 +50,9 @@ impl std::fmt::Display for JobState {
     }
 }
 
+/// What a job can be: the engine commands that run as jobs.
+pub const KINDS: [&str; 3] = ["train", "project", "compare"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
@@ -101,6 +104,9 @@ pub struct Job {
     /// of older scmz.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// The job that resumed this one (`scmz jobs resume`), so that it is resumed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_by: Option<String>,
 }
 
 impl Job {
@@ -130,6 +136,7 @@ impl Job {
             events,
             slot: cpu_slot(),
             cwd: None,
+            resumed_by: None,
         }
     }
 
@@ -587,10 +594,22 @@ impl Registry {
             std::io::ErrorKind::NotFound => JobError::NotFound(id.to_string()),
             _ => io(&path)(e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| JobError::Bad {
+        let job: Job = serde_json::from_slice(&bytes).map_err(|e| JobError::Bad {
             path: path.display().to_string(),
             message: e.to_string(),
-        })
+        })?;
+        // A record is run as `scmz-engine KIND ARGS`: an edited kind must not pick another command.
+        if !KINDS.contains(&job.kind.as_str()) {
+            return Err(JobError::Bad {
+                path: path.display().to_string(),
+                message: format!(
+                    "its kind `{}` is not one scmz runs as a job ({})",
+                    job.kind,
+                    KINDS.join(", ")
+                ),
+            });
+        }
+        Ok(job)
     }
 
     /// Every job record as written, oldest first.

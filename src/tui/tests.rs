@@ -74,6 +74,7 @@ fn loaded_app(jobs_dir: &Path) -> App {
         zoo: PathBuf::from("tests/data/zoo"),
         jobs: jobs_dir.to_path_buf(),
         cache: None,
+        scan_worker: None,
     };
     let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
     app.update(worker::datasets(&sources));
@@ -299,6 +300,7 @@ fn runs_started_in_a_terminal_are_monitored_too() {
         zoo,
         jobs: dir.path().join("jobs"),
         cache: None,
+        scan_worker: None,
     };
     let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
     app.update(worker::jobs(&sources));
@@ -318,6 +320,7 @@ fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_w
         zoo: dir.path().join("zoo"),
         jobs: dir.path().join("jobs"),
         cache: None,
+        scan_worker: None,
     };
     let demo = |jobs: Vec<Job>| {
         let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);

@@ -25,6 +25,9 @@ pub struct Sources {
     pub jobs: PathBuf,
     /// Catalog cache; `None` opens every file.
     pub cache: Option<PathBuf>,
+    /// The `scmz` binary that opens files for the catalog in a child process (see
+    /// `catalog::scan`); `None` opens them in this process.
+    pub scan_worker: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +93,7 @@ pub enum Update {
 }
 
 pub fn datasets(s: &Sources) -> Update {
-    let mut rows = catalog::scan(&s.data_dirs, s.cache.as_deref());
+    let mut rows = catalog::scan(&s.data_dirs, s.cache.as_deref(), s.scan_worker.as_deref());
     rows.sort_by(|a, b| a.path.cmp(&b.path));
     Update::Datasets(rows)
 }

@@ -199,8 +199,13 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON ({e})")))?;
     let value = manifest::migrate(value).map_err(bad)?;
-    let m: Manifest =
+    let mut m: Manifest =
         serde_json::from_value(value).map_err(|e| bad(format!("does not match the manifest schema ({e})")))?;
+    // A model is named by its folder (a renamed folder renames it): the name inside the file is
+    // never used to build a path, nor shown as if it were the model's.
+    if let Some(folder) = dir.file_name().and_then(|n| n.to_str()) {
+        m.name = folder.to_string();
+    }
     if m.genes.names.len() != m.architecture.n_genes {
         return Err(bad(format!(
             "lists {} genes but the model has {} inputs; the manifest was edited or damaged",
