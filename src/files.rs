@@ -123,8 +123,12 @@ pub fn remove_pending_on_signal() {
 /// Removes every temporary file and folder still being written: for a process about to end at
 /// once (a signal), which runs no destructors. Never blocks on a writer holding the list.
 pub fn remove_pending() {
+    remove_pending_where(|_| true);
+}
+
+fn remove_pending_where(chosen: impl Fn(&Path) -> bool) {
     let Ok(p) = PENDING.try_lock() else { return };
-    for path in p.iter() {
+    for path in p.iter().filter(|p| chosen(p)) {
         if path.is_dir() {
             let _ = std::fs::remove_dir_all(path);
         } else {
@@ -179,6 +183,10 @@ impl AtomicFile {
     /// (a full disk among them) removes the temporary file and leaves `out` as it was.
     pub fn commit(mut self) -> Result<(), FileError> {
         let out = self.out.clone();
+        // A stop asked for while writing (see `remove_pending_on_signal`): not put in place.
+        if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            return Err(FileError::new(&out, "not written: scmz was interrupted"));
+        }
         self.tmp
             .as_file_mut()
             .flush()
@@ -384,6 +392,30 @@ mod tests {
         write_atomic(&out, b"whole").unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// What a process ending at once (a signal; no destructors run) removes: the temporary files
+    /// and folders being written, not the outputs already in place.
+    #[test]
+    fn pending_temporaries_are_removed_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("done.csv"), b"whole").unwrap();
+        let mut f = AtomicFile::create(&dir.path().join("half.csv")).unwrap();
+        f.file().write_all(b"half").unwrap();
+        let staging = dir.path().join(".tmp-model");
+        std::fs::create_dir(&staging).unwrap();
+        std::fs::write(staging.join("weights"), b"w").unwrap();
+        let _staged = Pending::new(&staging);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+        // (Only this test's: other tests of this process write files now.)
+        remove_pending_where(|p| p.starts_with(dir.path()));
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["done.csv"]);
+        drop(f);
     }
 
     #[test]

@@ -1150,3 +1150,50 @@ fn a_file_that_crashes_libhdf5_is_one_failed_row_of_a_scan() {
         );
     }
 }
+
+/// Ctrl-C (SIGINT) or SIGTERM while `merge` writes its output: the temporary file goes with
+/// the process and the output is not put in place (nothing half-written is left beside it).
+#[test]
+fn an_interrupted_merge_leaves_nothing() {
+    let inputs = [
+        "celltypist_sample_counts.h5ad",
+        "pbmc68k_counts.h5ad",
+        "mouse_10k_subset.h5ad",
+    ]
+    .map(data);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let root = tempfile::tempdir().unwrap();
+        let outdir = root.path().join("out");
+        std::fs::create_dir(&outdir).unwrap();
+        let out = outdir.join("merged.h5ad");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .arg("merge")
+            .args(&inputs)
+            .arg("-o")
+            .arg(&out)
+            .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signalled once its temporary file exists: mid-write.
+        let t = Instant::now();
+        let writing = loop {
+            if std::fs::read_dir(&outdir).unwrap().next().is_some() {
+                break true;
+            }
+            if child.try_wait().unwrap().is_some() || t.elapsed() > Duration::from_secs(60) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        assert!(writing, "merge ended before it began writing");
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(128 + sig), "{err}");
+        assert!(err.contains("stopped by SIG"), "{err}");
+        assert_eq!(files_below(&outdir), Vec::<String>::new(), "{err}");
+    }
+}

@@ -76,9 +76,9 @@ fn main() {
     spin_briefly();
     tune_malloc();
     scmz::data::guard::install();
-    if std::env::var_os("SCMZ_JOB_ID").is_some() {
-        watch_job();
-    }
+    // In a job and in a terminal alike (Ctrl-C reaches the engine too): a stop ends every phase
+    // with the outputs being written removed.
+    watch_job();
     if let Err(e) = run(Cli::parse()) {
         let msg = format!("{e:#}");
         let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -101,8 +101,8 @@ pub(crate) fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// In a job, SIGTERM (a cancel, or the death signal when the supervisor is killed) must end the
-/// engine in every phase: a training run answers it at its next step with a checkpoint; before
+/// SIGTERM (a cancel, or the death signal when a job's supervisor is killed) or SIGINT must end
+/// the engine in every phase: a training run answers it at its next step with a checkpoint; before
 /// its epochs start (reading, gene selection), and in the other commands, this thread does, after
 /// recording the end when the supervisor is gone (so the queue moves on then too).
 fn watch_job() {
