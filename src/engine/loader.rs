@@ -53,6 +53,11 @@ impl ChunkCache {
         }
     }
 
+    /// Whether the whole file is (or, as far as its chunks read so far tell, will be) in memory.
+    fn holds_all(&self) -> bool {
+        !matches!(*self.state.lock().expect("chunk cache"), ChunkState::Off)
+    }
+
     /// Whether every chunk is in memory.
     pub fn ready(&self) -> bool {
         matches!(*self.state.lock().expect("chunk cache"), ChunkState::Ready(_))
@@ -426,7 +431,11 @@ impl Iterator for Reader {
             }
             self.chunks.push(Some(chunk));
             self.next += 1;
-            if self.next.is_multiple_of(self.cfg.buffer_chunks.max(1)) {
+            // A file held in memory is shuffled whole: each minibatch is drawn from all cells,
+            // not from a window of chunks (a file sorted by sample or type otherwise feeds
+            // training a run of similar cells at a time). Else a window bounds memory.
+            let whole = self.cfg.chunks.as_ref().is_some_and(|c| c.holds_all()) && self.cfg.shuffle;
+            if !whole && self.next.is_multiple_of(self.cfg.buffer_chunks.max(1)) {
                 self.emit(false);
             }
         }
@@ -527,7 +536,8 @@ mod tests {
 
     /// Batches of every epoch are the same whether the chunks come from the file or from memory,
     /// on the caller's thread or prefetched; the cache is whole after one pass (also a validation
-    /// pass of the same file), and a file over the budget is never held.
+    /// pass of the same file); a file held in memory is shuffled whole, and one over the budget
+    /// is never held and streams in windows of chunks as before.
     #[test]
     fn chunks_kept_in_memory_serve_the_same_batches() {
         let ds = config(Split::Train, true).dataset;
@@ -554,19 +564,31 @@ mod tests {
                 );
             }
         };
-        let cache = std::sync::Arc::new(ChunkCache::with_budget(n, 100, 1 << 30));
+        let budget = 1 << 30;
+        let cache = std::sync::Arc::new(ChunkCache::with_budget(n, 100, budget));
         same(
             &cached(&cache, Split::Validation, 0, false),
             &plain(Split::Validation, 0),
         );
         assert!(cache.ready(), "one whole pass fills the cache");
         for epoch in 0..3 {
-            same(
-                &cached(&cache, Split::Train, epoch, epoch == 1),
-                &plain(Split::Train, epoch),
-            );
+            // From the file (a fresh cache) and from memory: the same batches.
+            let fresh = std::sync::Arc::new(ChunkCache::with_budget(n, 100, budget));
+            let from_file = cached(&fresh, Split::Train, epoch, false);
+            same(&cached(&cache, Split::Train, epoch, epoch == 1), &from_file);
+            // Shuffled whole: every training cell once, and the first batch drawn from more of
+            // the file than a window of 3 chunks of 100 rows holds.
+            let mut rows: Vec<usize> = from_file.iter().flat_map(|b| b.rows.clone()).collect();
+            let first = &from_file[0].rows;
+            let mut chunks: Vec<usize> = first.iter().map(|r| r / 100).collect();
+            chunks.sort_unstable();
+            chunks.dedup();
+            assert!(chunks.len() > 3, "epoch {epoch}: first batch from chunks {chunks:?}");
+            rows.sort_unstable();
+            let want: Vec<usize> = (0..n).filter(|&i| !is_validation(7, i)).collect();
+            assert_eq!(rows, want, "epoch {epoch}");
         }
-        // A budget smaller than the file: streamed, never held, the same batches.
+        // A budget smaller than the file: streamed, never held, the same batches as no cache.
         let small = std::sync::Arc::new(ChunkCache::with_budget(
             n,
             100,
