@@ -161,6 +161,14 @@ fn highly_variable_genes_match_scanpy_and_become_the_model_genes() {
     let shared = names.iter().filter(|n| scanpy.contains(*n)).count();
     eprintln!("hvg:300 shares {shared} genes with scanpy's seurat_v3 selection");
     assert!(shared >= 290, "{shared} of 300 shared with scanpy");
+    // The selection's passes leave the matrix in memory for the training that reads it next.
+    let ds = scmz::data::Dataset::open(&pbmc).unwrap();
+    let keep = scmz::genes::selection::GeneSelection::Hvg(300)
+        .keep(&ds)
+        .unwrap()
+        .unwrap();
+    assert_eq!(keep.iter().filter(|&&k| k).count(), 300);
+    assert!(ds.holds_rows());
 
     // The whole dataset projects onto the panel model: its 300 genes found by name.
     let o = scmz(

@@ -341,3 +341,35 @@ fn a_cell_ranger_2_file_with_two_genomes_names_both() {
         "{e}"
     );
 }
+
+/// Rows a pass kept in memory (`hold_rows`) are served as the file serves them, with a gene
+/// subset too; rows that do not cover the matrix are not kept, and `release_rows` reads the file
+/// again.
+#[test]
+fn rows_held_in_memory_read_as_the_file() {
+    let file = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
+    let mut held = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
+    let n = file.n_cells();
+    let chunks: Vec<_> = held.chunks(96).map(Result::unwrap).collect();
+    // Not the whole matrix: ignored (reads still come from the file, so they stay right).
+    held.hold_rows(chunks[1..].to_vec());
+    assert!(!held.holds_rows());
+    held.hold_rows(chunks.clone());
+    assert!(held.holds_rows());
+    for (a, b) in [(0, 96), (90, 200), (650, 700), (699, 1000)] {
+        assert_eq!(
+            held.read_rows(a, b).unwrap(),
+            file.read_rows(a, b).unwrap(),
+            "rows {a}..{b}"
+        );
+    }
+    // Kept genes apply to held rows as to read ones.
+    let keep: Vec<bool> = (0..file.n_genes()).map(|g| g % 3 == 0).collect();
+    let mut subset = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
+    subset.keep_genes(&keep);
+    held.keep_genes(&keep);
+    assert_eq!(held.read_rows(0, n).unwrap(), subset.read_rows(0, n).unwrap());
+    held.release_rows();
+    assert!(!held.holds_rows());
+    assert_eq!(held.read_rows(5, 50).unwrap(), subset.read_rows(5, 50).unwrap());
+}

@@ -261,6 +261,15 @@ pub struct Dataset {
     /// Served genes when a subset was chosen (`keep_genes`): stored column -> served column
     /// (`u32::MAX`: left out), and the stored columns kept.
     genes_kept: Option<(Vec<u32>, Vec<usize>)>,
+    /// The whole matrix in memory, as a pass over it kept it (`hold_rows`): reads are served
+    /// from here instead of the file until `release_rows`.
+    held: std::sync::Mutex<Option<std::sync::Arc<Held>>>,
+}
+
+/// Every row of the matrix (all stored genes) in chunks of `rows` rows, in order.
+struct Held {
+    rows: usize,
+    chunks: Vec<CsrChunk>,
 }
 
 impl Dataset {
@@ -295,6 +304,7 @@ impl Dataset {
             info,
             source,
             genes_kept: None,
+            held: Default::default(),
         };
         ds.check_not_empty()?;
         ds.check_genes()?;
@@ -382,14 +392,60 @@ impl Dataset {
     }
 
     /// Cells `start..end` of the served matrix as CSR.
+    /// Keeps `chunks` (every row of the matrix as a whole pass read it, all genes, each chunk
+    /// but the last of the same number of rows) to serve later reads from memory: a second
+    /// pass then costs no reading (a dense, compressed file, a decompression). Ignored unless
+    /// they cover the matrix so.
+    pub fn hold_rows(&self, chunks: Vec<CsrChunk>) {
+        let rows = chunks.first().map_or(0, CsrChunk::n_rows);
+        let mut next = 0;
+        let whole = rows > 0
+            && chunks.iter().enumerate().all(|(i, c)| {
+                let ok = c.first_row == next && (c.n_rows() == rows || i + 1 == chunks.len());
+                next += c.n_rows();
+                ok
+            })
+            && next == self.n_cells();
+        if whole {
+            *self.held.lock().expect("held rows") = Some(std::sync::Arc::new(Held { rows, chunks }));
+        }
+    }
+
+    /// Whether reads are served from rows `hold_rows` kept.
+    pub fn holds_rows(&self) -> bool {
+        self.held.lock().expect("held rows").is_some()
+    }
+
+    /// Drops what `hold_rows` kept: reads go to the file again.
+    pub fn release_rows(&self) {
+        *self.held.lock().expect("held rows") = None;
+    }
+
+    /// Rows `start..end` (all genes) from what `hold_rows` kept, when it kept something.
+    fn held_rows(&self, start: usize, end: usize) -> Option<CsrChunk> {
+        let held = self.held.lock().expect("held rows").clone()?;
+        let end = end.min(self.n_cells());
+        let n_cols = held.chunks.first()?.n_cols;
+        let mut out = CsrChunk::empty(start, n_cols);
+        for r in start..end {
+            let (idx, val) = held.chunks[r / held.rows].row(r % held.rows);
+            out.indices.extend_from_slice(idx);
+            out.data.extend_from_slice(val);
+            out.indptr.push(out.data.len());
+        }
+        Some(out)
+    }
+
     pub fn read_rows(&self, start: usize, end: usize) -> Result<CsrChunk> {
-        let chunk = match &self.source {
-            Source::H5 { file, matrix } => {
+        let held = self.held_rows(start, end);
+        let chunk = match (&self.source, held) {
+            (_, Some(c)) => Ok(c),
+            (Source::H5 { file, matrix }, None) => {
                 let _guard = super::guard::enter(&self.info.path);
                 matrix.read_rows(&self.info.path, file, start, end)
             }
-            Source::Mtx(m) => m.read_rows(start, end),
-            Source::NoMatrix => Err(self.no_matrix()),
+            (Source::Mtx(m), None) => m.read_rows(start, end),
+            (Source::NoMatrix, None) => Err(self.no_matrix()),
         }?;
         Ok(match &self.genes_kept {
             None => chunk,

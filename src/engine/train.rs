@@ -1285,6 +1285,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             Ok(())
         })?;
         val_cache.lock().expect("validation cache").seal();
+        // The chosen genes' chunks are in memory now: the whole matrix the gene selection kept
+        // (`Dataset::hold_rows`) is no longer needed.
+        if chunk_cache.ready() {
+            ds.release_rows();
+        }
         let val_terms = terms(vr / vn.max(1) as f64, vk / vn.max(1) as f64, 1.0);
         if vn > 0 && !val_terms.elbo.is_finite() {
             log.write(Event::Error {

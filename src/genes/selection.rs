@@ -84,7 +84,9 @@ pub fn top_n(scores: &[f64], n: usize) -> Vec<bool> {
 
 /// Seurat v3's standardised variance of each gene: counts standardised by the variance a loess
 /// fit of log variance on log mean expects for the gene's mean, clipped at sqrt(cells), then
-/// their variance. Two streamed passes over the matrix (memory: a few vectors of genes).
+/// their variance. Two passes over the matrix; when its nonzeros fit `data::cache_budget_nnz`, the
+/// second and later readers of `ds` read them from memory (`Dataset::hold_rows`), else the passes
+/// stream (memory: a few vectors of genes).
 pub fn seurat_v3_variances(ds: &Dataset) -> Result<Vec<f64>> {
     let (n, g) = (ds.n_cells(), ds.n_genes());
     if n < 2 {
@@ -129,9 +131,9 @@ pub fn seurat_v3_variances(ds: &Dataset) -> Result<Vec<f64>> {
     }
     let clip: Vec<f64> = (0..g).map(|j| mean[j] + reg_std[j] * nf.sqrt()).collect();
     let (mut csum, mut csq) = (vec![0f64; g], vec![0f64; g]);
-    let second: Box<dyn Iterator<Item = Result<crate::data::CsrChunk>>> = match kept {
-        Some(k) => Box::new(k.into_iter().map(Ok)),
-        None => Box::new(ds.chunks(4096)),
+    let second: Box<dyn Iterator<Item = Result<std::borrow::Cow<crate::data::CsrChunk>>>> = match &kept {
+        Some(k) => Box::new(k.iter().map(|c| Ok(std::borrow::Cow::Borrowed(c)))),
+        None => Box::new(ds.chunks(4096).map(|c| c.map(std::borrow::Cow::Owned))),
     };
     for chunk in second {
         let c = chunk?;
@@ -141,6 +143,11 @@ pub fn seurat_v3_variances(ds: &Dataset) -> Result<Vec<f64>> {
             csum[j] += v;
             csq[j] += v * v;
         }
+    }
+    // The training that follows reads the same rows again: from memory (`Dataset::hold_rows`;
+    // it releases them once it holds its own copy of the chosen genes).
+    if let Some(k) = kept {
+        ds.hold_rows(k);
     }
     Ok((0..g)
         .map(|j| {
