@@ -7,7 +7,9 @@
 //! - [`files`]: writing without loss and reading only what should be read: `AtomicFile` (a
 //!   temporary sibling, fsynced and renamed into place, removed on any failure), `check_output`
 //!   (an output is never an input, by path, symlink or hard link; an existing one only with
-//!   `--overwrite`), `open_regular` (no FIFOs or devices), and `printable` for names from files.
+//!   `--overwrite`), `open_regular` (no FIFOs or devices), `remove_pending` (the temporary files
+//!   being written, removed by a process that ends at once on a signal), and `printable` for
+//!   names from files.
 //! - [`dirs`]: the user directories scmz keeps files in (cache, zoo, jobs), each
 //!   overridable by an environment variable (`SCMZ_CACHE_DIR`, ...).
 //! - [`data`]: dataset formats and the stream of CSR row chunks every later stage reads through.
@@ -21,8 +23,9 @@
 //!   external storage and virtual datasets anywhere in it before anything is read; `data::guard`
 //!   turns a crash or an endless loop inside libhdf5 on a damaged file into one line naming it. `data::writer` writes modern `.h5ad`
 //!   (streamed CSR `X`, dataframes, `obsm`, `uns`) through a temporary file renamed into place.
-//!   `data::catalog` scans folders and caches one summary per dataset keyed by path, size and
-//!   mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species).
+//!   `data::catalog` scans folders (opening files in a child process, `scmz datasets --worker`, so
+//!   that a file crashing libhdf5 is one failed row) and caches one summary per dataset keyed by
+//!   path, size and mtime. `data::gene_ids` classifies identifier lists (Ensembl / symbol / integer, species).
 //! - [`genes`]: identifiers across datasets and models. `genes::reference` embeds the GENCODE v44
 //!   id-to-symbol and Ensembl 105 human-to-mouse ortholog tables (parsed once, ~50 ms).
 //!   `genes::matching` matches a reference gene list B (a dataset's or a model's: both are a
@@ -68,8 +71,10 @@
 //! per parameter on the CPU, moments checkpointed), `loader` (a pass over the data as an iterator
 //! of shuffled minibatches, run on the training thread when every core computes on the CPU (file
 //! reads a few chunks ahead on a thread from a network filesystem), else on reader threads over bounded channels running
-//! an epoch ahead; validation cells cached after the first pass within a budget; the seeded
-//! train/validation split), `train` (the loop,
+//! an epoch ahead; a file whose nonzeros fit `data::cache_budget_nnz` is kept in memory after the
+//! first pass (`ChunkCache`; the gene selection's passes hand it over through
+//! `Dataset::hold_rows`) and shuffled whole, a larger one streams in windows of chunks; the
+//! seeded train/validation split), `train` (the loop,
 //! checkpoints, resume, event log, saving into the zoo), `project` (gene alignment through `genes`, mask or zero policy, kNN label transfer,
 //! mapping-quality prediction from the reference counts stored with each model), `finetune`
 //! (a new batch category trained alone on a query), `compare` (pretrained vs from scratch on
