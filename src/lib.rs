@@ -92,5 +92,6 @@ pub mod events;
 pub mod files;
 pub mod genes;
 pub mod jobs;
+pub mod spec;
 pub mod tables;
 pub mod zoo;

@@ -1197,3 +1197,20 @@ fn an_interrupted_merge_leaves_nothing() {
         assert_eq!(files_below(&outdir), Vec::<String>::new(), "{err}");
     }
 }
+
+/// A manifest naming a choice scmz does not have (`"norm": "lyer"`) is refused naming the value
+/// and the valid ones, not read as the default.
+#[test]
+fn a_manifest_with_an_unknown_choice_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let path = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["architecture"]["norm"] = "lyer".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    refused(
+        &scmz(root.path(), &["model", "show", "pbmc-tiny"]),
+        1,
+        &["manifest.json", "lyer", "batch", "layer"],
+    );
+}

@@ -35,7 +35,7 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
                 m.created.clone(),
                 thousands(m.architecture.n_genes as u64),
                 thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
-                m.architecture.likelihood.clone(),
+                m.architecture.likelihood.to_string(),
                 m.architecture.n_latent.to_string(),
                 m.training.epochs_run.to_string(),
                 m.metrics.best_val_elbo.map(|v| format!("{v:.2}")).unwrap_or_default(),

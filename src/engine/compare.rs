@@ -286,7 +286,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             targs.n_hidden = m.architecture.n_hidden;
             targs.n_latent = m.architecture.n_latent;
             targs.n_layers = m.architecture.n_layers;
-            targs.likelihood = m.architecture.likelihood.clone();
+            targs.likelihood = m.architecture.likelihood;
             targs.seed = seed;
             targs.patience = 0;
             train(targs)?;

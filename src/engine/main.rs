@@ -56,8 +56,8 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 128)]
         batch_size: usize,
-        #[arg(long, default_value = "nb")]
-        likelihood: String,
+        #[arg(long, value_enum, default_value_t)]
+        likelihood: scmz::spec::Likelihood,
     },
     /// Runs a libtorch computation on the first cells of a dataset and checks it against Rust.
     Selftest {
@@ -248,7 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             batch_size,
             likelihood,
-        } => train::bench_step(&path, steps, batch_size, &likelihood),
+        } => train::bench_step(&path, steps, batch_size, likelihood),
         Command::Selftest { path, cells } => {
             let ds = scmz::data::Dataset::open(&path)?;
             let chunk = ds.read_rows(0, cells)?;

@@ -13,6 +13,7 @@ use tch::{nn, Device, Kind, Tensor};
 use scmz::data::{ColumnKind, Dataset, OpenOptions};
 use scmz::events::{Event, EventLog, LossTerms};
 use scmz::genes::selection::GeneSelection;
+use scmz::spec::{DeviceChoice, Likelihood, Norm};
 use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
 use scmz::zoo::{sha256_file, Zoo};
 
@@ -45,9 +46,8 @@ pub struct TrainArgs {
     /// obs column with cell labels, kept with the reference sample for label transfer.
     #[arg(long)]
     pub label_key: Option<String>,
-    /// nb, zinb or poisson.
-    #[arg(long, default_value = "nb", value_parser = ["nb", "zinb", "poisson"])]
-    pub likelihood: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub likelihood: Likelihood,
     /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
     #[arg(long, value_parser = epochs, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
@@ -65,9 +65,8 @@ pub struct TrainArgs {
     pub n_layers: usize,
     #[arg(long, default_value_t = 0.1, value_parser = share_below_one, allow_negative_numbers = true)]
     pub dropout: f64,
-    /// batch or layer.
-    #[arg(long, default_value = "batch", value_parser = ["batch", "layer"])]
-    pub norm: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub norm: Norm,
     /// Epochs over which the KL weight rises from 0 to 1.
     #[arg(long, default_value_t = 400, allow_negative_numbers = true)]
     pub kl_warmup: usize,
@@ -79,9 +78,8 @@ pub struct TrainArgs {
     pub patience: usize,
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// auto (CUDA when available), cpu or cuda.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceChoice,
     /// Continue an interrupted run from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -257,17 +255,16 @@ impl Checkpoint {
     }
 }
 
-pub fn device(name: &str) -> anyhow::Result<Device> {
-    Ok(match name {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => {
+pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => {
             if !tch::Cuda::is_available() {
                 bail!("--device cuda: libtorch sees no CUDA device here; use --device cpu or auto");
             }
             Device::Cuda(0)
         }
-        other => bail!("--device {other}: use auto, cpu or cuda"),
     })
 }
 
@@ -893,9 +890,6 @@ fn remove_other_checkpoints(run_dir: &Path, state: &Checkpoint) {
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
-    if !["nb", "zinb", "poisson"].contains(&args.likelihood.as_str()) {
-        bail!("--likelihood {}: use nb, zinb or poisson", args.likelihood);
-    }
     if args.data.len() > 1 {
         bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
     }
@@ -919,7 +913,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             ds.require_counts()
                 .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
         }
-        if args.batch_size < 2 && args.norm == "batch" {
+        if args.batch_size < 2 && args.norm == Norm::Batch {
             bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
         }
         let run_dir = zoo.run_dir(&args.name);
@@ -934,7 +928,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if args.batch_size < 2 && args.norm == "batch" {
+    if args.batch_size < 2 && args.norm == Norm::Batch {
         bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
     }
     let dup = scmz::data::dataset::GeneTable::duplicates(&ds.info().cell_ids);
@@ -1023,13 +1017,13 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         n_latent: args.n_latent,
         n_layers: args.n_layers,
         dropout: args.dropout,
-        norm: args.norm.clone(),
-        likelihood: args.likelihood.clone(),
+        norm: args.norm,
+        likelihood: args.likelihood,
         batch_categories: cov.batch.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
         masked_input: cov.presence.is_some() || args.gene_dropout > 0.0,
         classifier_labels,
     };
-    let dev = device(&args.device)?;
+    let dev = device(args.device)?;
     set_threads(n_genes);
     tch::manual_seed(args.seed as i64);
     let vs = nn::VarStore::new(dev);
@@ -1610,7 +1604,7 @@ fn encode_rows(vae: &Vae, ds: &Dataset, cov: &Covariates, rows: &[usize], dev: D
 }
 
 /// Times `steps` optimiser steps on the first `batch_size` cells (printed as JSON).
-pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str) -> anyhow::Result<()> {
+pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: Likelihood) -> anyhow::Result<()> {
     let ds = Dataset::open(path)?;
     let arch = Architecture {
         n_genes: ds.n_genes(),
@@ -1618,8 +1612,8 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: &str
         n_latent: 10,
         n_layers: 1,
         dropout: 0.1,
-        norm: "batch".into(),
-        likelihood: likelihood.into(),
+        norm: Norm::Batch,
+        likelihood,
         batch_categories: Vec::new(),
         masked_input: false,
         classifier_labels: Vec::new(),

@@ -10,6 +10,7 @@ use crate::fused::{self, lgamma_digamma_diff};
 use crate::stored::TRANSPOSED;
 use crate::tensor::{cpu_slice, sparse_by_gene_times_rows, sparse_times_dense_par};
 
+use scmz::spec::Likelihood;
 use scmz::zoo::manifest::Architecture;
 
 const EPS: f64 = 1e-8;
@@ -70,9 +71,9 @@ struct Block<L: Module = nn::Linear> {
 }
 
 impl<L: Module> Block<L> {
-    fn new(p: nn::Path, linear: impl FnOnce(nn::Path) -> L, n_out: i64, norm: &str, dropout: f64) -> Self {
+    fn new(p: nn::Path, linear: impl FnOnce(nn::Path) -> L, n_out: i64, norm: scmz::spec::Norm, dropout: f64) -> Self {
         let linear = linear(&p / "linear");
-        let norm = if norm == "layer" {
+        let norm = if norm == scmz::spec::Norm::Layer {
             let cfg = nn::LayerNormConfig {
                 elementwise_affine: false,
                 ..Default::default()
@@ -359,21 +360,21 @@ impl Vae {
             vs / "encoder" / 0,
             |p| InputLinear::new(p, n_in, h),
             h,
-            &arch.norm,
+            arch.norm,
             arch.dropout,
         );
         let encoder = (1..arch.n_layers.max(1))
-            .map(|i| Block::new(vs / "encoder" / i, |p| linear(p, h, h), h, &arch.norm, arch.dropout))
+            .map(|i| Block::new(vs / "encoder" / i, |p| linear(p, h, h), h, arch.norm, arch.dropout))
             .collect();
         let mean = linear(vs / "z_mean", h, l);
         let logvar = linear(vs / "z_logvar", h, l);
-        let decoder = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, &arch.norm, 0.0);
+        let decoder = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, 0.0);
         let scale = linear(vs / "px_scale", h, g);
-        let zi_logits = (arch.likelihood == "zinb").then(|| linear(vs / "px_dropout", h, g));
+        let zi_logits = (arch.likelihood == Likelihood::Zinb).then(|| linear(vs / "px_dropout", h, g));
         let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         let n_labels = arch.classifier_labels.len() as i64;
         let classifier = (n_labels > 0).then(|| Classifier {
-            hidden: Block::new(vs / "classifier" / 0, |p| linear(p, l, h), h, &arch.norm, arch.dropout),
+            hidden: Block::new(vs / "classifier" / 0, |p| linear(p, l, h), h, arch.norm, arch.dropout),
             out: linear(vs / "classifier" / "out", h, n_labels),
         });
         Vae {
@@ -567,7 +568,7 @@ impl Vae {
         let h = self.decoder.forward(&h, train);
         let theta = self.log_theta.exp();
         let (ll_cell, surrogate) = match input.sparse {
-            Some(sp) if sp.values.device() == Device::Cpu && self.arch.likelihood != "zinb" => {
+            Some(sp) if sp.values.device() == Device::Cpu && self.arch.likelihood != Likelihood::Zinb => {
                 self.fused_ll(sp, &h, &theta, input.measured)
             }
             _ => self.tensor_ll(input, &h, &theta),
@@ -627,7 +628,7 @@ impl Vae {
                 library[r as usize] += v;
             }
         }
-        let poisson = self.arch.likelihood == "poisson";
+        let poisson = self.arch.likelihood == Likelihood::Poisson;
         let batch = fused::Batch {
             logits: cpu_slice(&a),
             n_genes: g,
@@ -687,10 +688,10 @@ impl Vae {
                 ll
             }
             None => {
-                let ll = match self.arch.likelihood.as_str() {
-                    "poisson" => x * (&mu_x + EPS).log() - &mu_x,
-                    "zinb" => log_zinb(x, &mu_x, theta, zi.as_ref().expect("zinb head")),
-                    _ => log_nb(x, &mu_x, theta),
+                let ll = match self.arch.likelihood {
+                    Likelihood::Poisson => x * (&mu_x + EPS).log() - &mu_x,
+                    Likelihood::Zinb => log_zinb(x, &mu_x, theta, zi.as_ref().expect("zinb head")),
+                    Likelihood::Nb => log_nb(x, &mu_x, theta),
                 };
                 match input.measured {
                     Some(m) => ll * m,
@@ -725,7 +726,7 @@ impl Vae {
         let theta_nz = theta.index_select(0, &sp.genes);
         let mu_nz = at(mu);
         let xv = &sp.values;
-        let by_hand = sp.values.device() == Device::Cpu && self.arch.likelihood != "poisson";
+        let by_hand = sp.values.device() == Device::Cpu && self.arch.likelihood != Likelihood::Poisson;
         let mut surrogate = None;
         let lgamma_nz = |theta_nz: &Tensor| (xv + theta_nz).lgamma() - theta_nz.lgamma();
         let mut lgamma_cell = None;
@@ -748,9 +749,9 @@ impl Vae {
                 surrogate = Some(&s - s.detach());
             }
         }
-        let (zero, extra) = match self.arch.likelihood.as_str() {
-            "poisson" => (-mu, xv * (&mu_nz + EPS).log()),
-            "zinb" => {
+        let (zero, extra) = match self.arch.likelihood {
+            Likelihood::Poisson => (-mu, xv * (&mu_nz + EPS).log()),
+            Likelihood::Zinb => {
                 let pi = zi.expect("zinb head");
                 let softplus_pi = (-pi).softplus();
                 let log_theta_mu = (theta + mu + EPS).log();
@@ -870,8 +871,8 @@ mod tests {
             n_latent: 4,
             n_layers: 1,
             dropout: 0.1,
-            norm: "batch".into(),
-            likelihood: likelihood.into(),
+            norm: scmz::spec::Norm::Batch,
+            likelihood: clap::ValueEnum::from_str(likelihood, false).expect("a likelihood"),
             batch_categories: Vec::new(),
             masked_input: true,
             classifier_labels: Vec::new(),

@@ -13,10 +13,8 @@ pub struct Architecture {
     pub n_latent: usize,
     pub n_layers: usize,
     pub dropout: f64,
-    /// `batch` or `layer`.
-    pub norm: String,
-    /// `nb`, `zinb` or `poisson`.
-    pub likelihood: String,
+    pub norm: crate::spec::Norm,
+    pub likelihood: crate::spec::Likelihood,
     /// Categories of the batch covariate (empty: none).
     pub batch_categories: Vec<String>,
     /// The encoder takes `[log1p(x) * mask, mask]`: trained with a presence mask or gene dropout.

@@ -36,7 +36,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 thousands(m.architecture.n_genes),
                 thousands(m.datasets.iter().map(|d| d.n_cells).sum()),
                 m.architecture.n_latent.to_string(),
-                m.architecture.likelihood.clone(),
+                m.architecture.likelihood.to_string(),
                 format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
                 m.metrics.best_val_elbo.map_or("-".into(), |v| format!("{v:.1}")),
                 m.created.get(..10).unwrap_or(&m.created).to_string(),
