@@ -185,7 +185,11 @@ impl AtomicFile {
         let out = self.out.clone();
         // A stop asked for while writing (see `remove_pending_on_signal`): not put in place.
         if SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) != 0 {
-            return Err(FileError::new(&out, "not written: scmz was interrupted"));
+            // The watching thread removes this file and ends the process with the signal's
+            // status within its next poll; until then nothing more is written.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
         self.tmp
             .as_file_mut()

@@ -39,6 +39,18 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// How projection presents the model genes a dataset lacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Missing {
+    /// The encoder is told they are unmeasured (models trained with a presence mask or gene
+    /// dropout).
+    #[default]
+    Mask,
+    /// As zero counts.
+    Zero,
+}
+
 /// The word the command line and the files use.
 fn word(v: &impl clap::ValueEnum) -> String {
     v.to_possible_value()
@@ -55,7 +67,7 @@ macro_rules! display_as_word {
         }
     )*};
 }
-display_as_word!(Likelihood, Norm, DeviceChoice);
+display_as_word!(Likelihood, Norm, DeviceChoice, Missing);
 
 #[cfg(test)]
 mod tests {

@@ -257,6 +257,22 @@ fn a_shape_of_floats_or_an_unknown_encoding_version() {
             .unwrap();
     });
     fails_clearly(&p2, &[], &["`X`", "encoding-version `9.9.9`"]);
+
+    // On the file itself and on obs, as on X.
+    for (element, shown) in [("/", "`/`"), ("obs", "`obs`")] {
+        let (_d3, p3) = copy_of("pbmc68k_counts.h5ad");
+        rw(&p3, |f| {
+            let g = f.group(element).unwrap();
+            let _ = g.delete_attr("encoding-version");
+            let v: VarLenUnicode = "9.9.9".parse().unwrap();
+            g.new_attr::<VarLenUnicode>()
+                .create("encoding-version")
+                .unwrap()
+                .write_scalar(&v)
+                .unwrap();
+        });
+        fails_clearly(&p3, &[], &[shown, "encoding-version `9.9.9`"]);
+    }
 }
 
 #[test]

@@ -363,3 +363,18 @@ fn a_run_started_in_a_terminal_is_listed_beside_jobs() {
         runs[0].reason
     );
 }
+
+/// `jobs cancel` at once after submitting, while the job's supervisor may still be starting: the
+/// job ends cancelled (not "failed", not trained to the end), whichever moment the cancel hit.
+#[test]
+fn a_cancel_right_after_submitting_cancels() {
+    let root = tempfile::tempdir().unwrap();
+    let id = submit(root.path(), "quick", "40");
+    let o = scmz(&["jobs", "cancel", &id], root.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j = wait_for(root.path(), &id, "ended", |j| {
+        matches!(j["state"].as_str(), Some("cancelled" | "failed" | "done"))
+    });
+    assert_eq!(j["state"], "cancelled", "{j:#}");
+    assert!(!root.path().join("zoo/quick").exists());
+}

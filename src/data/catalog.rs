@@ -9,7 +9,7 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::{Dataset, DatasetInfo};
-use super::detect::{looks_supported, mtx_file};
+use super::detect::{looks_supported, mtx_file, names_mtx};
 use super::gene_ids::{classify, GeneIdKind};
 
 /// Bump when `Summary` changes shape: old caches are then ignored.
@@ -155,7 +155,9 @@ fn stamp(path: &Path) -> Option<(u64, u128)> {
 pub fn find_datasets(roots: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for root in roots {
-        if root.is_file() || (root.is_dir() && mtx_file(root).is_some()) {
+        // A named file is listed whatever it is (a FIFO then fails to open, named).
+        let named_file = !root.is_dir() && std::fs::symlink_metadata(root).is_ok();
+        if named_file || (root.is_dir() && names_mtx(root)) {
             out.push(root.clone());
         }
         if root.is_dir() {
@@ -189,7 +191,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
             continue;
         }
         if p.is_dir() {
-            if mtx_file(&p).is_some() {
+            if names_mtx(&p) {
                 out.push(p.clone());
             }
             if depth < MAX_DEPTH {
@@ -222,6 +224,13 @@ pub fn scan(roots: &[PathBuf], cache: Option<&Path>, worker: Option<&Path>) -> V
         if let (Some((size, mtime_ns)), Some(rec)) = (st, store.entries.get(&key)) {
             if rec.size == size && rec.mtime_ns == mtime_ns {
                 let mut s = rec.summary.clone();
+                // Its messages name the file as this scan reached it, not as the cached one did.
+                let (was, now) = (s.path.display().to_string(), path.display().to_string());
+                if was != now {
+                    for text in s.error.iter_mut().chain(s.warnings.iter_mut()) {
+                        *text = text.replace(&was, &now);
+                    }
+                }
                 s.path = path.clone();
                 s.cached = true;
                 rows.push(Some(s));

@@ -23,10 +23,18 @@ pub fn mtx_file(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether `dir` holds something named like a 10x Matrix Market file, regular or not (a FIFO or
+/// a dangling link is then a dataset that fails to open, named, rather than no dataset at all).
+pub fn names_mtx(dir: &Path) -> bool {
+    ["matrix.mtx", "matrix.mtx.gz"]
+        .iter()
+        .any(|n| std::fs::symlink_metadata(dir.join(n)).is_ok())
+}
+
 /// True when `path` looks like something `Dataset::open` can read (used by folder scans).
 pub fn looks_supported(path: &Path) -> bool {
     if path.is_dir() {
-        return mtx_file(path).is_some();
+        return names_mtx(path);
     }
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     name.ends_with(".h5ad") || name.ends_with(".h5") || name.ends_with(".hdf5")

@@ -20,6 +20,7 @@ const KNOWN: &str =
     "csr_matrix, csc_matrix, array, dataframe, categorical, string-array, nullable-integer, nullable-boolean";
 
 pub(crate) fn open(path: &Path, file: File, layout: H5adLayout, opts: &OpenOptions) -> Result<(DatasetInfo, Source)> {
+    check_encoding_version(path, "/", &file)?;
     let mut found: Vec<(MatrixInfo, H5Matrix)> = Vec::new();
     let raw_x = if layout == H5adLayout::Legacy { "raw.X" } else { "raw/X" };
     if h5::has(&file, "X") {
@@ -130,8 +131,8 @@ fn without_matrix(path: &Path, file: File, layout: H5adLayout) -> Result<(Datase
 /// Why a file without a matrix serves nothing.
 pub(crate) const NO_MATRIX: &str = "the file holds no matrix (X is None, no layers, no raw/X)";
 
-/// AnnData's matrix encodings have all been 0.x (csr/csc 0.1.0, array 0.2.0): a later major
-/// version is a layout this scmz cannot know, refused rather than misread.
+/// AnnData's encodings have all been 0.x (the file 0.1.0, csr/csc 0.1.0, array and dataframe
+/// 0.2.0): a later major version is a layout this scmz cannot know, refused rather than misread.
 fn check_encoding_version(path: &Path, element: &str, loc: &hdf5::Location) -> Result<()> {
     let Some(v) = h5::attr_string(loc, "encoding-version") else {
         return Ok(());
@@ -296,6 +297,7 @@ fn read_frame(
         return Err(DataError::at(path, element, "is missing").hint("the file is not a complete AnnData file"));
     }
     if let Ok(g) = file.group(element) {
+        check_encoding_version(path, element, &g)?;
         read_frame_group(path, file, &g, element, want_strings)
     } else {
         read_frame_compound(path, file, element, want_strings)

@@ -41,8 +41,8 @@ pub struct ProjectArgs {
     #[arg(long)]
     pub genome: Option<String>,
     /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
-    #[arg(long, default_value = "mask", value_parser = ["mask", "zero"])]
-    pub missing: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub missing: scmz::spec::Missing,
     /// Refuse when fewer than this share of the model's genes are found (unless --force).
     #[arg(long, default_value_t = 0.5)]
     pub min_overlap: f64,
@@ -73,7 +73,7 @@ pub struct ProjectReport {
     pub found: usize,
     pub pct_found: f64,
     pub key: String,
-    pub missing_policy: String,
+    pub missing_policy: scmz::spec::Missing,
     pub warnings: Vec<String>,
     /// Predicted from the model's reference cells with the same genes hidden.
     pub predicted_displacement: Option<f64>,
@@ -203,9 +203,6 @@ pub(crate) fn knn_labels(
 }
 
 pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
-    if args.missing != "mask" && args.missing != "zero" {
-        bail!("--missing {}: use mask or zero", args.missing);
-    }
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let dir = zoo.model_dir(&args.model);
@@ -254,7 +251,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         }
     }
     let mut warnings = report.warnings.clone();
-    let mut mask = args.missing == "mask";
+    let mut mask = args.missing == scmz::spec::Missing::Mask;
     if mask && !m.architecture.masked_input && report.found < g {
         warnings.push(format!(
             "model `{}` was trained without masking (no --gene-dropout or presence mask), so it cannot be told which \
@@ -499,7 +496,11 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         found: report.found,
         pct_found: report.pct_b_found,
         key: format!("{}: {}", report.key, report.reason),
-        missing_policy: if mask { "mask" } else { "zero" }.to_string(),
+        missing_policy: if mask {
+            scmz::spec::Missing::Mask
+        } else {
+            scmz::spec::Missing::Zero
+        },
         warnings,
         predicted_displacement: displacement,
         predicted_agreement: agreement,
@@ -531,7 +532,7 @@ fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
     println!(
         "missing    {} genes, {}",
         r.model_genes - r.found,
-        if r.missing_policy == "mask" {
+        if r.missing_policy == scmz::spec::Missing::Mask {
             "masked"
         } else {
             "zero-filled"

@@ -78,6 +78,18 @@ impl Backend for Local {
     /// SIGTERM to the engine (it saves a checkpoint and exits), SIGKILL after `grace`; only to
     /// the process the job started (pid and start time), never to a pid reused since.
     fn cancel(&self, reg: &Registry, job: &Job, grace: Duration) -> Result<(), JobError> {
+        // Started a moment ago: its supervisor may not have recorded itself and its engine yet.
+        // Wait for them (it reads the cancel before it records and signals its engine then).
+        let mut job = job.clone();
+        let t = Instant::now();
+        while job.supervisor_pid.is_none() && !job.state.is_final() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+            job = reg.load(&job.id)?;
+        }
+        if job.state.is_final() {
+            return Ok(());
+        }
+        let job = &job;
         let Some(pid) = job.pid.filter(|&p| is_process(p, job.pid_start)) else {
             if job.supervisor_pid.is_some_and(|p| is_process(p, job.supervisor_start)) {
                 // The engine is not started yet, or gone: the supervisor records the end.

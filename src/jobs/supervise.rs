@@ -83,6 +83,8 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let mut child = cmd
         .spawn()
         .map_err(|e| JobError::Backend(format!("{}: cannot start the engine ({e})", engine.display())))?;
+    // Read again: a `cancel` may have asked for a stop since (it waits for these pids).
+    let mut job = reg.load(id)?;
     job.state = JobState::Running;
     job.started.get_or_insert_with(now_rfc3339);
     job.supervisor_pid = Some(std::process::id());
@@ -91,6 +93,12 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     job.pid_start = child.id().and_then(super::start_time);
     job.host = super::hostname();
     reg.save(&job)?;
+    if job.cancel_requested {
+        if let Some(pid) = child.id() {
+            // SAFETY: kill(2) on the engine we started; it checkpoints and exits on SIGTERM.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
     let status = tokio::select! {
         status = child.wait() => status,
         _ = sigterm.recv() => {
