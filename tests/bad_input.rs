@@ -31,6 +31,17 @@ fn fails_clearly(path: &Path, extra: &[&str], needles: &[&str]) {
     }
 }
 
+/// Sets the string attribute `name` of `g` to `value`, replacing any there.
+fn set_text_attr(g: &hdf5::Group, name: &str, value: &str) {
+    let _ = g.delete_attr(name);
+    let v: VarLenUnicode = value.parse().unwrap();
+    g.new_attr::<VarLenUnicode>()
+        .create(name)
+        .unwrap()
+        .write_scalar(&v)
+        .unwrap();
+}
+
 fn rw(path: &Path, f: impl FnOnce(&hdf5::File)) {
     let file = hdf5::File::open_rw(path).unwrap();
     f(&file);
@@ -57,14 +68,7 @@ fn not_hdf5_with_h5ad_name() {
 fn unknown_encoding_type() {
     let (_d, p) = copy_of("pbmc68k_counts.h5ad");
     rw(&p, |f| {
-        let x = f.group("X").unwrap();
-        x.delete_attr("encoding-type").unwrap();
-        let v: VarLenUnicode = "zarr_matrix".parse().unwrap();
-        x.new_attr::<VarLenUnicode>()
-            .create("encoding-type")
-            .unwrap()
-            .write_scalar(&v)
-            .unwrap();
+        set_text_attr(&f.group("X").unwrap(), "encoding-type", "zarr_matrix");
     });
     fails_clearly(&p, &[], &["`X`", "zarr_matrix"]);
 }
@@ -247,14 +251,7 @@ fn a_shape_of_floats_or_an_unknown_encoding_version() {
 
     let (_d2, p2) = copy_of("pbmc68k_counts.h5ad");
     rw(&p2, |f| {
-        let x = f.group("X").unwrap();
-        x.delete_attr("encoding-version").unwrap();
-        let v: VarLenUnicode = "9.9.9".parse().unwrap();
-        x.new_attr::<VarLenUnicode>()
-            .create("encoding-version")
-            .unwrap()
-            .write_scalar(&v)
-            .unwrap();
+        set_text_attr(&f.group("X").unwrap(), "encoding-version", "9.9.9");
     });
     fails_clearly(&p2, &[], &["`X`", "encoding-version `9.9.9`"]);
 
@@ -262,14 +259,7 @@ fn a_shape_of_floats_or_an_unknown_encoding_version() {
     for (element, shown) in [("/", "`/`"), ("obs", "`obs`")] {
         let (_d3, p3) = copy_of("pbmc68k_counts.h5ad");
         rw(&p3, |f| {
-            let g = f.group(element).unwrap();
-            let _ = g.delete_attr("encoding-version");
-            let v: VarLenUnicode = "9.9.9".parse().unwrap();
-            g.new_attr::<VarLenUnicode>()
-                .create("encoding-version")
-                .unwrap()
-                .write_scalar(&v)
-                .unwrap();
+            set_text_attr(&f.group(element).unwrap(), "encoding-version", "9.9.9");
         });
         fails_clearly(&p3, &[], &[shown, "encoding-version `9.9.9`"]);
     }
