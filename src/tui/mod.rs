@@ -1,7 +1,7 @@
 //! The terminal UI: `scmz` with no arguments. A client of the domain library like the CLI:
 //! `app` holds state and turns keys into requests, `worker` runs those requests on its own
 //! thread through the library, `ui` draws, `theme` and `keys` are data. The loop here wakes on
-//! a key, a worker update or a tick, and redraws at most ten times a second and only when
+//! a key, a worker update or a tick, and redraws at once after a key, else at most ten times a second and only when
 //! something changed, which keeps it light over SSH.
 
 mod app;
@@ -131,15 +131,23 @@ fn event_loop(
         let mut dirty = true;
         let mut last_draw = Instant::now() - Duration::from_secs(1);
         loop {
+            // A key is drawn at once; worker updates at most ten times a second, the last of a
+            // burst when its 100 ms are up (not at the next tick).
+            let mut key = false;
+            let next_draw = tokio::time::Instant::from_std(last_draw + Duration::from_millis(100));
             tokio::select! {
                 Some(msg) = rx.recv() => {
                     match msg {
-                        Msg::Term(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => app.on_key(k),
+                        Msg::Term(TermEvent::Key(k)) if k.kind != KeyEventKind::Release => {
+                            app.on_key(k);
+                            key = true;
+                        }
                         Msg::Term(_) => {}
                         Msg::Update(u) => app.update(u),
                     }
                     dirty = true;
                 }
+                _ = tokio::time::sleep_until(next_draw), if dirty => {}
                 _ = tick.tick() => {
                     if last_full.elapsed() > Duration::from_secs(10) {
                         last_full = Instant::now();
@@ -158,7 +166,7 @@ fn event_loop(
             if app.quit {
                 return Ok(());
             }
-            if dirty && last_draw.elapsed() >= Duration::from_millis(100) {
+            if dirty && (key || last_draw.elapsed() >= Duration::from_millis(100)) {
                 terminal.draw(|f| ui::draw(f, app))?;
                 last_draw = Instant::now();
                 dirty = false;
