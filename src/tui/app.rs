@@ -268,6 +268,14 @@ impl App {
         self.models.get(self.ov_model)
     }
 
+    /// The (dataset, model) pair the Overlap screen shows now.
+    pub(crate) fn overlap_pair(&self) -> Option<(PathBuf, String)> {
+        Some((
+            self.overlap_dataset()?.path.clone(),
+            self.overlap_model()?.manifest.name.clone(),
+        ))
+    }
+
     fn sync_follow(&mut self) {
         let want = match self.screen {
             Screen::Jobs => self.selected_job().and_then(Job::event_log),
@@ -327,11 +335,17 @@ impl App {
                     self.run.records.extend(records);
                 }
             }
+            // A result answers one (dataset, model) pair: one that arrives after the selection
+            // moved on is dropped, never shown for another pair.
             Update::Overlap { dataset, model, result } => {
-                self.overlap = Some((dataset, model, result));
+                if self.overlap_pair().is_some_and(|(d, m)| d == dataset && m == model) {
+                    self.overlap = Some((dataset, model, result));
+                }
             }
             Update::Predicted { dataset, model, result } => {
-                self.predicted = Some((dataset, model, result));
+                if self.overlap_pair().is_some_and(|(d, m)| d == dataset && m == model) {
+                    self.predicted = Some((dataset, model, result));
+                }
             }
             Update::Matrix(m) => self.matrix = Some(m),
             Update::Notice(n) => self.notice = Some(n),

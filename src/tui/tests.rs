@@ -148,6 +148,40 @@ fn snap(name: &str, app: &App) {
     }
 }
 
+/// A prediction or overlap that arrives for a pair no longer selected (the user moved on while
+/// it was computed) is dropped; the selected pair's own answer is shown.
+#[test]
+fn late_answers_for_another_pair_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    let (dataset, model) = app.overlap_pair().unwrap();
+    let other = dataset.with_file_name("mouse_10k_subset.h5ad");
+    app.predicted = None;
+    app.update(worker::Update::Predicted {
+        dataset: other.clone(),
+        model: model.clone(),
+        result: Ok("1.122 latent displacement".into()),
+    });
+    assert!(app.predicted.is_none(), "another pair's prediction was kept");
+    app.update(worker::Update::Predicted {
+        dataset: dataset.clone(),
+        model: "some-other-model".into(),
+        result: Ok("0.010".into()),
+    });
+    assert!(app.predicted.is_none());
+    app.update(worker::Update::Predicted {
+        dataset: dataset.clone(),
+        model: model.clone(),
+        result: Ok("0.2 latent displacement".into()),
+    });
+    assert_eq!(
+        app.predicted.as_ref().map(|p| p.2.clone()),
+        Some(Ok("0.2 latent displacement".to_string()))
+    );
+}
+
 #[test]
 fn every_screen_at_80x24_and_120x40() {
     let dir = tempfile::tempdir().unwrap();
