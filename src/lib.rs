@@ -10,6 +10,8 @@
 //!   `--overwrite`), `open_regular` (no FIFOs or devices), `remove_pending` (the temporary files
 //!   being written, removed by a process that ends at once on a signal), and `printable` for
 //!   names from files.
+//! - [`spec`]: the choices front end, engine and files share, as types (likelihood, norm,
+//!   device, missing-gene policy): parsed by clap, stored by serde as one word each.
 //! - [`dirs`]: the user directories scmz keeps files in (cache, zoo, jobs), each
 //!   overridable by an environment variable (`SCMZ_CACHE_DIR`, ...).
 //! - [`data`]: dataset formats and the stream of CSR row chunks every later stage reads through.
