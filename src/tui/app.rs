@@ -142,6 +142,8 @@ pub struct App {
     pub jobs: Vec<Job>,
     pub loaded: bool,
     pub models_loaded: bool,
+    /// The first answer about jobs has come (until then the screen says "loading", not "none").
+    pub jobs_loaded: bool,
     pub ds_sel: usize,
     pub sort: (usize, bool),
     pub filter: String,
@@ -183,6 +185,7 @@ impl App {
             jobs: Vec::new(),
             loaded: false,
             models_loaded: false,
+            jobs_loaded: false,
             ds_sel: 0,
             sort: (0, false),
             filter: String::new(),
@@ -317,6 +320,7 @@ impl App {
             }
             Update::Jobs(j) => {
                 self.jobs = j;
+                self.jobs_loaded = true;
                 self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
                 // The worker sends models before jobs: both are known now.
                 if self.models_loaded {

@@ -148,6 +148,41 @@ fn snap(name: &str, app: &App) {
     }
 }
 
+/// Before the worker's first answers every screen says it is loading, never "no models" or "no
+/// jobs" for a zoo and a queue it has not read yet; once they come, an empty zoo says so.
+#[test]
+fn screens_say_loading_until_the_first_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = Sources {
+        data_dirs: vec![data()],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+        scan_worker: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    for (k, want) in [
+        ('1', "scanning..."),
+        ('2', "loading the zoo..."),
+        ('3', "loading the zoo..."),
+        ('4', "loading jobs..."),
+    ] {
+        key(&mut app, KeyCode::Char(k));
+        let text = render(&app, 80, 24);
+        assert!(text.contains(want), "screen {k}:\n{text}");
+        assert!(
+            !text.contains("No models yet") && !text.contains("No jobs"),
+            "screen {k}:\n{text}"
+        );
+    }
+    app.update(worker::models(&sources));
+    app.update(worker::jobs(&sources));
+    key(&mut app, KeyCode::Char('2'));
+    assert!(render(&app, 80, 24).contains("No models yet"));
+    key(&mut app, KeyCode::Char('4'));
+    assert!(render(&app, 80, 24).contains("No jobs"));
+}
+
 /// A prediction or overlap that arrives for a pair no longer selected (the user moved on while
 /// it was computed) is dropped; the selected pair's own answer is shown.
 #[test]

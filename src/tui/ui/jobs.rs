@@ -22,6 +22,10 @@ fn backend(j: &Job) -> String {
 }
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
+    if !app.jobs_loaded {
+        f.render_widget(Paragraph::new("loading jobs...").block(block(app, "Jobs")), area);
+        return;
+    }
     if app.jobs.is_empty() {
         f.render_widget(
             Paragraph::new("No jobs. Start one from the Datasets screen (t) or with `scmz train ... --detach`.")

@@ -16,6 +16,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         app.sources.zoo.display(),
         if n == 1 { "" } else { "s" }
     );
+    if !app.models_loaded {
+        f.render_widget(Paragraph::new("loading the zoo...").block(block(app, title)), area);
+        return;
+    }
     if app.models.is_empty() {
         let text = "No models yet. Train one from the Datasets screen (t), or `scmz train DATA --name NAME`.";
         f.render_widget(

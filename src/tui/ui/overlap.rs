@@ -59,6 +59,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     );
     let title = "Overlap: the model's genes found in the dataset";
     let lines = match (&app.overlap, app.models.is_empty()) {
+        _ if !app.models_loaded => vec![Line::from("loading the zoo...")],
         (_, true) => vec![Line::from(
             "No model in the zoo yet: train one first (Datasets screen, t).",
         )],
