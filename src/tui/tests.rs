@@ -194,23 +194,16 @@ fn late_answers_for_another_pair_are_dropped() {
     let (dataset, model) = app.overlap_pair().unwrap();
     let other = dataset.with_file_name("mouse_10k_subset.h5ad");
     app.predicted = None;
-    app.update(worker::Update::Predicted {
-        dataset: other.clone(),
-        model: model.clone(),
-        result: Ok("1.122 latent displacement".into()),
-    });
+    let predicted = |dataset: &Path, model: &str, text: &str| worker::Update::Predicted {
+        dataset: dataset.to_path_buf(),
+        model: model.to_string(),
+        result: Ok(text.to_string()),
+    };
+    app.update(predicted(&other, &model, "1.122 latent displacement"));
     assert!(app.predicted.is_none(), "another pair's prediction was kept");
-    app.update(worker::Update::Predicted {
-        dataset: dataset.clone(),
-        model: "some-other-model".into(),
-        result: Ok("0.010".into()),
-    });
+    app.update(predicted(&dataset, "some-other-model", "0.010"));
     assert!(app.predicted.is_none());
-    app.update(worker::Update::Predicted {
-        dataset: dataset.clone(),
-        model: model.clone(),
-        result: Ok("0.2 latent displacement".into()),
-    });
+    app.update(predicted(&dataset, &model, "0.2 latent displacement"));
     assert_eq!(
         app.predicted.as_ref().map(|p| p.2.clone()),
         Some(Ok("0.2 latent displacement".to_string()))
