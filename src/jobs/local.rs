@@ -36,6 +36,18 @@ impl Backend for Local {
                     reg.scmz.display()
                 ))
             })?;
+            // Recorded at once, so that a cancel arriving before the supervisor has recorded
+            // itself finds it alive and leaves the ending to it (it reads the cancel first).
+            let pid = child.id();
+            {
+                let _lock = reg.lock()?;
+                let mut j = reg.load(&job.id)?;
+                if j.supervisor_pid.is_none() && !j.state.is_final() {
+                    j.supervisor_pid = Some(pid);
+                    j.supervisor_start = super::start_time(pid);
+                    reg.save(&j)?;
+                }
+            }
             // The supervisor outlives us; reap it in the background if we live longer.
             std::thread::spawn(move || child.wait());
         }

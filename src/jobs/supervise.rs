@@ -38,7 +38,11 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
         std::fs::File::create(&p).map_err(super::io(&p))
     };
     let (out, err) = (file("stdout.log")?, file("stderr.log")?);
+    let lock = reg.lock()?;
     let mut job = reg.load(id)?;
+    if job.state.is_final() {
+        return Ok(job);
+    }
     if job.cancel_requested {
         // Cancelled between submission and start.
         job.state = JobState::Cancelled;
@@ -57,6 +61,7 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
         reg.save(&job)?;
         return Ok(job);
     }
+    drop(lock);
     let engine = engine_path(&reg.scmz);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
@@ -83,16 +88,21 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let mut child = cmd
         .spawn()
         .map_err(|e| JobError::Backend(format!("{}: cannot start the engine ({e})", engine.display())))?;
-    // Read again: a `cancel` may have asked for a stop since (it waits for these pids).
-    let mut job = reg.load(id)?;
-    job.state = JobState::Running;
-    job.started.get_or_insert_with(now_rfc3339);
-    job.supervisor_pid = Some(std::process::id());
-    job.supervisor_start = super::start_time(std::process::id());
-    job.pid = child.id();
-    job.pid_start = child.id().and_then(super::start_time);
-    job.host = super::hostname();
-    reg.save(&job)?;
+    // Read again, under the queue's lock so that a cancel saved meanwhile is not overwritten:
+    // it may have asked for a stop since (it waits for these pids).
+    let job = {
+        let _lock = reg.lock()?;
+        let mut job = reg.load(id)?;
+        job.state = JobState::Running;
+        job.started.get_or_insert_with(now_rfc3339);
+        job.supervisor_pid = Some(std::process::id());
+        job.supervisor_start = super::start_time(std::process::id());
+        job.pid = child.id();
+        job.pid_start = child.id().and_then(super::start_time);
+        job.host = super::hostname();
+        reg.save(&job)?;
+        job
+    };
     if job.cancel_requested {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on the engine we started; it checkpoints and exits on SIGTERM.
@@ -111,6 +121,7 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     }
     .map_err(|e| JobError::Backend(format!("waiting for the engine: {e}")))?;
     // Reload: `cancel` may have set cancel_requested meanwhile.
+    let _lock = reg.lock()?;
     let mut job = reg.load(id)?;
     finish(&mut job, status);
     reg.save(&job)?;
