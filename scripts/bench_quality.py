@@ -35,6 +35,7 @@ p.add_argument("--skip-scib", action="store_true")
 p.add_argument("--skip-mouse", action="store_true")
 p.add_argument("--classifier", action="store_true", help="also train scmz's classifier head and scANVI")
 p.add_argument("--scmz-args", default="", help="extra flags for scmz-engine train (A/B runs)")
+p.add_argument("--scvi-dropout", type=float, default=0.1, help="scvi-tools' dropout_rate (A/B runs)")
 p.add_argument("--json", help="write every figure here")
 p.add_argument("--plain-strings", action="store_true",
                help="write string columns as plain string arrays (for scmz builds that predate anndata 0.13's "
@@ -125,7 +126,7 @@ def scvi_model(ad, seed, epochs):
     torch.set_num_threads(os.cpu_count())
     scvi.settings.seed = seed
     scvi.model.SCVI.setup_anndata(ad, batch_key="stim" if ad.obs["stim"].nunique() > 1 else None)
-    m = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=0.1)
+    m = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=a.scvi_dropout)
     is_val = scmz_validation(seed, ad.n_obs)
     split = [np.flatnonzero(~is_val), np.flatnonzero(is_val), np.array([], dtype=int)]
     t = time.perf_counter()

@@ -70,10 +70,12 @@
 //! `stored` (model files: PyTorch's names and layouts whatever the layout in memory), `fused`
 //! (NB/Poisson log-likelihood with its lgamma terms and its gradient in one Rust pass per cell,
 //! fed back to autograd through a zero-valued surrogate), `adam` (the optimiser: one fused pass
-//! per parameter on the CPU, moments checkpointed), `loader` (a pass over the data as an iterator
+//! per parameter on the CPU; on a GPU parameters and moments live in one buffer each, so a step
+//! is a dozen launches; moments checkpointed), `loader` (a pass over the data as an iterator
 //! of shuffled minibatches, run on the training thread when every core computes on the CPU (file
 //! reads a few chunks ahead on a thread from a network filesystem), else on reader threads over bounded channels running
-//! an epoch ahead; a file whose nonzeros fit `data::cache_budget_nnz` is kept in memory after the
+//! an epoch ahead, for a GPU with several threads preparing minibatches in page-locked memory
+//! and the loss summed on the device; a file whose nonzeros fit `data::cache_budget_nnz` is kept in memory after the
 //! first pass (`ChunkCache`; the gene selection's passes hand it over through
 //! `Dataset::hold_rows`) and shuffled whole, a larger one streams in windows of chunks; the
 //! seeded train/validation split), `train` (the loop,

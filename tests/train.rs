@@ -274,6 +274,81 @@ fn the_frozen_fixture_model_loads_and_reproduces_its_stored_latents() {
     assert!(o.status.success() && stdout(&o).contains("pbmc-tiny"), "{}", stderr(&o));
 }
 
+/// `project --device`: on the CPU the fixture's stored latents; `cuda` gives the same latents
+/// where libtorch sees a GPU, and elsewhere is refused in words with nothing written.
+#[test]
+fn projection_on_each_device_gives_the_fixtures_latents() {
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(fixture_zoo().join("fixture_latents.json")).unwrap()).unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(fixture["latent"].clone()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let project = |device: &str| -> (Output, PathBuf) {
+        let csv = out.path().join(format!("{device}.csv"));
+        let o = scmz(
+            &[
+                "project",
+                data("pbmc68k_counts.h5ad").to_str().unwrap(),
+                "--model",
+                "pbmc-tiny",
+                "-o",
+                csv.to_str().unwrap(),
+                "--device",
+                device,
+            ],
+            &fixture_zoo(),
+        );
+        (o, csv)
+    };
+    let latents = |csv: &Path| -> Vec<Vec<f32>> {
+        let text = std::fs::read_to_string(csv).unwrap();
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let cols: Vec<usize> = (0..header.len())
+            .filter(|&i| header[i].starts_with("latent_"))
+            .collect();
+        lines
+            .take(want.len())
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                cols.iter().map(|&i| f[i].parse().unwrap()).collect()
+            })
+            .collect()
+    };
+    let close = |got: &[Vec<f32>]| {
+        assert_eq!(got.len(), want.len());
+        for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    };
+    let (o, csv) = project("cpu");
+    assert!(o.status.success(), "{}", stderr(&o));
+    close(&latents(&csv));
+    let devices: Value = serde_json::from_slice(&engine(&["devices"], &fixture_zoo()).stdout).unwrap();
+    let (o, csv) = project("cuda");
+    if devices["cuda"] == Value::Bool(true) {
+        assert!(o.status.success(), "{}", stderr(&o));
+        close(&latents(&csv));
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--device cuda") && stderr(&o).contains("no CUDA device"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!csv.exists());
+    }
+    let o = scmz(
+        &["project", "x.h5ad", "--model", "m", "-o", "o.csv", "--device", "gpu0"],
+        &fixture_zoo(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("auto") && stderr(&o).contains("cuda"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn a_tampered_or_newer_model_is_refused_clearly() {
     let zoo = tempfile::tempdir().unwrap();

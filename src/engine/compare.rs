@@ -18,40 +18,9 @@ use scmz::zoo::Zoo;
 
 use crate::loader::{Batch, Rng};
 use crate::project::{knn_labels, to_model_space};
-use crate::train::{load_model, prepare, train, Covariates, TrainArgs};
+use crate::train::{load_model, prepare, train, Covariates};
 use crate::vae::{Pass, Vae};
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct CompareArgs {
-    pub data: PathBuf,
-    #[arg(long)]
-    pub model: String,
-    #[arg(long)]
-    pub zoo: Option<PathBuf>,
-    /// obs column with labels for the kNN accuracy.
-    #[arg(long)]
-    pub label_key: Option<String>,
-    /// Share of cells held out for scoring.
-    #[arg(long, default_value_t = 0.2)]
-    pub holdout: f64,
-    /// Epoch budget of the model trained from scratch.
-    #[arg(long, default_value_t = 50)]
-    pub epochs: usize,
-    /// Seeds to repeat with (run-to-run noise).
-    #[arg(long, default_value_t = 2)]
-    pub seeds: u64,
-    /// Shares (%) of the model's genes left visible in the data.
-    #[arg(long, default_value = "100", value_delimiter = ',')]
-    pub overlaps: Vec<u32>,
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the table to FILE.csv or FILE.parquet.
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Replace an existing --out file.
-    #[arg(long)]
-    pub overwrite: bool,
-}
+use scmz::spec::{CompareSpec, TrainSpec};
 
 use scmz::zoo::comparison::{Comparison, ComparisonRow as Row};
 
@@ -211,7 +180,7 @@ fn write_subset(
     Ok(())
 }
 
-pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+pub fn compare(args: CompareSpec) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     if let Some(out) = &args.out {
         // The model's own files are inputs too.
@@ -280,7 +249,7 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             // From scratch.
             let t = Instant::now();
             let name = format!("scratch-{pct}-{seed}");
-            let mut targs = TrainArgs::defaults(train_file.clone(), name.clone());
+            let mut targs = TrainSpec::defaults(train_file.clone(), name.clone());
             targs.zoo = Some(tmp.join("zoo"));
             targs.epochs = Some(args.epochs);
             targs.n_hidden = m.architecture.n_hidden;
@@ -363,7 +332,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
     (m, sd)
 }
 
-fn report(args: &CompareArgs, rows: &[Row]) -> anyhow::Result<()> {
+fn report(args: &CompareSpec, rows: &[Row]) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         use polars::prelude::*;
         let mut df = DataFrame::new_infer_height(vec![

@@ -216,6 +216,52 @@ impl Cache {
     }
 }
 
+/// `batches` with `make` run on `workers` threads (a GPU's minibatches are prepared faster than
+/// one thread can): the reader deals batch i to worker i mod workers and the caller takes them
+/// back in the same turn, so the order is the reader's.
+pub fn batches_on<T: Send + 'static>(
+    cfg: LoaderConfig,
+    epoch: usize,
+    make: impl Fn(Batch) -> T + Send + Sync + 'static,
+    workers: usize,
+) -> Box<dyn Iterator<Item = Result<T, String>> + Send> {
+    if workers <= 1 {
+        return Box::new(batches(cfg, epoch, make).into_iter());
+    }
+    let make = std::sync::Arc::new(make);
+    let (mut to_workers, mut from_workers) = (Vec::new(), Vec::new());
+    for _ in 0..workers {
+        // Short queues: each prepared GPU minibatch holds page-locked memory.
+        let (tx, rx) = sync_channel::<Result<Batch, String>>(1);
+        let (out_tx, out_rx) = sync_channel(1);
+        let make = make.clone();
+        std::thread::spawn(move || {
+            yield_to_training();
+            for b in rx {
+                if out_tx.send(b.map(|b| make(b))).is_err() {
+                    return;
+                }
+            }
+        });
+        to_workers.push(tx);
+        from_workers.push(out_rx);
+    }
+    std::thread::spawn(move || {
+        yield_to_training();
+        for (i, b) in Reader::new(cfg, epoch).enumerate() {
+            if to_workers[i % workers].send(b).is_err() {
+                return;
+            }
+        }
+    });
+    let mut i = 0;
+    Box::new(std::iter::from_fn(move || {
+        let next = from_workers[i % workers].recv().ok();
+        i += 1;
+        next
+    }))
+}
+
 /// The cached batches again, each turned into `T` by `make` on a thread of its own.
 pub fn replay<T: Send + 'static>(
     cached: std::sync::Arc<Vec<Batch>>,
@@ -482,8 +528,8 @@ mod tests {
     /// A training pass sees each training cell once (a single leftover cell may be dropped, as
     /// BatchNorm needs two), in full batches but the last, with the file's counts; evaluation
     /// passes see every validation cell once, in file order; the order depends on the epoch only
-    /// through the seed, and a reader on a thread, or reading its chunks ahead on one, yields what
-    /// one on the caller's does.
+    /// through the seed, and a reader on a thread, or reading its chunks ahead on one, or dealing
+    /// batches to several preparing threads, yields what one on the caller's does.
     #[test]
     fn passes_cover_their_split_once_with_the_files_rows() {
         let train: Vec<Batch> = Reader::new(config(Split::Train, true), 0).map(Result::unwrap).collect();
@@ -527,6 +573,13 @@ mod tests {
             .flat_map(Result::unwrap)
             .collect();
         assert_eq!(threaded, rows(1));
+        // Prepared on several threads (a GPU's loader), in the reader's order.
+        for workers in [1, 3] {
+            let dealt: Vec<usize> = batches_on(config(Split::Train, true), 1, |b| b.rows, workers)
+                .flat_map(Result::unwrap)
+                .collect();
+            assert_eq!(dealt, rows(1), "{workers} workers");
+        }
         let prefetched: Vec<usize> = Reader::new(config(Split::Train, true), 1)
             .prefetch()
             .flat_map(|b| b.unwrap().rows)

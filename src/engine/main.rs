@@ -30,11 +30,11 @@ enum Command {
     /// Devices libtorch sees, as JSON.
     Devices,
     /// Train a model and save it in the zoo.
-    Train(Box<train::TrainArgs>),
+    Train(Box<scmz::spec::TrainSpec>),
     /// Project a dataset with a zoo model: latent, transferred labels, predicted mapping quality.
-    Project(Box<project::ProjectArgs>),
+    Project(Box<scmz::spec::ProjectSpec>),
     /// Pretrained model or one trained from scratch, scored on held-out cells of DATA.
-    Compare(Box<compare::CompareArgs>),
+    Compare(Box<scmz::spec::CompareSpec>),
     /// Latent means of the first cells of a dataset under a zoo model, as JSON.
     Encode {
         /// Model name.

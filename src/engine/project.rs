@@ -3,8 +3,6 @@
 //! scvi-tools does), transfer labels by kNN in latent space, and predict beforehand how much the
 //! missing genes will move cells, from the model's own reference cells.
 
-use std::path::PathBuf;
-
 use anyhow::bail;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -13,56 +11,12 @@ use scmz::data::writer::{write_copy_with, Additions, ColumnValues, FrameColumn, 
 use scmz::data::{CsrChunk, Dataset, OpenOptions};
 use scmz::genes::overlap::{label, zero_overlap_message};
 use scmz::genes::{compare_lists, GeneList};
+use scmz::spec::ProjectSpec;
 use scmz::zoo::Zoo;
 
 use crate::loader::Batch;
 use crate::train::{load_model, prepare, Covariates};
 use crate::vae::Vae;
-
-#[derive(clap::Args, Clone, Debug)]
-pub struct ProjectArgs {
-    pub data: PathBuf,
-    #[arg(long)]
-    pub model: String,
-    #[arg(long)]
-    pub zoo: Option<PathBuf>,
-    /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
-    #[arg(short, long, required_unless_present = "predict_only")]
-    pub output: Option<PathBuf>,
-    /// Replace an existing output file (never the input).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Only report the overlap and the predicted mapping quality; encode and write nothing.
-    #[arg(long)]
-    pub predict_only: bool,
-    #[arg(long)]
-    pub layer: Option<String>,
-    /// Cell Ranger 2 HDF5 with several genomes: the genome to project [default: the first].
-    #[arg(long)]
-    pub genome: Option<String>,
-    /// Genes the dataset lacks: `mask` (the encoder is told they are unmeasured) or `zero`.
-    #[arg(long, value_enum, default_value_t)]
-    pub missing: scmz::spec::Missing,
-    /// Refuse when fewer than this share of the model's genes are found (unless --force).
-    #[arg(long, default_value_t = 0.5)]
-    pub min_overlap: f64,
-    /// Project despite a low overlap or non-count values.
-    #[arg(long)]
-    pub force: bool,
-    /// Neighbours for label transfer.
-    #[arg(long, default_value_t = 15)]
-    pub k: usize,
-    /// Batch category of the model to encode the cells as [default: the first].
-    #[arg(long)]
-    pub batch_category: Option<String>,
-    /// Fine-tune for a query from a new batch: add a batch category named after the data and train
-    /// only its parameters on the query for this many epochs (batch models only).
-    #[arg(long, default_value_t = 0)]
-    pub finetune: usize,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
 
 #[derive(Debug, Serialize)]
 pub struct ProjectReport {
@@ -89,6 +43,7 @@ pub struct ProjectReport {
 /// How cells are encoded: which model genes they carry and how missing ones are presented.
 struct Encoder<'a> {
     vae: &'a Vae,
+    dev: Device,
     /// 1 for model genes the data has.
     found: Vec<f32>,
     mask: bool,
@@ -126,19 +81,20 @@ impl Encoder<'_> {
             x,
             rows: (0..n).collect(),
         };
-        let mut p = prepare(&b, &cov, g).to(Device::Cpu, 0.0);
+        let mut p = prepare(&b, &cov, g).to(self.dev, 0.0);
         if self.vae.arch.masked_input {
             let visible = if hide && self.mask {
                 Tensor::from_slice(&self.found)
+                    .to_device(self.dev)
                     .view([1, g as i64])
                     .repeat([n as i64, 1])
             } else {
-                Tensor::ones([n as i64, g as i64], (Kind::Float, Device::Cpu))
+                Tensor::ones([n as i64, g as i64], (Kind::Float, self.dev))
             };
             p.visible = Some(visible);
         }
         let (mu, _) = tch::no_grad(|| self.vae.encode(&p.input(), false));
-        Ok(Vec::<f32>::try_from(mu.flatten(0, 1))?)
+        Ok(Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?)
     }
 }
 
@@ -202,7 +158,7 @@ pub(crate) fn knn_labels(
     (out, conf)
 }
 
-pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
+pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
     let dir = zoo.model_dir(&args.model);
@@ -210,7 +166,13 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
         // The model's own files are inputs too.
         scmz::files::check_output(out, &[&args.data, &dir], args.overwrite)?;
     }
-    let (m, vs, vae) = load_model(&dir, Device::Cpu)?;
+    // Fine-tuning trains on the CPU.
+    let dev = if args.finetune > 0 && !args.predict_only {
+        Device::Cpu
+    } else {
+        crate::train::device(args.device)?
+    };
+    let (m, vs, vae) = load_model(&dir, dev)?;
     let ds = Dataset::open_with(
         &args.data,
         &OpenOptions {
@@ -274,6 +236,7 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     };
     let enc = Encoder {
         vae: &vae,
+        dev,
         found,
         mask,
         batch,
@@ -302,12 +265,14 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let enc_q = match &tuned {
         Some(t) => Encoder {
             vae: &t.vae,
+            dev,
             found: enc.found.clone(),
             mask: enc.mask,
             batch: Some((t.vae.arch.batch_categories.clone(), t.batch)),
         },
         None => Encoder {
             vae: &vae,
+            dev,
             found: enc.found.clone(),
             mask: enc.mask,
             batch: enc.batch.clone(),
@@ -339,7 +304,9 @@ pub fn project(args: ProjectArgs) -> anyhow::Result<()> {
     let classified: Option<(Vec<String>, Vec<f64>)> = if args.predict_only || ds.n_cells() == 0 {
         None
     } else {
-        let mu = Tensor::from_slice(&latent).view([ds.n_cells() as i64, l as i64]);
+        let mu = Tensor::from_slice(&latent)
+            .view([ds.n_cells() as i64, l as i64])
+            .to_device(dev);
         let names = &enc_q.vae.arch.classifier_labels;
         enc_q
             .vae

@@ -12,205 +12,15 @@ use tch::{nn, Device, Kind, Tensor};
 
 use scmz::data::{ColumnKind, Dataset, OpenOptions};
 use scmz::events::{Event, EventLog, LossTerms};
-use scmz::genes::selection::GeneSelection;
-use scmz::spec::{DeviceChoice, Likelihood, Norm};
+use scmz::spec::{DeviceChoice, Likelihood, Norm, TrainSpec};
 use scmz::zoo::manifest::{self, Architecture, FileRef, Genes, Manifest, Metrics, Reference, Training, TrainingData};
 use scmz::zoo::{sha256_file, Zoo};
 
 use crate::adam::{write_atomic, Adam};
-use crate::loader::{batches, is_validation, replay, Batch, Cache, LoaderConfig, Reader, Split};
+use crate::loader::{batches_on, is_validation, replay, Batch, Cache, LoaderConfig, Reader, Split};
 use crate::stored::{load_stored, stored_variables};
 use crate::tensor::{cpu_slice, filled};
 use crate::vae::{ByGene, Input, MaskGroups, Pass, SparseX, Vae};
-
-#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
-pub struct TrainArgs {
-    /// The dataset to train on (merge several first with `scmz merge`).
-    #[arg(required = true)]
-    pub data: Vec<PathBuf>,
-    /// Name of the model in the zoo.
-    #[arg(long)]
-    pub name: String,
-    #[arg(long)]
-    pub zoo: Option<PathBuf>,
-    /// Matrix to train on: X, raw, or a layer name [default: the first holding raw counts].
-    #[arg(long)]
-    pub layer: Option<String>,
-    /// Cell Ranger 2 HDF5 with several genomes: the genome to train on [default: the first].
-    #[arg(long)]
-    #[serde(default)]
-    pub genome: Option<String>,
-    /// obs column with the batch covariate.
-    #[arg(long)]
-    pub batch_key: Option<String>,
-    /// obs column with cell labels, kept with the reference sample for label transfer.
-    #[arg(long)]
-    pub label_key: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
-    pub likelihood: Likelihood,
-    /// Default: min(round(20000 / cells * 400), 400), as scvi-tools.
-    #[arg(long, value_parser = epochs, allow_negative_numbers = true)]
-    pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 128, value_parser = positive, allow_negative_numbers = true)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, allow_negative_numbers = true)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 1e-6, value_parser = non_negative, allow_negative_numbers = true)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 128, value_parser = width, allow_negative_numbers = true)]
-    pub n_hidden: usize,
-    #[arg(long, default_value_t = 10, value_parser = width, allow_negative_numbers = true)]
-    pub n_latent: usize,
-    #[arg(long, default_value_t = 1, value_parser = layers, allow_negative_numbers = true)]
-    pub n_layers: usize,
-    #[arg(long, default_value_t = 0.1, value_parser = share_below_one, allow_negative_numbers = true)]
-    pub dropout: f64,
-    #[arg(long, value_enum, default_value_t)]
-    pub norm: Norm,
-    /// Epochs over which the KL weight rises from 0 to 1.
-    #[arg(long, default_value_t = 400, allow_negative_numbers = true)]
-    pub kl_warmup: usize,
-    /// Hide this share of genes from the encoder in every minibatch (learns partial gene sets).
-    #[arg(long, default_value_t = 0.0, value_parser = share_below_one, allow_negative_numbers = true)]
-    pub gene_dropout: f64,
-    /// Stop after this many epochs without a better validation ELBO (0: never).
-    #[arg(long, default_value_t = 45, allow_negative_numbers = true)]
-    pub patience: usize,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub seed: u64,
-    #[arg(long, value_enum, default_value_t)]
-    pub device: DeviceChoice,
-    /// Continue an interrupted run from its last checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Discard an interrupted run of the same name and start over.
-    #[arg(long)]
-    pub restart: bool,
-    /// Replace a model of the same name in the zoo.
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Check the settings, the dataset and the zoo, then stop (`scmz train --detach` runs this
-    /// before it queues a job).
-    #[arg(long, hide = true)]
-    #[serde(default, skip_serializing)]
-    pub check_only: bool,
-    /// Train on values that are not raw counts.
-    #[arg(long)]
-    pub force: bool,
-    /// Cells per chunk read from disk.
-    #[arg(long, default_value_t = 1024, value_parser = positive, allow_negative_numbers = true)]
-    pub chunk_rows: usize,
-    /// Reference cells kept with the model for label transfer.
-    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
-    pub reference_cells: usize,
-    /// Train a cell-type classifier on the --label-key labels with the model (scANVI's
-    /// semi-supervised objective: cells whose label is missing or --unlabeled-category enter only
-    /// the ELBO); `project` then writes its label and probability.
-    #[arg(long, requires = "label_key")]
-    #[serde(default)]
-    pub classifier: bool,
-    /// The --label-key value that marks a cell as unlabelled (missing values always do).
-    #[arg(long, requires = "classifier")]
-    #[serde(default)]
-    pub unlabeled_category: Option<String>,
-    /// Genes to train on: all, hvg:N (the N most variable by Seurat v3's method on raw counts, as
-    /// scanpy's flavor="seurat_v3"), or a file naming one gene per line.
-    #[arg(long, default_value = "all")]
-    #[serde(default)]
-    pub genes: GeneSelection,
-}
-
-/// A layer width within what a model can hold (1 to 16,384).
-fn width(s: &str) -> Result<usize, String> {
-    at_most(s, 16_384)
-}
-
-/// A number of hidden layers (1 to 16).
-fn layers(s: &str) -> Result<usize, String> {
-    at_most(s, 16)
-}
-
-fn at_most(s: &str, max: usize) -> Result<usize, String> {
-    match positive(s)? {
-        n if n <= max => Ok(n),
-        _ => Err(format!("`{s}` is more than {max}")),
-    }
-}
-
-/// A whole number of at least 1 (sizes, epochs).
-fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("`{s}` must be a whole number of at least 1")),
-    }
-}
-
-/// Epochs: at least 1, at most a million (a longer run is a typo, not a plan).
-fn epochs(s: &str) -> Result<usize, String> {
-    match positive(s)? {
-        n if n <= 1_000_000 => Ok(n),
-        _ => Err(format!(
-            "`{s}` epochs is more than 1,000,000: give a number of epochs to train"
-        )),
-    }
-}
-
-/// Adam's step size: above 0 and at most 1 (scvi-tools trains at 1e-3; above 1 every step
-/// overshoots and the loss becomes NaN).
-fn learning_rate(s: &str) -> Result<f64, String> {
-    match positive_finite(s)? {
-        v if v <= 1.0 => Ok(v),
-        _ => Err(format!("`{s}` must be at most 1 (the default is 1e-3)")),
-    }
-}
-
-fn finite(s: &str) -> Result<f64, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
-        .ok_or_else(|| format!("`{s}` is not a finite number"))
-}
-
-fn positive_finite(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if v > 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("`{s}` must be above 0"))
-    }
-}
-
-fn non_negative(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if v >= 0.0 {
-        Ok(v)
-    } else {
-        Err(format!("`{s}` must be 0 or more"))
-    }
-}
-
-/// A share in [0, 1) (dropout rates).
-fn share_below_one(s: &str) -> Result<f64, String> {
-    let v = finite(s)?;
-    if (0.0..1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("`{s}` must be at least 0 and below 1"))
-    }
-}
-
-impl TrainArgs {
-    /// The command line's defaults for training `data` as `name`.
-    pub fn defaults(data: PathBuf, name: String) -> Self {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainArgs,
-        }
-        let data = data.display().to_string();
-        <Wrapper as clap::Parser>::parse_from(["train", data.as_str(), "--name", name.as_str()]).args
-    }
-}
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Checkpoint {
@@ -369,6 +179,13 @@ pub(crate) struct Prepared {
 /// Builds the minibatch's tensors on the CPU (on the reader thread); `to` moves them to the device
 /// and hides genes for gene dropout.
 pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
+    prepare_for(b, cov, n_genes, Device::Cpu)
+}
+
+/// `prepare` for training on `dev`: for a GPU the nonzeros are not sorted by gene (only the
+/// CPU's first layer reads that order) and the tensors are put in page-locked memory, from which
+/// the copy to the device does not wait for the steps before it.
+pub(crate) fn prepare_for(b: &Batch, cov: &Covariates, n_genes: usize, target: Device) -> Prepared {
     let dev = Device::Cpu;
     let c = &b.x;
     let (n, nnz) = (c.n_rows(), c.nnz());
@@ -407,7 +224,11 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
             sum as f32
         })
         .collect();
-    let by_gene = ByGene::new(cpu_slice(&rows), cpu_slice(&genes), &c.data, n_genes);
+    let by_gene = if target == Device::Cpu {
+        ByGene::new(cpu_slice(&rows), cpu_slice(&genes), &c.data, n_genes)
+    } else {
+        ByGene::new(&[], &[], &[], n_genes)
+    };
     let sparse = SparseX {
         n_rows: n as i64,
         n_cols: n_genes as i64,
@@ -463,7 +284,7 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
         .classes
         .as_ref()
         .map(|c| Tensor::from_slice(&b.rows.iter().map(|&r| c[r]).collect::<Vec<i64>>()));
-    Prepared {
+    let p = Prepared {
         n: b.rows.len(),
         rows: b.rows.clone(),
         sparse,
@@ -473,6 +294,11 @@ pub(crate) fn prepare(b: &Batch, cov: &Covariates, n_genes: usize) -> Prepared {
         visible,
         batch,
         labels,
+    };
+    if target == Device::Cpu {
+        p
+    } else {
+        p.map(|t| t.pin_memory(target))
     }
 }
 
@@ -525,7 +351,7 @@ const LATENT_SAMPLE: usize = 400;
 
 /// The latent sample as an event: means (`rows.len()` x d, row-major) on their first two
 /// principal components, coloured by label, else batch.
-fn latent_event(epoch: usize, mu: &[f32], rows: &[usize], args: &TrainArgs, cov: &Covariates) -> Event {
+fn latent_event(epoch: usize, mu: &[f32], rows: &[usize], args: &TrainSpec, cov: &Covariates) -> Event {
     let n = rows.len().min(LATENT_SAMPLE);
     let d = mu.len() / rows.len().max(1);
     let (pcs, explained) = principal_components(&mu[..n * d], d);
@@ -644,18 +470,8 @@ fn ln_factorial(x: f64) -> f64 {
 }
 
 impl Prepared {
-    pub(crate) fn to(self, dev: Device, gene_dropout: f64) -> Prepared {
-        let mv = |t: Tensor| if dev == Device::Cpu { t } else { t.to_device(dev) };
-        let measured = self.measured.map(mv);
-        let visible = (gene_dropout > 0.0).then(|| {
-            let keep = Tensor::rand([self.sparse.n_rows, self.sparse.n_cols], (Kind::Float, dev))
-                .ge(gene_dropout)
-                .to_kind(Kind::Float);
-            match &measured {
-                Some(m) => keep * m,
-                None => keep,
-            }
-        });
+    /// Each tensor replaced by `f(tensor)`.
+    fn map(self, f: impl Fn(Tensor) -> Tensor) -> Prepared {
         Prepared {
             n: self.n,
             rows: self.rows,
@@ -663,21 +479,40 @@ impl Prepared {
                 n_rows: self.sparse.n_rows,
                 n_cols: self.sparse.n_cols,
                 by_gene: self.sparse.by_gene,
-                genes: mv(self.sparse.genes),
-                values: mv(self.sparse.values),
-                rows: mv(self.sparse.rows),
-                flat: mv(self.sparse.flat),
+                genes: f(self.sparse.genes),
+                values: f(self.sparse.values),
+                rows: f(self.sparse.rows),
+                flat: f(self.sparse.flat),
             },
-            lgamma_x1: mv(self.lgamma_x1),
-            measured,
+            lgamma_x1: f(self.lgamma_x1),
+            measured: self.measured.map(&f),
             measured_groups: self.measured_groups.map(|g| MaskGroups {
-                rows: mv(g.rows),
-                index: mv(g.index),
+                rows: f(g.rows),
+                index: f(g.index),
             }),
-            visible,
-            batch: self.batch.map(mv),
-            labels: self.labels.map(mv),
+            visible: self.visible.map(&f),
+            batch: self.batch.map(&f),
+            labels: self.labels.map(&f),
         }
+    }
+
+    pub(crate) fn to(self, dev: Device, gene_dropout: f64) -> Prepared {
+        let mut p = if dev == Device::Cpu {
+            self
+        } else {
+            // From page-locked memory (`prepare_for`) the copy is queued behind the running steps.
+            self.map(|t| t.to_device_(dev, t.kind(), true, false))
+        };
+        if gene_dropout > 0.0 {
+            let keep = Tensor::rand([p.sparse.n_rows, p.sparse.n_cols], (Kind::Float, dev))
+                .ge(gene_dropout)
+                .to_kind(Kind::Float);
+            p.visible = Some(match &p.measured {
+                Some(m) => keep * m,
+                None => keep,
+            });
+        }
+        p
     }
 
     pub(crate) fn input(&self) -> Input<'_> {
@@ -691,6 +526,39 @@ impl Prepared {
             batch: self.batch.as_ref(),
             labels: self.labels.as_ref(),
         }
+    }
+}
+
+/// An epoch's training loss sums (cells x mean) kept on the device, read once at its end.
+#[derive(Default)]
+struct DeviceSums {
+    recon: Option<Tensor>,
+    kl: Option<Tensor>,
+    ce: Option<Tensor>,
+    n_ce: usize,
+}
+
+impl DeviceSums {
+    fn add(&mut self, l: &crate::vae::Losses, m: usize) {
+        let add = |acc: &mut Option<Tensor>, t: &Tensor| {
+            let t = t.detach().to_kind(Kind::Double) * m as f64;
+            *acc = Some(match acc.take() {
+                Some(a) => a + t,
+                None => t,
+            });
+        };
+        add(&mut self.recon, &l.recon);
+        add(&mut self.kl, &l.kl);
+        if let Some(ce) = &l.ce {
+            add(&mut self.ce, ce);
+            self.n_ce += m;
+        }
+    }
+
+    /// (recon sum, KL sum, cross-entropy sum, cells with a label).
+    fn read(self) -> (f64, f64, f64, usize) {
+        let v = |t: Option<Tensor>| t.map_or(0.0, |t| t.double_value(&[]));
+        (v(self.recon), v(self.kl), v(self.ce), self.n_ce)
     }
 }
 
@@ -888,7 +756,7 @@ fn remove_other_checkpoints(run_dir: &Path, state: &Checkpoint) {
     }
 }
 
-pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+pub fn train(args: TrainSpec) -> anyhow::Result<()> {
     scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
     if args.data.len() > 1 {
         bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
@@ -1107,14 +975,21 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             r
         }
     };
+    // On a GPU, minibatches are prepared on several threads (one keeps up with about 100,000
+    // cells/s at 2,000 genes, short of what the device takes).
+    let workers = if dev == Device::Cpu {
+        1
+    } else {
+        cores.saturating_sub(2).clamp(1, 8)
+    };
     let train_batches = |epoch: usize| -> Batches {
         let c = cov.clone();
-        let make = move |b: Batch| prepare(&b, &c, n_genes);
+        let make = move |b: Batch| prepare_for(&b, &c, n_genes, dev);
         let cfg = loader(Split::Train, true);
         if read_here {
             Box::new(reader(cfg, epoch).map(move |b| b.map(&make)))
         } else {
-            Box::new(batches(cfg, epoch, make).into_iter())
+            batches_on(cfg, epoch, make, workers)
         }
     };
     let val_cache = std::sync::Arc::new(std::sync::Mutex::new(Cache::Empty));
@@ -1125,12 +1000,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             if read_here {
                 return Box::new((0..cached.len()).map(move |i| Ok(prepare(&cached[i], &c, n_genes))));
             }
-            return Box::new(replay(cached, move |b| prepare(&b, &c, n_genes)).into_iter());
+            return Box::new(replay(cached, move |b| prepare_for(&b, &c, n_genes, dev)).into_iter());
         }
         let cache = val_cache.clone();
         let make = move |b: Batch| {
             cache.lock().expect("validation cache").offer(&b);
-            prepare(&b, &c, n_genes)
+            prepare_for(&b, &c, n_genes, dev)
         };
         // Evaluation needs no minibatch noise: larger batches, fewer and larger products.
         let mut cfg = loader(Split::Validation, false);
@@ -1138,7 +1013,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         if read_here {
             Box::new(reader(cfg, epoch).map(move |b| b.map(&make)))
         } else {
-            Box::new(batches(cfg, epoch, make).into_iter())
+            batches_on(cfg, epoch, make, workers)
         }
     };
     let mut next_train = None;
@@ -1161,6 +1036,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let t_epoch = Instant::now();
         let (mut sr, mut sk, mut n) = (0.0, 0.0, 0usize);
         let (mut sce, mut nce) = (0.0, 0usize);
+        // On a GPU the epoch's loss sums stay on the device (no wait for each step).
+        let mut on_device = (dev != Device::Cpu && trace.is_none()).then(DeviceSums::default);
         // Readers on threads run ahead: this epoch's training batches were started with the last
         // epoch; this epoch's validation batches and the next epoch's training batches start now,
         // while this epoch trains (each reader holds a bounded number of batches).
@@ -1181,26 +1058,37 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             let l = vae.losses(&input, kl_weight, train_pass);
             let grads = vae.backward(&l, opt.params());
             opt.step(&grads);
-            let (r, k) = (l.recon.double_value(&[]), l.kl.double_value(&[]));
-            if let Some(t) = &mut trace {
-                t.step(epoch, &p.rows, r, k, kl_weight)?;
-            }
-            if !r.is_finite() || !k.is_finite() {
-                log.write(Event::Error {
-                    message: format!("loss became {r} at epoch {epoch}"),
-                })?;
-                bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
-            }
             let m = p.n;
-            if let Some(ce) = &l.ce {
-                sce += ce.double_value(&[]) * m as f64;
-                nce += m;
+            let event_due = last_step_event.elapsed().as_secs_f64() > 0.5;
+            if let Some(sums) = &mut on_device {
+                sums.add(&l, m);
             }
-            sr += r * m as f64;
-            sk += k * m as f64;
+            // Read back each step where that costs nothing (the CPU), else only when shown.
+            let (r, k) = if on_device.is_none() || event_due {
+                (l.recon.double_value(&[]), l.kl.double_value(&[]))
+            } else {
+                (0.0, 0.0)
+            };
+            if on_device.is_none() {
+                if let Some(t) = &mut trace {
+                    t.step(epoch, &p.rows, r, k, kl_weight)?;
+                }
+                if !r.is_finite() || !k.is_finite() {
+                    log.write(Event::Error {
+                        message: format!("loss became {r} at epoch {epoch}"),
+                    })?;
+                    bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
+                }
+                if let Some(ce) = &l.ce {
+                    sce += ce.double_value(&[]) * m as f64;
+                    nce += m;
+                }
+                sr += r * m as f64;
+                sk += k * m as f64;
+            }
             n += m;
             state.step += 1;
-            if last_step_event.elapsed().as_secs_f64() > 0.5 {
+            if event_due {
                 last_step_event = Instant::now();
                 let cps = n as f64 / t_epoch.elapsed().as_secs_f64().max(1e-9);
                 log.write(Event::Step {
@@ -1243,6 +1131,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("\ncancelled during epoch {}: {kept}{again}", epoch + 1);
             crate::hand_over_if_orphaned(Err(&kept));
             crate::exit_now(143);
+        }
+        if let Some(sums) = on_device.take() {
+            (sr, sk, sce, nce) = sums.read();
+            if !sr.is_finite() || !sk.is_finite() {
+                log.write(Event::Error {
+                    message: format!("loss became {sr} at epoch {epoch}"),
+                })?;
+                bail!("training diverged at epoch {epoch} (loss {sr}); lower --lr or check the data");
+            }
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
         cells_per_s = n as f64 / train_secs.max(1e-9);
@@ -1469,7 +1366,7 @@ fn reference_sample(
     vae: &Vae,
     ds: &Dataset,
     cov: &Covariates,
-    args: &TrainArgs,
+    args: &TrainSpec,
     dev: Device,
     dir: &Path,
 ) -> anyhow::Result<Reference> {

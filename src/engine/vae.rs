@@ -402,7 +402,7 @@ impl Vae {
     /// The classifier's most probable label (an index into `arch.classifier_labels`) and its
     /// probability for each latent mean; None for a model without a classifier.
     pub fn predict(&self, mu: &Tensor) -> Option<(Vec<i64>, Vec<f64>)> {
-        let probs = tch::no_grad(|| self.classify(mu))?;
+        let probs = tch::no_grad(|| self.classify(mu))?.to_device(Device::Cpu);
         let (p, k) = probs.max_dim(1, false);
         Some((
             Vec::<i64>::try_from(k).expect("int64 labels"),
