@@ -12,35 +12,47 @@
 #                  and glibc on the machine it runs on.
 #   --test         also run the engine's CPU tests (train, project, compare) against this libtorch.
 #   --tch X.Y      the tch release, for a torch this script does not know.
+#   --out FILE     also copy the engine to FILE (e.g. .gpu/scmz-engine, to carry to a GPU machine).
 # At run time the engine finds libtorch through the rpath of the build machine's venv, or through
 # LD_LIBRARY_PATH (on the target machine: the `lib` folder of its `torch` package).
 set -euo pipefail
+CALLER="$PWD"
 cd "$(dirname "$0")/.."
 
+die() { echo "build-engine: $*" >&2; exit 2; }
 TORCH="" TCH="" STATIC=0 TEST=0 OUTFILE=""
 while [ $# -gt 0 ]; do
+  case "$1" in
+    --torch|--tch|--out) [ $# -ge 2 ] || die "$1 needs a value (see --help)" ;;
+  esac
   case "$1" in
     --torch) TORCH="$2"; shift 2 ;;
     --tch) TCH="$2"; shift 2 ;;
     --static-hdf5) STATIC=1; shift ;;
     --test) TEST=1; shift ;;
     --out) OUTFILE="$2"; shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
-    *) echo "build-engine: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[ -n "$TORCH" ] || { echo "build-engine: give --torch VERSION, e.g. --torch 2.11.0" >&2; exit 2; }
+[ -n "$TORCH" ] || die "give --torch VERSION, e.g. --torch 2.11.0"
+[[ "$TORCH" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "--torch $TORCH: give a release as X.Y.Z, e.g. 2.11.0"
 if [ -z "$TCH" ]; then
   # Read from each torch-sys release's build script (TORCH_VERSION).
   case "$TORCH" in
     2.13.0) TCH=0.26 ;;
     2.11.0) TCH=0.24 ;;
-    *) echo "build-engine: no tch release known for torch $TORCH; give --tch X.Y (see torch-sys' build.rs)" >&2; exit 2 ;;
+    *) die "no tch release known for torch $TORCH; give --tch X.Y (see torch-sys' build.rs)" ;;
   esac
 fi
+[[ "$TCH" =~ ^[0-9]+\.[0-9]+$ ]] || die "--tch $TCH: give a release as X.Y, e.g. 0.24"
+# --out is relative to the folder the script was started from.
+case "$OUTFILE" in ""|/*) ;; *) OUTFILE="$CALLER/$OUTFILE" ;; esac
 
 say() { echo "build-engine: $*" >&2; }
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/scmz"
+CACHE_ROOT="${XDG_CACHE_HOME:-$HOME/.cache}"
+case "$CACHE_ROOT" in /*) ;; *) die "XDG_CACHE_HOME ($CACHE_ROOT) must be an absolute path" ;; esac
+CACHE="$CACHE_ROOT/scmz"
 VENV="$CACHE/venv-torch-$TORCH"
 BUILD="$CACHE/build-torch-$TORCH"
 TARGET="$CACHE/target-torch-$TORCH"
@@ -52,8 +64,8 @@ if [ ! -f "$VENV/.scmz-torch" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH"
   touch "$VENV/.scmz-torch"
 fi
-TORCH_DIR="$(ls -d "$VENV"/lib/python3*/site-packages/torch | head -n 1)"
-[ -f "$TORCH_DIR/lib/libtorch_cpu.so" ] || { say "no libtorch_cpu.so under $TORCH_DIR: remove $VENV and run again"; exit 1; }
+TORCH_DIR="$( (ls -d "$VENV"/lib/python3*/site-packages/torch 2>/dev/null || true) | head -n 1)"
+[ -n "$TORCH_DIR" ] && [ -f "$TORCH_DIR/lib/libtorch_cpu.so" ] || { say "no libtorch in $VENV: remove that folder and run again"; exit 1; }
 
 # HDF5's source wants CMake 3.26 or newer (Debian 12 has 3.25): one from PyPI, in the venv.
 if [ "$STATIC" = 1 ] && [ ! -x "$VENV/bin/cmake" ]; then

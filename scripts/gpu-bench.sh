@@ -11,9 +11,9 @@
 # and their pure-Python needs) are installed from wheels in .whl/ into a temporary folder, if there.
 # Dry run here: scripts/gpu-bench.sh ENGINE --device cpu --quick
 # Fetch the wheels here (a registry is needed; the GPU machine has none):  scripts/gpu-bench.sh --fetch-wheels
-# then carry .gpu and .whl to the machine (both ignored by git: add them to .git/info/exclude).
+# then carry .gpu and .whl to the machine (.gitignore keeps both out of commits).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 # What the GPU machines' image (Python 3.12, torch 2.11, pandas 3, numpy 2.5, lightning, jax, h5py,
 # scipy, scikit-learn) lacks for scvi-tools 1.4.2, as read from each package's requirements and an
@@ -24,26 +24,33 @@ ml-collections==1.1.0 msgspec==0.23.0 natsort==8.4.0 numcodecs==0.17.1 pynndesce
 pyro-api==0.1.2 pyro-ppl==1.9.2 pytz==2026.6 scanpy==1.12.4 session-info2==0.4.2 sparse==0.19.3
 tzdata==2026.6 umap-learn==0.5.12 zarr==3.4.2"
 if [ "${1:-}" = --fetch-wheels ]; then
-  mkdir -p .whl
+  mkdir -p "$ROOT/.whl"
   for w in $WHEELS; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-      --platform any -d .whl "$w" 2>/dev/null \
-      || python3 -m pip wheel -q --no-deps -w .whl "$w"   # docrep ships only as source
+      --platform any -d "$ROOT/.whl" "$w" 2>/dev/null \
+      || python3 -m pip wheel -q --no-deps -w "$ROOT/.whl" "$w"   # docrep ships only as source
   done
-  ls .whl; exit 0
+  ls "$ROOT/.whl"; exit 0
 fi
-ENGINE=".gpu/scmz-engine"
+ENGINE="$ROOT/.gpu/scmz-engine"
 if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then ENGINE="$1"; shift; fi
-[ -x "$ENGINE" ] || { echo "gpu-bench: no engine at $ENGINE (build it with scripts/build-engine.sh)" >&2; exit 2; }
+[ -f "$ENGINE" ] && [ -x "$ENGINE" ] || { echo "gpu-bench: no engine at $ENGINE (build one with scripts/build-engine.sh)" >&2; exit 2; }
 PY="${SCMZ_BENCH_PYTHON:-python3}"
-TORCH_LIB="${SCMZ_TORCH_LIB:-$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')}"
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -z "${SCMZ_TORCH_LIB:-}" ]; then
+  SCMZ_TORCH_LIB="$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)" \
+    || { echo "gpu-bench: $PY has no torch: set SCMZ_BENCH_PYTHON to a python with torch, or SCMZ_TORCH_LIB to a torch/lib folder" >&2; exit 2; }
+fi
+export LD_LIBRARY_PATH="$SCMZ_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+"$ENGINE" devices >/dev/null 2>&1 \
+  || { echo "gpu-bench: $ENGINE does not start with the libtorch in $SCMZ_TORCH_LIB (built for another torch? see scripts/build-engine.sh)" >&2; exit 2; }
 case " $* " in *" --skip-scvi "*) SKIP_SCVI=1 ;; *) SKIP_SCVI=0 ;; esac
-if [ "$SKIP_SCVI" = 0 ] && [ -d .whl ] && ! "$PY" -c 'import scvi' 2>/dev/null; then
+SITE=""
+if [ "$SKIP_SCVI" = 0 ] && [ -d "$ROOT/.whl" ] && ! "$PY" -c 'import scvi' 2>/dev/null; then
   SITE="$(mktemp -d)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl
+  trap 'rm -rf "$SITE"' EXIT
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$ROOT"/.whl/*.whl
   export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-exec "$PY" scripts/gpu_bench.py --engine "$ENGINE" "$@"
+"$PY" "$ROOT/scripts/gpu_bench.py" --engine "$ENGINE" "$@"

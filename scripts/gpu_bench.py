@@ -14,7 +14,7 @@ stacked to 1,000,000 cells, written as h5ad under --work), then:
 Prints one table and writes every figure to --out (JSON). `--quick` shrinks the data for a dry
 run on the CPU.
 """
-import argparse, json, os, resource, shutil, subprocess, sys, tempfile, threading, time
+import argparse, json, os, resource, shutil, subprocess, sys, tempfile, threading, time, warnings
 
 import numpy as np
 
@@ -221,19 +221,35 @@ def latents_csv(path):
     return t[[c for c in t.columns if c.startswith("latent_")]].to_numpy(dtype=np.float64)
 
 
+SHORT = {"s2k": "synthetic 2,000 genes", "s20k": "synthetic 20,000 genes", "mouse": "mouse_10k stacked"}
+
+
+def run_list(text):
+    """DATA:BATCH pairs, comma-separated (DATA one of SHORT's keys)."""
+    out = []
+    for item in text.split(","):
+        data, _, batch = item.partition(":")
+        if data not in SHORT or not batch.isdigit() or int(batch) < 2:
+            raise argparse.ArgumentTypeError(
+                f"`{item}`: give DATA:BATCH with DATA one of {', '.join(SHORT)} and BATCH a whole number of 2 or more")
+        out.append(f"{data}:{int(batch)}")
+    return out
+
+
 def main():
+    warnings.filterwarnings("ignore", category=UserWarning)
     p = argparse.ArgumentParser()
     p.add_argument("--engine", required=True)
-    p.add_argument("--device", default="cuda")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "scmz-gpu-bench"))
     p.add_argument("--out", default=None, help="write every figure here (JSON)")
     p.add_argument("--quick", action="store_true", help="small data, for a dry run on the CPU")
     p.add_argument("--skip-scvi", action="store_true")
     p.add_argument("--skip-speed", action="store_true", help="data and correctness only")
     # Batch 128 last: at 7,000 steps an epoch it is the slowest (about 25 s an epoch on an H200).
-    p.add_argument("--runs", default="s2k:1024,s2k:4096,s20k:1024,s20k:4096,mouse:1024,mouse:4096,s2k:128",
+    p.add_argument("--runs", type=run_list, default="s2k:1024,s2k:4096,s20k:1024,s20k:4096,mouse:1024,mouse:4096,s2k:128",
                    help="DATA:BATCH pairs, DATA one of s2k, s20k, mouse, in the order to run")
-    p.add_argument("--peer-runs", default="s2k:1024,s20k:1024,s2k:4096,s2k:128",
+    p.add_argument("--peer-runs", type=run_list, default="s2k:1024,s20k:1024,s2k:4096,s2k:128",
                    help="the pairs scvi-tools runs too, in this order, while --budget-s lasts")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--budget-s", type=float, default=440, help="peer runs that would start after this are skipped")
@@ -247,15 +263,20 @@ def main():
         res["gpu"] = None
     res["engine_devices"] = subprocess.run([a.engine, "devices"], capture_output=True, text=True).stdout.strip()
     log(f"gpu: {res['gpu']}; engine devices: {res['engine_devices']}")
+    if a.device == "cuda" and not json.loads(res["engine_devices"] or "{}").get("cuda"):
+        sys.exit(f"gpu-bench: {a.engine} sees no CUDA device here; run with --device cpu for a dry run")
 
     # Data, made here.
     n2k, n20k, nmouse = (20_000, 5_000, 20_000) if a.quick else (1_000_000, 200_000, 1_000_000)
+    needed = {SHORT[r.split(":")[0]] for r in ([] if a.skip_speed else a.runs)}
     files = {
         "synthetic 2,000 genes": (os.path.join(a.work, "synth2k.h5ad"), lambda f: synthetic(f, n2k, 2000, min(n2k, 50_000), 800, 1)),
         "synthetic 20,000 genes": (os.path.join(a.work, "synth20k.h5ad"), lambda f: synthetic(f, n20k, 20000, min(n20k, 10_000), 2500, 2)),
         "mouse_10k stacked": (os.path.join(a.work, "mouse1m.h5ad"), lambda f: mouse_stacked(f, nmouse)),
     }
     for label, (f, make) in files.items():
+        if label not in needed:
+            continue
         t = time.perf_counter()
         nnz = make(f)
         res["data"][label] = {"file": f, "nnz_per_cell": nnz, "seconds": time.perf_counter() - t,
@@ -264,8 +285,7 @@ def main():
 
     # 1. Correctness: CPU against the device, the same seed.
     mouse = os.path.join(ROOT, "tests/data/mouse_10k_subset.h5ad")
-    zoo = os.path.join(a.work, "zoo")
-    shutil.rmtree(zoo, ignore_errors=True)
+    zoo = tempfile.mkdtemp(prefix="zoo-", dir=a.work)  # its own, removed at the end
     c = res["correctness"]
     devices = list(dict.fromkeys(("cpu", a.device)))
     for dev in devices:
@@ -290,8 +310,8 @@ def main():
             log(f"correctness: {model} projected on cpu and {a.device}: max |diff| {c[f'project_{model}_max_abs_diff']:.2e}")
 
     # 2. Speed, scmz then the peer, most telling first.
-    short = {"s2k": "synthetic 2,000 genes", "s20k": "synthetic 20,000 genes", "mouse": "mouse_10k stacked"}
-    runs = [(short[r.split(":")[0]], int(r.split(":")[1])) for r in a.runs.split(",")]
+    short = SHORT
+    runs = [(short[r.split(":")[0]], int(r.split(":")[1])) for r in a.runs]
     for label, bs in [] if a.skip_speed else runs:
         f = res["data"][label]["file"]
         r = scmz_train(a, f, f"s-{len(res['speed'])}", zoo, a.device, bs, a.epochs)
@@ -299,7 +319,7 @@ def main():
         log(f"scmz {label} batch {bs}: {r}")
     if not a.skip_scvi:
         keyed = {f"{[k for k, v in short.items() if v == row['data']][0]}:{row['batch']}": row for row in res["speed"]}
-        for key in a.peer_runs.split(","):
+        for key in a.peer_runs:
             row = keyed.get(key)
             if row is None:
                 continue
@@ -314,12 +334,15 @@ def main():
     # The table.
     print()
     print(f"device: {res['gpu'] or a.device}; {a.epochs} epochs; nb, 1 x 128 hidden, 10 latent; seed 0")
-    print("correctness (mouse_10k_subset, 3 epochs, batch 128): validation ELBO cpu "
-          f"{c.get('train_cpu', {}).get('val_elbo', float('nan')):.2f}, {a.device} "
-          f"{c.get(f'train_{a.device}', {}).get('val_elbo', float('nan')):.2f} "
-          f"(relative difference {c.get('val_elbo_rel_diff', float('nan')):.2e}); projections cpu vs {a.device}, "
-          f"max |latent difference|: model trained on {a.device} {c.get(f'project_m-{a.device}_max_abs_diff', float('nan')):.1e}, "
-          f"model trained on cpu {c.get('project_m-cpu_max_abs_diff', float('nan')):.1e}")
+    if a.device == "cpu":
+        print("correctness: a CPU-only run has no device to compare the CPU with")
+    else:
+        print("correctness (mouse_10k_subset, 3 epochs, batch 128): validation ELBO cpu "
+              f"{c.get('train_cpu', {}).get('val_elbo', float('nan')):.2f}, {a.device} "
+              f"{c.get(f'train_{a.device}', {}).get('val_elbo', float('nan')):.2f} "
+              f"(relative difference {c.get('val_elbo_rel_diff', float('nan')):.2e}); projections cpu vs {a.device}, "
+              f"max |latent difference|: model trained on {a.device} {c.get(f'project_m-{a.device}_max_abs_diff', float('nan')):.1e}, "
+              f"model trained on cpu {c.get('project_m-cpu_max_abs_diff', float('nan')):.1e}")
     hdr = f"{'data':24} {'batch':>5} | {'scmz cells/s':>12} {'epoch s':>7} {'GPU MiB':>7} {'RSS MiB':>7} {'start s':>7} {'val ELBO':>9} {'util%':>5} | {'scvi cells/s':>12} {'epoch s':>7} {'GPU MiB':>7} {'RSS MiB':>7} {'val ELBO':>9} | ratio"
     print(hdr)
     fmt = lambda v, w, d=0: f"{v:{w}.{d}f}" if isinstance(v, (int, float)) else f"{'-':>{w}}"
@@ -333,6 +356,13 @@ def main():
     if a.out:
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=1)
+    shutil.rmtree(zoo, ignore_errors=True)
+    failed = [f"{r['data']} batch {r['batch']}" for r in res["speed"] if "error" in r["scmz"]]
+    failed += [k for k, v in c.items() if isinstance(v, dict) and "error" in v]
+    if a.device != "cpu" and "val_elbo_rel_diff" not in c:
+        failed.append("CPU/device comparison")
+    if failed:
+        sys.exit(f"gpu-bench: failed: {', '.join(failed)} (see the messages above)")
     log("done")
 
 

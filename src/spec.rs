@@ -272,7 +272,12 @@ pub struct ProjectSpec {
     #[arg(long)]
     pub zoo: Option<PathBuf>,
     /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
-    #[arg(short, long, required_unless_present = "predict_only")]
+    #[arg(
+        short,
+        long,
+        required_unless_present = "predict_only",
+        conflicts_with = "predict_only"
+    )]
     pub output: Option<PathBuf>,
     /// Replace an existing output file (never the input).
     #[arg(long)]
@@ -309,6 +314,11 @@ pub struct ProjectSpec {
     #[arg(long, value_enum, default_value_t)]
     #[serde(default)]
     pub device: DeviceChoice,
+    /// Check the settings, the model, the dataset and the output, then stop (`scmz project
+    /// --detach` runs this before it queues a job).
+    #[arg(long, hide = true)]
+    #[serde(default, skip_serializing)]
+    pub check_only: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -336,7 +336,74 @@ fn projection_on_each_device_gives_the_fixtures_latents() {
             stderr(&o)
         );
         assert!(!csv.exists());
+        // Refused before anything is written or queued: a training run, a detached projection,
+        // a fine-tuning (which itself runs on the CPU).
+        let zoo = tempfile::tempdir().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let data = data("pbmc68k_counts.h5ad");
+        let out = zoo.path().join("out.csv");
+        let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+        for args in [
+            vec!["train", data, "--name", "t", "--epochs", "1", "--device", "cuda"],
+            vec![
+                "train", data, "--name", "t", "--epochs", "1", "--device", "cuda", "--detach",
+            ],
+            vec![
+                "project",
+                data,
+                "--model",
+                "pbmc-tiny",
+                "-o",
+                out,
+                "--device",
+                "cuda",
+                "--detach",
+            ],
+            vec![
+                "project",
+                data,
+                "--model",
+                "pbmc-tiny",
+                "-o",
+                out,
+                "--device",
+                "cuda",
+                "--finetune",
+                "1",
+            ],
+        ] {
+            let z = if args[0] == "train" {
+                zoo.path().to_path_buf()
+            } else {
+                fixture_zoo()
+            };
+            let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+                .args(&args)
+                .env("SCMZ_ZOO", z)
+                .env("SCMZ_DATA_DIR", home.path())
+                .env("SCMZ_STATE_DIR", home.path())
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("no CUDA device"), "{args:?}: {}", stderr(&o));
+            assert_eq!(
+                std::fs::read_dir(zoo.path()).unwrap().count(),
+                0,
+                "{args:?} wrote into the zoo"
+            );
+            assert_eq!(
+                std::fs::read_dir(home.path()).unwrap().count(),
+                0,
+                "{args:?} queued a job"
+            );
+        }
     }
+    // A projection that only predicts writes nothing, so it takes no output.
+    let o = scmz(
+        &["project", "x.h5ad", "--model", "m", "--predict-only", "-o", "o.csv"],
+        &fixture_zoo(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = scmz(
         &["project", "x.h5ad", "--model", "m", "-o", "o.csv", "--device", "gpu0"],
         &fixture_zoo(),

@@ -5,7 +5,7 @@ mod bench;
 mod datasets;
 mod inspect;
 mod jobs;
-mod models;
+pub(crate) mod models;
 mod overlap;
 mod table;
 
@@ -303,7 +303,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     if let Some(req) = jobs::submission(command, &mut args)? {
         // What the engine would refuse at once is refused now, not after the job's turn comes.
-        if command == "train" && req.sweep.is_none() {
+        if matches!(command, "train" | "project") && req.sweep.is_none() {
             let mut check = vec![command.to_string()];
             check.extend(req.args.iter().cloned());
             check.push("--check-only".into());

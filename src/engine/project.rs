@@ -166,11 +166,15 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
         // The model's own files are inputs too.
         scmz::files::check_output(out, &[&args.data, &dir], args.overwrite)?;
     }
-    // Fine-tuning trains on the CPU.
+    // Fine-tuning trains on the CPU (an explicit `--device cuda` is still checked, and said).
+    let chosen = crate::train::device(args.device)?;
     let dev = if args.finetune > 0 && !args.predict_only {
+        if chosen != Device::Cpu {
+            eprintln!("note: --finetune trains and encodes on the CPU");
+        }
         Device::Cpu
     } else {
-        crate::train::device(args.device)?
+        chosen
     };
     let (m, vs, vae) = load_model(&dir, dev)?;
     let ds = Dataset::open_with(
@@ -201,6 +205,9 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
             report.key,
             args.min_overlap
         );
+    }
+    if args.check_only {
+        return Ok(());
     }
     let matching = report.matching.as_ref().expect("matching");
     let g = m.architecture.n_genes;

@@ -762,6 +762,8 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
         bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
     }
     let path = args.data[0].clone();
+    // Before anything is written (and by `--check-only`, so `--detach` refuses it too).
+    let dev = device(args.device)?;
     let open = OpenOptions {
         layer: args.layer.clone(),
         genome: args.genome.clone(),
@@ -891,7 +893,6 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
         masked_input: cov.presence.is_some() || args.gene_dropout > 0.0,
         classifier_labels,
     };
-    let dev = device(args.device)?;
     set_threads(n_genes);
     tch::manual_seed(args.seed as i64);
     let vs = nn::VarStore::new(dev);

@@ -107,9 +107,7 @@ fn event_loop(
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
         let (req_tx, req_rx) = std::sync::mpsc::channel::<Request>();
-        let engine = std::env::current_exe()
-            .map(|p| scmz::jobs::engine_path(&p))
-            .unwrap_or_else(|_| PathBuf::from("scmz-engine"));
+        let engine = crate::cli::models::engine_path();
         let utx = tx.clone();
         std::thread::spawn(move || {
             worker::run(sources, engine, req_rx, move |u| {
