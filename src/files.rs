@@ -235,6 +235,30 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(),
         Err(e) => return Err(FileError::io(out, "read", &e)),
     };
     if !exists {
+        // A new file inside an input folder (a 10x folder, a model's folder, the zoo) is refused
+        // too: judged by the nearest folder above it that exists.
+        let mut above = out.parent();
+        while let Some(p) = above {
+            let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
+            if let Ok(real) = std::fs::canonicalize(p) {
+                for input in inputs {
+                    let is_dir = std::fs::metadata(input).is_ok_and(|m| m.is_dir());
+                    if let (true, Ok(i)) = (is_dir, std::fs::canonicalize(input)) {
+                        if real.starts_with(&i) {
+                            return Err(FileError::new(
+                                out,
+                                format!(
+                                    "would be written inside the input {}; write the output to another path",
+                                    input.display()
+                                ),
+                            ));
+                        }
+                    }
+                }
+                break;
+            }
+            above = p.parent();
+        }
         return Ok(());
     }
     if let Ok(target) = std::fs::metadata(out) {
@@ -382,6 +406,12 @@ mod tests {
         std::fs::write(mtx.join("matrix.mtx"), b"%").unwrap();
         let e = check_output(&mtx.join("matrix.mtx"), &[&mtx], true).unwrap_err();
         assert!(e.message.contains("inside"), "{e}");
+        // And so is a new file there, or in a new folder there (judged by the folder that exists).
+        for out in [mtx.join("new.h5ad"), mtx.join("sub/deeper/new.h5ad")] {
+            let e = check_output(&out, &[&mtx], true).unwrap_err();
+            assert!(e.message.contains("inside the input"), "{e}");
+        }
+        assert!(check_output(&dir.path().join("beside.h5ad"), &[&mtx], true).is_ok());
     }
 
     #[test]

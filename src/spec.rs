@@ -241,6 +241,24 @@ fn non_negative(s: &str) -> Result<f64, String> {
 }
 
 /// A share in [0, 1) (dropout rates).
+/// A share in [0, 1].
+fn share(s: &str) -> Result<f64, String> {
+    let v = finite(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` must be between 0 and 1"))
+    }
+}
+
+/// A percentage of genes, 1 to 100.
+fn percent(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(v) if (1..=100).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` must be a whole number from 1 to 100")),
+    }
+}
+
 fn share_below_one(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
     if (0.0..1.0).contains(&v) {
@@ -294,7 +312,7 @@ pub struct ProjectSpec {
     #[arg(long, value_enum, default_value_t)]
     pub missing: Missing,
     /// Refuse when fewer than this share of the model's genes are found (unless --force).
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.5, value_parser = share, allow_negative_numbers = true)]
     pub min_overlap: f64,
     /// Project despite a low overlap or non-count values.
     #[arg(long)]
@@ -345,7 +363,7 @@ pub struct CompareSpec {
     #[arg(long, default_value_t = 2)]
     pub seeds: u64,
     /// Shares (%) of the model's genes left visible in the data.
-    #[arg(long, default_value = "100", value_delimiter = ',')]
+    #[arg(long, default_value = "100", value_delimiter = ',', value_parser = percent)]
     pub overlaps: Vec<u32>,
     #[arg(long)]
     pub json: bool,

@@ -1226,3 +1226,125 @@ fn a_manifest_with_an_unknown_choice_is_refused() {
         &["manifest.json", "lyer", "batch", "layer"],
     );
 }
+
+// ---- Second attacker trial of session 8 -------------------------------------------------------
+
+/// A link planted in the zoo's run folders (a lock or a run folder pointing elsewhere) is
+/// refused, and the file it points at is untouched.
+#[test]
+fn links_planted_among_the_runs_are_not_written_through() {
+    let root = tempfile::tempdir().unwrap();
+    let victim = root.path().join("victim");
+    std::fs::create_dir_all(victim.join("rd")).unwrap();
+    std::fs::write(victim.join("precious"), "1\n2\n3\n").unwrap();
+    std::fs::write(victim.join("rd/events.jsonl"), "keep").unwrap();
+    let runs = root.path().join("zoo/.runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::os::unix::fs::symlink(victim.join("precious"), runs.join("a.lock")).unwrap();
+    std::os::unix::fs::symlink(victim.join("rd"), runs.join("b")).unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    for name in ["a", "b"] {
+        for detach in [false, true] {
+            let mut args = vec!["train", input.to_str().unwrap(), "--name", name, "--epochs", "1"];
+            if detach {
+                args.push("--detach");
+            }
+            let o = scmz(root.path(), &args);
+            refused(&o, 1, &["symbolic link", "remove it"]);
+        }
+    }
+    assert_eq!(std::fs::read_to_string(victim.join("precious")).unwrap(), "1\n2\n3\n");
+    assert_eq!(std::fs::read_to_string(victim.join("rd/events.jsonl")).unwrap(), "keep");
+    assert_eq!(std::fs::read_dir(victim.join("rd")).unwrap().count(), 1);
+}
+
+/// An edited model whose reference labels do not match its reference latents is refused in
+/// words (it was an index-out-of-bounds panic).
+#[test]
+fn a_reference_whose_labels_do_not_fit_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let manifest = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let labels = m["reference"]["labels"]
+        .as_array_mut()
+        .expect("the fixture keeps labels");
+    let n = labels.len();
+    labels.truncate(n - 5);
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = root.path().join("p.csv");
+    let o = project(root.path(), &data("pbmc68k_counts.h5ad"), &zoo, &out, &[]);
+    refused(&o, 1, &["pbmc-tiny", "labels", "damaged"]);
+    assert!(!out.exists());
+}
+
+/// Settings of projection and compare out of range fail at parse time: `--min-overlap nan`
+/// turned the overlap guard off, `--overlaps 101` reported 101 %.
+#[test]
+fn projection_and_compare_settings_out_of_range_fail_at_parse_time() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let out = root.path().join("p.csv");
+    let input = data("pbmc68k_counts.h5ad");
+    for v in ["nan", "2", "-0.5", "inf"] {
+        let o = project(root.path(), &input, &zoo, &out, &["--min-overlap", v]);
+        refused(&o, 2, &["--min-overlap", &format!("`{v}`")]);
+    }
+    for v in ["101", "0", "abc"] {
+        let o = scmz(
+            root.path(),
+            &[
+                "compare",
+                input.to_str().unwrap(),
+                "--model",
+                "pbmc-tiny",
+                "--overlaps",
+                v,
+            ],
+        );
+        refused(&o, 2, &["--overlaps", "1 to 100"]);
+    }
+    assert!(!out.exists());
+}
+
+/// A new output inside the zoo or a model's folder is refused like an existing one.
+#[test]
+fn outputs_are_never_written_into_the_zoo() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let before = files_below(&zoo);
+    let input = data("pbmc68k_counts.h5ad");
+    for out in [
+        zoo.join("pbmc-tiny/x.h5ad"),
+        zoo.join("pbmc-tiny/comparisons/x.csv"),
+        zoo.join("evil/x.h5ad"),
+        zoo.join("x.parquet"),
+    ] {
+        let o = project(root.path(), &input, &zoo, &out, &[]);
+        refused(&o, 1, &["inside the input"]);
+    }
+    assert_eq!(files_below(&zoo), before);
+}
+
+/// Labels printed by `project` come from the model's files: a category holding terminal
+/// escapes is shown escaped.
+#[test]
+fn transferred_labels_cannot_drive_the_terminal() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let manifest = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    for l in m["reference"]["labels"].as_array_mut().unwrap() {
+        *l = "X\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}evil".into();
+    }
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let out = root.path().join("p.csv");
+    let o = project(root.path(), &data("pbmc68k_counts.h5ad"), &zoo, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("labels"), "{text}");
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\u{202e}'),
+        "{text:?}"
+    );
+}

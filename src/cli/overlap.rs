@@ -201,7 +201,7 @@ fn print_report(r: &OverlapReport) {
         );
     }
     for w in &r.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", scmz::files::printable(w));
     }
 }
 
@@ -248,7 +248,7 @@ pub fn merge_cmd(
     }
     print!("{}", t.render());
     for w in &s.warnings {
-        println!("warning: {w}");
+        println!("warning: {}", scmz::files::printable(w));
     }
     Ok(())
 }

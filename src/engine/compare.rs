@@ -184,7 +184,11 @@ pub fn compare(args: CompareSpec) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     if let Some(out) = &args.out {
         // The model's own files are inputs too.
-        scmz::files::check_output(out, &[&args.data, &zoo.model_dir(&args.model)], args.overwrite)?;
+        scmz::files::check_output(
+            out,
+            &[&args.data, &zoo.model_dir(&args.model), &zoo.dir],
+            args.overwrite,
+        )?;
     }
     zoo.load(&args.model)?;
     let (m, _vs, vae) = load_model(&zoo.model_dir(&args.model), Device::Cpu)?;
@@ -443,7 +447,7 @@ fn report(args: &CompareSpec, rows: &[Row]) -> anyhow::Result<()> {
         );
     }
     for v in verdicts {
-        println!("verdict: {v}");
+        println!("verdict: {}", scmz::files::printable(&v.to_string()));
     }
     saved
 }

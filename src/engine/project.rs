@@ -164,7 +164,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let dir = zoo.model_dir(&args.model);
     if let Some(out) = &args.output {
         // The model's own files are inputs too.
-        scmz::files::check_output(out, &[&args.data, &dir], args.overwrite)?;
+        scmz::files::check_output(out, &[&args.data, &dir, &zoo.dir], args.overwrite)?;
     }
     // Fine-tuning trains on the CPU (an explicit `--device cuda` is still checked, and said).
     let chosen = crate::train::device(args.device)?;
@@ -330,6 +330,19 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
     let ref_latent = get("latent");
     let label_names: Option<Vec<String>> = reference.and_then(|r| r.labels.clone());
+    if let (Some(rl), Some(ls)) = (&ref_latent, &label_names) {
+        let size = rl.size();
+        if size.len() != 2 || size[0] as usize != ls.len() || size[1] as usize != l {
+            bail!(
+                "model `{}`: its reference holds {:?} latents but {} labels for a {l}-dimensional latent: the manifest \
+                 or {} is damaged; train or install the model again",
+                args.model,
+                size,
+                ls.len(),
+                reference.map(|r| r.file.as_str()).unwrap_or("the reference")
+            );
+        }
+    }
     let mut categories: Vec<String> = Vec::new();
     let ref_codes: Option<Vec<i64>> = label_names.as_ref().map(|ls| {
         ls.iter()
@@ -492,6 +505,10 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
 }
 
 fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
+    // Labels, names and gene symbols come from files: control characters are shown escaped.
+    macro_rules! println {
+        ($($t:tt)*) => { std::println!("{}", scmz::files::printable(&format!($($t)*))) };
+    }
     println!("model      {} ({} genes)", r.model, r.model_genes);
     println!("data       {} ({} cells)", r.data, r.cells);
     println!(

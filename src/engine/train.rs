@@ -693,9 +693,30 @@ impl CheckpointWriter {
 
 /// Takes the run's lock (`.runs/NAME.lock`, beside its folder), or says who holds it: two
 /// engines training one run would overwrite each other's checkpoints.
+/// Nothing is written through a link planted in the zoo (a shared filesystem, say): not the
+/// run's lock, not its folder, not the folder of runs.
+fn refuse_links(run_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let lock = run_dir.with_file_name(format!("{name}.lock"));
+    let linked = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    for p in [run_dir.parent(), Some(run_dir), Some(lock.as_path())]
+        .into_iter()
+        .flatten()
+    {
+        if linked(p) {
+            bail!(
+                "{}: is a symbolic link; scmz does not write through links in the zoo: remove it and run again",
+                p.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
     let path = run_dir.with_file_name(format!("{name}.lock"));
+    refuse_links(run_dir, name)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| anyhow::anyhow!("{}: cannot create: {}", parent.display(), scmz::files::describe(&e)))?;
@@ -705,6 +726,7 @@ fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
         .write(true)
         .create(true)
         .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .with_context(|| format!("{}: cannot open the run's lock", path.display()))?;
     match f.try_lock() {
@@ -787,6 +809,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
             bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
         }
         let run_dir = zoo.run_dir(&args.name);
+        refuse_links(&run_dir, &args.name)?;
         if run_dir.exists() {
             drop(lock_run(&run_dir, &args.name)?);
             if run_dir.join("checkpoint.json").exists() && !args.resume && !args.restart {
