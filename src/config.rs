@@ -84,6 +84,13 @@ impl Config {
     }
 
     pub fn load_from(path: &Path) -> Result<Config, ConfigError> {
+        // A FIFO or a device would be waited on or read without end.
+        if std::fs::metadata(path).is_ok() {
+            crate::files::require_regular(path).map_err(|e| ConfigError {
+                path: path.display().to_string(),
+                message: e.message,
+            })?;
+        }
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text).map_err(|message| ConfigError {
                 path: path.display().to_string(),

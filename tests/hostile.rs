@@ -1348,3 +1348,46 @@ fn transferred_labels_cannot_drive_the_terminal() {
         "{text:?}"
     );
 }
+
+/// Files scmz reads besides datasets do not hang it either when they are FIFOs: a `--genes`
+/// list, the configuration, a job record (named as damaged; the other jobs are listed).
+#[test]
+fn a_fifo_in_place_of_a_gene_list_config_or_job_record_does_not_hang() {
+    let root = tempfile::tempdir().unwrap();
+    let mkfifo = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    let t = Instant::now();
+    let genes = root.path().join("genes.txt");
+    mkfifo(&genes);
+    let input = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root.path(),
+        &[
+            "train",
+            input.to_str().unwrap(),
+            "--name",
+            "g",
+            "--epochs",
+            "1",
+            "--genes",
+            genes.to_str().unwrap(),
+        ],
+    );
+    refused(&o, 1, &["genes.txt", "FIFO"]);
+    mkfifo(&root.path().join("config.toml"));
+    refused(&scmz(root.path(), &["jobs"]), 1, &["config.toml", "FIFO"]);
+    std::fs::remove_file(root.path().join("config.toml")).unwrap();
+    let job = root.path().join("state/jobs/20260101-000000-1");
+    std::fs::create_dir_all(&job).unwrap();
+    mkfifo(&job.join("job.json"));
+    let o = scmz(root.path(), &["jobs"]);
+    assert!(
+        stderr(&o).contains("job.json") && stderr(&o).contains("FIFO"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+}

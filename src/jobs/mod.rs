@@ -590,6 +590,12 @@ impl Registry {
 
     pub fn load(&self, id: &str) -> Result<Job, JobError> {
         let path = self.job_dir(id).join("job.json");
+        if std::fs::symlink_metadata(&path).is_ok() {
+            crate::files::require_regular(&path).map_err(|e| JobError::Bad {
+                path: path.display().to_string(),
+                message: e.message,
+            })?;
+        }
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => JobError::NotFound(id.to_string()),
             _ => io(&path)(e),
