@@ -169,7 +169,15 @@ impl EventLog {
 
 /// Reads every complete line of a log; a partly written last line is skipped.
 pub fn read_log(path: &Path) -> std::io::Result<Vec<Record>> {
-    let f = std::fs::File::open(path)?;
+    // Only a regular file: a job record edited to name a FIFO or `/dev/zero` would hang or fill
+    // memory.
+    let f = crate::files::open_regular(path).map_err(|e| {
+        if path.exists() {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+        } else {
+            std::io::Error::from(std::io::ErrorKind::NotFound)
+        }
+    })?;
     Ok(std::io::BufReader::new(f)
         .lines()
         .map_while(Result::ok)
@@ -197,7 +205,7 @@ impl LogTail {
     /// Reads what was appended; returns whether anything new arrived.
     pub fn poll(&mut self) -> bool {
         use std::io::{Read, Seek, SeekFrom};
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
+        let Ok(mut f) = crate::files::open_regular(&self.path) else {
             return false;
         };
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);

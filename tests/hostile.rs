@@ -1391,3 +1391,64 @@ fn a_fifo_in_place_of_a_gene_list_config_or_job_record_does_not_hang() {
     );
     assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
 }
+
+/// A job record whose event log was edited to name a FIFO or `/dev/zero` is listed without
+/// waiting on it or reading without end.
+#[test]
+fn a_job_whose_event_log_is_a_fifo_or_device_is_listed() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root.path(),
+        &[
+            "train",
+            input.to_str().unwrap(),
+            "--name",
+            "e",
+            "--epochs",
+            "1",
+            "--detach",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    let done = |j: &serde_json::Value| j["state"] == "done" || j["state"] == "failed";
+    wait_record(root.path(), &id, "ended", done);
+    let fifo = root.path().join("events.fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let record = root.path().join("state/jobs").join(&id).join("job.json");
+    for target in [fifo.as_path(), Path::new("/dev/zero")] {
+        let mut j = job_record(root.path(), &id);
+        j["events"] = target.to_str().unwrap().into();
+        std::fs::write(&record, serde_json::to_vec_pretty(&j).unwrap()).unwrap();
+        let t = Instant::now();
+        let o = scmz(root.path(), &["jobs"]);
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(stdout(&o).contains(&id), "{}\n{}", stdout(&o), stderr(&o));
+        assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
+    }
+}
+
+/// `compare` keeps its copies of the user's cells in a private temporary folder that is gone
+/// when it ends, also when it fails late.
+#[test]
+fn compare_leaves_no_copies_of_the_cells_behind() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let tmp = root.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["compare", input.to_str().unwrap(), "--model", "pbmc-tiny", "--zoo"])
+        .arg(&zoo)
+        .args(["--epochs", "1", "--seeds", "1", "--overlaps", "100,100"])
+        .env("TMPDIR", &tmp)
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+        .output()
+        .unwrap();
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{:?}", files_below(&tmp));
+}

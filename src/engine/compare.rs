@@ -3,7 +3,7 @@
 //! rest, maps the data with the pretrained model (missing genes masked) and scores both on the
 //! held-out cells; `--overlaps` repeats it with part of the model's genes hidden from the data.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -216,7 +216,10 @@ pub fn compare(args: CompareSpec) -> anyhow::Result<()> {
         None => None,
     };
     let g_model = m.architecture.n_genes;
-    let tmp = tempfile_dir()?;
+    // Copies of the user's cells: a folder only the user can read, removed however compare ends
+    // (an error included).
+    let tmp_dir = tempfile::Builder::new().prefix("scmz-compare-").tempdir()?;
+    let tmp = tmp_dir.path().to_path_buf();
     let mut rows = Vec::new();
     for &pct in &args.overlaps {
         for seed in 0..args.seeds {
@@ -317,12 +320,6 @@ pub fn compare(args: CompareSpec) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&tmp);
     report(&args, &rows)
-}
-
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let p = std::env::temp_dir().join(format!("scmz-compare-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
-    Ok(p)
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {
