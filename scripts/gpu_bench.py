@@ -310,15 +310,14 @@ def main():
             log(f"correctness: {model} projected on cpu and {a.device}: max |diff| {c[f'project_{model}_max_abs_diff']:.2e}")
 
     # 2. Speed, scmz then the peer, most telling first.
-    short = SHORT
-    runs = [(short[r.split(":")[0]], int(r.split(":")[1])) for r in a.runs]
-    for label, bs in [] if a.skip_speed else runs:
+    for key in [] if a.skip_speed else a.runs:
+        label, bs = SHORT[key.split(":")[0]], int(key.split(":")[1])
         f = res["data"][label]["file"]
         r = scmz_train(a, f, f"s-{len(res['speed'])}", zoo, a.device, bs, a.epochs)
-        res["speed"].append({"data": label, "batch": bs, "scmz": r})
+        res["speed"].append({"key": key, "data": label, "batch": bs, "scmz": r})
         log(f"scmz {label} batch {bs}: {r}")
     if not a.skip_scvi:
-        keyed = {f"{[k for k, v in short.items() if v == row['data']][0]}:{row['batch']}": row for row in res["speed"]}
+        keyed = {row["key"]: row for row in res["speed"]}
         for key in a.peer_runs:
             row = keyed.get(key)
             if row is None:

@@ -226,6 +226,14 @@ pub fn write_atomic(out: &Path, bytes: &[u8]) -> Result<(), FileError> {
     f.commit()
 }
 
+/// The input folder (after symlinks) that holds the real path `real`, if any.
+fn input_folder_holding<'a>(real: &Path, inputs: &[&'a Path]) -> Option<&'a Path> {
+    inputs.iter().copied().find(|input| {
+        std::fs::metadata(input).is_ok_and(|m| m.is_dir())
+            && std::fs::canonicalize(input).is_ok_and(|i| real.starts_with(i))
+    })
+}
+
 /// Checks that writing `out` loses nothing: it is none of `inputs` (by path, symlink or hard
 /// link; nor inside an input folder), not a folder, and, when it exists, `overwrite` was given.
 pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(), FileError> {
@@ -241,19 +249,14 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(),
         while let Some(p) = above {
             let p = if p.as_os_str().is_empty() { Path::new(".") } else { p };
             if let Ok(real) = std::fs::canonicalize(p) {
-                for input in inputs {
-                    let is_dir = std::fs::metadata(input).is_ok_and(|m| m.is_dir());
-                    if let (true, Ok(i)) = (is_dir, std::fs::canonicalize(input)) {
-                        if real.starts_with(&i) {
-                            return Err(FileError::new(
-                                out,
-                                format!(
-                                    "would be written inside the input {}; write the output to another path",
-                                    input.display()
-                                ),
-                            ));
-                        }
-                    }
+                if let Some(input) = input_folder_holding(&real, inputs) {
+                    return Err(FileError::new(
+                        out,
+                        format!(
+                            "would be written inside the input {}; write the output to another path",
+                            input.display()
+                        ),
+                    ));
                 }
                 break;
             }
@@ -262,15 +265,13 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(),
         return Ok(());
     }
     if let Ok(target) = std::fs::metadata(out) {
-        let real_out = std::fs::canonicalize(out).ok();
+        let holder = std::fs::canonicalize(out)
+            .ok()
+            .and_then(|real| input_folder_holding(&real, inputs));
         for input in inputs {
             let Ok(m) = std::fs::metadata(input) else { continue };
             let same = m.dev() == target.dev() && m.ino() == target.ino();
-            let inside = m.is_dir()
-                && match (&real_out, std::fs::canonicalize(input)) {
-                    (Some(o), Ok(i)) => o.starts_with(i),
-                    _ => false,
-                };
+            let inside = holder == Some(*input);
             if same || inside {
                 return Err(FileError::new(
                     out,

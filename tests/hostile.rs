@@ -81,6 +81,21 @@ fn bundled_zoo(root: &Path) -> PathBuf {
     zoo
 }
 
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Rewrites the manifest of `zoo`'s model pbmc-tiny after `edit`.
+fn edit_manifest(zoo: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = zoo.join("pbmc-tiny/manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
 /// `scmz project INPUT --model pbmc-tiny --zoo ZOO -o OUT`, plus `extra`.
 fn project(root: &Path, input: &Path, zoo: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -559,10 +574,9 @@ fn damaged_model_files_are_refused_in_words() {
 fn a_manifest_whose_genes_do_not_fit_its_weights_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
-    let path = zoo.join("pbmc-tiny/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["genes"]["names"].as_array_mut().unwrap().pop();
-    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| {
+        m["genes"]["names"].as_array_mut().unwrap().pop();
+    });
     let out = root.path().join("out.csv");
     let query = data("pbmc68k_counts.h5ad");
     let o = scmz(
@@ -597,9 +611,7 @@ fn a_model_name_too_long_for_a_folder_is_refused() {
 fn a_fifo_or_device_named_like_a_dataset_does_not_hang() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("pipe.h5ad");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.h5ad")).unwrap();
     let root = tempfile::tempdir().unwrap();
     let t = Instant::now();
@@ -621,9 +633,7 @@ fn a_fifo_or_device_named_like_a_dataset_does_not_hang() {
     for d in [&fifo_dir, &dangling_dir] {
         std::fs::create_dir(d).unwrap();
     }
-    let c = std::ffi::CString::new(fifo_dir.join("matrix.mtx").to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo_dir.join("matrix.mtx"));
     std::os::unix::fs::symlink("/nonexistent/matrix.mtx", dangling_dir.join("matrix.mtx")).unwrap();
     refused(
         &scmz(root.path(), &["inspect", fifo_dir.to_str().unwrap()]),
@@ -1041,18 +1051,16 @@ fn a_detached_job_is_checked_before_it_is_queued() {
                 .all(|f| f == ".lock")
     );
     // A manifest whose architecture its weights cannot hold is refused before anything is allocated.
-    let path = zoo.join("pbmc-tiny/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["architecture"]["n_hidden"] = serde_json::json!(1_000_000_000_000u64);
-    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| {
+        m["architecture"]["n_hidden"] = serde_json::json!(1_000_000_000_000u64)
+    });
     let out = root.path().join("out.csv");
     refused(
         &project(root.path(), &input, &zoo, &out, &[]),
         1,
         &["manifest.json", "outside what scmz trains"],
     );
-    m["architecture"]["n_hidden"] = serde_json::json!(4096);
-    std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| m["architecture"]["n_hidden"] = serde_json::json!(4096));
     refused(
         &project(root.path(), &input, &zoo, &out, &[]),
         1,
@@ -1216,10 +1224,7 @@ fn an_interrupted_merge_leaves_nothing() {
 fn a_manifest_with_an_unknown_choice_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
-    let path = zoo.join("pbmc-tiny/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    m["architecture"]["norm"] = "lyer".into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| m["architecture"]["norm"] = "lyer".into());
     refused(
         &scmz(root.path(), &["model", "show", "pbmc-tiny"]),
         1,
@@ -1264,14 +1269,13 @@ fn links_planted_among_the_runs_are_not_written_through() {
 fn a_reference_whose_labels_do_not_fit_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
-    let manifest = zoo.join("pbmc-tiny/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    let labels = m["reference"]["labels"]
-        .as_array_mut()
-        .expect("the fixture keeps labels");
-    let n = labels.len();
-    labels.truncate(n - 5);
-    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| {
+        let labels = m["reference"]["labels"]
+            .as_array_mut()
+            .expect("the fixture keeps labels");
+        let n = labels.len();
+        labels.truncate(n - 5);
+    });
     let out = root.path().join("p.csv");
     let o = project(root.path(), &data("pbmc68k_counts.h5ad"), &zoo, &out, &[]);
     refused(&o, 1, &["pbmc-tiny", "labels", "damaged"]);
@@ -1332,12 +1336,11 @@ fn outputs_are_never_written_into_the_zoo() {
 fn transferred_labels_cannot_drive_the_terminal() {
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
-    let manifest = zoo.join("pbmc-tiny/manifest.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    for l in m["reference"]["labels"].as_array_mut().unwrap() {
-        *l = "X\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}evil".into();
-    }
-    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    edit_manifest(&zoo, |m| {
+        for l in m["reference"]["labels"].as_array_mut().unwrap() {
+            *l = "X\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{202e}evil".into();
+        }
+    });
     let out = root.path().join("p.csv");
     let o = project(root.path(), &data("pbmc68k_counts.h5ad"), &zoo, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1354,11 +1357,6 @@ fn transferred_labels_cannot_drive_the_terminal() {
 #[test]
 fn a_fifo_in_place_of_a_gene_list_config_or_job_record_does_not_hang() {
     let root = tempfile::tempdir().unwrap();
-    let mkfifo = |p: &Path| {
-        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    };
     let t = Instant::now();
     let genes = root.path().join("genes.txt");
     mkfifo(&genes);
@@ -1415,9 +1413,7 @@ fn a_job_whose_event_log_is_a_fifo_or_device_is_listed() {
     let done = |j: &serde_json::Value| j["state"] == "done" || j["state"] == "failed";
     wait_record(root.path(), &id, "ended", done);
     let fifo = root.path().join("events.fifo");
-    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    mkfifo(&fifo);
     let record = root.path().join("state/jobs").join(&id).join("job.json");
     for target in [fifo.as_path(), Path::new("/dev/zero")] {
         let mut j = job_record(root.path(), &id);
