@@ -309,6 +309,20 @@ def main():
             c[f"project_{model}_max_abs_diff"] = float(np.abs(lat["cpu"] - lat[a.device]).max())
             log(f"correctness: {model} projected on cpu and {a.device}: max |diff| {c[f'project_{model}_max_abs_diff']:.2e}")
 
+    # A model with scANVI's classifier head, trained and projected on the device (its held-out
+    # metrics once mixed CPU latents with device weights and panicked).
+    kang = os.path.join(ROOT, "tests/data/kang_sample.h5ad")
+    rc, *_ = measured([a.engine, "train", kang, "--name", "k-head", "--zoo", zoo, "--epochs", "2", "--batch-size", "64",
+                       "--label-key", "seurat_annotations", "--classifier", "--device", a.device, "--patience", "0"], 120)
+    out = os.path.join(a.work, "proj-k-head.csv")
+    if os.path.exists(out):
+        os.remove(out)
+    if rc == 0:
+        rc, *_ = measured([a.engine, "project", kang, "--model", "k-head", "--zoo", zoo, "-o", out,
+                           "--device", a.device], 120)
+    c["classifier"] = {"ok": True} if rc == 0 and os.path.exists(out) else {"error": f"exit {rc}"}
+    log(f"correctness: a classifier model trained and projected on {a.device}: {c['classifier']}")
+
     # 2. Speed, scmz then the peer, most telling first.
     for key in [] if a.skip_speed else a.runs:
         label, bs = SHORT[key.split(":")[0]], int(key.split(":")[1])

@@ -402,7 +402,9 @@ impl Vae {
     /// The classifier's most probable label (an index into `arch.classifier_labels`) and its
     /// probability for each latent mean; None for a model without a classifier.
     pub fn predict(&self, mu: &Tensor) -> Option<(Vec<i64>, Vec<f64>)> {
-        let probs = tch::no_grad(|| self.classify(mu))?.to_device(Device::Cpu);
+        // The latents may come from the CPU (training's held-out metrics) for a model on a GPU.
+        let mu = mu.to_device(self.log_theta.device());
+        let probs = tch::no_grad(|| self.classify(&mu))?.to_device(Device::Cpu);
         let (p, k) = probs.max_dim(1, false);
         Some((
             Vec::<i64>::try_from(k).expect("int64 labels"),
