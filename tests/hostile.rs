@@ -714,6 +714,56 @@ a.write_h5ad(sys.argv[1])
     assert!(stderr(&o).contains("duplicated cell ids"), "{}", stderr(&o));
 }
 
+/// Models that would learn nothing are refused before anything is written: a file too small
+/// for a training step and a validation (it "trained" with exit 0, loss 0), and a label column
+/// with no value in any cell (its reference transferred NaN labels).
+#[test]
+fn a_model_that_would_learn_nothing_is_refused() {
+    let (_d, p) = copy_of("pbmc68k_counts.h5ad");
+    run_python(
+        r#"
+import anndata, numpy as np, pandas as pd, sys
+a = anndata.read_h5ad(sys.argv[1])
+a[:2].copy().write_h5ad(sys.argv[1].replace(".h5ad", "_two.h5ad"))
+a.obs["missing"] = pd.Categorical([np.nan] * a.n_obs, categories=["T cell", "B cell"])
+a.write_h5ad(sys.argv[1])
+"#,
+        &[&p],
+    );
+    let two = p.with_file_name("pbmc68k_counts_two.h5ad");
+    let root = tempfile::tempdir().unwrap();
+    for detach in [false, true] {
+        let mut args = vec!["train", two.to_str().unwrap(), "--name", "two", "--epochs", "2"];
+        if detach {
+            args.push("--detach");
+        }
+        let first = refused(&scmz(root.path(), &args), 1, &["to train on", "more cells"]);
+        assert!(
+            first.contains("pbmc68k_counts_two.h5ad: 2 cells: 1 to train on and 1 held out"),
+            "{first}"
+        );
+        let args = [
+            "train",
+            p.to_str().unwrap(),
+            "--name",
+            "nolabels",
+            "--label-key",
+            "missing",
+            "--epochs",
+            "2",
+        ];
+        let mut args = args.to_vec();
+        if detach {
+            args.push("--detach");
+        }
+        refused(&scmz(root.path(), &args), 1, &["`missing` has no value in any cell"]);
+    }
+    // Nothing in the zoo, no job queued.
+    assert_eq!(files_below(&root.path().join("zoo")), Vec::<String>::new());
+    let o = scmz(root.path(), &["jobs", "--json"]);
+    assert_eq!(stdout(&o).trim(), "[]");
+}
+
 #[test]
 fn cancel_never_signals_a_process_that_is_not_the_job() {
     let root = tempfile::tempdir().unwrap();
@@ -1428,11 +1478,13 @@ fn a_job_whose_event_log_is_a_fifo_or_device_is_listed() {
 }
 
 /// `compare` keeps its copies of the user's cells in a private temporary folder that is gone
-/// when it ends, also when it fails late.
+/// when it ends, also when it fails late (here: its results cannot be kept with the model, whose
+/// `comparisons` is a file). A repeated overlap is one overlap.
 #[test]
 fn compare_leaves_no_copies_of_the_cells_behind() {
     let root = tempfile::tempdir().unwrap();
     let zoo = bundled_zoo(root.path());
+    std::fs::write(zoo.join("pbmc-tiny/comparisons"), b"not a folder").unwrap();
     let tmp = root.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let input = data("pbmc68k_counts.h5ad");
@@ -1445,6 +1497,12 @@ fn compare_leaves_no_copies_of_the_cells_behind() {
         .env("SCMZ_CACHE_DIR", root.path().join("cache"))
         .output()
         .unwrap();
-    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    refused(&o, 1, &["comparisons", "cannot create"]);
+    assert_eq!(
+        stdout(&o).matches("100 % of the model's genes").count(),
+        1,
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{:?}", files_below(&tmp));
 }

@@ -114,10 +114,31 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     assert_eq!(j["signal"], 9);
     assert!(j["reason"].as_str().unwrap().contains("SIGKILL"), "{j:#}");
     assert!(!root.path().join("zoo/killed").exists());
-    let o = in_folder(Path::new("/"), &["jobs", "resume", &id]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let new_id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
-    // A job is resumed once: a second resume names the job that continues it.
+    // Two resumes at once: one job continues the run, the other is refused.
+    let resume = || {
+        Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args(["jobs", "resume", &id])
+            .current_dir("/")
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_CONFIG", root.path().join("config.toml"))
+            .env_remove("SCMZ_MAX_CPU_JOBS")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (resume(), resume());
+    let both = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let (ok, refused): (Vec<&Output>, Vec<&Output>) = both.iter().partition(|o| o.status.success());
+    assert_eq!((ok.len(), refused.len()), (1, 1), "{:?}", both.map(|o| stderr(&o)));
+    let new_id = stdout(ok[0]).split_whitespace().nth(1).unwrap().to_string();
+    let why = stderr(refused[0]);
+    assert!(
+        why.contains(&format!("resumed already, as job {new_id}")) || why.contains(&format!("already (job {new_id})")),
+        "{why}"
+    );
+    // And later: a second resume names the job that continues it.
     let again = in_folder(Path::new("/"), &["jobs", "resume", &id]);
     assert_eq!(again.status.code(), Some(1), "{}", stdout(&again));
     assert!(
@@ -161,15 +182,15 @@ fn cancel_leaves_a_cancelled_job_a_checkpoint_and_no_model() {
 fn with_one_slot_two_jobs_run_one_after_the_other() {
     let root = tempfile::tempdir().unwrap();
     let pbmc = data("pbmc68k_counts.h5ad");
-    let submit_limited = |name: &str| {
-        let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+    let submit_limited = |name: &str, epochs: &str| {
+        Command::new(env!("CARGO_BIN_EXE_scmz"))
             .args([
                 "train",
                 pbmc.to_str().unwrap(),
                 "--name",
                 name,
                 "--epochs",
-                "10",
+                epochs,
                 "--device",
                 "cpu",
                 "--detach",
@@ -178,17 +199,35 @@ fn with_one_slot_two_jobs_run_one_after_the_other() {
             .env("SCMZ_STATE_DIR", root.path().join("state"))
             .env("SCMZ_MAX_CPU_JOBS", "1")
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let id_of = |o: Output| {
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o).split_whitespace().nth(1).unwrap().to_string()
     };
-    let first = submit_limited("one");
-    let second = submit_limited("two");
+    let first = id_of(submit_limited("one", "40"));
+    let second = id_of(submit_limited("two", "10"));
     assert_eq!(
         job(root.path(), &second)["state"],
         "queued",
         "the second job did not wait for the slot"
     );
+    // One job per run: a second job for a queued run is refused, naming the first; for a
+    // running one, the check before queueing finds its engine (or, before the engine has
+    // locked the run, the queue finds the job).
+    let o = submit_limited("two", "10");
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let want = format!("a job for model `two` is queued already (job {second})");
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    let o = submit_limited("one", "10");
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let running = format!("a job for model `one` is running already (job {first})");
+    assert!(
+        stderr(&o).contains(&running) || stderr(&o).contains("a run named `one` is in progress"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(jobs(root.path()).len(), 2);
     // The finishing first job starts the second: nothing here calls the scheduler with the limit.
     let a = wait_for(root.path(), &first, "finished", |j| j["state"] == "done");
     let b = wait_for(root.path(), &second, "finished", |j| j["state"] == "done");

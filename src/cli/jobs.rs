@@ -249,7 +249,9 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     let reg = registry();
     for new in submit(&req)? {
         println!("job {} resumes job {id}", new.id);
-        // Read again: the record may have changed while the new job was queued.
+        // Read again, under the queue's lock: the record may have changed while the new job was
+        // queued (a second `resume` of it is refused by the submission: one job per run).
+        let _lock = reg.lock()?;
         let mut old = reg.load(id)?;
         old.resumed_by = Some(new.id.clone());
         reg.save(&old)?;

@@ -180,7 +180,10 @@ fn write_subset(
     Ok(())
 }
 
-pub fn compare(args: CompareSpec) -> anyhow::Result<()> {
+pub fn compare(mut args: CompareSpec) -> anyhow::Result<()> {
+    // `--overlaps 100,100` means one overlap (a repeat would only repeat its rows).
+    let mut seen = std::collections::HashSet::new();
+    args.overlaps.retain(|p| seen.insert(*p));
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     if let Some(out) = &args.out {
         // The model's own files are inputs too.

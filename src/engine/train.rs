@@ -162,6 +162,43 @@ fn categorical(ds: &Dataset, key: &str, flag: &str) -> anyhow::Result<(Vec<Strin
     }
 }
 
+/// The obs columns `--batch-key` and `--label-key` name: categorical, and some cell labelled (a
+/// reference with no labels has nothing to transfer). Checked before anything is written.
+fn check_columns(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<()> {
+    if let Some(key) = args.batch_key.as_deref() {
+        categorical(ds, key, "--batch-key")?;
+    }
+    if let Some(key) = args.label_key.as_deref() {
+        let (_, codes) = categorical(ds, key, "--label-key")?;
+        if !codes.iter().any(|&c| c >= 0) {
+            bail!(
+                "{}: obs column `{}` has no value in any cell (all missing); --label-key needs labelled cells: use another column or leave it out",
+                ds.path().display(),
+                scmz::files::printable(key)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Enough cells on each side of the seeded 90/10 split for a step and a validation: a file of
+/// one or two cells otherwise "trains" a model that learned nothing.
+fn check_split(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<()> {
+    let n_cells = ds.n_cells();
+    let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
+    let n_train = n_cells - n_val;
+    // A minibatch of one cell is left out where BatchNorm needs two.
+    let least = if args.norm == Norm::Batch { 2 } else { 1 };
+    if n_train < least || n_val == 0 {
+        bail!(
+            "{}: {n_cells} cell{}: {n_train} to train on and {n_val} held out for validation (1 in 10, by --seed); training needs at least {least} and 1: use a file with more cells (10 or more)",
+            ds.path().display(),
+            if n_cells == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 /// Tensors for one minibatch.
 pub(crate) struct Prepared {
     pub n: usize,
@@ -800,6 +837,8 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
         );
     }
     let mut ds = Dataset::open_with(&path, &open)?;
+    check_columns(&ds, &args)?;
+    check_split(&ds, &args)?;
     if args.check_only {
         if !args.force {
             ds.require_counts()

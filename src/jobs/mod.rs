@@ -478,10 +478,11 @@ impl Registry {
                 req.backend
             )));
         }
-        // Nothing is queued where the queue could not be scheduled.
-        drop(self.lock()?);
+        // Nothing is queued where the queue could not be scheduled; the lock also keeps two
+        // submissions of one run from both finding it free.
+        let lock = self.lock()?;
         let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
-        let mut jobs = Vec::new();
+        let mut jobs: Vec<Job> = Vec::new();
         for args in settings {
             let (name, events) = match req.kind.as_str() {
                 "train" => {
@@ -496,6 +497,9 @@ impl Registry {
                 }
                 _ => (value_after(&args, "--model"), None),
             };
+            if let Some(events) = &events {
+                self.refuse_second_job_of(events, name.as_deref().unwrap_or("?"), &jobs)?;
+            }
             let mut job = self.create(&req.kind, name, args, events)?;
             job.slot = req.slot.clone();
             job.backend = req.backend.clone();
@@ -506,7 +510,35 @@ impl Registry {
             self.save(&job)?;
             jobs.push(job);
         }
+        drop(lock);
         self.submit(jobs)
+    }
+
+    /// A training run is one job at a time: refuses a second while one for the same run
+    /// (`events`: the run's event log, zoo and name) is queued or running. The caller holds the
+    /// lock; `pending` are the jobs of this submission so far.
+    fn refuse_second_job_of(&self, events: &Path, name: &str, pending: &[Job]) -> Result<(), JobError> {
+        let same = |j: &Job| j.events.as_deref() == Some(events);
+        if pending.iter().any(same) {
+            return Err(JobError::Backend(format!(
+                "model `{}` is named twice in this submission: give each setting its own --name",
+                crate::files::printable(name)
+            )));
+        }
+        for job in self.records().into_iter().filter_map(Result::ok).filter(|j| same(j)) {
+            let job = self.refresh(job)?;
+            if !job.state.is_final() {
+                return Err(JobError::Backend(format!(
+                    "a job for model `{}` is {} already (job {}): follow it with `scmz jobs logs {} --follow`, or cancel it with `scmz jobs cancel {}`",
+                    crate::files::printable(name),
+                    job.state,
+                    job.id,
+                    job.id,
+                    job.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Cancels a job through its backend and waits (up to `grace` plus a few seconds) until its
