@@ -106,7 +106,19 @@ impl Config {
 
     /// Parses TOML text; the error is one line naming the key.
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))
+        let c: Config = toml::from_str(text).map_err(|e| one_line_toml_error(&e, text))?;
+        for (key, n) in [
+            ("max_gpu_jobs", c.jobs.max_gpu_jobs),
+            ("max_cpu_jobs", c.jobs.max_cpu_jobs),
+        ] {
+            if n == Some(0) {
+                // 0 would queue every job for ever.
+                return Err(format!(
+                    "[jobs] {key} = 0: at least 1 job must be able to run; fix or remove that key"
+                ));
+            }
+        }
+        Ok(c)
     }
 }
 

@@ -198,7 +198,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
                 Some(id) => format!("{} {id}", j.backend),
                 None => j.backend.clone(),
             },
-            j.reason.clone().unwrap_or_default(),
+            j.note().unwrap_or_default(),
         ]);
     }
     print!("{}", t.render());

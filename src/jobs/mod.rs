@@ -140,6 +140,22 @@ impl Job {
         }
     }
 
+    /// What to tell about how the job ended: its reason, and for a job resumed since, the job
+    /// that continues it (its reason's "`scmz jobs resume` continues" is done with).
+    pub fn note(&self) -> Option<String> {
+        match (&self.resumed_by, &self.reason) {
+            (Some(next), Some(r)) => {
+                let why = r.split("`scmz jobs resume").next().unwrap_or(r);
+                Some(format!(
+                    "{}; resumed as job {next}",
+                    why.trim_end_matches([' ', ';', ':'])
+                ))
+            }
+            (Some(next), None) => Some(format!("resumed as job {next}")),
+            (None, r) => r.clone(),
+        }
+    }
+
     /// The run's event log: where the engine writes it while training, then the model's
     /// `history.jsonl` (the log moves there when the model is saved).
     pub fn event_log(&self) -> Option<PathBuf> {
@@ -158,19 +174,28 @@ fn cpu_slot() -> String {
 
 /// How many local jobs of each slot may run at once: `SCMZ_MAX_GPU_JOBS` / `SCMZ_MAX_CPU_JOBS`,
 /// else `max_gpu_jobs` / `max_cpu_jobs` in the config file, else 1 (one GPU job at a time; a
-/// training job already uses every core).
-pub fn slot_limit(slot: &str, config: &Config) -> usize {
+/// training job already uses every core). A variable that is not a count of 1 or more is refused
+/// (it was read as 1 without a word).
+pub fn slot_limit(slot: &str, config: &Config) -> Result<usize, JobError> {
     let (var, configured) = if slot == "gpu" {
         ("SCMZ_MAX_GPU_JOBS", config.jobs.max_gpu_jobs)
     } else {
         ("SCMZ_MAX_CPU_JOBS", config.jobs.max_cpu_jobs)
     };
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .or(configured)
-        .filter(|&n| n > 0)
-        .unwrap_or(1)
+    limit_of(var, std::env::var(var).ok(), configured).map_err(JobError::Backend)
+}
+
+fn limit_of(var: &str, env: Option<String>, configured: Option<usize>) -> Result<usize, String> {
+    match env.filter(|v| !v.is_empty()) {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{var}={}: not a count of 1 or more; unset it or set, e.g., {var}=2",
+                crate::files::printable(&v)
+            )),
+        },
+        None => Ok(configured.unwrap_or(1)),
+    }
 }
 
 /// Where a job runs. The registry, `scmz jobs` and the TUI talk to jobs only through this.
@@ -423,7 +448,7 @@ impl Registry {
         let mut out = Vec::new();
         for mut j in jobs.into_iter().filter(|j| j.state == JobState::Queued) {
             let n = running.entry(j.slot.clone()).or_default();
-            if *n < slot_limit(&j.slot, &config) {
+            if *n < slot_limit(&j.slot, &config)? {
                 *n += 1;
                 j.state = JobState::Running;
                 j.started = Some(now_rfc3339());
@@ -796,13 +821,37 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_job_names_the_job_that_continues_it() {
+        let mut j = Job::new("a".into(), "train", Some("m".into()), vec![], None);
+        j.reason = Some("cancelled; the last checkpoint is kept: `scmz jobs resume a` continues".into());
+        assert_eq!(j.note().unwrap(), j.reason.clone().unwrap());
+        j.resumed_by = Some("b".into());
+        assert_eq!(
+            j.note().unwrap(),
+            "cancelled; the last checkpoint is kept; resumed as job b"
+        );
+        j.reason = None;
+        assert_eq!(j.note().unwrap(), "resumed as job b");
+    }
+
+    #[test]
     fn slot_limits_come_from_the_config_file_unless_the_environment_says() {
         let c = Config::parse("[jobs]\nmax_cpu_jobs = 3\n").unwrap();
         if std::env::var_os("SCMZ_MAX_CPU_JOBS").is_none() {
-            assert_eq!(slot_limit("cpu", &c), 3);
+            assert_eq!(slot_limit("cpu", &c).unwrap(), 3);
         }
         if std::env::var_os("SCMZ_MAX_GPU_JOBS").is_none() {
-            assert_eq!(slot_limit("gpu", &c), 1);
+            assert_eq!(slot_limit("gpu", &c).unwrap(), 1);
         }
+        let v = "SCMZ_MAX_CPU_JOBS";
+        assert_eq!(limit_of(v, Some("4".into()), Some(3)), Ok(4));
+        assert_eq!(limit_of(v, Some(String::new()), Some(3)), Ok(3));
+        assert_eq!(limit_of(v, None, None), Ok(1));
+        for bad in ["0", "abc", "-1", "2.5"] {
+            let e = limit_of(v, Some(bad.into()), Some(3)).unwrap_err();
+            assert!(e.starts_with(&format!("SCMZ_MAX_CPU_JOBS={bad}: not a count")), "{e}");
+        }
+        let e = Config::parse("[jobs]\nmax_gpu_jobs = 0\n").unwrap_err();
+        assert!(e.contains("max_gpu_jobs = 0") && e.contains("at least 1"), "{e}");
     }
 }
