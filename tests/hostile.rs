@@ -989,6 +989,52 @@ fn killing_a_supervisor_stops_its_engine_records_why_and_the_queue_moves_on() {
     assert!(root.path().join("zoo/next/manifest.json").exists());
 }
 
+/// A supervisor killed while its engine is still starting (loading libtorch, before the engine
+/// listens for signals): the engine's death signal waits for it, so the end is recorded and the
+/// queue moves on with no `scmz` command run (the engine used to die without a word).
+#[test]
+fn a_supervisor_killed_as_its_engine_starts_still_moves_the_queue() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let submit = |name: &str, epochs: &str| {
+        let o = scmz(
+            root.path(),
+            &[
+                "train",
+                input.to_str().unwrap(),
+                "--name",
+                name,
+                "--epochs",
+                epochs,
+                "--device",
+                "cpu",
+                "--detach",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
+    };
+    // Long enough that it cannot end before the kill, however loaded the machine.
+    let (a, b) = (submit("early", "500"), submit("after", "3"));
+    // The moment the engine's process has exec'd: it is loading libtorch, not yet in `main`.
+    let t = Instant::now();
+    while engines_of(std::slice::from_ref(&a)) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the engine never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let job = job_record(root.path(), &a);
+    // SAFETY: kill(2) on the supervisor this test started.
+    unsafe { libc::kill(job["supervisor_pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
+    let j = wait_record(root.path(), &a, "ended", |j| j["state"] == "failed");
+    assert!(
+        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
+        "{j:#}"
+    );
+    wait_record(root.path(), &b, "finished on its own", |j| j["state"] == "done");
+    assert_eq!(engines_of(&[a, b]), 0);
+}
+
 #[test]
 fn a_damaged_job_record_or_lock_is_named_and_the_rest_work() {
     let root = tempfile::tempdir().unwrap();

@@ -617,6 +617,8 @@ pub(crate) fn install_stop_handlers() {
         libc::signal(libc::SIGTERM, handler);
         libc::signal(libc::SIGINT, handler);
     }
+    // A stop that came while the engine was starting (`jobs::die_with_parent`) lands now.
+    scmz::jobs::unblock_sigterm();
 }
 
 pub(crate) fn stop_requested() -> bool {

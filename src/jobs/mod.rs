@@ -272,18 +272,37 @@ pub fn alive(pid: u32) -> bool {
 
 /// A `pre_exec` hook for the engine's child process: it gets SIGTERM (it checkpoints and exits)
 /// when its parent, the process spawning it, dies, `kill -9` included, and exits at once if the
-/// parent died before the hook ran. Only async-signal-safe calls (prctl, getppid, _exit).
+/// parent died before the hook ran. SIGTERM stays blocked (pending) until the engine's handler is
+/// in place (`unblock_sigterm`): one arriving while libtorch loads, before `main`, would otherwise
+/// end the engine without a word, and no one would record the job's end or move the queue. Only
+/// async-signal-safe calls (sigprocmask, prctl, getppid, _exit).
 pub fn die_with_parent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
     let parent = std::process::id() as libc::pid_t;
     move || {
-        // SAFETY: plain syscalls in the forked child before exec.
+        // SAFETY: plain syscalls in the forked child before exec, on a signal set on its stack.
         unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             if libc::getppid() != parent {
                 libc::_exit(143);
             }
         }
         Ok(())
+    }
+}
+
+/// Lets SIGTERM through to the calling thread again (blocked by `die_with_parent` until the
+/// engine can answer it); one that arrived meanwhile is delivered now.
+pub fn unblock_sigterm() {
+    // SAFETY: pthread_sigmask on a signal set on the stack.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 
