@@ -151,3 +151,23 @@ fn bench_read_reports_timings_and_memory() {
         .sum();
     assert_eq!(v["sum_of_values"].as_f64().unwrap(), total);
 }
+
+/// Help and usage errors of the commands the engine runs name `scmz`, the command typed.
+#[test]
+fn engine_commands_name_scmz_in_their_help_and_errors() {
+    let cache = tempfile::tempdir().unwrap();
+    for command in ["train", "project", "compare"] {
+        let o = scmz(&[command, "--help"], cache.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(
+            stdout(&o).contains(&format!("Usage: scmz {command} ")),
+            "{}",
+            stdout(&o)
+        );
+        assert!(!stdout(&o).contains("scmz-engine"), "{}", stdout(&o));
+    }
+    let o = scmz(&["train", "--epochs", "3"], cache.path());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Usage: scmz train "), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("scmz-engine"), "{}", stderr(&o));
+}

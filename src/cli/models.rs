@@ -183,7 +183,7 @@ pub fn engine_path() -> PathBuf {
 pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
     let engine = engine_path();
     let mut cmd = std::process::Command::new(&engine);
-    cmd.args(args);
+    cmd.args(args).env("SCMZ_FRONT_END", "scmz");
     // A foreground engine stops (with a checkpoint) when this process is killed.
     // SAFETY: the hook makes only async-signal-safe calls.
     unsafe {

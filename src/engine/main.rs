@@ -79,12 +79,23 @@ fn main() {
     // In a job and in a terminal alike (Ctrl-C reaches the engine too): a stop ends every phase
     // with the outputs being written removed.
     watch_job();
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = run(parse_cli()) {
         let msg = format!("{e:#}");
         let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
         eprintln!("error: {}", scmz::files::printable(&line));
         exit_now(1);
     }
+}
+
+/// The command line. Run by `scmz` (`SCMZ_FRONT_END`), usage, help and errors name `scmz`, the
+/// command the user typed (`scmz train --help` printed `Usage: scmz-engine train`).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if std::env::var_os("SCMZ_FRONT_END").is_some() {
+        cmd = cmd.name("scmz").bin_name("scmz");
+    }
+    Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 /// Ends the process at once, without exit handlers: HDF5 tears its library down in one (atexit),
