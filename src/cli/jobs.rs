@@ -14,6 +14,34 @@ fn registry() -> Registry {
     Registry::new(default_dir())
 }
 
+/// scmz's job options of `train`, `project` and `compare`, which `submission` takes out of the
+/// engine's command line (described here for help, completions and manual pages).
+#[derive(clap::Args)]
+pub struct JobFlags {
+    /// Run as a background job that outlives this terminal and SSH session (`scmz jobs`).
+    #[arg(long)]
+    pub detach: bool,
+    /// Where the job runs: local or slurm (default: `backend` in the config file, else local).
+    #[arg(long, value_parser = ["local", "slurm"])]
+    pub backend: Option<String>,
+    /// One job per setting: `n_latent=10,20,30` sets `--n-latent` in each (and names its model
+    /// after the setting); several keys separated by `;` give their grid.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub sweep: Option<String>,
+    /// Slurm partition (with --backend slurm).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm time limit, e.g. 02:00:00 (with --backend slurm).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Slurm memory, e.g. 32G (with --backend slurm).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// GPUs to ask Slurm for (with --backend slurm).
+    #[arg(long)]
+    pub gpus: Option<u32>,
+}
+
 /// Removes `flag VALUE` (or `flag=VALUE`) from `args`, returning the value.
 fn take_value(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
     if let Some(i) = args.iter().position(|a| a == flag) {

@@ -125,6 +125,15 @@ enum Command {
         #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Shell completions on stdout: `scmz completions bash > ~/.local/share/bash-completion/completions/scmz`
+    /// (`scripts/install.sh` installs them for bash, zsh and fish).
+    Completions { shell: clap_complete::Shell },
+    /// The manual pages (roff): scmz(1) on stdout, or one page per command written into --dir.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Background jobs (`scmz train ... --detach`).
     Jobs {
         #[command(subcommand)]
@@ -273,6 +282,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             scmz::files::remove_pending_on_signal();
             overlap::merge_cmd(&paths, &output, &open.options(), force, overwrite, json)
         }
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut documented_command(), "scmz", &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Man { dir }) => man(dir.as_deref()),
         Some(Command::Train { args }) => engine("train", args),
         Some(Command::Project { args }) => engine("project", args),
         Some(Command::Compare { args }) => engine("compare", args),
@@ -320,6 +334,62 @@ fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     let code = models::run_engine(&all)?;
     if code != 0 {
         std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// The whole command line as users type it, for completions and manual pages: `train`, `project`
+/// and `compare` pass their arguments to the engine, so here they get the engine's own options
+/// (`scmz::spec`) and scmz's job options.
+pub fn documented_command() -> clap::Command {
+    use clap::{Args, CommandFactory};
+    type Augment = fn(clap::Command) -> clap::Command;
+    let engine_commands: [(&str, Augment); 3] = [
+        ("train", scmz::spec::TrainSpec::augment_args),
+        ("project", scmz::spec::ProjectSpec::augment_args),
+        ("compare", scmz::spec::CompareSpec::augment_args),
+    ];
+    let mut cmd = Cli::command();
+    for (name, augment) in engine_commands {
+        cmd = cmd.mut_subcommand(name, |forwarded| {
+            let about = forwarded.get_about().cloned().unwrap_or_default();
+            // Last: the structs' own doc comments would otherwise be the command's description.
+            jobs::JobFlags::augment_args(augment(clap::Command::new(name)))
+                .about(about)
+                .long_about(None)
+        });
+    }
+    cmd
+}
+
+/// scmz(1), and with `dir` also scmz-COMMAND(1) for each command, written there.
+fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let cmd = documented_command();
+    let render = |c: clap::Command| -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(c).render(&mut out)?;
+        Ok(out)
+    };
+    let Some(dir) = dir else {
+        use std::io::Write;
+        std::io::stdout().write_all(&render(cmd)?)?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
+    let mut pages = vec![("scmz".to_string(), cmd.clone())];
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let name = format!("scmz-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone().name(name).bin_name(format!("scmz {}", sub.get_name())),
+        ));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.1"));
+        scmz::files::write_atomic(&path, &render(page)?)?;
     }
     Ok(())
 }

@@ -1,0 +1,106 @@
+//! `scripts/install.sh` as a user runs it: scmz installed into a prefix works from any folder, with
+//! its completions and manual pages; installing again changes nothing; `--uninstall` leaves nothing.
+//! The test installs the binaries this build made (`--from`), so CI builds nothing twice.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{data, stderr, stdout};
+
+fn install(args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    Command::new("bash")
+        .arg(root.join("scripts/install.sh"))
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap()
+}
+
+fn files_below(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn installed_scmz_runs_from_anywhere_and_uninstalls_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let prefix = root.path().join("prefix");
+    let built = Path::new(env!("CARGO_BIN_EXE_scmz")).parent().unwrap();
+    let (p, b) = (prefix.to_str().unwrap(), built.to_str().unwrap());
+    let o = install(&["--from", b, "--prefix", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not on your PATH"), "{}", stderr(&o));
+    let listed = files_below(&prefix);
+
+    // The installed scmz, from a folder of its own, with a dataset given by a relative path.
+    let work = root.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::copy(data("pbmc68k_counts.h5ad"), work.join("cells.h5ad")).unwrap();
+    let scmz = |args: &[&str]| {
+        Command::new(prefix.join("bin/scmz"))
+            .args(args)
+            .current_dir(&work)
+            .env("SCMZ_ZOO", work.join("zoo"))
+            .env("SCMZ_STATE_DIR", work.join("state"))
+            .env("SCMZ_CACHE_DIR", work.join("cache"))
+            .env("SCMZ_CONFIG", work.join("config.toml"))
+            .output()
+            .unwrap()
+    };
+    let o = scmz(&["version"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("libtorch devices: {"), "{}", stdout(&o));
+    let o = scmz(&["datasets", data("").to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(rows.len() >= 10, "{rows:#?}");
+    let o = scmz(&["train", "cells.h5ad", "--name", "installed", "--epochs", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(work.join("zoo/installed/manifest.json").exists());
+
+    // Completions for three shells and the manual pages, with the engine's and the job options.
+    for (file, needles) in [
+        (
+            "share/bash-completion/completions/scmz",
+            ["train", "--n-latent", "--detach"],
+        ),
+        ("share/zsh/site-functions/_scmz", ["train", "--n-latent", "--detach"]),
+        (
+            "share/fish/vendor_completions.d/scmz.fish",
+            ["train", "n-latent", "detach"],
+        ),
+        ("share/man/man1/scmz.1", ["train", "project", "jobs"]),
+        ("share/man/man1/scmz-train.1", ["scmz train", "n\\-latent", "detach"]),
+    ] {
+        let text = std::fs::read_to_string(prefix.join(file)).unwrap();
+        for n in needles {
+            assert!(text.contains(n), "{file} lacks {n}");
+        }
+    }
+
+    // Idempotent: a second install leaves the same files.
+    let o = install(&["--from", b, "--prefix", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_below(&prefix), listed);
+
+    // Uninstalled, nothing is left (a file of the user's beside it stays).
+    std::fs::write(prefix.join("share/mine.txt"), b"the user's").unwrap();
+    let o = install(&["--uninstall", "--prefix", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(files_below(&prefix), vec!["share/mine.txt".to_string()]);
+    assert!(!prefix.join("bin").exists());
+}
