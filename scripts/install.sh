@@ -10,7 +10,7 @@
 # The installed engine finds libtorch through its rpath, in the venv scripts/setup.sh made
 # (~/.cache/scmz/venv): that venv must stay; the clone may go.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 PREFIX="$HOME/.local"
 FROM=""
@@ -26,16 +26,25 @@ while [ $# -gt 0 ]; do
     *) echo "install: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# Relative folders mean the caller's folder; then the clone's.
 mkdir -p "$PREFIX"
 PREFIX="$(cd "$PREFIX" && pwd)"
+if [ -n "$FROM" ]; then FROM="$(cd "$FROM" && pwd)"; fi
+cd "$ROOT"
 LIST="$PREFIX/share/scmz/installed-files"
 say() { echo "install: $*" >&2; }
 
 # Removes the files a previous install listed, then the folders that held them if now empty.
 remove_listed() {
   [ -f "$LIST" ] || return 0
+  # Only plain files below PREFIX: an edited list naming `..`, a folder or a link's target
+  # elsewhere removes nothing outside.
   while IFS= read -r f; do
-    case "$f" in "$PREFIX"/*) rm -f -- "$f" ;; esac
+    case "$f" in
+      *"/../"*|*"/./"*|*/..|*/.) say "skipping $f in $LIST (not a plain path below $PREFIX)" ;;
+      "$PREFIX"/*) if [ -f "$f" ] || [ -L "$f" ]; then rm -f -- "$f"; fi ;;
+      *) say "skipping $f in $LIST (outside $PREFIX)" ;;
+    esac
   done < "$LIST"
   rm -f -- "$LIST"
   while IFS= read -r d; do
