@@ -27,6 +27,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 # Relative folders mean the caller's folder; then the clone's.
+if [ "$UNINSTALL" = 1 ] && [ ! -d "$PREFIX" ]; then
+  echo "install: nothing installed in $PREFIX (no such folder)" >&2; exit 0
+fi
 mkdir -p "$PREFIX"
 PREFIX="$(cd "$PREFIX" && pwd)"
 if [ -n "$FROM" ]; then FROM="$(cd "$FROM" && pwd)"; fi

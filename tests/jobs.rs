@@ -101,7 +101,7 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     };
     let o = in_folder(
         &here,
-        &["train", "cells.h5ad", "--name", "killed", "--epochs", "60", "--detach"],
+        &["train", "cells.h5ad", "--name", "killed", "--epochs", "300", "--detach"],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
@@ -205,7 +205,7 @@ fn with_one_slot_two_jobs_run_one_after_the_other() {
         assert!(o.status.success(), "{}", stderr(&o));
         stdout(&o).split_whitespace().nth(1).unwrap().to_string()
     };
-    let first = id_of(submit_limited("one", "40"));
+    let first = id_of(submit_limited("one", "400"));
     let second = id_of(submit_limited("two", "10"));
     assert_eq!(
         job(root.path(), &second)["state"],
