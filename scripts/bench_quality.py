@@ -34,6 +34,8 @@ p.add_argument("--skip-scib", action="store_true")
 p.add_argument("--skip-mouse", action="store_true")
 p.add_argument("--classifier", action="store_true", help="also train scmz's classifier head and scANVI")
 p.add_argument("--scmz-args", default="", help="extra flags for scmz-engine train (A/B runs)")
+p.add_argument("--scvi-separate-runs", action="store_true",
+               help="train scvi-tools once per length instead of taking the shorter ones from the longest run")
 p.add_argument("--scvi-dropout", type=float, default=0.1, help="scvi-tools' dropout_rate (A/B runs)")
 p.add_argument("--json", help="write every figure here")
 p.add_argument("--engine", default=os.path.join(TARGET, "release", "scmz-engine"), help="the scmz-engine to run")
@@ -115,7 +117,7 @@ def run_scmz(train, name, zoo, seed, epochs, extra=()):
     hist = [json.loads(l) for l in open(os.path.join(zoo, name, "history.jsonl"))]
     vals = [h["val"]["elbo"] for h in hist if h["event"] == "epoch"]
     best = json.load(open(os.path.join(zoo, name, "manifest.json")))["training"]["best_epoch"]
-    print(f"  {name}: {len(vals)} epochs, the model keeps epoch {best + 1}'s weights", flush=True)
+    log(f"  {name}: {len(vals)} epochs in {secs:.1f} s, the model keeps epoch {best + 1}'s weights")
     return secs, vals
 
 
@@ -129,20 +131,63 @@ def scmz_latent(data, name, zoo, out):
     return z, df
 
 
-def scvi_model(ad, seed, epochs):
+def scvi_model(ad, seed, epochs, snapshots=(), query=None):
+    """scvi-tools trained for `epochs`; for each epoch count in `snapshots`, the latent means of
+    `ad` and `query` and the training seconds at the end of that epoch. Nothing in scvi-tools'
+    training depends on the number of epochs asked for (no learning-rate schedule; the KL weight
+    rises over 400 epochs whatever the length), so the first N epochs of a longer run are an N-epoch
+    run; the snapshot runs in evaluation mode and restores the random state it used, so the run goes
+    on as it would have (`--scvi-separate-runs` trains each length on its own instead)."""
     import scvi, torch
+    from lightning.pytorch.callbacks import Callback
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     scvi.settings.seed = seed
     scvi.model.SCVI.setup_anndata(ad, batch_key="stim" if ad.obs["stim"].nunique() > 1 else None)
     m = scvi.model.SCVI(ad, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb", dropout_rate=a.scvi_dropout)
     is_val = scmz_validation(seed, ad.n_obs)
     split = [np.flatnonzero(~is_val), np.flatnonzero(is_val), np.array([], dtype=int)]
+    taken, paused = {}, [0.0]
+
+    class Snapshot(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            done = trainer.current_epoch + 1
+            if done not in snapshots:
+                return
+            t0 = time.perf_counter()
+            secs = t0 - t - paused[0]
+            cpu = torch.get_rng_state()
+            gpu = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            np_state = np.random.get_state()
+            net = m.module
+            was_training, was_trained = net.training, m.is_trained_
+            net.eval()
+            m.is_trained_ = True  # scvi-tools refuses latents before train() has returned
+            try:
+                taken[done] = (m.get_latent_representation(ad), m.get_latent_representation(query), secs)
+            finally:
+                m.is_trained_ = was_trained
+                net.train(was_training)
+                torch.set_rng_state(cpu)
+                if gpu is not None:
+                    torch.cuda.set_rng_state_all(gpu)
+                np.random.set_state(np_state)
+            paused[0] += time.perf_counter() - t0
+
     t = time.perf_counter()
     m.train(max_epochs=epochs, batch_size=128, accelerator=ACCELERATOR, check_val_every_n_epoch=1,
-            early_stopping=False, enable_progress_bar=False, datasplitter_kwargs={"external_indexing": split})
-    secs = time.perf_counter() - t
+            early_stopping=False, enable_progress_bar=False, datasplitter_kwargs={"external_indexing": split},
+            **({"callbacks": [Snapshot()]} if snapshots else {}))
+    secs = time.perf_counter() - t - paused[0]
     vals = [float(v) for v in m.history["elbo_validation"].iloc[:, 0].values]
-    return m, secs, vals
+    return m, secs, vals, taken
+
+
+STARTED = time.perf_counter()
+
+
+def log(line):
+    """A figure as it comes, with the seconds since the benchmark started (where the time goes)."""
+    print(f"[{time.perf_counter() - STARTED:6.0f} s] {line}", flush=True)
 
 
 def mean(xs):
@@ -167,6 +212,7 @@ def measure(seeds):
         zoo = os.path.join(tmp, "zoo")
 
         for seed in seeds:
+            scvi_runs = {}
             for epochs in lengths:
                 key = f"e{epochs}_s{seed}"
                 name = f"ctrl_{key}"
@@ -188,11 +234,22 @@ def measure(seeds):
                                         df["scmz_classifier"].astype(str).values == truth)
                     r["head_knn10"] = transfer(zc, zs, ctrl, stim)["knn10"]
                 results["scmz"][key] = r
-                print(f"scmz  {key}: {json.dumps(r)}", flush=True)
+                log(f"scmz  {key}: {json.dumps(r)}")
                 if a.skip_scvi:
                     continue
-                m, secs, vals = scvi_model(ctrl.copy(), seed, epochs)
-                zc, zs = m.get_latent_representation(), m.get_latent_representation(stim)
+                if a.scvi_separate_runs or epochs == max(lengths):
+                    m, secs, vals, taken = scvi_model(
+                        ctrl.copy(), seed, epochs,
+                        [] if a.scvi_separate_runs else [e for e in lengths if e < epochs], stim)
+                    zc, zs = m.get_latent_representation(), m.get_latent_representation(stim)
+                    for e, (zc_e, zs_e, secs_e) in taken.items():
+                        # The shorter lengths, measured from the snapshots of this run.
+                        r = transfer(zc_e, zs_e, ctrl, stim)
+                        r["secs"], r["elbo"] = secs_e, elbos(vals[:e])
+                        results["scvi"][f"e{e}_s{seed}"] = r
+                        log(f"scvi  e{e}_s{seed}: {json.dumps(r)}")
+                else:
+                    continue  # measured by the longest run's snapshot
                 r = transfer(zc, zs, ctrl, stim)
                 r["secs"], r["elbo"] = secs, elbos(vals)
                 if a.classifier and epochs == max(lengths):
@@ -210,7 +267,7 @@ def measure(seeds):
                     r["head_knn10"] = transfer(sc.get_latent_representation(ref), sc.get_latent_representation(q),
                                                ctrl, stim)["knn10"]
                 results["scvi"][key] = r
-                print(f"scvi  {key}: {json.dumps(r)}", flush=True)
+                log(f"scvi  {key}: {json.dumps(r)}")
 
         if not a.skip_mouse:
             for seed in seeds:
@@ -219,10 +276,10 @@ def measure(seeds):
                 if not a.skip_scvi:
                     md = anndata.read_h5ad(a.mouse)
                     md.obs["stim"] = "one"
-                    _, _, vals = scvi_model(md, seed, 20)
+                    _, _, vals, _ = scvi_model(md, seed, 20)
                     results["scvi"][f"mouse_s{seed}"] = {"elbo": elbos(vals)}
-                print(f"mouse seed {seed}: scmz {results['scmz'][f'mouse_s{seed}']} "
-                      f"scvi {results['scvi'].get(f'mouse_s{seed}')}", flush=True)
+                log(f"mouse seed {seed}: scmz {results['scmz'][f'mouse_s{seed}']} "
+                    f"scvi {results['scvi'].get(f'mouse_s{seed}')}")
 
         if not a.skip_scib and not a.skip_scvi:
             from scib_metrics.benchmark import Benchmarker
@@ -234,7 +291,9 @@ def measure(seeds):
             run_scmz(all_path, "all", zoo, 0, 20, ["--batch-key", "stim"])
             z, _ = scmz_latent(all_path, "all", zoo, os.path.join(tmp, "all.csv"))
             full.obsm["scmz"] = z
-            m, _, _ = scvi_model(full.copy(), 0, 20)
+            log("scib: scmz trained")
+            m, _, _, _ = scvi_model(full.copy(), 0, 20)
+            log("scib: scvi-tools trained")
             full.obsm["scVI"] = m.get_latent_representation(full)
             lg = full.copy()
             sc_.pp.normalize_total(lg)
@@ -248,7 +307,7 @@ def measure(seeds):
             df = bm.get_results(min_max_scale=False)
             results["scib"] = {k: {c: float(df.loc[k, c]) for c in ["Batch correction", "Bio conservation", "Total"]}
                                for k in ["Unintegrated", "scVI", "scmz"]}
-            print("scib:", json.dumps(results["scib"]), flush=True)
+            log("scib: " + json.dumps(results["scib"]))
     return results
 
 
