@@ -48,7 +48,8 @@
 //! - [`jobs`]: the job registry (one folder per job, atomic `job.json`, flock for scheduling),
 //!   slot limits, the supervisor every job runs under (tokio: runs `scmz-engine` in the folder
 //!   the job was submitted from, forwards SIGTERM, records the end; an engine whose supervisor is
-//!   killed stops with a checkpoint, records that itself and starts the next queued job; pids are
+//!   killed stops with a checkpoint, records that itself and starts the next queued job; while
+//!   a job waits, a detached watcher (`Registry::watch_queue`) schedules once a second; pids are
 //!   checked against their recorded start time before any signal) and the `Backend` trait with its two implementations:
 //!   `jobs::local` (a detached supervisor in its own session) and `jobs::slurm` (`sbatch`, state
 //!   from `squeue`/`scontrol`/`sacct`, `scancel`). Clients see only `Job` records.

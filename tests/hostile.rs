@@ -1035,6 +1035,50 @@ fn a_supervisor_killed_as_its_engine_starts_still_moves_the_queue() {
     assert_eq!(engines_of(&[a, b]), 0);
 }
 
+/// A running job's supervisor and engine killed together (`kill -9` of its process group, an OOM
+/// killer, a node's cgroup): nothing of the job is left to record its end or start the next, so
+/// the queue's watcher, started when the second job was queued, does both with no `scmz` run.
+#[test]
+fn a_job_killed_whole_still_moves_the_queue() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let submit = |name: &str, epochs: &str| {
+        let o = scmz(
+            root.path(),
+            &[
+                "train",
+                input.to_str().unwrap(),
+                "--name",
+                name,
+                "--epochs",
+                epochs,
+                "--device",
+                "cpu",
+                "--detach",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
+    };
+    let (a, b) = (submit("whole", "2000"), submit("waiting", "3"));
+    let job = wait_record(root.path(), &a, "started its engine", |j| {
+        j["state"] == "running" && j["pid"].is_u64()
+    });
+    assert_eq!(job_record(root.path(), &b)["state"], "queued");
+    // The supervisor leads a session of its own; its engine is in its process group.
+    let sup = job["supervisor_pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on the process group of the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(-sup, libc::SIGKILL) }, 0);
+    let j = wait_record(root.path(), &a, "ended", |j| j["state"] == "failed");
+    assert!(
+        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
+        "{j:#}"
+    );
+    wait_record(root.path(), &b, "finished on its own", |j| j["state"] == "done");
+    assert_eq!(engines_of(&[a, b]), 0);
+}
+
 #[test]
 fn a_damaged_job_record_or_lock_is_named_and_the_rest_work() {
     let root = tempfile::tempdir().unwrap();

@@ -188,6 +188,12 @@ enum JobsCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Keeps the queue moving while local jobs wait (started detached by a submission).
+    #[command(hide = true)]
+    Watch {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +303,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Some(JobsCommand::Resume { id }) => jobs::resume(&id),
             Some(JobsCommand::Supervise { id, dir }) => jobs::supervise(&id, dir),
             Some(JobsCommand::Schedule { dir }) => Ok(scmz::jobs::Registry::new(dir).schedule()?),
+            Some(JobsCommand::Watch { dir }) => {
+                Ok(scmz::jobs::Registry::new(dir).watch_queue(std::time::Duration::from_secs(1))?)
+            }
         },
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),

@@ -10,6 +10,38 @@ use crate::events::now_rfc3339;
 
 pub struct Local;
 
+/// A detached process in a session of its own: `scmz ARGS`, its output discarded.
+fn detached(reg: &Registry, args: &[&str]) -> Command {
+    let mut cmd = Command::new(&reg.scmz);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our session and terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Starts the queue's watcher ([`Registry::watch_queue`]); one already at work keeps the job.
+pub fn start_watcher(reg: &Registry) -> Result<(), JobError> {
+    let mut child = detached(reg, &["jobs", "watch", "--dir"])
+        .arg(&reg.dir)
+        .spawn()
+        .map_err(|e| {
+            JobError::Backend(format!(
+                "{}: cannot start the queue's watcher ({e}); reinstall scmz",
+                reg.scmz.display()
+            ))
+        })?;
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
 impl Backend for Local {
     fn name(&self) -> &'static str {
         "local"
@@ -17,20 +49,8 @@ impl Backend for Local {
 
     fn start(&self, reg: &Registry, jobs: &mut [Job]) -> Result<(), JobError> {
         for job in jobs.iter() {
-            let mut cmd = Command::new(&reg.scmz);
-            cmd.args(["jobs", "supervise", &job.id, "--dir"])
-                .arg(&reg.dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: setsid is async-signal-safe; it detaches the child from our session and terminal.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::setsid();
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().map_err(|e| {
+            let mut cmd = detached(reg, &["jobs", "supervise", &job.id, "--dir"]);
+            let mut child = cmd.arg(&reg.dir).spawn().map_err(|e| {
                 JobError::Backend(format!(
                     "{}: cannot start the job supervisor ({e}); reinstall scmz",
                     reg.scmz.display()

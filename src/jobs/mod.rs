@@ -488,6 +488,65 @@ impl Registry {
         Ok(())
     }
 
+    /// Whether a local job waits for a slot.
+    fn has_queued_local(&self) -> bool {
+        self.records()
+            .into_iter()
+            .filter_map(Result::ok)
+            .any(|j| j.backend == "local" && j.state == JobState::Queued)
+    }
+
+    /// The queue's watcher (`scmz jobs watch`, started detached by a submission that left a job
+    /// queued): while a local job waits, it calls [`Registry::schedule`] every second, so the
+    /// queue moves on however the running job ends, even when its supervisor and engine are
+    /// killed together and nothing is left to say so. One per registry (a lock it holds); it
+    /// exits when nothing waits.
+    pub fn watch_queue(&self, every: Duration) -> Result<(), JobError> {
+        let Some(mut held) = self.watcher_lock()? else {
+            return Ok(()); // another watcher is at work
+        };
+        loop {
+            if !self.dir.is_dir() {
+                return Ok(()); // the jobs folder was removed: nothing to watch, nothing to recreate
+            }
+            self.schedule()?;
+            if !self.has_queued_local() {
+                // A submission that queued a job just now found the lock held and left it to
+                // us: look once more after letting go, and take it back if a job waits.
+                drop(held);
+                if !self.has_queued_local() {
+                    return Ok(());
+                }
+                match self.watcher_lock()? {
+                    Some(again) => held = again,
+                    None => return Ok(()),
+                }
+            }
+            std::thread::sleep(every);
+        }
+    }
+
+    /// The watcher's lock (`.watcher.lock`), or None while another process holds it.
+    fn watcher_lock(&self) -> Result<Option<std::fs::File>, JobError> {
+        use std::os::unix::io::AsRawFd;
+        let path = self.dir.join(".watcher.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        // SAFETY: flock on a descriptor we own; does not block.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => Ok(None),
+                _ => Err(io(&path)(e)),
+            };
+        }
+        Ok(Some(file))
+    }
+
     /// Records and starts jobs: local ones queue for a slot, Slurm ones are submitted at once
     /// (several as one array). Returns them as saved.
     pub fn submit(&self, mut jobs: Vec<Job>) -> Result<Vec<Job>, JobError> {
@@ -496,6 +555,9 @@ impl Registry {
         };
         if first.backend == "local" {
             self.schedule()?;
+            if self.has_queued_local() {
+                local::start_watcher(self)?;
+            }
         } else {
             if let Err(e) = backend_of(first).start(self, &mut jobs) {
                 for j in jobs.iter_mut() {
