@@ -392,6 +392,32 @@ fn training_into_a_full_zoo_leaves_no_partial_model() {
     }
 }
 
+/// A training killed with SIGKILL while it wrote its model leaves `.tmp-NAME-PID` in the zoo;
+/// the next run of that model removes it (its process is gone), and only it: a living
+/// process's folder and another model's stay.
+#[test]
+fn a_staging_folder_left_by_a_killed_run_goes_with_the_next_run() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = root.path().join("zoo");
+    // No process has a pid above the kernel's limit (at most 2^22).
+    let dead = zoo.join(".tmp-kept-99999999");
+    let living = zoo.join(format!(".tmp-kept-{}", std::process::id()));
+    let other = zoo.join(".tmp-kept-other-99999999");
+    for d in [&dead, &living, &other] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("weights.safetensors"), b"half").unwrap();
+    }
+    let input = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root.path(),
+        &["train", input.to_str().unwrap(), "--name", "kept", "--epochs", "2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(zoo.join("kept/manifest.json").exists());
+    assert!(!dead.exists(), "the dead run's staging folder stayed");
+    assert!(living.exists() && other.exists(), "a folder not the dead run's went");
+}
+
 // ---- Security --------------------------------------------------------------------------------
 
 /// Rewrites `X/data` of an h5ad as a dataset whose bytes live in `outside` (HDF5 external storage),

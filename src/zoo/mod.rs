@@ -92,14 +92,39 @@ impl Zoo {
         self.dir.join(".runs").join(name)
     }
 
-    /// A fresh temporary folder beside the models, for writing one.
+    /// A fresh temporary folder beside the models, for writing one. Staging folders of model
+    /// `name` left by a process that no longer lives (killed with SIGKILL while writing) go.
     pub fn staging_dir(&self, name: &str) -> Result<PathBuf, ZooError> {
+        self.remove_stale_staging(name);
         let p = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
         if p.exists() {
             std::fs::remove_dir_all(&p).map_err(io(&p))?;
         }
         std::fs::create_dir_all(&p).map_err(io(&p))?;
         Ok(p)
+    }
+
+    /// Removes `.tmp-NAME-PID` and `.old-NAME-PID` folders whose process is gone. One engine
+    /// trains a run at a time, so a living PID is the writer itself (or an unrelated process
+    /// that reused the number: its folder stays).
+    fn remove_stale_staging(&self, name: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name();
+            let Some(file) = file.to_str() else { continue };
+            let pid = [".tmp-", ".old-"]
+                .iter()
+                .find_map(|p| file.strip_prefix(p)?.strip_prefix(name)?.strip_prefix('-'))
+                .and_then(|rest| rest.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            // A folder, not a link to one (whose target is not the zoo's to remove).
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && pid != std::process::id() && !crate::jobs::alive(pid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Moves a fully written staging folder into place as model `name`, replacing an older one.
