@@ -891,6 +891,27 @@ fn one_engine_per_run() {
     let _ = first.wait();
 }
 
+/// Submits a detached CPU training of the bundled PBMCs as model `name`; returns the job id.
+fn submit_training(root: &Path, name: &str, epochs: &str) -> String {
+    let input = data("pbmc68k_counts.h5ad");
+    let o = scmz(
+        root,
+        &[
+            "train",
+            input.to_str().unwrap(),
+            "--name",
+            name,
+            "--epochs",
+            epochs,
+            "--device",
+            "cpu",
+            "--detach",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o).split_whitespace().nth(1).unwrap().to_string()
+}
+
 /// The job record as its folder holds it, read without running `scmz` (whose listing would start
 /// queued jobs itself).
 fn job_record(root: &Path, id: &str) -> serde_json::Value {
@@ -911,6 +932,18 @@ fn wait_record(root: &Path, id: &str, what: &str, ok: impl Fn(&serde_json::Value
         assert!(t.elapsed() < Duration::from_secs(180), "job {id} never {what}: {j:#}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Job `killed` is recorded failed because its supervisor was killed, and job `next`, queued
+/// behind it, finishes with no `scmz` command run; no engine of either is left.
+fn queue_moved_on(root: &Path, killed: &str, next: &str) {
+    let j = wait_record(root, killed, "ended", |j| j["state"] == "failed");
+    assert!(
+        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
+        "{j:#}"
+    );
+    wait_record(root, next, "finished on its own", |j| j["state"] == "done");
+    assert_eq!(engines_of(&[killed.to_string(), next.to_string()]), 0);
 }
 
 /// Engines running for any of `ids` now, from /proc (the job id is in each engine's environment).
@@ -937,25 +970,7 @@ fn engines_of(ids: &[String]) -> usize {
 fn killing_a_supervisor_stops_its_engine_records_why_and_the_queue_moves_on() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
-    let input = data("pbmc68k_counts.h5ad");
-    let submit = |name: &str, epochs: &str| {
-        let o = scmz(
-            root.path(),
-            &[
-                "train",
-                input.to_str().unwrap(),
-                "--name",
-                name,
-                "--epochs",
-                epochs,
-                "--device",
-                "cpu",
-                "--detach",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
-    };
+    let submit = |name: &str, epochs: &str| submit_training(root.path(), name, epochs);
     let (a, b) = (submit("orphan", "100"), submit("next", "3"));
     let ids = [a.clone(), b.clone()];
     // Watch /proc from now on: never two engines of these jobs at once.
@@ -1022,25 +1037,7 @@ fn killing_a_supervisor_stops_its_engine_records_why_and_the_queue_moves_on() {
 fn a_supervisor_killed_as_its_engine_starts_still_moves_the_queue() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
-    let input = data("pbmc68k_counts.h5ad");
-    let submit = |name: &str, epochs: &str| {
-        let o = scmz(
-            root.path(),
-            &[
-                "train",
-                input.to_str().unwrap(),
-                "--name",
-                name,
-                "--epochs",
-                epochs,
-                "--device",
-                "cpu",
-                "--detach",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
-    };
+    let submit = |name: &str, epochs: &str| submit_training(root.path(), name, epochs);
     // Long enough that it cannot end before the kill, however loaded the machine.
     let (a, b) = (submit("early", "500"), submit("after", "3"));
     // The moment the engine's process has exec'd: it is loading libtorch, not yet in `main`.
@@ -1052,13 +1049,7 @@ fn a_supervisor_killed_as_its_engine_starts_still_moves_the_queue() {
     let job = job_record(root.path(), &a);
     // SAFETY: kill(2) on the supervisor this test started.
     unsafe { libc::kill(job["supervisor_pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
-    let j = wait_record(root.path(), &a, "ended", |j| j["state"] == "failed");
-    assert!(
-        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
-        "{j:#}"
-    );
-    wait_record(root.path(), &b, "finished on its own", |j| j["state"] == "done");
-    assert_eq!(engines_of(&[a, b]), 0);
+    queue_moved_on(root.path(), &a, &b);
 }
 
 /// A running job's supervisor and engine killed together (`kill -9` of its process group, an OOM
@@ -1068,25 +1059,7 @@ fn a_supervisor_killed_as_its_engine_starts_still_moves_the_queue() {
 fn a_job_killed_whole_still_moves_the_queue() {
     let root = tempfile::tempdir().unwrap();
     std::fs::write(root.path().join("config.toml"), "[jobs]\nmax_cpu_jobs = 1\n").unwrap();
-    let input = data("pbmc68k_counts.h5ad");
-    let submit = |name: &str, epochs: &str| {
-        let o = scmz(
-            root.path(),
-            &[
-                "train",
-                input.to_str().unwrap(),
-                "--name",
-                name,
-                "--epochs",
-                epochs,
-                "--device",
-                "cpu",
-                "--detach",
-            ],
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        stdout(&o).split_whitespace().nth(1).unwrap().to_string()
-    };
+    let submit = |name: &str, epochs: &str| submit_training(root.path(), name, epochs);
     let (a, b) = (submit("whole", "2000"), submit("waiting", "3"));
     let job = wait_record(root.path(), &a, "started its engine", |j| {
         j["state"] == "running" && j["pid"].is_u64()
@@ -1096,13 +1069,7 @@ fn a_job_killed_whole_still_moves_the_queue() {
     let sup = job["supervisor_pid"].as_u64().unwrap() as i32;
     // SAFETY: kill(2) on the process group of the supervisor this test started.
     assert_eq!(unsafe { libc::kill(-sup, libc::SIGKILL) }, 0);
-    let j = wait_record(root.path(), &a, "ended", |j| j["state"] == "failed");
-    assert!(
-        j["reason"].as_str().unwrap().contains("its supervisor was killed"),
-        "{j:#}"
-    );
-    wait_record(root.path(), &b, "finished on its own", |j| j["state"] == "done");
-    assert_eq!(engines_of(&[a, b]), 0);
+    queue_moved_on(root.path(), &a, &b);
 }
 
 #[test]

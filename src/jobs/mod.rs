@@ -253,6 +253,16 @@ pub fn default_dir() -> PathBuf {
     crate::dirs::state_dir().join("jobs")
 }
 
+/// A lock file of the registry, opened (created when missing) for flock.
+fn open_lock_file(path: &Path) -> Result<std::fs::File, JobError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io(path))
+}
+
 /// Whether a process is alive (signal 0 probes without sending anything). A zombie (ended but not
 /// yet reaped by its parent) counts as ended.
 pub fn alive(pid: u32) -> bool {
@@ -425,7 +435,6 @@ impl Registry {
     }
 
     pub fn lock(&self) -> Result<RegistryLock, JobError> {
-        use std::os::unix::io::AsRawFd;
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join(".lock");
         if path.is_dir() {
@@ -434,16 +443,9 @@ impl Registry {
                 path.display()
             )));
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        // SAFETY: flock on a descriptor we own; blocks until the lock is ours.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io(&path)(std::io::Error::last_os_error()));
-        }
+        let file = open_lock_file(&path)?;
+        // flock(2): blocks until the lock is ours; released with the descriptor, however we end.
+        file.lock().map_err(io(&path))?;
         Ok(RegistryLock { _file: file })
     }
 
@@ -528,23 +530,13 @@ impl Registry {
 
     /// The watcher's lock (`.watcher.lock`), or None while another process holds it.
     fn watcher_lock(&self) -> Result<Option<std::fs::File>, JobError> {
-        use std::os::unix::io::AsRawFd;
         let path = self.dir.join(".watcher.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        // SAFETY: flock on a descriptor we own; does not block.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => Ok(None),
-                _ => Err(io(&path)(e)),
-            };
+        let file = open_lock_file(&path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
         }
-        Ok(Some(file))
     }
 
     /// Records and starts jobs: local ones queue for a slot, Slurm ones are submitted at once
