@@ -26,35 +26,43 @@ while [ $# -gt 0 ]; do
     *) echo "install: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-# Relative folders mean the caller's folder; then the clone's.
-if [ "$UNINSTALL" = 1 ] && [ ! -d "$PREFIX" ]; then
-  echo "install: nothing installed in $PREFIX (no such folder)" >&2; exit 0
-fi
-mkdir -p "$PREFIX"
-PREFIX="$(cd "$PREFIX" && pwd)"
+# Relative folders mean the caller's folder; the prefix is named by its real path (no links).
+PREFIX="$(realpath -m -- "$PREFIX")"
 if [ -n "$FROM" ]; then FROM="$(cd "$FROM" && pwd)"; fi
 cd "$ROOT"
 LIST="$PREFIX/share/scmz/installed-files"
 say() { echo "install: $*" >&2; }
 
-# Removes the files a previous install listed, then the folders that held them if now empty.
+# Folders an install creates, listed (with a trailing /) after its files so that an uninstall
+# removes them again when empty, and no folder that was there before.
+created=()
+ensure_dir() { # ensure_dir DIR: mkdir -p, remembering each folder it makes
+  local d="$1" missing=()
+  while [ ! -d "$d" ]; do missing=("$d" "${missing[@]}"); d="$(dirname "$d")"; done
+  for d in "${missing[@]}"; do mkdir -- "$d"; created+=("$d/"); done
+}
+
+# Removes what a previous install listed: plain files, then the folders it made, if empty.
+# An entry is followed only if it is its own real path below PREFIX: an edited list naming
+# `..`, a link (or a path through a linked folder) or anything outside removes nothing there.
 remove_listed() {
   [ -f "$LIST" ] || return 0
-  # Only plain files below PREFIX: an edited list naming `..`, a folder or a link's target
-  # elsewhere removes nothing outside.
+  local f folders=()
   while IFS= read -r f; do
-    case "$f" in
-      *"/../"*|*"/./"*|*/..|*/.) say "skipping $f in $LIST (not a plain path below $PREFIX)" ;;
-      "$PREFIX"/*) if [ -f "$f" ] || [ -L "$f" ]; then rm -f -- "$f"; fi ;;
-      *) say "skipping $f in $LIST (outside $PREFIX)" ;;
-    esac
+    local path="${f%/}"
+    if [ "$f" != "$path" ] && [ "$(realpath -m -- "$path" 2>/dev/null)" = "$path" ] &&
+      { [ "$path" = "$PREFIX" ] || [ "${PREFIX#"$path"/}" != "$PREFIX" ]; }; then
+      folders=("$path" "${folders[@]}") # the prefix or a folder above it that the install made
+    elif [ "$(realpath -m -- "$path" 2>/dev/null)" != "$path" ] || [ "${path#"$PREFIX"/}" = "$path" ]; then
+      say "skipping $f in $LIST (not a plain path below $PREFIX)"
+    elif [ "$f" != "$path" ]; then
+      folders=("$path" "${folders[@]}")
+    elif [ -f "$path" ] && [ ! -L "$path" ]; then
+      rm -f -- "$path"
+    fi
   done < "$LIST"
   rm -f -- "$LIST"
-  while IFS= read -r d; do
-    rmdir -- "$d" 2>/dev/null || true
-  done < <(for d in bin share/scmz share/bash-completion/completions share/bash-completion \
-    share/zsh/site-functions share/zsh share/fish/vendor_completions.d share/fish share/man/man1 \
-    share/man share; do echo "$PREFIX/$d"; done)
+  for f in "${folders[@]}"; do rmdir -- "$f" 2>/dev/null || true; done
 }
 
 if [ "$UNINSTALL" = 1 ]; then
@@ -63,6 +71,7 @@ if [ "$UNINSTALL" = 1 ]; then
   say "removed scmz from $PREFIX"
   exit 0
 fi
+ensure_dir "$PREFIX"
 
 if [ -z "$FROM" ]; then
   scripts/setup.sh
@@ -85,7 +94,7 @@ trap 'rm -rf "$STAGE"' EXIT
 
 installed=()
 put() { # put SOURCE DEST MODE
-  mkdir -p "$(dirname "$2")"
+  ensure_dir "$(dirname "$2")"
   install -m "$3" "$1" "$2.scmz-new"
   mv -f "$2.scmz-new" "$2"
   installed+=("$2")
@@ -98,8 +107,8 @@ put "$STAGE/scmz.fish" "$PREFIX/share/fish/vendor_completions.d/scmz.fish" 644
 for page in "$STAGE"/man1/*.1; do
   put "$page" "$PREFIX/share/man/man1/$(basename "$page")" 644
 done
-mkdir -p "$(dirname "$LIST")"
-printf '%s\n' "${installed[@]}" > "$LIST.tmp"
+ensure_dir "$(dirname "$LIST")"
+printf '%s\n' "${installed[@]}" "${created[@]}" > "$LIST.tmp"
 mv -f "$LIST.tmp" "$LIST"
 
 "$PREFIX/bin/scmz" version >/dev/null || { say "the installed scmz does not start"; exit 1; }

@@ -171,3 +171,32 @@ fn engine_commands_name_scmz_in_their_help_and_errors() {
     assert!(stderr(&o).contains("Usage: scmz train "), "{}", stderr(&o));
     assert!(!stderr(&o).contains("scmz-engine"), "{}", stderr(&o));
 }
+
+/// `scmz version` fails, saying why, when its engine cannot start (a libtorch that moved): the
+/// install's check relies on it.
+#[test]
+fn version_fails_with_the_reason_when_the_engine_cannot_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let scmz_bin = dir.path().join("scmz");
+    std::fs::copy(env!("CARGO_BIN_EXE_scmz"), &scmz_bin).unwrap();
+    let engine = dir.path().join("scmz-engine");
+    std::fs::write(
+        &engine,
+        "#!/bin/sh\necho 'scmz-engine: error while loading shared libraries: libtorch_cpu.so: cannot open shared object file' >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = std::process::Command::new(&scmz_bin).arg("version").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the engine does not start") && err.contains("libtorch_cpu.so"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::remove_file(&engine).unwrap();
+    let o = std::process::Command::new(&scmz_bin).arg("version").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot run the engine"), "{}", stderr(&o));
+}

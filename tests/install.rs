@@ -104,3 +104,58 @@ fn installed_scmz_runs_from_anywhere_and_uninstalls_cleanly() {
     assert_eq!(files_below(&prefix), vec!["share/mine.txt".to_string()]);
     assert!(!prefix.join("bin").exists());
 }
+
+/// An uninstall removes what the install made and nothing else: not the files an edited list
+/// names outside the prefix (directly, through `..`, `//` or a linked folder), not the folders
+/// that were there before; the folders it made, the prefix's own included, go.
+#[test]
+fn uninstall_removes_only_what_the_install_made() {
+    let root = tempfile::tempdir().unwrap();
+    let built = Path::new(env!("CARGO_BIN_EXE_scmz")).parent().unwrap();
+    let b = built.to_str().unwrap();
+
+    // A prefix the install makes, two folders deep: gone after the uninstall.
+    let made = root.path().join("made/deep");
+    let m = made.to_str().unwrap();
+    for _ in 0..2 {
+        let o = install(&["--from", b, "--prefix", m]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = install(&["--uninstall", "--prefix", m]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!root.path().join("made").exists(), "a folder the install made stayed");
+
+    // A prefix with an empty bin of the user's, and a list edited to reach outside.
+    let prefix = root.path().join("prefix");
+    std::fs::create_dir_all(prefix.join("bin")).unwrap();
+    let p = prefix.to_str().unwrap();
+    let o = install(&["--from", b, "--prefix", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let victim = root.path().join("victim");
+    std::fs::create_dir_all(victim.join("d")).unwrap();
+    for f in ["viadir", "d/inner", "direct"] {
+        std::fs::write(victim.join(f), b"keep").unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, prefix.join("share/evil")).unwrap();
+    let list = prefix.join("share/scmz/installed-files");
+    let mut text = std::fs::read_to_string(&list).unwrap();
+    for line in [
+        format!("{p}/share/evil/viadir"),
+        format!("{p}//share/evil/d/inner"),
+        format!("{p}/../victim/direct"),
+        victim.join("direct").display().to_string(),
+        format!("{p}/share/evil/d/"),
+    ] {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&list, text).unwrap();
+    let o = install(&["--uninstall", "--prefix", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("skipping"), "{}", stderr(&o));
+    for f in ["viadir", "d/inner", "direct"] {
+        assert!(victim.join(f).exists(), "{f} outside the prefix was removed");
+    }
+    assert!(prefix.join("bin").is_dir(), "the user's bin folder was removed");
+    assert!(!prefix.join("bin/scmz").exists());
+}

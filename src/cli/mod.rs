@@ -314,11 +314,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));
             println!("hdf5 {}", hdf5_version());
             let engine = models::engine_path();
+            // Everything that trains or projects runs there: an engine that cannot start is an
+            // error (with its reason), not a line of the report.
             match std::process::Command::new(&engine).arg("devices").output() {
-                Ok(o) if o.status.success() => print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout)),
-                _ => println!("libtorch: {} not found or failed", engine.display()),
+                Ok(o) if o.status.success() => {
+                    print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout));
+                    Ok(())
+                }
+                Ok(o) => {
+                    let why = String::from_utf8_lossy(&o.stderr);
+                    let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+                    anyhow::bail!(
+                        "{}: the engine does not start ({}: {}); run scripts/setup.sh, or reinstall with scripts/install.sh",
+                        engine.display(),
+                        o.status,
+                        scmz::files::printable(why.trim())
+                    )
+                }
+                Err(e) => anyhow::bail!(
+                    "{}: cannot run the engine ({e}); it must sit beside scmz: reinstall with scripts/install.sh",
+                    engine.display()
+                ),
             }
-            Ok(())
         }
     }
 }
