@@ -1589,3 +1589,31 @@ fn compare_leaves_no_copies_of_the_cells_behind() {
     );
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{:?}", files_below(&tmp));
 }
+
+/// A bad slot limit in the environment refuses the submission itself: nothing is queued (a job
+/// used to be queued, then run, while the command said "error").
+#[test]
+fn a_bad_slot_limit_queues_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    for (bad, says) in [
+        ("0", "not a count of 1 or more"),
+        ("abc", "not a count of 1 or more"),
+        ("99999999999999999999", "too large a count"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args(["train", input.to_str().unwrap(), "--name", "limited", "--epochs", "2"])
+            .args(["--device", "cpu", "--detach"])
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_CONFIG", root.path().join("config.toml"))
+            .env("SCMZ_MAX_CPU_JOBS", bad)
+            .output()
+            .unwrap();
+        refused(&o, 1, &["SCMZ_MAX_CPU_JOBS", says]);
+        let jobs = files_below(&root.path().join("state"));
+        assert!(!jobs.iter().any(|f| f.ends_with("job.json")), "{bad}: queued {jobs:?}");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!root.path().join("zoo/limited").exists());
+}

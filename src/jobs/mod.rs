@@ -189,6 +189,10 @@ fn limit_of(var: &str, env: Option<String>, configured: Option<usize>) -> Result
     match env.filter(|v| !v.is_empty()) {
         Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
+            Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!(
+                "{var}={}: too large a count; set, e.g., {var}=2",
+                crate::files::printable(&v)
+            )),
             _ => Err(format!(
                 "{var}={}: not a count of 1 or more; unset it or set, e.g., {var}=2",
                 crate::files::printable(&v)
@@ -576,8 +580,12 @@ impl Registry {
                 req.backend
             )));
         }
-        // Nothing is queued where the queue could not be scheduled; the lock also keeps two
-        // submissions of one run from both finding it free.
+        // Nothing is queued where the queue could not be scheduled (a bad slot limit in the
+        // environment or the config refuses the submission, not the queue after it); the lock
+        // also keeps two submissions of one run from both finding it free.
+        if req.backend == "local" {
+            slot_limit(&req.slot, &Config::load()?)?;
+        }
         let lock = self.lock()?;
         let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
         let mut jobs: Vec<Job> = Vec::new();

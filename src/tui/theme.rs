@@ -99,6 +99,15 @@ impl Theme {
             user.filter(|p| p.exists())
         };
         if let Some(file) = file {
+            // A FIFO or a device (`--theme /dev/zero`) would be read without end; a theme is small.
+            let meta = scmz::files::require_regular(&file).map_err(|e| anyhow::anyhow!("theme {e}"))?;
+            if meta.len() > 1 << 20 {
+                anyhow::bail!(
+                    "theme {}: {} bytes, too large for a theme file (a few hundred bytes of TOML); check the path",
+                    file.display(),
+                    meta.len()
+                );
+            }
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("theme {}: {e}", file.display()))?;
             return Theme::parse(&text).map_err(|e| anyhow::anyhow!("theme {}: {e}", file.display()));
         }
@@ -196,5 +205,12 @@ mod tests {
         std::fs::write(&p, good.replace("ok = \"#87d787\"", "ok = 5")).unwrap();
         let e = Theme::load(p.to_str().unwrap()).unwrap_err().to_string();
         assert!(e.contains("mine.toml") && e.contains("ok"), "{e}");
+        // A device or a folder is refused at once, not read without end.
+        let e = Theme::load("/dev/zero").unwrap_err().to_string();
+        assert!(e.contains("/dev/zero") && e.contains("a device"), "{e}");
+        let e = Theme::load(&format!("{}/", dir.path().display()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a folder"), "{e}");
     }
 }
