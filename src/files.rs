@@ -262,6 +262,18 @@ pub fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<(),
             }
             above = p.parent();
         }
+        // No folder is made for an output: a typo in its path would scatter folders.
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if std::fs::metadata(parent).is_err() {
+                return Err(FileError::new(
+                    out,
+                    format!(
+                        "its folder {} does not exist; create it first, or check the path",
+                        printable(&parent.display().to_string())
+                    ),
+                ));
+            }
+        }
         return Ok(());
     }
     if let Ok(target) = std::fs::metadata(out) {
@@ -413,6 +425,9 @@ mod tests {
             assert!(e.message.contains("inside the input"), "{e}");
         }
         assert!(check_output(&dir.path().join("beside.h5ad"), &[&mtx], true).is_ok());
+        // No folder is made for an output.
+        let e = check_output(&dir.path().join("no/such/out.h5ad"), &[&mtx], true).unwrap_err();
+        assert!(e.message.contains("does not exist"), "{}", e.message);
     }
 
     #[test]

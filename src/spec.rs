@@ -259,6 +259,22 @@ fn percent(s: &str) -> Result<u32, String> {
     }
 }
 
+/// Seeds of a comparison: at least one (none compares nothing), at most 100.
+fn seeds(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (1..=100).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number from 1 to 100")),
+    }
+}
+
+/// A held-out share: above 0 (something to score on) and below 1 (something to train on).
+fn holdout(s: &str) -> Result<f64, String> {
+    match share_below_one(s)? {
+        v if v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` must be above 0 and below 1")),
+    }
+}
+
 fn share_below_one(s: &str) -> Result<f64, String> {
     let v = finite(s)?;
     if (0.0..1.0).contains(&v) {
@@ -353,17 +369,17 @@ pub struct CompareSpec {
     /// obs column with labels for the kNN accuracy.
     #[arg(long)]
     pub label_key: Option<String>,
-    /// Share of cells held out for scoring.
-    #[arg(long, default_value_t = 0.2)]
+    /// Share of cells held out for scoring (above 0, below 1).
+    #[arg(long, default_value_t = 0.2, value_parser = holdout, allow_negative_numbers = true)]
     pub holdout: f64,
     /// Epoch budget of the model trained from scratch.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = epochs, allow_negative_numbers = true)]
     pub epochs: usize,
-    /// Seeds to repeat with (run-to-run noise).
-    #[arg(long, default_value_t = 2)]
+    /// Seeds to repeat with (run-to-run noise), 1 to 100.
+    #[arg(long, default_value_t = 2, value_parser = seeds, allow_negative_numbers = true)]
     pub seeds: u64,
     /// Shares (%) of the model's genes left visible in the data.
-    #[arg(long, default_value = "100", value_delimiter = ',', value_parser = percent)]
+    #[arg(long, default_value = "100", value_delimiter = ',', value_parser = percent, allow_negative_numbers = true)]
     pub overlaps: Vec<u32>,
     #[arg(long)]
     pub json: bool,

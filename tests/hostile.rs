@@ -1441,7 +1441,22 @@ fn projection_and_compare_settings_out_of_range_fail_at_parse_time() {
         );
         refused(&o, 2, &["--overlaps", "1 to 100"]);
     }
+    // No seed compares nothing (it printed a verdict on no rows and kept it); a negative share
+    // is a value, not an option.
+    for (flag, v, says) in [
+        ("--seeds", "0", "1 to 100"),
+        ("--seeds", "100000000", "1 to 100"),
+        ("--overlaps", "-5", "1 to 100"),
+        ("--holdout", "0", "above 0"),
+        ("--holdout", "1", "below 1"),
+        ("--epochs", "0", "at least 1"),
+    ] {
+        let i = input.to_str().unwrap();
+        let o = scmz(root.path(), &["compare", i, "--model", "pbmc-tiny", flag, v]);
+        refused(&o, 2, &[flag, says]);
+    }
     assert!(!out.exists());
+    assert!(!zoo.join("pbmc-tiny/comparisons").exists());
 }
 
 /// A new output inside the zoo or a model's folder is refused like an existing one.
@@ -1616,4 +1631,21 @@ fn a_bad_slot_limit_queues_nothing() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert!(!root.path().join("zoo/limited").exists());
+}
+
+/// An output whose folder does not exist is refused; no folder is made for it (a typo in the
+/// path made folders wherever it pointed).
+#[test]
+fn an_output_folder_is_never_made() {
+    let root = tempfile::tempdir().unwrap();
+    let zoo = bundled_zoo(root.path());
+    let input = data("pbmc68k_counts.h5ad");
+    let out = root.path().join("typo/dir/out.h5ad");
+    let o = project(root.path(), &input, &zoo, &out, &[]);
+    refused(&o, 1, &["typo/dir", "does not exist"]);
+    let i = input.to_str().unwrap();
+    let merged = root.path().join("typo/merged.h5ad");
+    let o = scmz(root.path(), &["merge", i, i, "-o", merged.to_str().unwrap()]);
+    refused(&o, 1, &["does not exist"]);
+    assert!(!root.path().join("typo").exists());
 }
