@@ -295,6 +295,24 @@ impl TrainSpec {
         let data = data.display().to_string();
         <Wrapper as clap::Parser>::parse_from(["train", data.as_str(), "--name", name.as_str()]).args
     }
+
+    /// Parses an engine command line of `train` (without the command), as the engine would:
+    /// the error is clap's first line (`error: invalid value ...`), without its usage block.
+    pub fn parse_args(args: &[String]) -> Result<Self, String> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: TrainSpec,
+        }
+        let argv = std::iter::once("scmz train".to_string()).chain(args.iter().cloned());
+        <Wrapper as clap::Parser>::try_parse_from(argv)
+            .map(|w| w.args)
+            .map_err(|e| {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                first.trim_start_matches("error: ").to_string()
+            })
+    }
 }
 
 /// `scmz project` and `scmz-engine project`.

@@ -1649,3 +1649,28 @@ fn an_output_folder_is_never_made() {
     refused(&o, 1, &["does not exist"]);
     assert!(!root.path().join("typo").exists());
 }
+
+/// Every setting of a sweep is checked before anything is queued (they were "submitted", then
+/// each failed at once with the engine's raw error).
+#[test]
+fn a_sweep_with_a_bad_setting_queues_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let i = data("pbmc68k_counts.h5ad");
+    let i = i.to_str().unwrap();
+    for (sweep, says) in [
+        ("bogus=1", "unexpected argument '--bogus'"),
+        ("lr=1e-3,5", "must be at most 1"),
+        ("n_latent=0", "at least 1"),
+    ] {
+        let o = scmz(
+            root.path(),
+            &["train", i, "--name", "sw", "--epochs", "2", "--sweep", sweep],
+        );
+        refused(&o, 1, &["--sweep", sweep, says]);
+        let left = files_below(&root.path().join("state"));
+        assert!(
+            !left.iter().any(|f| f.ends_with("job.json")),
+            "{sweep}: queued {left:?}"
+        );
+    }
+}

@@ -342,10 +342,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
     if let Some(req) = jobs::submission(command, &mut args)? {
-        // What the engine would refuse at once is refused now, not after the job's turn comes.
-        if matches!(command, "train" | "project") && req.sweep.is_none() {
+        // What the engine would refuse at once is refused now, not after the job's turn comes:
+        // every setting of a sweep is parsed as the engine would, and the first checked in full.
+        let mut checked = req.args.clone();
+        if let (Some(spec), "train") = (&req.sweep, command) {
+            let settings = scmz::jobs::expand_sweep(&req.args, spec).map_err(|e| anyhow::anyhow!(e))?;
+            for setting in &settings {
+                scmz::spec::TrainSpec::parse_args(setting)
+                    .map_err(|e| anyhow::anyhow!("--sweep `{spec}`: {e}; sweep options of `scmz train --help`"))?;
+            }
+            checked = settings.into_iter().next().unwrap_or(checked);
+        }
+        if matches!(command, "train" | "project") && (req.sweep.is_none() || command == "train") {
             let mut check = vec![command.to_string()];
-            check.extend(req.args.iter().cloned());
+            check.extend(checked);
             check.push("--check-only".into());
             let code = models::run_engine(&check)?;
             if code != 0 {
