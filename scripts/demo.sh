@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-echo "demo: building the release binaries (the first time: about 7 minutes on 2 cores)" >&2
+echo "demo: building the release binaries where needed (the first time: about 7 minutes on 2 cores)" >&2
 cargo build --release --locked --bins --quiet
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/scmz"
 zoo="${SCMZ_DEMO_ZOO:-${XDG_DATA_HOME:-$HOME/.local/share}/scmz/demo-zoo}"

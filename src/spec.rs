@@ -82,6 +82,7 @@ pub struct TrainSpec {
     /// Name of the model in the zoo.
     #[arg(long)]
     pub name: String,
+    /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
     #[arg(long)]
     pub zoo: Option<PathBuf>,
     /// Matrix to train on: X, raw, or a layer name [default: the first holding raw counts].
@@ -321,6 +322,7 @@ pub struct ProjectSpec {
     pub data: PathBuf,
     #[arg(long)]
     pub model: String,
+    /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
     #[arg(long)]
     pub zoo: Option<PathBuf>,
     /// Output: a copy of DATA with obsm['X_scmz'] (.h5ad), or a table of cell id + latent (.parquet/.csv).
@@ -382,6 +384,7 @@ pub struct CompareSpec {
     pub data: PathBuf,
     #[arg(long)]
     pub model: String,
+    /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
     #[arg(long)]
     pub zoo: Option<PathBuf>,
     /// obs column with labels for the kNN accuracy.

@@ -92,6 +92,27 @@ fn installed_scmz_runs_from_anywhere_and_uninstalls_cleanly() {
         }
     }
 
+    // Every page a page names is there (SEE ALSO named scmz-jobs-logs(1) and scmz-help(1)).
+    let man1 = prefix.join("share/man/man1");
+    for page in std::fs::read_dir(&man1).unwrap().flatten() {
+        let text = std::fs::read_to_string(page.path()).unwrap().replace("\\-", "-");
+        for (i, _) in text.match_indices("(1)") {
+            let name = text[..i]
+                .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .unwrap();
+            if name.starts_with("scmz") {
+                assert!(
+                    man1.join(format!("{name}.1")).exists(),
+                    "{:?} names {name}(1)",
+                    page.file_name()
+                );
+            }
+        }
+    }
+    let jobs_page = std::fs::read_to_string(man1.join("scmz-jobs.1")).unwrap();
+    assert!(!jobs_page.contains("supervise"), "the jobs page shows a hidden command");
+
     // Idempotent: a second install leaves the same files.
     let o = install(&["--from", b, "--prefix", p]);
     assert!(o.status.success(), "{}", stderr(&o));

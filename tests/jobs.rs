@@ -148,6 +148,21 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     );
     wait_for(root.path(), &new_id, "finished", |j| j["state"] == "done");
     assert!(root.path().join("zoo/killed/manifest.json").exists());
+    // The killed job keeps the progress it had; the one that resumed it shows the end.
+    let o = scmz(&["jobs"], root.path());
+    let row = |id: &str| {
+        stdout(&o)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row(&new_id).contains("epoch 300/300"), "{}", stdout(&o));
+    assert!(
+        row(&id).contains("failed") && !row(&id).contains("epoch 300/300"),
+        "{}",
+        stdout(&o)
+    );
     let o = scmz(&["jobs", "logs", &new_id], root.path());
     assert!(
         stdout(&o).contains("resuming `killed` from its checkpoint: epoch"),

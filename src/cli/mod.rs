@@ -38,6 +38,7 @@ enum Command {
     Ui {
         /// Folders to find datasets in [default: .]
         dirs: Vec<PathBuf>,
+        /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
         #[arg(long)]
         zoo: Option<PathBuf>,
         /// The bundled demo: when the zoo is empty, start a short training job on this dataset.
@@ -78,6 +79,7 @@ enum Command {
         paths: Vec<PathBuf>,
         #[command(flatten)]
         open: OpenArgs,
+        /// Print JSON instead of a table or text.
         #[arg(long)]
         json: bool,
         /// Also write the table to FILE.csv or FILE.parquet.
@@ -102,6 +104,7 @@ enum Command {
         /// Replace an existing output file (never one of the inputs).
         #[arg(long)]
         overwrite: bool,
+        /// Print JSON instead of a table or text.
         #[arg(long)]
         json: bool,
     },
@@ -138,13 +141,16 @@ enum Command {
     Jobs {
         #[command(subcommand)]
         command: Option<JobsCommand>,
+        /// Print JSON instead of a table or text.
         #[arg(long)]
         json: bool,
     },
     /// The models in the zoo.
     Models {
+        /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
         #[arg(long)]
         zoo: Option<PathBuf>,
+        /// Print JSON instead of a table or text.
         #[arg(long)]
         json: bool,
     },
@@ -201,8 +207,10 @@ enum ModelCommand {
     /// Everything the manifest says about a model.
     Show {
         name: String,
+        /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
         #[arg(long)]
         zoo: Option<PathBuf>,
+        /// Print JSON instead of a table or text.
         #[arg(long)]
         json: bool,
     },
@@ -412,17 +420,30 @@ fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         return Ok(());
     };
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", dir.display()))?;
-    let mut pages = vec![("scmz".to_string(), cmd.clone())];
-    for sub in cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
-    {
-        let name = format!("scmz-{}", sub.get_name());
-        pages.push((
-            name.clone(),
-            sub.clone().name(name).bin_name(format!("scmz {}", sub.get_name())),
+    // A page for every command a page names (`scmz-jobs-logs` too), none for `help` or the
+    // hidden ones, so that no SEE ALSO points at a page that is not there.
+    fn pages_of(cmd: &clap::Command, page: &str, typed: &str, out: &mut Vec<(String, clap::Command)>) {
+        let mut shown = cmd.clone().disable_help_subcommand(true);
+        for hidden in cmd.get_subcommands().filter(|s| s.is_hide_set()) {
+            shown = shown.mut_subcommand(hidden.get_name(), |s| s.hide(true));
+        }
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            let (p, t) = (
+                format!("{page}-{}", sub.get_name()),
+                format!("{typed} {}", sub.get_name()),
+            );
+            pages_of(sub, &p, &t, out);
+        }
+        out.push((
+            page.to_string(),
+            shown.name(page.to_string()).bin_name(typed.to_string()),
         ));
     }
+    let mut pages = Vec::new();
+    pages_of(&cmd, "scmz", "scmz", &mut pages);
     for (name, page) in pages {
         let path = dir.join(format!("{name}.1"));
         scmz::files::write_atomic(&path, &render(page)?)?;
