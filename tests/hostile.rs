@@ -853,6 +853,10 @@ fn settings_out_of_range_fail_at_parse_time() {
         let o = scmz(root.path(), &["train", si, "--name", "bad", flag, "-1"]);
         refused(&o, 2, &[flag, "`-1` must be"]);
     }
+    for v in ["abc", "-1", "1e99", "5000"] {
+        let o = scmz(root.path(), &["jobs", "cancel", "nosuch", "--grace", v]);
+        refused(&o, 2, &["--grace", "seconds from 0 to 3600"]);
+    }
     assert!(!root.path().join("zoo").exists(), "{:?}", files_below(root.path()));
 }
 
@@ -1643,6 +1647,11 @@ fn an_output_folder_is_never_made() {
     let out = root.path().join("typo/dir/out.h5ad");
     let o = project(root.path(), &input, &zoo, &out, &[]);
     refused(&o, 1, &["typo/dir", "does not exist"]);
+    // Nor is HDF5 written under a name that says otherwise.
+    let txt = root.path().join("out.txt");
+    let o = project(root.path(), &input, &zoo, &txt, &[]);
+    refused(&o, 1, &["out.txt", ".h5ad", ".parquet", ".csv"]);
+    assert!(!txt.exists());
     let i = input.to_str().unwrap();
     let merged = root.path().join("typo/merged.h5ad");
     let o = scmz(root.path(), &["merge", i, i, "-o", merged.to_str().unwrap()]);

@@ -176,7 +176,8 @@ enum JobsCommand {
     /// Stop a job: SIGTERM (it keeps its last checkpoint), SIGKILL after the grace period.
     Cancel {
         id: String,
-        #[arg(long, default_value_t = 30)]
+        /// Seconds between SIGTERM and SIGKILL, 0 to 3600.
+        #[arg(long, default_value_t = 30, value_parser = grace_seconds, allow_negative_numbers = true)]
         grace: u64,
     },
     /// Start an ended job again (training continues from its checkpoint).
@@ -449,6 +450,14 @@ fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         scmz::files::write_atomic(&path, &render(page)?)?;
     }
     Ok(())
+}
+
+/// `jobs cancel --grace`: whole seconds, at most an hour (a checkpoint takes seconds).
+fn grace_seconds(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n <= 3600 => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number of seconds from 0 to 3600")),
+    }
 }
 
 fn hdf5_version() -> String {

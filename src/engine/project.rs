@@ -165,6 +165,18 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         // The model's own files are inputs too.
         scmz::files::check_output(out, &[&args.data, &dir, &zoo.dir], args.overwrite)?;
+        // The format follows the name: nothing is written as HDF5 under another name.
+        let ext = out
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !matches!(ext.as_str(), "h5ad" | "parquet" | "csv") {
+            bail!(
+                "{}: name the output .h5ad (the data with the latents added), .parquet or .csv (the latents as a table)",
+                out.display()
+            );
+        }
     }
     // Fine-tuning trains on the CPU (an explicit `--device cuda` is still checked, and said).
     let chosen = crate::train::device(args.device)?;

@@ -1142,7 +1142,11 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
                     log.write(Event::Error {
                         message: format!("loss became {r} at epoch {epoch}"),
                     })?;
-                    bail!("training diverged at epoch {epoch} (loss {r}); lower --lr or check the data");
+                    bail!(
+                        "{}: training diverged in epoch {} (loss {r}); lower --lr, or check that X holds raw counts of a sane size",
+                        path.display(),
+                        epoch + 1
+                    );
                 }
                 if let Some(ce) = &l.ce {
                     sce += ce.double_value(&[]) * m as f64;
@@ -1203,7 +1207,11 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
                 log.write(Event::Error {
                     message: format!("loss became {sr} at epoch {epoch}"),
                 })?;
-                bail!("training diverged at epoch {epoch} (loss {sr}); lower --lr or check the data");
+                bail!(
+                    "{}: training diverged in epoch {} (loss {sr}); lower --lr, or check that X holds raw counts of a sane size",
+                    path.display(),
+                    epoch + 1
+                );
             }
         }
         let train_secs = t_epoch.elapsed().as_secs_f64();
@@ -1252,7 +1260,8 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
                 message: format!("validation ELBO became {} at epoch {epoch}", val_terms.elbo),
             })?;
             bail!(
-                "training diverged at epoch {} (validation ELBO {}); nothing was saved: lower --lr or check the data",
+                "{}: training diverged in epoch {} (validation ELBO {}); nothing was saved: lower --lr, or check that X holds raw counts of a sane size",
+                path.display(),
                 epoch + 1,
                 val_terms.elbo
             );
