@@ -113,6 +113,27 @@ fn installed_scmz_runs_from_anywhere_and_uninstalls_cleanly() {
     let jobs_page = std::fs::read_to_string(man1.join("scmz-jobs.1")).unwrap();
     assert!(!jobs_page.contains("supervise"), "the jobs page shows a hidden command");
 
+    // The engine finds libtorch by a path outside the clone (the venv), so the clone may go.
+    match Command::new("readelf")
+        .arg("-d")
+        .arg(prefix.join("bin/scmz-engine"))
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            let dynamic = stdout(&o);
+            let runpath = dynamic
+                .lines()
+                .find(|l| l.contains("RUNPATH") || l.contains("RPATH"))
+                .unwrap_or_else(|| panic!("the engine has no run path: {dynamic}"));
+            assert!(runpath.contains("torch/lib"), "{runpath}");
+            assert!(
+                !runpath.contains(env!("CARGO_MANIFEST_DIR")),
+                "libtorch found through the clone: {runpath}"
+            );
+        }
+        _ => eprintln!("readelf is not here: the engine's run path is not checked"),
+    }
+
     // Idempotent: a second install leaves the same files.
     let o = install(&["--from", b, "--prefix", p]);
     assert!(o.status.success(), "{}", stderr(&o));
