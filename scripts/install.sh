@@ -71,6 +71,17 @@ if [ "$UNINSTALL" = 1 ]; then
   say "removed scmz from $PREFIX"
   exit 0
 fi
+# Every file goes below the prefix by its real path: a folder in it that is a link (a dotfile
+# manager's ~/.local/share) would take files elsewhere, where an uninstall may not follow.
+for d in bin share/scmz share/bash-completion/completions share/zsh/site-functions \
+  share/fish/vendor_completions.d share/man/man1; do
+  real="$(realpath -m -- "$PREFIX/$d")"
+  if [ "$real" != "$PREFIX/$d" ]; then
+    say "$PREFIX/$d leads to $real through a symbolic link, where an uninstall could not follow; choose a --prefix whose folders are not links"
+    exit 1
+  fi
+done
+
 ensure_dir "$PREFIX"
 
 if [ -z "$FROM" ]; then

@@ -270,8 +270,8 @@ fn seeds(s: &str) -> Result<u64, String> {
 
 /// A held-out share: above 0 (something to score on) and below 1 (something to train on).
 fn holdout(s: &str) -> Result<f64, String> {
-    match share_below_one(s)? {
-        v if v > 0.0 => Ok(v),
+    match share_below_one(s) {
+        Ok(v) if v > 0.0 => Ok(v),
         _ => Err(format!("`{s}` must be above 0 and below 1")),
     }
 }

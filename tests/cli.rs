@@ -195,6 +195,11 @@ fn version_fails_with_the_reason_when_the_engine_cannot_start() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // An engine that answers something else is not taken for one.
+    std::fs::write(&engine, "#!/bin/sh\necho garbage\n").unwrap();
+    let o = std::process::Command::new(&scmz_bin).arg("version").output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stderr(&o).contains("garbage"), "{}", stderr(&o));
     std::fs::remove_file(&engine).unwrap();
     let o = std::process::Command::new(&scmz_bin).arg("version").output().unwrap();
     assert_eq!(o.status.code(), Some(1));

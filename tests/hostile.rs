@@ -1069,11 +1069,43 @@ fn a_job_killed_whole_still_moves_the_queue() {
         j["state"] == "running" && j["pid"].is_u64()
     });
     assert_eq!(job_record(root.path(), &b)["state"], "queued");
+    // The watcher killed too is replaced by the next scmz command that schedules.
+    let watchers = || -> Vec<i32> {
+        let dir = root.path().join("state").display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                (cmd.contains(" jobs watch ") && cmd.contains(&dir)).then(|| e.file_name().to_str()?.parse().ok())?
+            })
+            .collect()
+    };
+    let first = watchers();
+    assert_eq!(first.len(), 1, "one watcher while a job waits: {first:?}");
+    // SAFETY: kill(2) on the watcher this test's submission started.
+    unsafe { libc::kill(first[0], libc::SIGKILL) };
+    let t = Instant::now();
+    while watchers().contains(&first[0]) && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(scmz(root.path(), &["jobs"]).status.success());
+    let t = Instant::now();
+    while watchers().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(watchers().len(), 1, "scmz jobs started no watcher for the waiting job");
     // The supervisor leads a session of its own; its engine is in its process group.
     let sup = job["supervisor_pid"].as_u64().unwrap() as i32;
     // SAFETY: kill(2) on the process group of the supervisor this test started.
     assert_eq!(unsafe { libc::kill(-sup, libc::SIGKILL) }, 0);
     queue_moved_on(root.path(), &a, &b);
+    let t = Instant::now();
+    while !watchers().is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(watchers().is_empty(), "a watcher stayed with nothing queued");
 }
 
 #[test]
@@ -1615,10 +1647,12 @@ fn compare_leaves_no_copies_of_the_cells_behind() {
 fn a_bad_slot_limit_queues_nothing() {
     let root = tempfile::tempdir().unwrap();
     let input = data("pbmc68k_counts.h5ad");
-    for (bad, says) in [
-        ("0", "not a count of 1 or more"),
-        ("abc", "not a count of 1 or more"),
-        ("99999999999999999999", "too large a count"),
+    for (var, bad, says) in [
+        ("SCMZ_MAX_CPU_JOBS", "0", "not a count of 1 or more"),
+        ("SCMZ_MAX_CPU_JOBS", "abc", "not a count of 1 or more"),
+        ("SCMZ_MAX_CPU_JOBS", "99999999999999999999", "too large a count"),
+        // A CPU job, but the queue could not start GPU jobs behind it either.
+        ("SCMZ_MAX_GPU_JOBS", "x", "not a count of 1 or more"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
             .args(["train", input.to_str().unwrap(), "--name", "limited", "--epochs", "2"])
@@ -1626,10 +1660,10 @@ fn a_bad_slot_limit_queues_nothing() {
             .env("SCMZ_ZOO", root.path().join("zoo"))
             .env("SCMZ_STATE_DIR", root.path().join("state"))
             .env("SCMZ_CONFIG", root.path().join("config.toml"))
-            .env("SCMZ_MAX_CPU_JOBS", bad)
+            .env(var, bad)
             .output()
             .unwrap();
-        refused(&o, 1, &["SCMZ_MAX_CPU_JOBS", says]);
+        refused(&o, 1, &[var, says]);
         let jobs = files_below(&root.path().join("state"));
         assert!(!jobs.iter().any(|f| f.ends_with("job.json")), "{bad}: queued {jobs:?}");
     }

@@ -200,4 +200,16 @@ fn uninstall_removes_only_what_the_install_made() {
     }
     assert!(prefix.join("bin").is_dir(), "the user's bin folder was removed");
     assert!(!prefix.join("bin/scmz").exists());
+
+    // A prefix whose share is a link elsewhere (a dotfile manager's) is refused before anything
+    // is written there: the files would land outside, where the uninstall does not go.
+    let linked = root.path().join("linked");
+    let elsewhere = root.path().join("elsewhere/share");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, linked.join("share")).unwrap();
+    let o = install(&["--from", b, "--prefix", linked.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert!(files_below(&elsewhere).is_empty() && !linked.join("bin").exists());
 }

@@ -325,11 +325,22 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = models::engine_path();
             // Everything that trains or projects runs there: an engine that cannot start is an
             // error (with its reason), not a line of the report.
-            match std::process::Command::new(&engine).arg("devices").output() {
-                Ok(o) if o.status.success() => {
+            match engine_answer(&engine, &["devices"], std::time::Duration::from_secs(60)) {
+                Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim_start().starts_with('{') => {
                     print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout));
                     Ok(())
                 }
+                Ok(o) if o.status.success() => anyhow::bail!(
+                    "{}: the engine answered something other than its devices ({}); reinstall with scripts/install.sh",
+                    engine.display(),
+                    scmz::files::printable(
+                        String::from_utf8_lossy(&o.stdout)
+                            .lines()
+                            .next()
+                            .unwrap_or("nothing")
+                            .trim()
+                    )
+                ),
                 Ok(o) => {
                     let why = String::from_utf8_lossy(&o.stderr);
                     let why = why.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
@@ -340,6 +351,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         scmz::files::printable(why.trim())
                     )
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => anyhow::bail!(
+                    "{}: the engine hangs ({e}); check `{} devices` by hand",
+                    engine.display(),
+                    engine.display()
+                ),
                 Err(e) => anyhow::bail!(
                     "{}: cannot run the engine ({e}); it must sit beside scmz: reinstall with scripts/install.sh",
                     engine.display()
@@ -450,6 +466,35 @@ fn man(dir: Option<&std::path::Path>) -> anyhow::Result<()> {
         scmz::files::write_atomic(&path, &render(page)?)?;
     }
     Ok(())
+}
+
+/// Runs the engine with `args` and its output captured, killed after `limit` (an engine that
+/// hangs, a libtorch stuck finding devices, must not hang `scmz version`).
+fn engine_answer(
+    engine: &std::path::Path,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(engine)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let t = std::time::Instant::now();
+    while child.try_wait()?.is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("it gave no answer in {} s", limit.as_secs()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output()
 }
 
 /// `jobs cancel --grace`: whole seconds, at most an hour (a checkpoint takes seconds).

@@ -372,6 +372,10 @@ fn value_after(args: &[String], flag: &str) -> Option<String> {
 /// `NAME-key-value`.
 pub fn expand_sweep(args: &[String], spec: &str) -> Result<Vec<Vec<String>>, String> {
     let mut settings = vec![args.to_vec()];
+    let mut swept: Vec<String> = Vec::new();
+    if spec.split(';').all(|p| p.trim().is_empty()) {
+        return Err("--sweep: no setting; write KEY=V1,V2 (e.g. n_latent=10,20,30)".into());
+    }
     for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (key, values) = part
             .split_once('=')
@@ -386,9 +390,15 @@ pub fn expand_sweep(args: &[String], spec: &str) -> Result<Vec<Vec<String>>, Str
             return Err("--sweep: the model name is set per setting; sweep another option".into());
         }
         let flag = format!("--{}", key.replace('_', "-"));
-        let values: Vec<&str> = values.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
-        if values.is_empty() {
-            return Err(format!("--sweep `{part}`: no values"));
+        if swept.contains(&flag) {
+            return Err(format!(
+                "--sweep: `{key}` is swept twice; give all its values once ({key}=V1,V2,...)"
+            ));
+        }
+        swept.push(flag.clone());
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        if values.iter().any(|v| v.is_empty()) {
+            return Err(format!("--sweep `{part}`: an empty value; write KEY=V1,V2"));
         }
         let mut next = Vec::new();
         for base in &settings {
@@ -487,6 +497,15 @@ impl Registry {
     /// Starts the queued local jobs the slot limits allow. There is no daemon: submissions, ending
     /// jobs and anything listing jobs call this.
     pub fn schedule(&self) -> Result<(), JobError> {
+        self.start_startable()?;
+        // Whatever still waits has a watcher (one killed is replaced here).
+        if self.has_queued_local() {
+            local::start_watcher(self)?;
+        }
+        Ok(())
+    }
+
+    fn start_startable(&self) -> Result<(), JobError> {
         let mut jobs = self.take_startable()?;
         for job in jobs.iter_mut() {
             local::Local.start(self, std::slice::from_mut(job))?;
@@ -515,7 +534,7 @@ impl Registry {
             if !self.dir.is_dir() {
                 return Ok(()); // the jobs folder was removed: nothing to watch, nothing to recreate
             }
-            self.schedule()?;
+            self.start_startable()?;
             if !self.has_queued_local() {
                 // A submission that queued a job just now found the lock held and left it to
                 // us: look once more after letting go, and take it back if a job waits.
@@ -551,9 +570,6 @@ impl Registry {
         };
         if first.backend == "local" {
             self.schedule()?;
-            if self.has_queued_local() {
-                local::start_watcher(self)?;
-            }
         } else {
             if let Err(e) = backend_of(first).start(self, &mut jobs) {
                 for j in jobs.iter_mut() {
@@ -584,7 +600,9 @@ impl Registry {
         // environment or the config refuses the submission, not the queue after it); the lock
         // also keeps two submissions of one run from both finding it free.
         if req.backend == "local" {
-            slot_limit(&req.slot, &Config::load()?)?;
+            let config = Config::load()?;
+            slot_limit("cpu", &config)?;
+            slot_limit("gpu", &config)?;
         }
         let lock = self.lock()?;
         let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
@@ -899,6 +917,14 @@ mod tests {
         assert!(grid[3].ends_with(&["--lr".to_string(), "1e-4".to_string()]));
         assert!(expand_sweep(&args, "n_latent").unwrap_err().contains("KEY=V1,V2"));
         assert!(expand_sweep(&args, "name=a,b").is_err());
+        // A key twice named its model after both and trained the last; an empty value was dropped.
+        assert!(expand_sweep(&args, "lr=1e-3;lr=1e-4")
+            .unwrap_err()
+            .contains("swept twice"));
+        assert!(expand_sweep(&args, "n_latent=10,,20")
+            .unwrap_err()
+            .contains("empty value"));
+        assert!(expand_sweep(&args, " ; ").unwrap_err().contains("no setting"));
     }
 
     #[test]
