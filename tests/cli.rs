@@ -205,3 +205,21 @@ fn version_fails_with_the_reason_when_the_engine_cannot_start() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("cannot run the engine"), "{}", stderr(&o));
 }
+
+/// `scmz ui` on a folder that is not there says so (it showed the hint for an empty folder).
+#[test]
+fn ui_names_a_folder_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("does-not-exist");
+    let o = scmz(&["ui", missing.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("does-not-exist") && stderr(&o).contains("No such file or directory"),
+        "{}",
+        stderr(&o)
+    );
+    let file = data("pbmc68k_counts.h5ad");
+    let o = scmz(&["ui", file.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a folder"), "{}", stderr(&o));
+}

@@ -243,6 +243,18 @@ impl OpenArgs {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let ui = |dirs: Vec<PathBuf>, zoo: Option<PathBuf>, demo: Option<PathBuf>| {
+        // A folder that is not there is said, not shown as an empty catalog.
+        for d in &dirs {
+            match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => anyhow::bail!(
+                    "{}: a file, not a folder; open the folder that holds it, or see it with `scmz inspect {}`",
+                    d.display(),
+                    d.display()
+                ),
+                Err(e) => anyhow::bail!("{}: cannot open the folder ({e}); check the path", d.display()),
+            }
+        }
         crate::tui::run(crate::tui::Options {
             data_dirs: if dirs.is_empty() {
                 vec![PathBuf::from(".")]
