@@ -33,6 +33,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new("scanning...").block(block(app, title)), list);
         return;
     }
+    // The name column gets what the fixed columns, their gaps and the border leave; a longer
+    // name loses its middle, so that rows differing only at the end stay apart.
+    let name_width = (list.width as usize)
+        .saturating_sub(2 + 1 + 7 + 6 + 10 + 7 + 10 + 6)
+        .max(18);
     let table_rows: Vec<Row> = rows
         .iter()
         .map(|d| {
@@ -42,11 +47,19 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             } else {
                 d.values.clone()
             };
+            // An unreadable file has no shape: "-", not "0 cells".
+            let count = |n: usize| {
+                if d.error.is_some() {
+                    "-".to_string()
+                } else {
+                    thousands(n)
+                }
+            };
             Row::new(vec![
                 Span::raw(mark),
-                Span::raw(app.display_path(&d.path)),
-                Span::raw(thousands(d.n_cells)),
-                Span::raw(thousands(d.n_genes)),
+                Span::raw(middle_cut(&app.display_path(&d.path), name_width, app.ascii)),
+                Span::raw(count(d.n_cells)),
+                Span::raw(count(d.n_genes)),
                 Span::raw(scmz::data::catalog::id_kind_label(d)),
                 Span::raw(d.species.clone().unwrap_or_else(|| "-".into())),
                 Span::styled(values.clone(), app.theme.state(&values)),
@@ -151,4 +164,35 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, "Details")),
         area,
     );
+}
+
+/// `text` in at most `width` characters: when longer, its start and its end (the end is longer:
+/// file names differ there) around an ellipsis (`~` with `--ascii`).
+fn middle_cut(text: &str, width: usize, ascii: bool) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= width || width < 5 {
+        return text.to_string();
+    }
+    let mark = if ascii { '~' } else { '…' };
+    let head = (width - 1) / 3;
+    let tail = width - 1 - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push(mark);
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_names_lose_their_middle_and_keep_their_end() {
+        let a = "10x/1.2.0/filtered_gene_bc_matrices/hg19_chr21";
+        let b = "10x/1.2.0/filtered_gene_bc_matrices_h5.h5";
+        let (ca, cb) = (super::middle_cut(a, 24, false), super::middle_cut(b, 24, false));
+        assert_eq!(ca.chars().count(), 24);
+        assert_ne!(ca, cb);
+        assert!(ca.ends_with("hg19_chr21") && cb.ends_with("_h5.h5"), "{ca} {cb}");
+        assert_eq!(super::middle_cut("short", 24, false), "short");
+        assert!(super::middle_cut(a, 24, true).contains('~'));
+    }
 }
