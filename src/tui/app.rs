@@ -220,12 +220,26 @@ impl App {
     }
 
     /// Dataset rows in view: filtered by `/`, sorted by `s`.
+    /// What `/` matches a dataset on, lower case: its name, format, gene id kind, species,
+    /// values and label columns (each word of the filter must match somewhere).
+    fn filter_text(&self, d: &Summary) -> String {
+        let mut t = vec![
+            self.display_path(&d.path),
+            d.format.clone().unwrap_or_default(),
+            scmz::data::catalog::id_kind_label(d),
+            d.species.clone().unwrap_or_default(),
+            d.values.clone(),
+        ];
+        t.extend(d.label_columns.iter().map(|c| c.name.clone()));
+        t.join(" ").to_lowercase()
+    }
+
     pub fn visible_datasets(&self) -> Vec<&Summary> {
         let f = self.filter.to_lowercase();
         let mut v: Vec<&Summary> = self
             .datasets
             .iter()
-            .filter(|d| f.is_empty() || self.display_path(&d.path).to_lowercase().contains(&f))
+            .filter(|d| f.split_whitespace().all(|term| self.filter_text(d).contains(term)))
             .collect();
         let key = |d: &&Summary| -> (String, usize) {
             match self.sort.0 {

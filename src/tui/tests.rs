@@ -269,6 +269,26 @@ fn filter_sort_help_and_ascii_mode() {
         .map(|d| app.display_path(&d.path))
         .collect();
     assert_eq!(names, ["pbmc68k_counts.h5ad", "pbmc68k_reduced.h5ad"], "of {all}");
+    // `/` matches more than names: format, species, label columns; every word must match.
+    let shown = |app: &mut App, filter: &str| -> Vec<String> {
+        let kept = std::mem::replace(&mut app.filter, filter.to_string());
+        let names = app
+            .visible_datasets()
+            .iter()
+            .map(|d| app.display_path(&d.path))
+            .collect();
+        app.filter = kept;
+        names
+    };
+    let mouse = shown(&mut app, "mouse");
+    assert!(mouse.iter().any(|n| n == "mouse_10k_subset.h5ad"), "{mouse:?}");
+    let labelled = shown(&mut app, "bulk_labels");
+    assert!(labelled.iter().any(|n| n == "pbmc68k_counts.h5ad"), "{labelled:?}");
+    let h5 = shown(&mut app, "10x h5");
+    assert!(
+        !h5.is_empty() && h5.iter().all(|n| n.starts_with("10x/") && n.ends_with(".h5")),
+        "{h5:?}"
+    );
     // Sort by cells, reversed: the biggest dataset first.
     key(&mut app, KeyCode::Esc);
     key(&mut app, KeyCode::Char('/'));
