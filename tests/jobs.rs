@@ -227,6 +227,24 @@ fn with_one_slot_two_jobs_run_one_after_the_other() {
         "queued",
         "the second job did not wait for the slot"
     );
+    // What it waits for is said.
+    let listed = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .arg("jobs")
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .env("SCMZ_MAX_CPU_JOBS", "1")
+        .output()
+        .unwrap();
+    let row = stdout(&listed)
+        .lines()
+        .find(|l| l.starts_with(&second))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        row.contains("waiting for a cpu slot: 1 of 1 running (SCMZ_MAX_CPU_JOBS), 0 ahead"),
+        "{}",
+        stdout(&listed)
+    );
     // One job per run: a second job for a queued run is refused, naming the first; for a
     // running one, the check before queueing finds its engine (or, before the engine has
     // locked the run, the queue finds the job).

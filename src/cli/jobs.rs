@@ -231,7 +231,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
                 Some(id) => format!("{} {id}", j.backend),
                 None => j.backend.clone(),
             },
-            j.note().unwrap_or_default(),
+            j.note_among(&jobs).unwrap_or_default(),
         ]);
     }
     print!("{}", t.render());

@@ -156,6 +156,34 @@ impl Job {
         }
     }
 
+    /// [`Job::note`], or for a local job still queued, what it waits for (`all`: the jobs
+    /// listed with it): "waiting for a cpu slot: 1 of 1 running, 2 ahead".
+    pub fn note_among(&self, all: &[Job]) -> Option<String> {
+        if self.state != JobState::Queued || self.backend != "local" {
+            return self.note();
+        }
+        let same = |j: &&Job| j.backend == "local" && j.slot == self.slot;
+        let running = all.iter().filter(same).filter(|j| j.state == JobState::Running).count();
+        let ahead = all
+            .iter()
+            .filter(same)
+            .filter(|j| j.state == JobState::Queued && j.id < self.id)
+            .count();
+        let limit = Config::load()
+            .ok()
+            .and_then(|c| slot_limit(&self.slot, &c).ok())
+            .map_or("?".to_string(), |n| n.to_string());
+        let var = if self.slot == "gpu" {
+            "SCMZ_MAX_GPU_JOBS"
+        } else {
+            "SCMZ_MAX_CPU_JOBS"
+        };
+        Some(format!(
+            "waiting for a {} slot: {running} of {limit} running ({var}), {ahead} ahead",
+            self.slot
+        ))
+    }
+
     /// The run's event log: where the engine writes it while training, then the model's
     /// `history.jsonl` (the log moves there when the model is saved).
     pub fn event_log(&self) -> Option<PathBuf> {

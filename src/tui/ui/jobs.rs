@@ -49,7 +49,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 Span::raw(j.name.clone().unwrap_or_default()),
                 Span::styled(state.clone(), app.theme.state(&state)),
                 Span::raw(backend(j)),
-                Span::styled(j.note().unwrap_or_default(), app.theme.muted()),
+                Span::styled(j.note_among(&app.jobs).unwrap_or_default(), app.theme.muted()),
             ])
         })
         .collect();
@@ -78,7 +78,7 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
             job.kind,
             job.name.clone().unwrap_or_default(),
             job.state,
-            job.note().map(|r| format!(" ({r})")).unwrap_or_default()
+            job.note_among(&app.jobs).map(|r| format!(" ({r})")).unwrap_or_default()
         );
         f.render_widget(
             Paragraph::new(text).wrap(Wrap { trim: true }).block(block(app, "Run")),
@@ -177,7 +177,7 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
         if let Some(b) = best {
             l3.push(Span::raw(format!(", best epoch {}", b + 1)));
         }
-    } else if let Some(r) = job.note() {
+    } else if let Some(r) = job.note_among(&app.jobs) {
         l3.push(Span::styled(r, Style::default().fg(app.theme.warn)));
     }
     f.render_widget(
