@@ -313,6 +313,16 @@ fn filter_sort_help_and_ascii_mode() {
     assert!(app.quit);
 }
 
+/// The Details panel says a dataset's duplicated gene names once (it said it twice).
+#[test]
+fn duplicated_gene_names_are_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    let text = render(&app, 120, 40);
+    assert_eq!(text.matches("duplicated gene").count(), 1, "{text}");
+}
+
 #[test]
 fn the_training_form_submits_a_job_and_cancel_asks_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -147,8 +147,10 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             ))),
             _ => {}
         }
+        // The count of duplicated names, unless a warning says it already (with what to do).
+        let said = d.warnings.iter().any(|w| w.contains("duplicated gene names"));
         for w in d.warnings.iter().chain(
-            (!d.duplicated_genes.is_empty())
+            (!d.duplicated_genes.is_empty() && !said)
                 .then(|| format!("{} duplicated gene names", d.duplicated_genes.len()))
                 .iter(),
         ) {
