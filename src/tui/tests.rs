@@ -242,7 +242,7 @@ fn the_run_monitor_follows_a_real_event_log() {
     let text = render(&app, 120, 40);
     assert!(text.contains("epoch 25/40"), "{text}");
     assert!(text.contains("Latent epoch 25"), "{text}");
-    assert!(text.contains("/10 active"), "{text}");
+    assert!(text.contains("/10 above 0.05 nats"), "{text}");
     assert!(text.contains("CD14+ Mono"), "{text}");
     // The Slurm job shows its backend and id in the row.
     assert!(text.contains("slurm 4211_2"), "{text}");

@@ -110,14 +110,7 @@ pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
         );
         return;
     }
-    let all = train.iter().chain(&val);
-    let (mut lo, mut hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| (l.min(p.1), h.max(p.1)));
-    if hi - lo < 1e-9 {
-        lo -= 1.0;
-        hi += 1.0;
-    }
-    let pad = (hi - lo) * 0.05;
-    let (lo, hi) = (lo - pad, hi + pad);
+    let (lo, hi) = y_range(train.iter().chain(&val).map(|p| p.1), app.log_scale);
     let xmax = train.last().map_or(1.0, |p| p.0).max(2.0);
     let ylab = |v: f64| short(if app.log_scale { 10f64.powf(v) } else { v });
     let chart = two_curves(
@@ -240,7 +233,7 @@ pub fn kl_bars(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
     let chart = BarChart::default()
         .block(block(
             app,
-            format!("KL per latent dimension: {active}/{} active", kl.len()),
+            format!("KL per latent dimension: {active}/{} above 0.05 nats", kl.len()),
         ))
         .data(BarGroup::default().bars(&bars))
         .bar_width(bar_w)
@@ -294,4 +287,33 @@ pub fn comparison_chart(f: &mut Frame, app: &App, c: &scmz::zoo::comparison::Com
         ([lo - pad, hi + pad], vec![short(lo), short(hi)]),
     );
     f.render_widget(chart, area);
+}
+
+/// The y range of the curves: their span with 5 % on each side, never below 0 for values that
+/// cannot be negative (ELBO, reconstruction and KL per cell, drawn on a linear scale).
+fn y_range(values: impl Iterator<Item = f64>, log_scale: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let floor = (!log_scale && lo >= 0.0).then_some(0.0);
+    if hi - lo < 1e-9 {
+        lo -= 1.0;
+        hi += 1.0;
+    }
+    let pad = (hi - lo) * 0.05;
+    let lo = lo - pad;
+    (floor.map_or(lo, |f| lo.max(f)), hi + pad)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_y_axis_of_non_negative_curves_stays_at_or_above_zero() {
+        let (lo, hi) = super::y_range([0.0, 0.4, 2.0].into_iter(), false);
+        assert_eq!(lo, 0.0);
+        assert!(hi > 2.0);
+        let (lo, _) = super::y_range([0.1, 0.1].into_iter(), false);
+        assert_eq!(lo, 0.0);
+        // On a log scale, values below 1 are negative logs: left as they are.
+        let (lo, _) = super::y_range([-1.0, 0.5].into_iter(), true);
+        assert!(lo < -1.0);
+    }
 }
