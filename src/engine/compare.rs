@@ -18,7 +18,7 @@ use scmz::zoo::Zoo;
 
 use crate::loader::{Batch, Rng};
 use crate::project::{knn_labels, to_model_space};
-use crate::train::{load_model, prepare, train, Covariates};
+use crate::train::{load_model, prepare, train, Covariates, Outcome};
 use crate::vae::{Pass, Vae};
 use scmz::spec::{CompareSpec, TrainSpec};
 
@@ -180,7 +180,9 @@ fn write_subset(
     Ok(())
 }
 
-pub fn compare(mut args: CompareSpec) -> anyhow::Result<()> {
+/// Compares, then writes the report; a cancel during a training ends it with that training's
+/// outcome (the temporary folder goes with it).
+pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
     // `--overlaps 100,100` means one overlap (a repeat would only repeat its rows).
     let mut seen = std::collections::HashSet::new();
     args.overlaps.retain(|p| seen.insert(*p));
@@ -268,7 +270,9 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<()> {
             targs.likelihood = m.architecture.likelihood;
             targs.seed = seed;
             targs.patience = 0;
-            train(targs)?;
+            if let cancelled @ Outcome::Cancelled(_) = train(targs)? {
+                return Ok(cancelled);
+            }
             let (_, _svs, scratch) = load_model(&tmp.join("zoo").join(&name), Device::Cpu)?;
             let scratch_secs = t.elapsed().as_secs_f64();
 
@@ -322,7 +326,8 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);
-    report(&args, &rows)
+    report(&args, &rows)?;
+    Ok(Outcome::Finished)
 }
 
 fn mean_sd(v: &[f64]) -> (f64, f64) {

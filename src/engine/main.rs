@@ -127,6 +127,22 @@ fn watch_job() {
     });
 }
 
+/// The exit of a training (alone or in a comparison): a cancelled one ends the process with 143
+/// (SIGTERM's status) once its end is recorded when its supervisor is gone.
+fn finish(outcome: train::Outcome) -> anyhow::Result<()> {
+    match outcome {
+        train::Outcome::Cancelled(kept) => {
+            hand_over_if_orphaned(Err(&kept));
+            exit_now(143);
+        }
+        train::Outcome::Checked => Ok(()),
+        train::Outcome::Finished | train::Outcome::StoppedEarly => {
+            hand_over_if_orphaned(Ok(()));
+            Ok(())
+        }
+    }
+}
+
 /// How a job's engine ended, for `hand_over_if_orphaned`: `Ok` saved its result, `Err` stopped
 /// early (the text says what was kept).
 pub(crate) type Ending<'a> = Result<(), &'a str>;
@@ -234,13 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", tensor::devices_json());
             Ok(())
         }
-        Command::Train(args) => {
-            train::train(*args)?;
-            hand_over_if_orphaned(Ok(()));
-            Ok(())
-        }
+        Command::Train(args) => finish(train::train(*args)?),
         Command::Project(args) => project::project(*args),
-        Command::Compare(args) => compare::compare(*args),
+        Command::Compare(args) => finish(compare::compare(*args)?),
         Command::Encode {
             model,
             zoo,

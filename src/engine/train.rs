@@ -817,7 +817,20 @@ fn remove_other_checkpoints(run_dir: &Path, state: &Checkpoint) {
     }
 }
 
-pub fn train(args: TrainSpec) -> anyhow::Result<()> {
+/// How a training run ended; only the binary's `main` turns it into an exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The model is in the zoo after the epochs asked for.
+    Finished,
+    /// The model is in the zoo: no better validation ELBO for `--patience` epochs.
+    StoppedEarly,
+    /// Settings, data and zoo checked (`--check-only`); nothing trained.
+    Checked,
+    /// Stopped by SIGTERM or SIGINT; the text says what was kept (a checkpoint or nothing).
+    Cancelled(String),
+}
+
+pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
     scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
     if args.data.len() > 1 {
         bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
@@ -860,7 +873,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
                 );
             }
         }
-        return Ok(());
+        return Ok(Outcome::Checked);
     }
     if args.batch_size < 2 && args.norm == Norm::Batch {
         bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
@@ -1092,6 +1105,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
     let mut cells_per_s = 0.0;
     install_stop_handlers();
     TRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut outcome = Outcome::Finished;
     for epoch in first_epoch..max_epochs {
         let kl_weight = if args.kl_warmup == 0 {
             1.0
@@ -1198,8 +1212,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
                 ""
             };
             eprintln!("\ncancelled during epoch {}: {kept}{again}", epoch + 1);
-            crate::hand_over_if_orphaned(Err(&kept));
-            crate::exit_now(143);
+            return Ok(Outcome::Cancelled(kept));
         }
         if let Some(sums) = on_device.take() {
             (sr, sk, sce, nce) = sums.read();
@@ -1326,6 +1339,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
         }
         if args.patience > 0 && state.since_best >= args.patience {
             eprintln!("\nearly stop: no better validation ELBO for {} epochs", args.patience);
+            outcome = Outcome::StoppedEarly;
             break;
         }
     }
@@ -1431,7 +1445,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<()> {
         state.best_val.unwrap_or(f64::NAN),
         state.best_epoch.map_or(0, |e| e + 1)
     );
-    Ok(())
+    Ok(outcome)
 }
 
 /// Latent means of up to `reference_cells` training cells (every k-th), with their labels.
