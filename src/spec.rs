@@ -74,7 +74,7 @@ macro_rules! display_as_word {
 display_as_word!(Likelihood, Norm, DeviceChoice, Missing);
 
 /// `scmz train` and `scmz-engine train`: one struct, parsed by both (the front end flattens it).
-#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSpec {
     /// The dataset to train on (merge several first with `scmz merge`).
     #[arg(required = true)]
@@ -144,7 +144,7 @@ pub struct TrainSpec {
     /// Check the settings, the dataset and the zoo, then stop (`scmz train --detach` runs this
     /// before it queues a job).
     #[arg(long, hide = true)]
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing)]
     pub check_only: bool,
     /// Train on values that are not raw counts.
     #[arg(long)]
@@ -288,36 +288,257 @@ fn share_below_one(s: &str) -> Result<f64, String> {
 impl TrainSpec {
     /// The command line's defaults for training `data` as `name`.
     pub fn defaults(data: PathBuf, name: String) -> Self {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainSpec,
-        }
-        let data = data.display().to_string();
-        <Wrapper as clap::Parser>::parse_from(["train", data.as_str(), "--name", name.as_str()]).args
-    }
-
-    /// Parses an engine command line of `train` (without the command), as the engine would:
-    /// the error is clap's first line (`error: invalid value ...`), without its usage block.
-    pub fn parse_args(args: &[String]) -> Result<Self, String> {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            args: TrainSpec,
-        }
-        let argv = std::iter::once("scmz train".to_string()).chain(args.iter().cloned());
-        <Wrapper as clap::Parser>::try_parse_from(argv)
-            .map(|w| w.args)
-            .map_err(|e| {
-                let text = e.to_string();
-                let first = text.lines().next().unwrap_or("invalid arguments");
-                first.trim_start_matches("error: ").to_string()
-            })
+        let (shown, name) = (data.display().to_string(), format!("--name={name}"));
+        parse_spec(&[name, "--".into(), shown], false)
+            .map(|s: TrainSpec| TrainSpec { data: vec![data], ..s })
+            .expect("the defaults parse")
     }
 }
 
+impl ProjectSpec {
+    /// The command line's defaults for projecting `data` with `model` (no output: give one, or
+    /// set `predict_only`).
+    pub fn defaults(data: PathBuf, model: String) -> Self {
+        let (shown, model) = (data.display().to_string(), format!("--model={model}"));
+        parse_spec(&[model, "--predict-only".into(), "--".into(), shown], false)
+            .map(|s: ProjectSpec| ProjectSpec {
+                predict_only: false,
+                ..s
+            })
+            .map(|s| ProjectSpec { data, ..s })
+            .expect("the defaults parse")
+    }
+
+    /// The mapping quality the engine predicts for `data` under `model`, as JSON, whatever the
+    /// overlap (`scmz overlap DATA MODEL`, the TUI's Overlap screen).
+    pub fn prediction(data: &std::path::Path, model: &str) -> Self {
+        ProjectSpec {
+            predict_only: true,
+            json: true,
+            force: true,
+            ..ProjectSpec::defaults(data.to_path_buf(), model.to_string())
+        }
+    }
+}
+
+/// Parses the flags of one engine command (without the command's name) as clap would for
+/// `scmz train` and the engine; `override_self`: a flag given again replaces its earlier value
+/// (sweeps set a value over a spec's flags). The error is clap's first line without `error: `.
+pub fn parse_spec<T: clap::Args + clap::FromArgMatches>(args: &[String], override_self: bool) -> Result<T, String> {
+    let cmd = T::augment_args(clap::Command::new("scmz").no_binary_name(true)).args_override_self(override_self);
+    let first_line = |e: clap::Error| {
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or("invalid arguments");
+        first.trim_start_matches("error: ").to_string()
+    };
+    let m = cmd.try_get_matches_from(args).map_err(first_line)?;
+    T::from_arg_matches(&m).map_err(first_line)
+}
+
+/// The flags that give `spec` when parsed (`parse_spec`): every argument of the struct whose
+/// stored value is set, named as clap names it (`--batch-size=128`), the positional ones last
+/// after `--`. Generic over the spec structs: an argument's id is its field's name in both clap
+/// and serde. Hidden one-run switches that are not stored (`--check-only`) are left out.
+fn spec_flags<T: clap::Args + Serialize>(spec: &T) -> Result<Vec<String>, String> {
+    let value = serde_json::to_value(spec)
+        .map_err(|e| format!("the settings cannot be written down ({e}); use UTF-8 file names"))?;
+    let cmd = T::augment_args(clap::Command::new("scmz"));
+    let (mut flags, mut positional) = (Vec::new(), Vec::new());
+    for arg in cmd.get_arguments() {
+        let Some(v) = value.get(arg.get_id().as_str()) else {
+            continue;
+        };
+        let words: Vec<String> = match v {
+            serde_json::Value::Null => continue,
+            serde_json::Value::Bool(on) => {
+                if *on {
+                    flags.push(format!("--{}", arg.get_long().unwrap_or_default()));
+                }
+                continue;
+            }
+            serde_json::Value::Array(items) => items.iter().map(scalar).collect(),
+            other => vec![scalar(other)],
+        };
+        match arg.get_long() {
+            Some(long) => flags.extend(words.iter().map(|w| format!("--{long}={w}"))),
+            None => positional.extend(words),
+        }
+    }
+    if !positional.is_empty() {
+        flags.push("--".into());
+        flags.extend(positional);
+    }
+    Ok(flags)
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What the front end asks of the engine: a command with its settings. The TUI's form, `scmz
+/// train|project|compare`, sweeps and `scmz jobs resume` build one; a job's record holds it
+/// (`"kind"` and `"spec"`), and the engine is started with its flags (`to_args`), which clap
+/// parses back into the same spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "spec", rename_all = "lowercase")]
+pub enum EngineRequest {
+    Train(Box<TrainSpec>),
+    Project(Box<ProjectSpec>),
+    Compare(Box<CompareSpec>),
+}
+
+impl EngineRequest {
+    /// The engine commands a job can run.
+    pub const KINDS: [&'static str; 3] = ["train", "project", "compare"];
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineRequest::Train(_) => "train",
+            EngineRequest::Project(_) => "project",
+            EngineRequest::Compare(_) => "compare",
+        }
+    }
+
+    /// Parses `scmz-engine KIND ARGS` (the job records of scmz before specs kept argv).
+    pub fn parse(kind: &str, args: &[String]) -> Result<Self, String> {
+        Self::parse_with(kind, args, false)
+    }
+
+    fn parse_with(kind: &str, args: &[String], override_self: bool) -> Result<Self, String> {
+        Ok(match kind {
+            "train" => EngineRequest::Train(Box::new(parse_spec(args, override_self)?)),
+            "project" => EngineRequest::Project(Box::new(parse_spec(args, override_self)?)),
+            "compare" => EngineRequest::Compare(Box::new(parse_spec(args, override_self)?)),
+            other => {
+                return Err(format!(
+                    "`{other}` is not one of the engine commands scmz runs ({})",
+                    Self::KINDS.join(", ")
+                ))
+            }
+        })
+    }
+
+    /// The engine's command line: the command, then the spec's flags.
+    pub fn to_args(&self) -> Result<Vec<String>, String> {
+        let (mut flags, check_only) = match self {
+            EngineRequest::Train(s) => (spec_flags(s.as_ref())?, s.check_only),
+            EngineRequest::Project(s) => (spec_flags(s.as_ref())?, s.check_only),
+            EngineRequest::Compare(s) => (spec_flags(s.as_ref())?, false),
+        };
+        if check_only {
+            let at = flags.iter().position(|a| a == "--").unwrap_or(flags.len());
+            flags.insert(at, "--check-only".into());
+        }
+        Ok(std::iter::once(self.kind().to_string()).chain(flags).collect())
+    }
+
+    /// The same request with the engine's `--check-only`: settings, data, model and outputs
+    /// checked, nothing run (compare has none; it is returned unchanged).
+    pub fn check_only(&self) -> Self {
+        let mut r = self.clone();
+        match &mut r {
+            EngineRequest::Train(s) => s.check_only = true,
+            EngineRequest::Project(s) => s.check_only = true,
+            EngineRequest::Compare(_) => {}
+        }
+        r
+    }
+
+    /// The model the request trains (train) or applies (project, compare).
+    pub fn model_name(&self) -> &str {
+        match self {
+            EngineRequest::Train(s) => &s.name,
+            EngineRequest::Project(s) => &s.model,
+            EngineRequest::Compare(s) => &s.model,
+        }
+    }
+
+    pub fn zoo(&self) -> Option<&std::path::Path> {
+        match self {
+            EngineRequest::Train(s) => s.zoo.as_deref(),
+            EngineRequest::Project(s) => s.zoo.as_deref(),
+            EngineRequest::Compare(s) => s.zoo.as_deref(),
+        }
+    }
+
+    /// Where the engine will compute (compare chooses as `auto` does).
+    pub fn device(&self) -> DeviceChoice {
+        match self {
+            EngineRequest::Train(s) => s.device,
+            EngineRequest::Project(s) => s.device,
+            EngineRequest::Compare(_) => DeviceChoice::Auto,
+        }
+    }
+
+    /// The request with one setting of a sweep: `key` is a flag's name without its dashes
+    /// (`n_latent` or `n-latent`), `value` parsed as that flag's value; a training's model is
+    /// named after the setting (`NAME-key-value`).
+    pub fn with_setting(&self, key: &str, value: &str) -> Result<Self, String> {
+        let mut args = self.to_args()?;
+        let kind = args.remove(0);
+        let flag = format!("--{}={value}", key.replace('_', "-"));
+        // Before `--`: the positional arguments come last.
+        let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        args.insert(at, flag);
+        let mut next = Self::parse_with(&kind, &args, true)?;
+        if let EngineRequest::Train(s) = &mut next {
+            s.name = format!("{}-{key}-{value}", s.name);
+        }
+        Ok(next)
+    }
+}
+
+/// Every setting of a sweep: `key=v1,v2,...` (several keys separated by `;` give their grid),
+/// each value parsed as the engine parses that option.
+pub fn expand_sweep(base: &EngineRequest, sweep: &str) -> Result<Vec<EngineRequest>, String> {
+    let mut settings = vec![base.clone()];
+    let mut swept: Vec<String> = Vec::new();
+    if sweep.split(';').all(|p| p.trim().is_empty()) {
+        return Err("--sweep: no setting; write KEY=V1,V2 (e.g. n_latent=10,20,30)".into());
+    }
+    for part in sweep.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, values) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--sweep `{part}`: write KEY=V1,V2 (e.g. n_latent=10,20,30)"))?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(format!(
+                "--sweep: `{key}` is not a training option name (e.g. n_latent, lr)"
+            ));
+        }
+        if key == "name" {
+            return Err("--sweep: the model name is set per setting; sweep another option".into());
+        }
+        let canonical = key.replace('-', "_");
+        if swept.contains(&canonical) {
+            return Err(format!(
+                "--sweep: `{key}` is swept twice; give all its values once ({key}=V1,V2,...)"
+            ));
+        }
+        swept.push(canonical);
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        if values.iter().any(|v| v.is_empty()) {
+            return Err(format!("--sweep `{part}`: an empty value; write KEY=V1,V2"));
+        }
+        let mut next = Vec::new();
+        for base in &settings {
+            for v in &values {
+                next.push(
+                    base.with_setting(key, v)
+                        .map_err(|e| format!("--sweep `{part}`: {e}"))?,
+                );
+            }
+        }
+        settings = next;
+    }
+    Ok(settings)
+}
+
 /// `scmz project` and `scmz-engine project`.
-#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSpec {
     pub data: PathBuf,
     #[arg(long)]
@@ -379,7 +600,7 @@ pub struct ProjectSpec {
 }
 
 /// `scmz compare` and `scmz-engine compare`.
-#[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
+#[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CompareSpec {
     pub data: PathBuf,
     #[arg(long)]
@@ -415,7 +636,7 @@ pub struct CompareSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::ValueEnum;
+    use clap::{Args, ValueEnum};
 
     /// The command line, the files and messages use one word per choice; others are refused.
     #[test]
@@ -429,5 +650,85 @@ mod tests {
         assert_eq!(DeviceChoice::Cuda.to_string(), "cuda");
         assert!(serde_json::from_str::<Norm>("\"lyer\"").is_err());
         assert!(Norm::from_str("lyer", false).is_err());
+    }
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    /// A request's flags parse back into the same request, for every argument of each command
+    /// set away from its default (a field clap or serde named differently would be lost here).
+    #[test]
+    fn a_request_survives_its_command_line() {
+        let train = words(
+            "b.h5ad --name=-m --zoo z --layer counts --genome mm10 --batch-key b --label-key l \
+             --likelihood zinb --epochs 7 --batch-size 64 --lr 0.002 --weight-decay 0.00001 --n-hidden 32 \
+             --n-latent 5 --n-layers 2 --dropout 0.2 --norm layer --kl-warmup 9 --gene-dropout 0.3 \
+             --patience 4 --seed 11 --device cuda --resume --restart --overwrite --force --chunk-rows 100 \
+             --reference-cells 50 --classifier --unlabeled-category Unknown --genes hvg:300 -- -weird.h5ad",
+        );
+        let project = words(
+            "d.h5ad --model m --zoo z -o o.csv --overwrite --layer raw --genome g --missing zero \
+             --min-overlap 0.3 --force --k 9 --batch-category c --finetune 3 --device cpu --json",
+        );
+        let compare = words(
+            "d.h5ad --model m --zoo z --label-key l --holdout 0.3 --epochs 4 --seeds 3 \
+             --overlaps 100,50 --json --out t.csv --overwrite",
+        );
+        for (kind, args) in [("train", train), ("project", project), ("compare", compare)] {
+            let r = EngineRequest::parse(kind, &args).unwrap();
+            let flags = r.to_args().unwrap();
+            assert_eq!(flags[0], kind);
+            assert_eq!(EngineRequest::parse(kind, &flags[1..]).unwrap(), r, "{flags:?}");
+            let stored: EngineRequest = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+            assert_eq!(stored, r);
+            // Every argument the command has is stored (but the one-run `--check-only`).
+            let value = serde_json::to_value(&r).unwrap();
+            let cmd = match kind {
+                "train" => TrainSpec::augment_args(clap::Command::new("t")),
+                "project" => ProjectSpec::augment_args(clap::Command::new("t")),
+                _ => CompareSpec::augment_args(clap::Command::new("t")),
+            };
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                assert!(
+                    id == "check_only" || value["spec"].get(id).is_some(),
+                    "{kind}: {id} is not stored"
+                );
+            }
+        }
+        let r = EngineRequest::parse("project", &words("d.h5ad --model m -o o.csv")).unwrap();
+        let checked = r.check_only().to_args().unwrap();
+        assert!(checked.contains(&"--check-only".to_string()), "{checked:?}");
+    }
+
+    #[test]
+    fn sweeps_expand_to_one_named_setting_each() {
+        let base = EngineRequest::parse("train", &words("d.h5ad --name m --n-latent 5")).unwrap();
+        let spec = |r: &EngineRequest| match r {
+            EngineRequest::Train(s) => s.as_ref().clone(),
+            _ => unreachable!(),
+        };
+        let s = expand_sweep(&base, "n_latent=10,20").unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((spec(&s[0]).name.as_str(), spec(&s[0]).n_latent), ("m-n_latent-10", 10));
+        assert_eq!(spec(&s[1]).name, "m-n_latent-20");
+        let grid = expand_sweep(&base, "n_latent=10,20; lr=1e-3,1e-4").unwrap();
+        assert_eq!(grid.len(), 4);
+        assert_eq!(spec(&grid[3]).name, "m-n_latent-20-lr-1e-4");
+        assert_eq!((spec(&grid[3]).lr, spec(&grid[3]).n_latent), (1e-4, 20));
+        assert!(expand_sweep(&base, "n_latent").unwrap_err().contains("KEY=V1,V2"));
+        assert!(expand_sweep(&base, "name=a,b").is_err());
+        // Each value is parsed as the engine would; a key that is no option is named.
+        assert!(expand_sweep(&base, "norm=lyer").unwrap_err().contains("lyer"));
+        assert!(expand_sweep(&base, "bogus=1").unwrap_err().contains("--bogus"));
+        // A key twice named its model after both and trained the last; an empty value was dropped.
+        assert!(expand_sweep(&base, "lr=1e-3;lr=1e-4")
+            .unwrap_err()
+            .contains("swept twice"));
+        assert!(expand_sweep(&base, "n_latent=10,,20")
+            .unwrap_err()
+            .contains("empty value"));
+        assert!(expand_sweep(&base, " ; ").unwrap_err().contains("no setting"));
     }
 }

@@ -800,7 +800,7 @@ fn cancel_never_signals_a_process_that_is_not_the_job() {
     let dir = root.path().join("state/jobs").join(id);
     std::fs::create_dir_all(&dir).unwrap();
     let job = serde_json::json!({
-        "id": id, "kind": "train", "name": "x", "args": [], "backend": "local",
+        "id": id, "kind": "train", "name": "x", "args": ["d.h5ad", "--name", "x"], "backend": "local",
         "state": "running", "created": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z",
         "ended": null, "supervisor_pid": pid, "pid": pid, "supervisor_start": 1, "pid_start": 1,
         "exit_code": null, "signal": null, "reason": null, "events": null, "slot": "cpu"
@@ -858,6 +858,43 @@ fn settings_out_of_range_fail_at_parse_time() {
         refused(&o, 2, &["--grace", "seconds from 0 to 3600"]);
     }
     assert!(!root.path().join("zoo").exists(), "{:?}", files_below(root.path()));
+}
+
+/// A misspelt choice fails when `scmz` parses its command line (exit 2), listing the valid
+/// values; nothing is queued, trained or stored, detached or not.
+#[test]
+fn misspelt_choices_fail_at_parse_time_listing_the_valid_ones() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let train = |flag: &'static str, value: &'static str| vec!["train", si, "--name", "typo", flag, value];
+    for (args, valid) in [
+        (train("--norm", "lyer"), &["batch", "layer"][..]),
+        (train("--likelihood", "nbb"), &["nb", "zinb", "poisson"][..]),
+        (train("--device", "gpu0"), &["auto", "cpu", "cuda"][..]),
+        (
+            vec!["project", si, "--model", "m", "-o", "o.h5ad", "--missing", "pad"],
+            &["mask", "zero"][..],
+        ),
+    ] {
+        for detach in [false, true] {
+            let mut args = args.clone();
+            if detach {
+                args.push("--detach");
+            }
+            let o = scmz(root.path(), &args);
+            let first = refused(&o, 2, &[args[args.len() - 1 - usize::from(detach)]]);
+            assert!(first.contains("invalid value"), "{first}");
+            let err = stderr(&o);
+            let listed = err.lines().find(|l| l.contains("possible values")).unwrap_or_default();
+            for v in valid {
+                assert!(listed.contains(v), "{args:?}: `{v}` not listed in {err}");
+            }
+        }
+    }
+    let left = files_below(root.path());
+    assert!(left.iter().all(|f| !f.ends_with("job.json")), "{left:?}");
+    assert!(!root.path().join("zoo").exists(), "{left:?}");
 }
 
 #[test]

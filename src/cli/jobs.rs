@@ -1,12 +1,13 @@
 //! `scmz jobs` and `--detach`: submitting engine commands as jobs, supervising them, listing,
 //! logs, cancel and resume.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use scmz::config::Config;
 use scmz::events::{read_log, Event};
 use scmz::jobs::{default_dir, Job, JobState, Registry, Submission};
+use scmz::spec::EngineRequest;
 
 use super::table::Table;
 
@@ -14,9 +15,9 @@ fn registry() -> Registry {
     Registry::new(default_dir())
 }
 
-/// scmz's job options of `train`, `project` and `compare`, which `submission` takes out of the
-/// engine's command line (described here for help, completions and manual pages).
-#[derive(clap::Args)]
+/// scmz's job options of `train`, `project` and `compare`: where and how the engine runs, beside
+/// what it runs (`scmz::spec`).
+#[derive(clap::Args, Clone, Debug)]
 pub struct JobFlags {
     /// Run as a background job that outlives this terminal and SSH session (`scmz jobs`).
     #[arg(long)]
@@ -42,75 +43,31 @@ pub struct JobFlags {
     pub gpus: Option<u32>,
 }
 
-/// Removes `flag VALUE` (or `flag=VALUE`) from `args`, returning the value.
-fn take_value(args: &mut Vec<String>, flag: &str) -> anyhow::Result<Option<String>> {
-    if let Some(i) = args.iter().position(|a| a == flag) {
-        if i + 1 >= args.len() {
-            anyhow::bail!("{flag} needs a value");
-        }
-        let v = args.remove(i + 1);
-        args.remove(i);
-        return Ok(Some(v));
-    }
-    let prefix = format!("{flag}=");
-    if let Some(i) = args.iter().position(|a| a.starts_with(&prefix)) {
-        return Ok(Some(args.remove(i)[prefix.len()..].to_string()));
-    }
-    Ok(None)
-}
-
-/// Takes scmz's own job options out of an engine command line: `--detach`, `--backend`,
-/// `--partition`, `--gpus`, `--time`, `--mem`, `--sweep`. `None` when the command should run in
-/// this terminal (no `--detach` and no option that implies it).
-pub fn submission(kind: &str, args: &mut Vec<String>) -> anyhow::Result<Option<Submission>> {
-    let detach = match args.iter().position(|a| a == "--detach") {
-        Some(i) => {
-            args.remove(i);
-            true
-        }
-        None => false,
-    };
+/// The submission `flags` ask for, of `request`: `None` when the command should run in this
+/// terminal (no `--detach` and no option that implies it).
+pub fn submission(request: &EngineRequest, flags: JobFlags) -> anyhow::Result<Option<Submission>> {
     let config = Config::load()?;
-    let backend = take_value(args, "--backend")?;
-    let sweep = take_value(args, "--sweep")?;
     let mut slurm = config.slurm.clone();
-    let mut slurm_flag = false;
-    if let Some(p) = take_value(args, "--partition")? {
-        slurm.partition = Some(p);
-        slurm_flag = true;
-    }
-    if let Some(t) = take_value(args, "--time")? {
-        slurm.time = Some(t);
-        slurm_flag = true;
-    }
-    if let Some(m) = take_value(args, "--mem")? {
-        slurm.mem = Some(m);
-        slurm_flag = true;
-    }
-    if let Some(g) = take_value(args, "--gpus")? {
-        slurm.gpus = Some(
-            g.parse()
-                .map_err(|_| anyhow::anyhow!("--gpus {g}: give a number of GPUs"))?,
-        );
-        slurm_flag = true;
-    }
-    if !(detach || backend.is_some() || sweep.is_some() || slurm_flag) {
+    let slurm_flag = flags.partition.is_some() || flags.time.is_some() || flags.mem.is_some() || flags.gpus.is_some();
+    slurm.partition = flags.partition.or(slurm.partition);
+    slurm.time = flags.time.or(slurm.time);
+    slurm.mem = flags.mem.or(slurm.mem);
+    slurm.gpus = flags.gpus.or(slurm.gpus);
+    if !(flags.detach || flags.backend.is_some() || flags.sweep.is_some() || slurm_flag) {
         return Ok(None);
     }
-    let backend = backend
+    let backend = flags
+        .backend
         .or(config.jobs.backend.clone())
         .unwrap_or_else(|| "local".into());
     if slurm_flag && backend != "slurm" {
         anyhow::bail!("--partition, --time, --mem and --gpus are Slurm options: add --backend slurm");
     }
     Ok(Some(Submission {
-        kind: kind.to_string(),
-        slot: slot_of(args).to_string(),
-        args: args.clone(),
         backend,
         slurm,
-        sweep,
-        cwd: None,
+        sweep: flags.sweep,
+        ..Submission::local(request.clone())
     }))
 }
 
@@ -132,27 +89,12 @@ pub fn submit(req: &Submission) -> anyhow::Result<Vec<Job>> {
         println!(
             "job {} submitted ({}{}{slurm}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
             job.id,
-            job.kind,
+            job.kind(),
             job.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
             job.id
         );
     }
     Ok(jobs)
-}
-
-/// `gpu` when the job will use CUDA: `--device cuda`, or `auto` on a machine with an NVIDIA GPU.
-fn slot_of(args: &[String]) -> &'static str {
-    match args
-        .iter()
-        .position(|a| a == "--device")
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-    {
-        Some("cuda") => "gpu",
-        Some("cpu") => "cpu",
-        _ if Path::new("/dev/nvidia0").exists() => "gpu",
-        _ => "cpu",
-    }
 }
 
 /// Runs in the detached supervisor (local) or the batch script (Slurm).
@@ -221,7 +163,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         let (p, eta, device) = progress(j);
         t.row(vec![
             j.id.clone(),
-            j.kind.clone(),
+            j.kind().to_string(),
             j.name.clone().unwrap_or_default(),
             j.state.to_string(),
             p,
@@ -266,13 +208,13 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     if let Some(next) = &job.resumed_by {
         anyhow::bail!("job {id} was resumed already, as job {next}: follow that one (`scmz jobs logs {next}`), or resume it if it stopped");
     }
-    let mut args = job.args.clone();
-    if job.kind == "train" && !args.iter().any(|a| a == "--resume") {
-        args.push("--resume".into());
+    let mut request = job.request.clone();
+    if let EngineRequest::Train(spec) = &mut request {
+        spec.resume = true;
+        spec.restart = false;
     }
     let req = Submission {
-        kind: job.kind.clone(),
-        args,
+        request,
         backend: job.backend.clone(),
         slurm: job.slurm.clone().unwrap_or_default(),
         sweep: None,

@@ -14,6 +14,7 @@ pub use table::thousands;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use scmz::spec::EngineRequest;
 
 #[derive(Parser)]
 #[command(
@@ -108,25 +109,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Train a model on a dataset and keep it in the zoo (runs in `scmz-engine`; see `scmz train --help`).
-    #[command(disable_help_flag = true)]
+    /// Train a model on a dataset and keep it in the zoo.
     Train {
-        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        spec: Box<scmz::spec::TrainSpec>,
+        #[command(flatten)]
+        job: jobs::JobFlags,
     },
-    /// Apply a zoo model to a dataset: latent, transferred labels, predicted mapping quality (runs
-    /// in `scmz-engine`; see `scmz project --help`).
-    #[command(disable_help_flag = true)]
+    /// Apply a zoo model to a dataset: latent, transferred labels, predicted mapping quality.
     Project {
-        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        spec: Box<scmz::spec::ProjectSpec>,
+        #[command(flatten)]
+        job: jobs::JobFlags,
     },
-    /// Pretrained model vs one trained from scratch on DATA, scored on held-out cells (runs in
-    /// `scmz-engine`; see `scmz compare --help`).
-    #[command(disable_help_flag = true)]
+    /// Pretrained model vs one trained from scratch on DATA, scored on held-out cells.
     Compare {
-        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        spec: Box<scmz::spec::CompareSpec>,
+        #[command(flatten)]
+        job: jobs::JobFlags,
     },
     /// Shell completions on stdout: `scmz completions bash > ~/.local/share/bash-completion/completions/scmz`
     /// (`scripts/install.sh` installs them for bash, zsh and fish).
@@ -314,9 +316,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Man { dir }) => man(dir.as_deref()),
-        Some(Command::Train { args }) => engine("train", args),
-        Some(Command::Project { args }) => engine("project", args),
-        Some(Command::Compare { args }) => engine("compare", args),
+        Some(Command::Train { spec, job }) => engine(EngineRequest::Train(spec), job),
+        Some(Command::Project { spec, job }) => engine(EngineRequest::Project(spec), job),
+        Some(Command::Compare { spec, job }) => engine(EngineRequest::Compare(spec), job),
         Some(Command::Jobs { command, json }) => match command {
             None => jobs::list(json),
             Some(JobsCommand::Logs { id, follow }) => jobs::logs(&id, follow),
@@ -377,24 +379,24 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
-    if let Some(req) = jobs::submission(command, &mut args)? {
+fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
+    let args = |r: &EngineRequest| r.to_args().map_err(|e| anyhow::anyhow!(e));
+    if let Some(req) = jobs::submission(&request, flags)? {
         // What the engine would refuse at once is refused now, not after the job's turn comes:
         // every setting of a sweep is parsed as the engine would, and the first checked in full.
-        let mut checked = req.args.clone();
-        if let (Some(spec), "train") = (&req.sweep, command) {
-            let settings = scmz::jobs::expand_sweep(&req.args, spec).map_err(|e| anyhow::anyhow!(e))?;
-            for setting in &settings {
-                scmz::spec::TrainSpec::parse_args(setting)
-                    .map_err(|e| anyhow::anyhow!("--sweep `{spec}`: {e}; sweep options of `scmz train --help`"))?;
-            }
-            checked = settings.into_iter().next().unwrap_or(checked);
+        let mut first = req.request.clone();
+        if let Some(sweep) = &req.sweep {
+            let settings = scmz::spec::expand_sweep(&req.request, sweep)
+                .map_err(|e| anyhow::anyhow!("{e}; sweep options of `scmz {} --help`", request.kind()))?;
+            first = settings.into_iter().next().unwrap_or(first);
         }
-        if matches!(command, "train" | "project") && (req.sweep.is_none() || command == "train") {
-            let mut check = vec![command.to_string()];
-            check.extend(checked);
-            check.push("--check-only".into());
-            let code = models::run_engine(&check)?;
+        let check = match &request {
+            EngineRequest::Train(_) => true,
+            EngineRequest::Project(_) => req.sweep.is_none(),
+            EngineRequest::Compare(_) => false,
+        };
+        if check {
+            let code = models::run_engine(&args(&first.check_only())?)?;
             if code != 0 {
                 std::process::exit(code);
             }
@@ -402,37 +404,17 @@ fn engine(command: &str, mut args: Vec<String>) -> anyhow::Result<()> {
         jobs::submit(&req)?;
         return Ok(());
     }
-    let mut all = vec![command.to_string()];
-    all.extend(args);
-    let code = models::run_engine(&all)?;
+    let code = models::run_engine(&args(&request)?)?;
     if code != 0 {
         std::process::exit(code);
     }
     Ok(())
 }
 
-/// The whole command line as users type it, for completions and manual pages: `train`, `project`
-/// and `compare` pass their arguments to the engine, so here they get the engine's own options
-/// (`scmz::spec`) and scmz's job options.
+/// The whole command line as users type it, for completions and manual pages.
 pub fn documented_command() -> clap::Command {
-    use clap::{Args, CommandFactory};
-    type Augment = fn(clap::Command) -> clap::Command;
-    let engine_commands: [(&str, Augment); 3] = [
-        ("train", scmz::spec::TrainSpec::augment_args),
-        ("project", scmz::spec::ProjectSpec::augment_args),
-        ("compare", scmz::spec::CompareSpec::augment_args),
-    ];
-    let mut cmd = Cli::command();
-    for (name, augment) in engine_commands {
-        cmd = cmd.mut_subcommand(name, |forwarded| {
-            let about = forwarded.get_about().cloned().unwrap_or_default();
-            // Last: the structs' own doc comments would otherwise be the command's description.
-            jobs::JobFlags::augment_args(augment(clap::Command::new(name)))
-                .about(about)
-                .long_about(None)
-        });
-    }
-    cmd
+    use clap::CommandFactory;
+    Cli::command()
 }
 
 /// scmz(1), and with `dir` also scmz-COMMAND(1) for each command, written there.

@@ -25,16 +25,11 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
     let m = zoo.load(model)?;
     let ds = Dataset::open_with(data, opts)?;
     let r = scmz::genes::overlap::compare_dataset_to_list(&ds, &m.gene_list())?;
-    let mut args = vec![
-        "project".to_string(),
-        data.display().to_string(),
-        "--model".into(),
-        model.into(),
-    ];
-    args.extend(["--predict-only".into(), "--json".into(), "--force".into()]);
-    if let Some(l) = &opts.layer {
-        args.extend(["--layer".into(), l.clone()]);
-    }
+    let mut spec = scmz::spec::ProjectSpec::prediction(data, model);
+    spec.layer = opts.layer.clone();
+    let args = scmz::spec::EngineRequest::Project(Box::new(spec))
+        .to_args()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
     let o = std::process::Command::new(super::models::engine_path())
         .args(&args)
         .output()?;

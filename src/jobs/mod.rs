@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SlurmConfig};
 use crate::events::now_rfc3339;
+use crate::spec::{expand_sweep, DeviceChoice, EngineRequest};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -50,18 +51,14 @@ impl std::fmt::Display for JobState {
     }
 }
 
-/// What a job can be: the engine commands that run as jobs.
-pub const KINDS: [&str; 3] = ["train", "project", "compare"];
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
-    /// `train` or `project`.
-    pub kind: String,
+    /// What the engine runs: `"kind"` (train, project or compare) and its `"spec"`.
+    #[serde(flatten)]
+    pub request: EngineRequest,
     /// Model name the job produces or uses.
     pub name: Option<String>,
-    /// Arguments of `scmz-engine <kind>`.
-    pub args: Vec<String>,
     /// `local` or `slurm`.
     pub backend: String,
     /// The Slurm job id (`123`, or `123_4` for a task of an array).
@@ -111,12 +108,11 @@ pub struct Job {
 
 impl Job {
     /// A queued local job with nothing recorded yet.
-    pub fn new(id: String, kind: &str, name: Option<String>, args: Vec<String>, events: Option<PathBuf>) -> Job {
+    pub fn new(id: String, request: EngineRequest, events: Option<PathBuf>) -> Job {
         Job {
             id,
-            kind: kind.to_string(),
-            name,
-            args,
+            name: Some(request.model_name().to_string()),
+            request,
             backend: "local".into(),
             slurm_id: None,
             slurm: None,
@@ -138,6 +134,11 @@ impl Job {
             cwd: None,
             resumed_by: None,
         }
+    }
+
+    /// `train`, `project` or `compare`.
+    pub fn kind(&self) -> &'static str {
+        self.request.kind()
     }
 
     /// What to tell about how the job ended: its reason, and for a job resumed since, the job
@@ -374,77 +375,41 @@ pub fn is_process(pid: u32, start: Option<u64>) -> bool {
 
 /// What `scmz train|project ... --detach` asks for: the engine command, where to run it, and an
 /// optional sweep (`n_latent=10,20,30`: one job per value, each its own model).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Submission {
-    pub kind: String,
-    pub args: Vec<String>,
+    pub request: EngineRequest,
     /// `local` or `slurm`.
     pub backend: String,
     pub slurm: SlurmConfig,
     pub sweep: Option<String>,
     /// `cpu` or `gpu`: which local slot the jobs take.
     pub slot: String,
-    /// The folder relative paths in `args` are relative to (None: the current one).
+    /// The folder relative paths in the request are relative to (None: the current one).
     pub cwd: Option<PathBuf>,
 }
 
-fn value_after(args: &[String], flag: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == flag)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
+impl Submission {
+    /// A local job of `request`, in the slot its device takes.
+    pub fn local(request: EngineRequest) -> Self {
+        Submission {
+            slot: slot_of(request.device()).to_string(),
+            request,
+            backend: "local".into(),
+            slurm: SlurmConfig::default(),
+            sweep: None,
+            cwd: None,
+        }
+    }
 }
 
-/// The engine arguments of every setting of a sweep: `key=v1,v2,...` (several keys separated
-/// by `;` give their grid). Each setting sets `--key value` and names its model
-/// `NAME-key-value`.
-pub fn expand_sweep(args: &[String], spec: &str) -> Result<Vec<Vec<String>>, String> {
-    let mut settings = vec![args.to_vec()];
-    let mut swept: Vec<String> = Vec::new();
-    if spec.split(';').all(|p| p.trim().is_empty()) {
-        return Err("--sweep: no setting; write KEY=V1,V2 (e.g. n_latent=10,20,30)".into());
+/// `gpu` when a job will use CUDA: `cuda`, or `auto` on a machine with an NVIDIA GPU.
+pub fn slot_of(device: DeviceChoice) -> &'static str {
+    match device {
+        DeviceChoice::Cuda => "gpu",
+        DeviceChoice::Cpu => "cpu",
+        DeviceChoice::Auto if Path::new("/dev/nvidia0").exists() => "gpu",
+        DeviceChoice::Auto => "cpu",
     }
-    for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, values) = part
-            .split_once('=')
-            .ok_or_else(|| format!("--sweep `{part}`: write KEY=V1,V2 (e.g. n_latent=10,20,30)"))?;
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(format!(
-                "--sweep: `{key}` is not a training option name (e.g. n_latent, lr)"
-            ));
-        }
-        if key == "name" {
-            return Err("--sweep: the model name is set per setting; sweep another option".into());
-        }
-        let flag = format!("--{}", key.replace('_', "-"));
-        if swept.contains(&flag) {
-            return Err(format!(
-                "--sweep: `{key}` is swept twice; give all its values once ({key}=V1,V2,...)"
-            ));
-        }
-        swept.push(flag.clone());
-        let values: Vec<&str> = values.split(',').map(str::trim).collect();
-        if values.iter().any(|v| v.is_empty()) {
-            return Err(format!("--sweep `{part}`: an empty value; write KEY=V1,V2"));
-        }
-        let mut next = Vec::new();
-        for base in &settings {
-            for v in &values {
-                let mut a = base.clone();
-                match a.iter().position(|x| *x == flag) {
-                    Some(i) if i + 1 < a.len() => a[i + 1] = v.to_string(),
-                    _ => a.extend([flag.clone(), v.to_string()]),
-                }
-                if let Some(i) = a.iter().position(|x| x == "--name").filter(|i| i + 1 < a.len()) {
-                    a[i + 1] = format!("{}-{key}-{v}", a[i + 1]);
-                }
-                next.push(a);
-            }
-        }
-        settings = next;
-    }
-    Ok(settings)
 }
 
 /// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
@@ -615,8 +580,8 @@ impl Registry {
     /// Creates the jobs of a submission (one per sweep setting) and starts or queues them.
     pub fn submit_request(&self, req: &Submission) -> Result<Vec<Job>, JobError> {
         let settings = match &req.sweep {
-            Some(spec) => expand_sweep(&req.args, spec).map_err(JobError::Backend)?,
-            None => vec![req.args.clone()],
+            Some(sweep) => expand_sweep(&req.request, sweep).map_err(JobError::Backend)?,
+            None => vec![req.request.clone()],
         };
         if req.backend != "local" && req.backend != "slurm" {
             return Err(JobError::Backend(format!(
@@ -635,24 +600,22 @@ impl Registry {
         let lock = self.lock()?;
         let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
         let mut jobs: Vec<Job> = Vec::new();
-        for args in settings {
-            let (name, events) = match req.kind.as_str() {
-                "train" => {
-                    let name = value_after(&args, "--name");
-                    let zoo = value_after(&args, "--zoo")
-                        .map(|z| cwd.as_deref().map_or(PathBuf::from(&z), |c| c.join(&z)))
-                        .unwrap_or_else(crate::zoo::default_zoo);
-                    let events = name
+        for request in settings {
+            let events = match &request {
+                EngineRequest::Train(spec) => {
+                    let zoo = spec
+                        .zoo
                         .as_ref()
-                        .map(|n| crate::zoo::Zoo::new(zoo).run_dir(n).join("events.jsonl"));
-                    (name, events)
+                        .map(|z| cwd.as_deref().map_or(z.clone(), |c| c.join(z)))
+                        .unwrap_or_else(crate::zoo::default_zoo);
+                    Some(crate::zoo::Zoo::new(zoo).run_dir(&spec.name).join("events.jsonl"))
                 }
-                _ => (value_after(&args, "--model"), None),
+                _ => None,
             };
             if let Some(events) = &events {
-                self.refuse_second_job_of(events, name.as_deref().unwrap_or("?"), &jobs)?;
+                self.refuse_second_job_of(events, request.model_name(), &jobs)?;
             }
-            let mut job = self.create(&req.kind, name, args, events)?;
+            let mut job = self.create(request, events)?;
             job.slot = req.slot.clone();
             job.backend = req.backend.clone();
             job.cwd = cwd.clone();
@@ -732,13 +695,7 @@ impl Registry {
     }
 
     /// A new queued job with a fresh id (time + pid, sortable), run by `backend`.
-    pub fn create(
-        &self,
-        kind: &str,
-        name: Option<String>,
-        args: Vec<String>,
-        events: Option<PathBuf>,
-    ) -> Result<Job, JobError> {
+    pub fn create(&self, request: EngineRequest, events: Option<PathBuf>) -> Result<Job, JobError> {
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let stamp = now_rfc3339()
             .replace([':', '-'], "")
@@ -760,7 +717,7 @@ impl Registry {
                 Err(e) => return Err(io(&dir)(e)),
             }
         };
-        let job = Job::new(id, kind, name, args, events);
+        let job = Job::new(id, request, events);
         self.save(&job)?;
         Ok(job)
     }
@@ -784,22 +741,27 @@ impl Registry {
             std::io::ErrorKind::NotFound => JobError::NotFound(id.to_string()),
             _ => io(&path)(e),
         })?;
-        let job: Job = serde_json::from_slice(&bytes).map_err(|e| JobError::Bad {
+        let bad = |message: String| JobError::Bad {
             path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        // A record is run as `scmz-engine KIND ARGS`: an edited kind must not pick another command.
-        if !KINDS.contains(&job.kind.as_str()) {
-            return Err(JobError::Bad {
-                path: path.display().to_string(),
-                message: format!(
-                    "its kind `{}` is not one scmz runs as a job ({})",
-                    job.kind,
-                    KINDS.join(", ")
-                ),
-            });
+            message,
+        };
+        let mut record: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        // A record is run as the engine command its kind names: an edited kind must not pick
+        // another command.
+        let kind = record
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_string();
+        if !EngineRequest::KINDS.contains(&kind.as_str()) {
+            return Err(bad(format!(
+                "its kind `{}` is not one scmz runs as a job ({})",
+                crate::files::printable(&kind),
+                EngineRequest::KINDS.join(", ")
+            )));
         }
-        Ok(job)
+        migrate_args(&mut record, &kind).map_err(bad)?;
+        serde_json::from_value(record).map_err(|e| bad(e.to_string()))
     }
 
     /// Every job record as written, oldest first.
@@ -826,6 +788,29 @@ impl Registry {
     }
 }
 
+/// Records of scmz before typed specs kept the engine's command line (`"args"`): it is parsed
+/// as the engine parsed it into the spec they hold now.
+fn migrate_args(record: &mut serde_json::Value, kind: &str) -> Result<(), String> {
+    let Some(obj) = record.as_object_mut() else {
+        return Ok(());
+    };
+    if obj.contains_key("spec") {
+        return Ok(());
+    }
+    let Some(args) = obj.remove("args") else {
+        return Ok(());
+    };
+    let args: Vec<String> =
+        serde_json::from_value(args).map_err(|e| format!("its `args` are not a command line ({e})"))?;
+    let request = EngineRequest::parse(kind, &args).map_err(|e| format!("its `args` do not parse ({e})"))?;
+    let spec = serde_json::to_value(&request)
+        .ok()
+        .and_then(|mut v| v.get_mut("spec").map(serde_json::Value::take))
+        .ok_or("its `args` cannot be written as a spec; use UTF-8 file names")?;
+    obj.insert("spec".into(), spec);
+    Ok(())
+}
+
 /// Training runs in a zoo that no job record covers: started in a terminal with `scmz train`
 /// (without `--detach`), perhaps from another SSH session. They are shown beside jobs as rows of
 /// backend `terminal`, id `run:NAME`: running while their event log grows (the engine writes a
@@ -845,11 +830,13 @@ pub fn terminal_runs(zoo: &Path, jobs: &[Job]) -> Vec<Job> {
             let name = e.file_name().to_string_lossy().to_string();
             let idle = modified.elapsed().unwrap_or_default();
             let running = idle < Duration::from_secs(60);
+            // Shown, never run: the spec names the run; its settings are in the run's log.
+            let mut spec = crate::spec::TrainSpec::defaults("-".into(), name.clone());
+            spec.data.clear();
+            spec.zoo = Some(zoo.to_path_buf());
             let mut job = Job::new(
                 format!("run:{name}"),
-                "train",
-                Some(name.clone()),
-                Vec::new(),
+                EngineRequest::Train(Box::new(spec)),
                 Some(events),
             );
             job.backend = "terminal".into();
@@ -909,15 +896,43 @@ pub fn finish(job: &mut Job, status: std::process::ExitStatus) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn train(name: &str) -> EngineRequest {
+        EngineRequest::Train(Box::new(crate::spec::TrainSpec::defaults("d.h5ad".into(), name.into())))
+    }
+
+    /// Records of scmz before specs (`"args"`) load as the spec their command line gave; a
+    /// command line the engine would refuse makes the record damaged, named.
+    #[test]
+    fn records_with_a_command_line_load_as_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let job = reg.create(train("m"), None).unwrap();
+        let path = reg.job_dir(&job.id).join("job.json");
+        let mut old: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        old.as_object_mut().unwrap().remove("spec");
+        old["args"] = serde_json::json!(["x.h5ad", "--name", "old", "--n-latent", "7", "--norm", "layer"]);
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let EngineRequest::Train(spec) = reg.load(&job.id).unwrap().request else {
+            panic!("not a training")
+        };
+        assert_eq!((spec.name.as_str(), spec.n_latent), ("old", 7));
+        assert_eq!(spec.norm, crate::spec::Norm::Layer);
+        assert_eq!(spec.data, [PathBuf::from("x.h5ad")]);
+        old["args"] = serde_json::json!(["x.h5ad", "--name", "old", "--norm", "lyer"]);
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let e = reg.load(&job.id).unwrap_err().to_string();
+        assert!(e.contains("job.json") && e.contains("lyer"), "{e}");
+    }
 
     #[test]
     fn jobs_round_trip_and_dead_supervisors_are_detected() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::new(dir.path());
-        let mut a = reg.create("train", Some("m".into()), vec!["x".into()], None).unwrap();
-        let b = reg.create("train", None, Vec::new(), None).unwrap();
+        let mut a = reg.create(train("m"), None).unwrap();
+        let b = reg.create(train("n"), None).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(reg.load(&a.id).unwrap(), a);
         // A supervisor pid that cannot exist.
@@ -933,31 +948,8 @@ mod tests {
     }
 
     #[test]
-    fn sweeps_expand_to_one_named_setting_each() {
-        let args: Vec<String> = ["d.h5ad", "--name", "m", "--n-latent", "5"].map(String::from).to_vec();
-        let s = expand_sweep(&args, "n_latent=10,20").unwrap();
-        assert_eq!(s.len(), 2);
-        assert_eq!(s[0], ["d.h5ad", "--name", "m-n_latent-10", "--n-latent", "10"]);
-        assert_eq!(s[1][2], "m-n_latent-20");
-        let grid = expand_sweep(&args, "n_latent=10,20; lr=1e-3,1e-4").unwrap();
-        assert_eq!(grid.len(), 4);
-        assert_eq!(grid[3][2], "m-n_latent-20-lr-1e-4");
-        assert!(grid[3].ends_with(&["--lr".to_string(), "1e-4".to_string()]));
-        assert!(expand_sweep(&args, "n_latent").unwrap_err().contains("KEY=V1,V2"));
-        assert!(expand_sweep(&args, "name=a,b").is_err());
-        // A key twice named its model after both and trained the last; an empty value was dropped.
-        assert!(expand_sweep(&args, "lr=1e-3;lr=1e-4")
-            .unwrap_err()
-            .contains("swept twice"));
-        assert!(expand_sweep(&args, "n_latent=10,,20")
-            .unwrap_err()
-            .contains("empty value"));
-        assert!(expand_sweep(&args, " ; ").unwrap_err().contains("no setting"));
-    }
-
-    #[test]
     fn a_resumed_job_names_the_job_that_continues_it() {
-        let mut j = Job::new("a".into(), "train", Some("m".into()), vec![], None);
+        let mut j = Job::new("a".into(), train("m"), None);
         j.reason = Some("cancelled; the last checkpoint is kept: `scmz jobs resume a` continues".into());
         assert_eq!(j.note().unwrap(), j.reason.clone().unwrap());
         j.resumed_by = Some("b".into());

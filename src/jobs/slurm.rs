@@ -56,7 +56,7 @@ pub fn batch_script(reg: &Registry, jobs: &[Job], opts: &SlurmConfig) -> String 
     let first = &jobs[0];
     let jd = reg.job_dir(&first.id);
     let mut s = String::from("#!/bin/sh\n");
-    let name = format!("scmz-{}-{}", first.kind, first.name.as_deref().unwrap_or("job"));
+    let name = format!("scmz-{}-{}", first.kind(), first.name.as_deref().unwrap_or("job"));
     s += &format!("#SBATCH --job-name={}\n", name.replace(char::is_whitespace, "_"));
     let pattern = if jobs.len() > 1 {
         "slurm-%A_%a.out"
@@ -323,8 +323,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut reg = Registry::new(dir.path());
         reg.scmz = "/opt/it's/scmz".into();
-        let a = reg.create("train", Some("m-a".into()), vec![], None).unwrap();
-        let b = reg.create("train", Some("m-b".into()), vec![], None).unwrap();
+        let a = reg.create(crate::jobs::tests::train("m-a"), None).unwrap();
+        let b = reg.create(crate::jobs::tests::train("m-b"), None).unwrap();
         let opts = SlurmConfig {
             partition: Some("gpu".into()),
             time: Some("01:00:00".into()),

@@ -19,7 +19,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, JobError> {
         .map_err(|e| JobError::Backend(format!("cannot start the async runtime: {e}")))
 }
 
-/// Runs job `id` of `reg` to its end: starts `scmz-engine <kind> <args>` with its output in the
+/// Runs job `id` of `reg` to its end: starts `scmz-engine` on its request with its output in the
 /// job folder, records the pids and host, forwards SIGTERM, and records how the engine ended.
 /// Local jobs then start whatever waits for their slot.
 pub fn supervise(reg: &Registry, id: &str) -> Result<Job, JobError> {
@@ -65,9 +65,12 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let engine = engine_path(&reg.scmz);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
+    let args = job
+        .request
+        .to_args()
+        .map_err(|e| JobError::Backend(format!("job {id}: {e}")))?;
     let mut cmd = tokio::process::Command::new(&engine);
-    cmd.arg(&job.kind)
-        .args(&job.args)
+    cmd.args(&args)
         .env("SCMZ_JOB_ID", &job.id)
         .env(
             "SCMZ_JOBS_DIR",

@@ -9,6 +9,7 @@ use scmz::data::catalog::Summary;
 use scmz::events::Record;
 use scmz::genes::OverlapReport;
 use scmz::jobs::{Job, Submission};
+use scmz::spec::{EngineRequest, ProjectSpec, TrainSpec};
 
 use super::theme::Theme;
 use super::worker::{ModelEntry, ObsColumn, Request, Sources, Update};
@@ -105,24 +106,20 @@ impl TrainForm {
             .trim()
             .parse()
             .map_err(|_| "epochs: give a whole number".to_string())?;
-        let mut args: Vec<String> = self.data.iter().map(|p| p.display().to_string()).collect();
-        args.extend(["--name".into(), name.into(), "--epochs".into(), epochs.to_string()]);
-        args.extend(["--likelihood".into(), self.value("likelihood").into()]);
-        args.extend(["--device".into(), self.value("device").into()]);
-        args.extend(["--zoo".into(), zoo.display().to_string()]);
-        for (label, flag) in [("batch key", "--batch-key"), ("label key", "--label-key")] {
-            let v = self.value(label).trim();
-            if !v.is_empty() {
-                args.extend([flag.into(), v.into()]);
-            }
+        fn choice<T: clap::ValueEnum>(form: &TrainForm, label: &str) -> Result<T, String> {
+            T::from_str(form.value(label), false).map_err(|e| format!("{label}: {e}"))
         }
-        Ok(Submission {
-            kind: "train".into(),
-            slot: if self.value("device") == "cuda" { "gpu" } else { "cpu" }.into(),
-            args,
-            backend: "local".into(),
-            ..Default::default()
-        })
+        let first = self.data.first().cloned().unwrap_or_default();
+        let mut spec = TrainSpec::defaults(first, name.into());
+        spec.data = self.data.clone();
+        spec.epochs = Some(epochs);
+        spec.likelihood = choice(self, "likelihood")?;
+        spec.device = choice(self, "device")?;
+        spec.zoo = Some(zoo.to_path_buf());
+        let optional = |label: &str| Some(self.value(label).trim().to_string()).filter(|v| !v.is_empty());
+        spec.batch_key = optional("batch key");
+        spec.label_key = optional("label key");
+        Ok(Submission::local(EngineRequest::Train(Box::new(spec))))
     }
 }
 
@@ -387,7 +384,9 @@ impl App {
         form.fields[0].1 = DEMO_MODEL.into();
         form.fields[2].1 = "300".into();
         if let Ok(mut req) = form.submission(&self.sources.zoo) {
-            req.args.push("--restart".into());
+            if let EngineRequest::Train(spec) = &mut req.request {
+                spec.restart = true;
+            }
             self.outbox.push(Request::Submit(Box::new(req)));
             self.notice = Some(
                 "The demo zoo has no model yet: started a short training job on pbmc68k_counts (Jobs screen)".into(),
@@ -657,22 +656,14 @@ impl App {
         let out = scmz::dirs::data_dir()
             .join("projections")
             .join(format!("{stem}.{}.h5ad", m.manifest.name));
+        let mut spec = ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone());
+        spec.zoo = Some(self.sources.zoo.clone());
+        spec.output = Some(out.clone());
+        // scmz's own projections folder: projecting the pair again replaces the older copy.
+        spec.overwrite = true;
         let req = Submission {
-            kind: "project".into(),
-            args: vec![
-                d.path.display().to_string(),
-                "--model".into(),
-                m.manifest.name.clone(),
-                "--zoo".into(),
-                self.sources.zoo.display().to_string(),
-                "-o".into(),
-                out.display().to_string(),
-                // scmz's own projections folder: projecting the pair again replaces the older copy.
-                "--overwrite".into(),
-            ],
-            backend: "local".into(),
             slot: "cpu".into(),
-            ..Default::default()
+            ..Submission::local(EngineRequest::Project(Box::new(spec)))
         };
         self.outbox.push(Request::Submit(Box::new(req)));
         self.notice = Some(format!("projecting into {}", out.display()));

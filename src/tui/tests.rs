@@ -8,6 +8,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use scmz::jobs::{Job, JobState, Registry};
+use scmz::spec::{EngineRequest, ProjectSpec, TrainSpec};
 
 use super::app::{App, Screen};
 use super::theme::Theme;
@@ -18,7 +19,11 @@ fn data() -> PathBuf {
 }
 
 fn job(id: &str, kind: &str, name: &str, state: JobState, events: Option<PathBuf>) -> Job {
-    let mut j = Job::new(id.into(), kind, Some(name.into()), Vec::new(), events);
+    let request = match kind {
+        "train" => EngineRequest::Train(Box::new(TrainSpec::defaults("d.h5ad".into(), name.into()))),
+        _ => EngineRequest::Project(Box::new(ProjectSpec::defaults("d.h5ad".into(), name.into()))),
+    };
+    let mut j = Job::new(id.into(), request, events);
     j.state = state;
     j.created = "2026-11-25T18:20:40Z".into();
     j.started = Some("2026-11-25T18:20:41Z".into());
@@ -347,13 +352,13 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     insta::assert_snapshot!("train_form_80x24", render(&app, 80, 24));
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     let sub = submission(&mut app);
-    assert_eq!(sub.kind, "train");
-    let args = sub.args.join(" ");
-    assert!(
-        args.contains("pbmc68k_counts.h5ad --name mine --epochs 3 --likelihood zinb"),
-        "{args}"
-    );
-    assert!(args.contains("--label-key bulk_labels"), "{args}");
+    let EngineRequest::Train(spec) = &sub.request else {
+        panic!("not a training: {sub:?}")
+    };
+    assert!(spec.data[0].ends_with("pbmc68k_counts.h5ad"), "{spec:?}");
+    assert_eq!((spec.name.as_str(), spec.epochs), ("mine", Some(3)));
+    assert_eq!(spec.likelihood, scmz::spec::Likelihood::Zinb);
+    assert_eq!(spec.label_key.as_deref(), Some("bulk_labels"));
     assert_eq!(app.screen, Screen::Jobs);
     // Cancel asks first; `n` keeps the job.
     key(&mut app, KeyCode::Char('c'));
@@ -423,10 +428,12 @@ fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_w
     };
     let mut app = demo(Vec::new());
     let sub = submission(&mut app);
-    assert!(
-        sub.args.join(" ").contains("--name pbmc-demo --epochs 300"),
-        "{:?}",
-        sub.args
+    let EngineRequest::Train(spec) = &sub.request else {
+        panic!("not a training: {sub:?}")
+    };
+    assert_eq!(
+        (spec.name.as_str(), spec.epochs, spec.restart),
+        ("pbmc-demo", Some(300), true)
     );
     assert_eq!(app.screen, Screen::Jobs);
     assert!(app.notice.as_deref().unwrap().contains("no model yet"));

@@ -14,6 +14,7 @@ use scmz::events::{Event, LogTail, Record};
 use scmz::genes::overlap::{compare_dataset_to_list, compare_lists, label};
 use scmz::genes::{GeneList, OverlapReport};
 use scmz::jobs::{Job, Registry, Submission};
+use scmz::spec::{EngineRequest, ProjectSpec};
 use scmz::zoo::manifest::Manifest;
 use scmz::zoo::Zoo;
 
@@ -190,12 +191,12 @@ pub fn overlap(s: &Sources, dataset: &Path, model: &str) -> Update {
 
 /// The mapping quality the engine predicts (a child process: the TUI never loads libtorch).
 pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Update {
-    let out = std::process::Command::new(engine)
-        .arg("project")
-        .arg(dataset)
-        .args(["--model", model, "--predict-only", "--json", "--force", "--zoo"])
-        .arg(&s.zoo)
-        .output();
+    let mut spec = ProjectSpec::prediction(dataset, model);
+    spec.zoo = Some(s.zoo.clone());
+    let out = EngineRequest::Project(Box::new(spec))
+        .to_args()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        .and_then(|args| std::process::Command::new(engine).args(args).output());
     let result = match out {
         Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .map_err(|e| e.to_string())
@@ -251,7 +252,7 @@ pub fn submit(s: &Sources, req: &Submission) -> Update {
         Ok(jobs) => Update::Notice(format!(
             "started job {} ({} {}); it keeps running after you quit",
             jobs.first().map_or("", |j| j.id.as_str()),
-            req.kind,
+            req.request.kind(),
             jobs.first().and_then(|j| j.name.clone()).unwrap_or_default()
         )),
         Err(e) => Update::Notice(format!("could not start the job: {e}")),

@@ -45,7 +45,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             let state = j.state.to_string();
             Row::new(vec![
                 Span::raw(j.id.clone()),
-                Span::raw(j.kind.clone()),
+                Span::raw(j.kind()),
                 Span::raw(j.name.clone().unwrap_or_default()),
                 Span::styled(state.clone(), app.theme.state(&state)),
                 Span::raw(backend(j)),
@@ -72,10 +72,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 
 fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     let records = &app.run.records;
-    if job.kind != "train" {
+    if job.kind() != "train" {
         let text = format!(
             "{} job of model {}: {}{}",
-            job.kind,
+            job.kind(),
             job.name.clone().unwrap_or_default(),
             job.state,
             job.note_among(&app.jobs).map(|r| format!(" ({r})")).unwrap_or_default()
