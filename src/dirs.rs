@@ -38,8 +38,9 @@ pub fn state_dir() -> PathBuf {
 pub fn filesystem_kind(path: &Path) -> Option<(&'static str, &'static str)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct we own; the path is a valid C string.
+    // SAFETY: statfs is plain data, for which all-zero bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes into the struct we own; the path is a valid C string.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }

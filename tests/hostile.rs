@@ -266,6 +266,7 @@ impl Tmpfs {
 
 fn nix_statvfs(p: &Path) -> u64 {
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: statvfs is plain data; all-zero bytes are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: a valid path and a zeroed out-struct.
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);

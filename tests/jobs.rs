@@ -109,6 +109,7 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
         j["state"] == "running" && checkpointed(root.path(), "killed")
     });
     let pid = j["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill(2) on the job's engine, whose pid its record gives.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let j = wait_for(root.path(), &id, "failed", |j| j["state"] == "failed");
     assert_eq!(j["signal"], 9);
@@ -423,10 +424,9 @@ fn a_run_started_in_a_terminal_is_listed_beside_jobs() {
             .as_secs() as libc::time_t,
         tv_usec: 0,
     };
-    assert_eq!(
-        unsafe { libc::utimes(old.as_ptr(), [two_minutes_ago, two_minutes_ago].as_ptr()) },
-        0
-    );
+    // SAFETY: a valid C path and an array of the two times utimes reads.
+    let set = unsafe { libc::utimes(old.as_ptr(), [two_minutes_ago, two_minutes_ago].as_ptr()) };
+    assert_eq!(set, 0);
     let runs = scmz::jobs::terminal_runs(&zoo, &[]);
     assert_eq!(runs[0].state, scmz::jobs::JobState::Failed);
     assert!(

@@ -540,6 +540,7 @@ fn sigterm_stops_training_cleanly_with_a_resumable_checkpoint() {
         .unwrap();
     let log = zoo.path().join(".runs/stopped/events.jsonl");
     wait_for_checkpoint(&log, 1);
+    // SAFETY: kill(2) on the child this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(143), "{}", String::from_utf8_lossy(&out.stderr));

@@ -248,6 +248,8 @@ fn read_raw_bytes(c: &Container, mem_type: &Datatype, elem_size: usize) -> hdf5:
     if n == 0 {
         return Ok(buf);
     }
+    // SAFETY: `buf` holds `n` elements of `elem_size` bytes, the size of `mem_type` (the caller's
+    // contract), and the container has `n` elements; HDF5 writes no more.
     let status = hdf5::sync::sync(|| unsafe {
         if c.id_type() == hdf5_sys::h5i::H5I_type_t::H5I_ATTR {
             hdf5_sys::h5a::H5Aread(c.id(), mem_type.id(), buf.as_mut_ptr().cast())
