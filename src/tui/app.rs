@@ -64,6 +64,8 @@ pub struct TrainForm {
     /// (label, value, choices: empty for free text)
     pub fields: Vec<(&'static str, String, &'static [&'static str])>,
     pub focus: usize,
+    /// The dataset's obs columns, when known: the batch and label keys must name one.
+    pub columns: Option<Vec<String>>,
 }
 
 impl TrainForm {
@@ -87,6 +89,7 @@ impl TrainForm {
                 ("device", "auto".into(), &["auto", "cpu", "cuda"]),
             ],
             focus: 0,
+            columns: None,
         }
     }
 
@@ -117,6 +120,16 @@ impl TrainForm {
         spec.device = choice(self, "device")?;
         spec.zoo = Some(zoo.to_path_buf());
         let optional = |label: &str| Some(self.value(label).trim().to_string()).filter(|v| !v.is_empty());
+        for label in ["batch key", "label key"] {
+            if let (Some(key), Some(columns)) = (optional(label), &self.columns) {
+                if !columns.contains(&key) {
+                    return Err(format!(
+                        "{label} `{key}`: no such obs column (has {})",
+                        columns.join(", ")
+                    ));
+                }
+            }
+        }
         spec.batch_key = optional("batch key");
         spec.label_key = optional("label key");
         Ok(Submission::local(EngineRequest::Train(Box::new(spec))))
@@ -598,6 +611,13 @@ impl App {
                 None => return,
             }
         }
+        if data.len() > 1 {
+            self.notice = Some(format!(
+                "one dataset per model: merge the {} marked first (`scmz merge ... -o merged.h5ad`)",
+                data.len()
+            ));
+            return;
+        }
         if let Some((_, values, _)) = &current {
             if values != "counts" {
                 self.notice = Some("this dataset holds normalised values; training needs raw counts".into());
@@ -605,7 +625,14 @@ impl App {
             }
         }
         let label = current.and_then(|c| c.2.first().map(|l| l.name.clone()));
-        self.form = Some(TrainForm::new(data, label));
+        let columns = match self.details.get(&data[0]) {
+            Some(Ok(cols)) if !cols.is_empty() => Some(cols.iter().map(|c| c.name.clone()).collect()),
+            _ => None,
+        };
+        self.form = Some(TrainForm {
+            columns,
+            ..TrainForm::new(data, label)
+        });
     }
 
     fn form_key(&mut self, k: KeyEvent) {

@@ -328,6 +328,75 @@ fn duplicated_gene_names_are_said_once() {
     assert_eq!(text.matches("duplicated gene").count(), 1, "{text}");
 }
 
+/// Two marked datasets do not make a job that fails ("train takes one dataset"): the form says
+/// to merge them first. A batch or label key the dataset does not have is refused in the form,
+/// naming the columns it has.
+#[test]
+fn the_training_form_refuses_what_the_job_would_fail_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char(' '));
+    app.ds_sel = 0;
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    key(&mut app, KeyCode::Char(' '));
+    key(&mut app, KeyCode::Char('t'));
+    assert!(app.form.is_none());
+    assert!(
+        app.notice.as_deref().unwrap().contains("scmz merge"),
+        "{:?}",
+        app.notice
+    );
+    app.marked.clear();
+    app.notice = None;
+    app.ds_sel = 0;
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('t'));
+    let form = app.form.clone().expect("form open");
+    assert!(
+        form.columns.as_ref().unwrap().contains(&"bulk_labels".to_string()),
+        "{form:?}"
+    );
+    // Focus the batch key (name, likelihood, epochs, batch key) and type a column it lacks.
+    for _ in 0..3 {
+        key(&mut app, KeyCode::Tab);
+    }
+    for c in "nosuch".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let notice = app.notice.clone().unwrap_or_default();
+    assert!(
+        notice.contains("batch key `nosuch`: no such obs column") && notice.contains("bulk_labels"),
+        "{notice}"
+    );
+    assert!(app.form.is_some());
+    assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+}
+
+/// A finished projection job says where it wrote.
+#[test]
+fn a_finished_projection_names_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let mut spec = ProjectSpec::defaults("d.h5ad".into(), "pbmc-tiny".into());
+    spec.output = Some("/tmp/projections/d.pbmc-tiny.h5ad".into());
+    let mut done = Job::new("20261125-190000-9".into(), EngineRequest::Project(Box::new(spec)), None);
+    done.state = JobState::Done;
+    done.created = "2026-11-25T19:00:00Z".into();
+    app.update(worker::Update::Jobs(vec![done]));
+    key(&mut app, KeyCode::Char('4'));
+    let text = render(&app, 120, 40);
+    assert!(text.contains("written to /tmp/projections/d.pbmc-tiny.h5ad"), "{text}");
+    // The folder `p` writes into is made before the job is submitted.
+    let mut spec = ProjectSpec::defaults("d.h5ad".into(), "m".into());
+    let out = dir.path().join("data/projections/d.m.h5ad");
+    spec.output = Some(out.clone());
+    let req = scmz::jobs::Submission::local(EngineRequest::Project(Box::new(spec)));
+    worker::make_output_folder(&req).unwrap();
+    assert!(out.parent().unwrap().is_dir());
+}
+
 #[test]
 fn the_training_form_submits_a_job_and_cancel_asks_first() {
     let dir = tempfile::tempdir().unwrap();

@@ -247,7 +247,21 @@ pub fn matrix(paths: &[PathBuf]) -> Update {
     Update::Matrix(result)
 }
 
+/// The TUI writes projections into scmz's own folder, made on first use (the engine refuses an
+/// output whose folder is not there: `p` on the Overlap screen failed so).
+pub fn make_output_folder(req: &Submission) -> Result<(), String> {
+    if let EngineRequest::Project(spec) = &req.request {
+        if let Some(parent) = spec.output.as_deref().and_then(Path::parent) {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn submit(s: &Sources, req: &Submission) -> Update {
+    if let Err(e) = make_output_folder(req) {
+        return Update::Notice(format!("could not start the job: {e}"));
+    }
     match Registry::new(&s.jobs).submit_request(req) {
         Ok(jobs) => Update::Notice(format!(
             "started job {} ({} {}); it keeps running after you quit",

@@ -73,8 +73,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     let records = &app.run.records;
     if job.kind() != "train" {
+        let written = match &job.request {
+            scmz::spec::EngineRequest::Project(spec) if job.state == scmz::jobs::JobState::Done => spec
+                .output
+                .as_ref()
+                .map(|o| format!("; written to {}", o.display()))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         let text = format!(
-            "{} job of model {}: {}{}",
+            "{} job of model {}: {}{}{written}",
             job.kind(),
             job.name.clone().unwrap_or_default(),
             job.state,
