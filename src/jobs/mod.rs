@@ -947,6 +947,39 @@ pub(crate) mod tests {
         assert!(matches!(reg.load("nope"), Err(JobError::NotFound(_))));
     }
 
+    /// A job that exited with an error code says the engine's error in its reason.
+    #[test]
+    fn a_failed_job_gives_the_engines_error_as_its_reason() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        std::fs::write(
+            &log,
+            "epoch 1/5 ...\nerror: x.h5ad: obs has no column `nosuch`; name one of: cell_type\n\n",
+        )
+        .unwrap();
+        let mut j = Job::new("a".into(), train("m"), None);
+        finish(&mut j, std::process::ExitStatus::from_raw(1 << 8));
+        assert!(j.reason.as_deref().unwrap().starts_with("exited with code 1"));
+        supervise::explain_failure(&mut j, &log);
+        assert_eq!(
+            j.reason.as_deref(),
+            Some("x.h5ad: obs has no column `nosuch`; name one of: cell_type (exit code 1; `scmz jobs logs a`)")
+        );
+        // A cancel, a kill or a log without an error line keeps its own reason.
+        let mut k = Job::new("b".into(), train("m"), None);
+        finish(&mut k, std::process::ExitStatus::from_raw(9));
+        let before = k.reason.clone();
+        supervise::explain_failure(&mut k, &log);
+        assert_eq!(k.reason, before);
+        std::fs::write(&log, "no error here\n").unwrap();
+        let mut n = Job::new("c".into(), train("m"), None);
+        finish(&mut n, std::process::ExitStatus::from_raw(2 << 8));
+        let before = n.reason.clone();
+        supervise::explain_failure(&mut n, &log);
+        assert_eq!(n.reason, before);
+    }
+
     #[test]
     fn a_resumed_job_names_the_job_that_continues_it() {
         let mut j = Job::new("a".into(), train("m"), None);

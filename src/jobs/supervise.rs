@@ -127,8 +127,40 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let _lock = reg.lock()?;
     let mut job = reg.load(id)?;
     finish(&mut job, status);
+    explain_failure(&mut job, &reg.job_dir(id).join("stderr.log"));
     reg.save(&job)?;
     Ok(job)
+}
+
+/// A job that failed with an exit code says why in its reason, in one line: the engine's last
+/// `error:` line from its stderr log ("exited with code 1" alone hid it behind `scmz jobs logs`).
+pub(crate) fn explain_failure(job: &mut Job, stderr_log: &Path) {
+    if job.state != JobState::Failed || job.signal.is_some() || !matches!(job.exit_code, Some(c) if c != 143) {
+        return;
+    }
+    let Some(line) = last_error_line(stderr_log) else {
+        return;
+    };
+    let code = job.exit_code.unwrap_or_default();
+    job.reason = Some(format!("{line} (exit code {code}; `scmz jobs logs {}`)", job.id));
+}
+
+/// The last line of `path` that starts with `error: `, without it, at most 400 characters,
+/// printable; read from the file's last 64 KiB.
+fn last_error_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().find_map(|l| l.trim().strip_prefix("error: "))?;
+    let line = crate::files::printable(line.trim());
+    Some(match line.char_indices().nth(400) {
+        Some((i, _)) => format!("{}...", &line[..i]),
+        None => line.into_owned(),
+    })
 }
 
 /// Prints (through `out`) what job `id` writes to `file` in its folder (`stderr.log`: the engine's
