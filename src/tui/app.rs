@@ -341,12 +341,15 @@ impl App {
                 self.model_sel = self.model_sel.min(self.models.len().saturating_sub(1));
                 self.ov_model = self.ov_model.min(self.models.len().saturating_sub(1));
                 self.models_loaded = true;
+                // Models and jobs come from different worker threads, in either order.
+                if self.jobs_loaded {
+                    self.maybe_start_demo();
+                }
             }
             Update::Jobs(j) => {
                 self.jobs = j;
                 self.jobs_loaded = true;
                 self.job_sel = self.job_sel.min(self.jobs.len().saturating_sub(1));
-                // The worker sends models before jobs: both are known now.
                 if self.models_loaded {
                     self.maybe_start_demo();
                 }

@@ -511,3 +511,45 @@ fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_w
     let mut app = demo(vec![running]);
     assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
 }
+
+/// The monitor is never held up by slow work: with the pairwise matrix computing over 60
+/// datasets, a refresh of the jobs (and the followed log) is answered first.
+#[test]
+fn job_polling_is_answered_while_the_matrix_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..60)
+        .map(|i| {
+            let p = dir.path().join(format!("copy{i:02}.h5ad"));
+            std::fs::copy(data().join("pbmc68k_counts.h5ad"), &p).unwrap();
+            p
+        })
+        .collect();
+    let sources = Sources {
+        data_dirs: vec![dir.path().to_path_buf()],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+        scan_worker: None,
+    };
+    let (req_tx, req_rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        worker::run(sources, PathBuf::from("scmz-engine"), req_rx, move |u| {
+            let _ = tx.send(u);
+        })
+    });
+    req_tx.send(Request::Matrix(paths)).unwrap();
+    req_tx.send(Request::Refresh { all: false }).unwrap();
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap() {
+            worker::Update::Jobs(_) => order.push("jobs"),
+            worker::Update::Matrix(m) => {
+                assert_eq!(m.unwrap().len(), 60 * 60, "every pair of 60 datasets");
+                order.push("matrix");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(order, ["jobs", "matrix"]);
+}

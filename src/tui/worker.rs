@@ -280,21 +280,28 @@ pub fn cancel(s: &Sources, id: &str) -> Update {
     }
 }
 
-/// Runs requests until the channel closes; `send` delivers updates (it wakes the UI loop).
+/// Answers the app's requests on two threads, so that slow work never holds up the monitor: this
+/// one polls jobs and the followed event log and submits and cancels (each answer in
+/// milliseconds); `slow_work` reads the catalog, the zoo, dataset details, overlaps and the
+/// matrix, where a newer request of a kind supersedes the older ones still waiting.
 pub fn run(
     s: Sources,
     engine: PathBuf,
     requests: mpsc::Receiver<Request>,
     send: impl Fn(Update) + Send + Clone + 'static,
 ) {
+    let (slow_tx, slow_rx) = mpsc::channel::<Request>();
+    {
+        let (s, send) = (s.clone(), send.clone());
+        std::thread::spawn(move || slow_work(&s, &engine, slow_rx, send));
+    }
     let mut tails: HashMap<PathBuf, LogTail> = HashMap::new();
     let mut followed: Option<PathBuf> = None;
     for req in requests {
         match req {
             Request::Refresh { all } => {
                 if all {
-                    send(datasets(&s));
-                    send(models(&s));
+                    let _ = slow_tx.send(Request::Refresh { all });
                 }
                 send(jobs(&s));
                 if let Some(p) = &followed {
@@ -321,14 +328,9 @@ pub fn run(
                     });
                 }
             }
-            Request::Details(p) => send(details(&p)),
-            Request::Overlap { dataset, model } => {
-                send(overlap(&s, &dataset, &model));
-                // The prediction takes a second or more: its own thread, so refreshes go on.
-                let (s2, e2, send2) = (s.clone(), engine.clone(), send.clone());
-                std::thread::spawn(move || send2(predicted(&s2, &e2, &dataset, &model)));
+            slow @ (Request::Details(_) | Request::Overlap { .. } | Request::Matrix(_)) => {
+                let _ = slow_tx.send(slow);
             }
-            Request::Matrix(paths) => send(matrix(&paths)),
             Request::Submit(req) => {
                 send(submit(&s, &req));
                 send(jobs(&s));
@@ -339,6 +341,47 @@ pub fn run(
                     send2(cancel(&s2, &id));
                     send2(jobs(&s2));
                 });
+            }
+        }
+    }
+}
+
+/// The slow requests, in order, but only the newest overlap, matrix and full refresh of those
+/// waiting: moving through datasets quickly asks for pairs no longer selected (the app drops
+/// their answers anyway), and they would delay the one on screen.
+fn slow_work(
+    s: &Sources,
+    engine: &Path,
+    requests: mpsc::Receiver<Request>,
+    send: impl Fn(Update) + Send + Clone + 'static,
+) {
+    while let Ok(first) = requests.recv() {
+        let batch: Vec<Request> = std::iter::once(first).chain(requests.try_iter()).collect();
+        let last = |is: fn(&Request) -> bool| batch.iter().rposition(is);
+        let newest = [
+            last(|r| matches!(r, Request::Refresh { .. })),
+            last(|r| matches!(r, Request::Overlap { .. })),
+            last(|r| matches!(r, Request::Matrix(_))),
+        ];
+        for (i, req) in batch.into_iter().enumerate() {
+            let superseded = !matches!(req, Request::Details(_)) && !newest.contains(&Some(i));
+            if superseded {
+                continue;
+            }
+            match req {
+                Request::Refresh { .. } => {
+                    send(datasets(s));
+                    send(models(s));
+                }
+                Request::Details(p) => send(details(&p)),
+                Request::Overlap { dataset, model } => {
+                    send(overlap(s, &dataset, &model));
+                    // The prediction takes a second or more: its own thread.
+                    let (s2, e2, send2) = (s.clone(), engine.to_path_buf(), send.clone());
+                    std::thread::spawn(move || send2(predicted(&s2, &e2, &dataset, &model)));
+                }
+                Request::Matrix(paths) => send(matrix(&paths)),
+                _ => {}
             }
         }
     }
