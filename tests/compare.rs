@@ -89,3 +89,31 @@ fn pretrained_versus_scratch_over_an_overlap_sweep_is_reproducible() {
     assert_eq!(kept["verdicts"], b["verdicts"]);
     eprintln!("{}", serde_json::to_string_pretty(&a).unwrap());
 }
+
+/// A model trained with batches compares too (the scoring fed its decoder no batch columns and
+/// the engine panicked on a shape mismatch): the held-out cells are its first batch, as in
+/// `scmz project`.
+#[test]
+fn a_model_with_batches_compares() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = dir.path().join("zoo");
+    let input = data("pbmc68k_counts.h5ad");
+    let scmz = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args(args)
+            .env("SCMZ_ZOO", &zoo)
+            .output()
+            .unwrap()
+    };
+    let d = input.to_str().unwrap();
+    let o = scmz(&["train", d, "--name", "bat", "--epochs", "2", "--batch-key", "phase"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = scmz(&[
+        "compare", d, "--model", "bat", "--epochs", "1", "--seeds", "1", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert!(row["pretrained_ll"].as_f64().unwrap().is_finite(), "{v:#}");
+    assert!(row["scratch_ll"].as_f64().unwrap().is_finite(), "{v:#}");
+}

@@ -89,12 +89,20 @@ pub fn ari(a: &[usize], b: &[usize]) -> f64 {
     (index - expected) / (max - expected)
 }
 
-/// Mean log-likelihood per cell over the genes where `shared` is 1, and latent means.
-fn score(vae: &Vae, x: &CsrChunk, shared: &[f32], visible: Option<&[f32]>) -> anyhow::Result<(f64, Vec<f32>)> {
+/// Mean log-likelihood per cell over the genes where `shared` is 1, and latent means. A model
+/// trained with batches (`batches`: its categories) sees the cells as its first batch, as
+/// `scmz project` does by default.
+fn score(
+    vae: &Vae,
+    x: &CsrChunk,
+    shared: &[f32],
+    visible: Option<&[f32]>,
+    batches: &[String],
+) -> anyhow::Result<(f64, Vec<f32>)> {
     let n = x.n_rows();
     let g = x.n_cols;
     let cov = Covariates {
-        batch: None,
+        batch: (!batches.is_empty()).then(|| (batches.to_vec(), vec![0; n])),
         labels: None,
         presence: None,
         classes: None,
@@ -294,11 +302,12 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
             let t = Instant::now();
             let test_x = tds.read_all()?;
             let train_x = trds.read_all()?;
-            let (pre_ll, pre_test) = score(&vae, &to_model(&test_x), &visible, Some(&visible))?;
-            let (_, pre_train) = score(&vae, &to_model(&train_x), &visible, Some(&visible))?;
+            let batches = &m.architecture.batch_categories;
+            let (pre_ll, pre_test) = score(&vae, &to_model(&test_x), &visible, Some(&visible), batches)?;
+            let (_, pre_train) = score(&vae, &to_model(&train_x), &visible, Some(&visible), batches)?;
             let pretrained_secs = t.elapsed().as_secs_f64();
-            let (scr_ll, scr_test) = score(&scratch, &test_x, &shared_scratch, None)?;
-            let (_, scr_train) = score(&scratch, &train_x, &shared_scratch, None)?;
+            let (scr_ll, scr_test) = score(&scratch, &test_x, &shared_scratch, None, &[])?;
+            let (_, scr_train) = score(&scratch, &train_x, &shared_scratch, None, &[])?;
             let l = m.architecture.n_latent;
             let acc = |train_z: &[f32], test_z: &[f32]| {
                 labels.as_ref().map(|(_, _, codes)| {
