@@ -207,6 +207,14 @@ fn epochs(s: &str) -> Result<usize, String> {
     }
 }
 
+/// Fine-tuning epochs: 0 (none) to 1,000,000.
+fn at_most_epochs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= 1_000_000 => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number of epochs from 0 to 1,000,000")),
+    }
+}
+
 /// Adam's step size: above 0 and at most 1 (scvi-tools trains at 1e-3; above 1 every step
 /// overshoots and the loss becomes NaN).
 fn learning_rate(s: &str) -> Result<f64, String> {
@@ -484,11 +492,44 @@ impl EngineRequest {
         let at = args.iter().position(|a| a == "--").unwrap_or(args.len());
         args.insert(at, flag);
         let mut next = Self::parse_with(&kind, &args, true)?;
-        if let EngineRequest::Train(s) = &mut next {
-            s.name = format!("{}-{key}-{value}", s.name);
+        // Each setting writes its own model or output, named after the setting.
+        let tag = format!("{key}-{}", name_part(value));
+        match &mut next {
+            EngineRequest::Train(s) => {
+                s.name = format!("{}-{tag}", s.name);
+                crate::zoo::check_name(&s.name)?;
+            }
+            EngineRequest::Project(s) => s.output = s.output.as_deref().map(|o| tagged(o, &tag)),
+            EngineRequest::Compare(s) => s.out = s.out.as_deref().map(|o| tagged(o, &tag)),
         }
         Ok(next)
     }
+}
+
+/// A swept value as part of a model or file name: letters, digits, `.`, `_` and `-` kept,
+/// anything else left out (`hvg:2000` -> `hvg2000`, a path -> its letters).
+fn name_part(value: &str) -> String {
+    let kept: String = value
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
+    match kept.trim_start_matches('.') {
+        "" => "x".into(),
+        k => k.chars().take(40).collect(),
+    }
+}
+
+/// `out.csv` with `tag` before its extension: `out-k-5.csv`.
+fn tagged(path: &std::path::Path, tag: &str) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{tag}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{tag}"),
+    };
+    path.with_file_name(name)
 }
 
 /// Every setting of a sweep: `key=v1,v2,...` (several keys separated by `;` give their grid),
@@ -534,6 +575,21 @@ pub fn expand_sweep(base: &EngineRequest, sweep: &str) -> Result<Vec<EngineReque
         }
         settings = next;
     }
+    // `n_latent=7,07` asks for one setting twice (under two names).
+    let unnamed = |r: &EngineRequest| match r {
+        EngineRequest::Train(s) => EngineRequest::Train(Box::new(TrainSpec {
+            name: String::new(),
+            ..s.as_ref().clone()
+        })),
+        other => other.clone(),
+    };
+    for (i, a) in settings.iter().enumerate() {
+        if settings[..i].iter().any(|b| unnamed(b) == unnamed(a)) {
+            return Err(format!(
+                "--sweep `{sweep}`: two values give the same setting; give each once"
+            ));
+        }
+    }
     Ok(settings)
 }
 
@@ -575,14 +631,14 @@ pub struct ProjectSpec {
     #[arg(long)]
     pub force: bool,
     /// Neighbours for label transfer.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = positive, allow_negative_numbers = true)]
     pub k: usize,
     /// Batch category of the model to encode the cells as [default: the first].
     #[arg(long)]
     pub batch_category: Option<String>,
     /// Fine-tune for a query from a new batch: add a batch category named after the data and train
     /// only its parameters on the query for this many epochs (batch models only).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = at_most_epochs, allow_negative_numbers = true)]
     pub finetune: usize,
     /// Where to encode: a GPU when libtorch sees one (auto), cpu or cuda. Fine-tuning runs on the
     /// CPU.
@@ -730,5 +786,28 @@ mod tests {
             .unwrap_err()
             .contains("empty value"));
         assert!(expand_sweep(&base, " ; ").unwrap_err().contains("no setting"));
+        // Values that are no name part are made one; one setting twice is refused.
+        let g = expand_sweep(&base, "genes=all,hvg:100").unwrap();
+        assert_eq!(spec(&g[1]).name, "m-genes-hvg100");
+        assert!(expand_sweep(&base, "n_latent=7,07")
+            .unwrap_err()
+            .contains("same setting"));
+        // Projections and comparisons write one output per setting.
+        let p = EngineRequest::parse("project", &words("d.h5ad --model m -o out/p.csv")).unwrap();
+        let outs: Vec<_> = expand_sweep(&p, "missing=mask,zero")
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                EngineRequest::Project(s) => s.output.unwrap(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            outs,
+            [
+                PathBuf::from("out/p-missing-mask.csv"),
+                PathBuf::from("out/p-missing-zero.csv")
+            ]
+        );
     }
 }

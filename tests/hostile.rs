@@ -1755,3 +1755,34 @@ fn a_sweep_with_a_bad_setting_queues_nothing() {
         );
     }
 }
+
+/// `--check-only` never becomes a job that runs in full; a job resumed from a record edited to
+/// settings the engine refuses is refused before it is queued again.
+#[test]
+fn check_only_is_not_a_job_and_resume_checks_first() {
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let si = input.to_str().unwrap();
+    let o = scmz(
+        root.path(),
+        &["train", si, "--name", "co", "--epochs", "2", "--check-only", "--detach"],
+    );
+    refused(&o, 1, &["--check-only", "--detach"]);
+    assert!(!files_below(root.path()).iter().any(|f| f.ends_with("job.json")));
+    let o = scmz(root.path(), &["train", si, "--name", "ed", "--epochs", "2", "--detach"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
+    let mut j = wait_record(root.path(), &id, "done", |j| j["state"] == "done");
+    j["state"] = "failed".into();
+    j["spec"]["n_latent"] = 0.into();
+    let path = root.path().join("state/jobs").join(&id).join("job.json");
+    std::fs::write(&path, serde_json::to_vec(&j).unwrap()).unwrap();
+    let o = scmz(root.path(), &["jobs", "resume", &id]);
+    refused(&o, 2, &["n-latent", "at least 1"]);
+    let records = files_below(&root.path().join("state/jobs"));
+    assert_eq!(
+        records.iter().filter(|f| f.ends_with("job.json")).count(),
+        1,
+        "{records:?}"
+    );
+}

@@ -213,6 +213,8 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         spec.resume = true;
         spec.restart = false;
     }
+    // An edited record, or a failure that would come again (a bad key), is refused now.
+    super::check_before_queueing(&request)?;
     let req = Submission {
         request,
         backend: job.backend.clone(),

@@ -382,6 +382,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
     let args = |r: &EngineRequest| r.to_args().map_err(|e| anyhow::anyhow!(e));
     if let Some(req) = jobs::submission(&request, flags)? {
+        if request.check_only() == request && request.kind() != "compare" {
+            anyhow::bail!(
+                "--check-only checks in this terminal and runs nothing: leave out --detach, --backend and --sweep"
+            );
+        }
         // What the engine would refuse at once is refused now, not after the job's turn comes:
         // every setting of a sweep is parsed as the engine would, and the first checked in full.
         let mut first = req.request.clone();
@@ -390,21 +395,26 @@ fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}; sweep options of `scmz {} --help`", request.kind()))?;
             first = settings.into_iter().next().unwrap_or(first);
         }
-        let check = match &request {
-            EngineRequest::Train(_) => true,
-            EngineRequest::Project(_) => req.sweep.is_none(),
-            EngineRequest::Compare(_) => false,
-        };
-        if check {
-            let code = models::run_engine(&args(&first.check_only())?)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-        }
+        check_before_queueing(&first)?;
         jobs::submit(&req)?;
         return Ok(());
     }
     let code = models::run_engine(&args(&request)?)?;
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// What the engine would refuse at once (settings, data, model, zoo, outputs: its
+/// `--check-only`) is refused before a job is queued, not when its turn comes. Comparisons have
+/// no such check.
+pub fn check_before_queueing(request: &EngineRequest) -> anyhow::Result<()> {
+    if request.kind() == "compare" {
+        return Ok(());
+    }
+    let args = request.check_only().to_args().map_err(|e| anyhow::anyhow!(e))?;
+    let code = models::run_engine(&args)?;
     if code != 0 {
         std::process::exit(code);
     }

@@ -800,8 +800,13 @@ fn migrate_args(record: &mut serde_json::Value, kind: &str) -> Result<(), String
     let Some(args) = obj.remove("args") else {
         return Ok(());
     };
-    let args: Vec<String> =
+    let mut args: Vec<String> =
         serde_json::from_value(args).map_err(|e| format!("its `args` are not a command line ({e})"))?;
+    // Older `scmz jobs resume` appended `--resume`, after a `--` too.
+    if args.contains(&"--".to_string()) && args.last().is_some_and(|a| a == "--resume") {
+        args.pop();
+        args.insert(0, "--resume".into());
+    }
     let request = EngineRequest::parse(kind, &args).map_err(|e| format!("its `args` do not parse ({e})"))?;
     let spec = serde_json::to_value(&request)
         .ok()
@@ -921,6 +926,13 @@ pub(crate) mod tests {
         assert_eq!((spec.name.as_str(), spec.n_latent), ("old", 7));
         assert_eq!(spec.norm, crate::spec::Norm::Layer);
         assert_eq!(spec.data, [PathBuf::from("x.h5ad")]);
+        old["args"] = serde_json::json!(["--name", "old", "--", "-x.h5ad", "--resume"]);
+        std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        let EngineRequest::Train(spec) = reg.load(&job.id).unwrap().request else {
+            panic!("not a training")
+        };
+        assert!(spec.resume);
+        assert_eq!(spec.data, [PathBuf::from("-x.h5ad")]);
         old["args"] = serde_json::json!(["x.h5ad", "--name", "old", "--norm", "lyer"]);
         std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
         let e = reg.load(&job.id).unwrap_err().to_string();

@@ -65,10 +65,10 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let engine = engine_path(&reg.scmz);
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| JobError::Backend(format!("cannot listen for SIGTERM: {e}")))?;
-    let args = job
-        .request
-        .to_args()
-        .map_err(|e| JobError::Backend(format!("job {id}: {e}")))?;
+    let args = match job.request.to_args() {
+        Ok(args) => args,
+        Err(e) => return fail_to_start(reg, id, e),
+    };
     let mut cmd = tokio::process::Command::new(&engine);
     cmd.args(&args)
         .env("SCMZ_JOB_ID", &job.id)
@@ -88,9 +88,10 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     unsafe {
         cmd.pre_exec(super::die_with_parent());
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| JobError::Backend(format!("{}: cannot start the engine ({e})", engine.display())))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return fail_to_start(reg, id, format!("{}: cannot start the engine ({e})", engine.display())),
+    };
     // Read again, under the queue's lock so that a cancel saved meanwhile is not overwritten:
     // it may have asked for a stop since (it waits for these pids).
     let job = {
@@ -128,6 +129,18 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     let mut job = reg.load(id)?;
     finish(&mut job, status);
     explain_failure(&mut job, &reg.job_dir(id).join("stderr.log"));
+    reg.save(&job)?;
+    Ok(job)
+}
+
+/// Records a job whose engine could not be started as failed, with why (it was taken for one
+/// whose supervisor was killed).
+fn fail_to_start(reg: &Registry, id: &str, why: String) -> Result<Job, JobError> {
+    let _lock = reg.lock()?;
+    let mut job = reg.load(id)?;
+    job.state = JobState::Failed;
+    job.ended = Some(now_rfc3339());
+    job.reason = Some(format!("the engine could not be started: {why}"));
     reg.save(&job)?;
     Ok(job)
 }
