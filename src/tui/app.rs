@@ -136,6 +136,14 @@ impl TrainForm {
     }
 }
 
+/// A job's log in the log pane: `scroll` lines up from the end (0: the end, followed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogView {
+    pub job: String,
+    pub lines: Vec<String>,
+    pub scroll: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct RunView {
     pub path: Option<PathBuf>,
@@ -176,6 +184,8 @@ pub struct App {
     pub help: bool,
     pub form: Option<TrainForm>,
     pub confirm_cancel: Option<String>,
+    /// The log pane (Enter on a job): its stderr log, followed while open.
+    pub log_view: Option<LogView>,
     pub notice: Option<String>,
     /// Start a short training job when the zoo is empty (the demo's first run).
     pub demo: Option<PathBuf>,
@@ -201,6 +211,7 @@ impl App {
             filter: String::new(),
             filtering: false,
             marked: HashSet::new(),
+            log_view: None,
             details: HashMap::new(),
             model_sel: 0,
             job_sel: 0,
@@ -380,6 +391,12 @@ impl App {
             }
             Update::Matrix(m) => self.matrix = Some(m),
             Update::Notice(n) => self.notice = Some(n),
+            Update::JobLog { job, lines } => {
+                if let Some(view) = self.log_view.as_mut().filter(|v| v.job == job) {
+                    view.lines = lines;
+                    view.scroll = view.scroll.min(view.lines.len().saturating_sub(1));
+                }
+            }
         }
     }
 
@@ -500,6 +517,24 @@ impl App {
             self.form_key(k);
             return;
         }
+        if let Some(view) = self.log_view.as_mut() {
+            let page = 10;
+            let most = view.lines.len().saturating_sub(1);
+            match k.code {
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') => {
+                    self.log_view = None;
+                    self.outbox.push(Request::JobLog(None));
+                }
+                KeyCode::Up | KeyCode::Char('k') => view.scroll = (view.scroll + 1).min(most),
+                KeyCode::Down | KeyCode::Char('j') => view.scroll = view.scroll.saturating_sub(1),
+                KeyCode::PageUp => view.scroll = (view.scroll + page).min(most),
+                KeyCode::PageDown => view.scroll = view.scroll.saturating_sub(page),
+                KeyCode::Char('g') | KeyCode::Home => view.scroll = most,
+                KeyCode::Char('G') | KeyCode::End => view.scroll = 0,
+                _ => {}
+            }
+            return;
+        }
         if self.filtering {
             match k.code {
                 KeyCode::Esc => {
@@ -590,6 +625,15 @@ impl App {
                 };
             }
             (Screen::Models | Screen::Jobs, KeyCode::Char('L')) => self.log_scale = !self.log_scale,
+            (Screen::Jobs, KeyCode::Enter) => {
+                if let Some(id) = self.selected_job().map(|j| j.id.clone()) {
+                    self.log_view = Some(LogView {
+                        job: id.clone(),
+                        ..Default::default()
+                    });
+                    self.outbox.push(Request::JobLog(Some(id)));
+                }
+            }
             (Screen::Jobs, KeyCode::Char('c')) => match self.selected_job() {
                 Some(j) if j.backend == "terminal" => {
                     self.notice = Some("this run belongs to a terminal: stop it there with Ctrl-C".into())

@@ -44,6 +44,7 @@ pub const BINDINGS: &[Binding] = &[
     b("h/l ←/→", "datasets / models list", "lists", &[Overlap], true),
     b("m", "pairwise matrix of all datasets", "matrix", &[Overlap], true),
     b("p", "project the dataset with the model", "project", &[Overlap], true),
+    b("Enter", "the job's log (scroll, Esc closes)", "log", &[Jobs], true),
     b("c", "cancel the job", "cancel", &[Jobs], true),
     b("e", "loss term: total / recon / KL", "term", &[Models, Jobs], true),
     b("L", "log scale", "log", &[Models, Jobs], true),

@@ -111,6 +111,7 @@ fn serve(app: &mut App, s: &Sources) {
                 }
                 Request::Overlap { dataset, model } => app.update(worker::overlap(s, &dataset, &model)),
                 Request::Matrix(paths) => app.update(worker::matrix(&paths)),
+                Request::JobLog(Some(job)) => app.update(worker::job_log(s, &job)),
                 _ => {}
             }
         }
@@ -552,4 +553,45 @@ fn job_polling_is_answered_while_the_matrix_computes() {
         }
     }
     assert_eq!(order, ["jobs", "matrix"]);
+}
+
+/// Enter on a job opens its log (the engine's stderr), at its end and followed; it scrolls, and
+/// Esc closes it and stops following.
+#[test]
+fn the_log_pane_shows_a_jobs_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    key(&mut app, KeyCode::Char('4'));
+    let id = app.selected_job().unwrap().id.clone();
+    let lines: Vec<String> = (1..=40).map(|i| format!("epoch {i}/40 line")).collect();
+    let long = format!(
+        "error: {}/x.h5ad: obs has no column `nosuch`",
+        "/very/long/folder".repeat(5)
+    );
+    let log = format!("{}\n{long}\n", lines.join("\n"));
+    std::fs::write(dir.path().join(&id).join("stderr.log"), log).unwrap();
+    key(&mut app, KeyCode::Enter);
+    let text = render(&app, 80, 24);
+    assert!(text.contains(&format!("Log of job {id}")), "{text}");
+    // The long line wraps: its end is on screen.
+    assert!(
+        text.contains("x.h5ad: obs has no column `nosuch`") && text.contains("following"),
+        "{text}"
+    );
+    assert!(!text.contains("epoch 1/40 line"), "{text}");
+    insta::assert_snapshot!("log_pane_80x24", text);
+    for _ in 0..30 {
+        key(&mut app, KeyCode::Up);
+    }
+    let text = render(&app, 80, 24);
+    assert!(
+        text.contains("epoch 1/40 line") && text.contains("30 lines up"),
+        "{text}"
+    );
+    app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert!(app.log_view.is_none());
+    assert!(app.take_requests().iter().any(|r| matches!(r, Request::JobLog(None))));
+    // A run started in a terminal has no log here, and says so.
+    let w = worker::job_log(&app.sources, "run:x");
+    assert!(matches!(w, worker::Update::JobLog { lines, .. } if lines[0].contains("terminal")));
 }

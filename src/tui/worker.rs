@@ -65,6 +65,8 @@ pub enum Request {
     Matrix(Vec<PathBuf>),
     Submit(Box<Submission>),
     Cancel(String),
+    /// The job whose log the log pane shows (sent again with each refresh), or none.
+    JobLog(Option<String>),
 }
 
 #[derive(Debug)]
@@ -91,6 +93,11 @@ pub enum Update {
     },
     Matrix(Result<Vec<OverlapReport>, String>),
     Notice(String),
+    /// The last lines of a job's stderr log.
+    JobLog {
+        job: String,
+        lines: Vec<String>,
+    },
 }
 
 pub fn datasets(s: &Sources) -> Update {
@@ -247,6 +254,44 @@ pub fn matrix(paths: &[PathBuf]) -> Update {
     Update::Matrix(result)
 }
 
+/// The last 2,000 lines (at most 256 KiB) of job `job`'s stderr log, each printable.
+pub fn job_log(s: &Sources, job: &str) -> Update {
+    use std::io::{Read, Seek, SeekFrom};
+    let lines = if job.starts_with("run:") {
+        vec!["a run started in a terminal: its output went to that terminal".to_string()]
+    } else {
+        let path = Registry::new(&s.jobs).job_dir(job).join("stderr.log");
+        let read = (|| -> Result<String, String> {
+            let mut f = scmz::files::open_regular(&path).map_err(|e| e.to_string())?;
+            let io = |e: std::io::Error| format!("{}: {e}", path.display());
+            let len = f.metadata().map_err(io)?.len();
+            f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).map_err(io)?;
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map_err(io)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        })();
+        match read {
+            Ok(text) => {
+                // A progress line rewritten with \r shows as its last state.
+                let all: Vec<String> = text
+                    .lines()
+                    .map(|l| scmz::files::printable(l.rsplit('\r').next().unwrap_or(l)).into_owned())
+                    .collect();
+                let skip = all.len().saturating_sub(2000);
+                match all.len() {
+                    0 => vec!["(the log is empty so far)".to_string()],
+                    _ => all.into_iter().skip(skip).collect(),
+                }
+            }
+            Err(e) => vec![e],
+        }
+    };
+    Update::JobLog {
+        job: job.to_string(),
+        lines,
+    }
+}
+
 /// The TUI writes projections into scmz's own folder, made on first use (the engine refuses an
 /// output whose folder is not there: `p` on the Overlap screen failed so).
 pub fn make_output_folder(req: &Submission) -> Result<(), String> {
@@ -297,13 +342,23 @@ pub fn run(
     }
     let mut tails: HashMap<PathBuf, LogTail> = HashMap::new();
     let mut followed: Option<PathBuf> = None;
+    let mut log_of: Option<String> = None;
     for req in requests {
         match req {
+            Request::JobLog(job) => {
+                log_of = job;
+                if let Some(job) = &log_of {
+                    send(job_log(&s, job));
+                }
+            }
             Request::Refresh { all } => {
                 if all {
                     let _ = slow_tx.send(Request::Refresh { all });
                 }
                 send(jobs(&s));
+                if let Some(job) = &log_of {
+                    send(job_log(&s, job));
+                }
                 if let Some(p) = &followed {
                     let tail = tails.entry(p.clone()).or_insert_with(|| LogTail::new(p));
                     let before = tail.records.len();

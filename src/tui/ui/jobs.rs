@@ -176,7 +176,12 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
             l2.push(Span::raw("first epoch running..."));
         }
     } else {
-        l1.push(Span::styled("  waiting for the run to start", app.theme.muted()));
+        let waiting = if job.state.is_final() {
+            "  the run never started"
+        } else {
+            "  waiting for the run to start"
+        };
+        l1.push(Span::styled(waiting, app.theme.muted()));
     }
     let mut l3 = Vec::new();
     if let Some((status, best)) = end {

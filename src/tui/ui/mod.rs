@@ -71,8 +71,20 @@ fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
             Span::styled("  Enter keep  Esc clear", app.theme.muted()),
         ])
     } else {
+        // Help always shows (it lists every key); the others in order while they fit whole (a
+        // cut "q Ct" helped no one).
+        let width = |b: &keys::Binding| b.keys.chars().count() + b.short.chars().count() + 3;
+        let shown: Vec<_> = keys::for_screen(app.screen).filter(|b| b.footer).collect();
+        let help: usize = shown.iter().filter(|b| b.keys == "?").map(|b| width(b)).sum();
+        let mut room = (area.width as usize).saturating_sub(help);
         let mut spans = Vec::new();
-        for b in keys::for_screen(app.screen).filter(|b| b.footer) {
+        for b in shown {
+            if b.keys != "?" {
+                if width(b) > room {
+                    continue;
+                }
+                room -= width(b);
+            }
             spans.push(Span::styled(format!(" {}", b.keys), app.theme.accent()));
             spans.push(Span::styled(format!(" {} ", b.short), app.theme.muted()));
         }

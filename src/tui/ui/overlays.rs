@@ -89,6 +89,40 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 .block(block(app, "Train a model (runs as a background job)")),
             r,
         );
+    } else if let Some(view) = &app.log_view {
+        // The whole body, between the tabs and the footer.
+        let r = Rect {
+            y: area.y + 1,
+            height: area.height.saturating_sub(2),
+            ..area
+        };
+        let rows = r.height.saturating_sub(2) as usize;
+        // Long lines (an error naming a path) wrap, so that nothing is cut.
+        let width = r.width.saturating_sub(2).max(1) as usize;
+        let end = view.lines.len().saturating_sub(view.scroll);
+        let mut wrapped: Vec<String> = Vec::new();
+        for l in &view.lines[..end] {
+            let chars: Vec<char> = l.chars().collect();
+            if chars.is_empty() {
+                wrapped.push(String::new());
+            }
+            wrapped.extend(chars.chunks(width).map(|c| c.iter().collect::<String>()));
+        }
+        let start = wrapped.len().saturating_sub(rows);
+        let lines: Vec<Line> = wrapped[start..].iter().map(|l| Line::raw(l.as_str())).collect();
+        let state = if view.scroll == 0 {
+            "following".to_string()
+        } else {
+            format!("{} lines up", view.scroll)
+        };
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(lines).style(app.theme.base()).block(block(
+                app,
+                format!("Log of job {} ({state}; ↑↓ PgUp/PgDn, G end, Esc)", view.job),
+            )),
+            r,
+        );
     } else if let Some(id) = &app.confirm_cancel {
         let r = centered(area, 50, 4);
         f.render_widget(Clear, r);
