@@ -214,7 +214,10 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         spec.restart = false;
     }
     // An edited record, or a failure that would come again (a bad key), is refused now.
-    super::check_before_queueing(&request)?;
+    // In the folder it was submitted from; one that is gone fails the job with that reason.
+    if job.cwd.as_deref().is_none_or(std::path::Path::is_dir) {
+        super::check_before_queueing(&request, job.cwd.as_deref())?;
+    }
     let req = Submission {
         request,
         backend: job.backend.clone(),

@@ -395,7 +395,7 @@ fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}; sweep options of `scmz {} --help`", request.kind()))?;
             first = settings.into_iter().next().unwrap_or(first);
         }
-        check_before_queueing(&first)?;
+        check_before_queueing(&first, None)?;
         jobs::submit(&req)?;
         return Ok(());
     }
@@ -409,12 +409,13 @@ fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
 /// What the engine would refuse at once (settings, data, model, zoo, outputs: its
 /// `--check-only`) is refused before a job is queued, not when its turn comes. Comparisons have
 /// no such check.
-pub fn check_before_queueing(request: &EngineRequest) -> anyhow::Result<()> {
+/// `cwd`: the folder the request's relative paths are relative to (None: this one).
+pub fn check_before_queueing(request: &EngineRequest, cwd: Option<&std::path::Path>) -> anyhow::Result<()> {
     if request.kind() == "compare" {
         return Ok(());
     }
     let args = request.check_only().to_args().map_err(|e| anyhow::anyhow!(e))?;
-    let code = models::run_engine(&args)?;
+    let code = models::run_engine_in(&args, cwd)?;
     if code != 0 {
         std::process::exit(code);
     }

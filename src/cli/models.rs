@@ -181,9 +181,17 @@ pub fn engine_path() -> PathBuf {
 
 /// Runs `scmz-engine <args>` with this terminal, returning its exit code.
 pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
+    run_engine_in(args, None)
+}
+
+/// `run_engine` in folder `cwd` (a job's relative paths mean files there).
+pub fn run_engine_in(args: &[String], cwd: Option<&std::path::Path>) -> anyhow::Result<i32> {
     let engine = engine_path();
     let mut cmd = std::process::Command::new(&engine);
     cmd.args(args).env("SCMZ_FRONT_END", "scmz");
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
     // A foreground engine stops (with a checkpoint) when this process is killed.
     // SAFETY: the hook makes only async-signal-safe calls.
     unsafe {
