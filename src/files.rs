@@ -83,28 +83,23 @@ impl Drop for Pending {
     }
 }
 
-static SIGNALLED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn note_signal(sig: libc::c_int) {
-    SIGNALLED.store(sig, std::sync::atomic::Ordering::SeqCst);
-}
+/// The signal that asked this process to stop (0: none), set by `signal-hook`'s handler.
+static SIGNALLED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// For a command that writes outputs in the foreground (`merge`, `overlap --out`): SIGINT,
 /// SIGTERM or SIGHUP ends the process (status 128 + signal, as the default action would) after
 /// removing the temporary files it was writing, instead of leaving them beside the output.
-/// Hand-written (an atomic store in the handler and a watching thread) as the engine's stop
-/// handler is.
+/// The handler only sets a flag (`signal-hook`); a watching thread does the rest.
 pub fn remove_pending_on_signal() {
-    let handler = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::signal(sig, handler);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        if let Err(e) = signal_hook::flag::register_usize(sig, std::sync::Arc::clone(&SIGNALLED), sig as usize) {
+            eprintln!("warning: cannot handle signal {sig} ({e}); a stop may leave a temporary file");
         }
     }
     std::thread::spawn(|| loop {
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let sig = SIGNALLED.load(std::sync::atomic::Ordering::SeqCst);
+        let sig = SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) as libc::c_int;
         if sig != 0 {
             remove_pending();
             let name = match sig {

@@ -601,22 +601,22 @@ impl DeviceSums {
 
 /// Set by SIGTERM or SIGINT: training stops after the current step, keeping the last epoch's
 /// checkpoint, so `--resume` continues from there (`scmz jobs cancel` and Ctrl-C both land here).
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STOP: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(Default::default);
 /// Set when the epoch loop starts: from then on the loop answers a stop (with a checkpoint), and
 /// after it the save runs to its end; before it, `crate::watch_job` does.
 pub(crate) static TRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-extern "C" fn request_stop(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
+/// SIGTERM and SIGINT set `STOP` (`signal-hook`'s flag handler), once per process.
 pub(crate) fn install_stop_handlers() {
-    let handler = request_stop as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&STOP)) {
+                eprintln!("warning: cannot handle signal {sig} ({e}); a cancel will lose the current epoch");
+            }
+        }
+    });
     // A stop that came while the engine was starting (`jobs::die_with_parent`) lands now.
     scmz::jobs::unblock_sigterm();
 }
