@@ -311,9 +311,9 @@ impl ProjectSpec {
         parse_spec(&[model, "--predict-only".into(), "--".into(), shown], false)
             .map(|s: ProjectSpec| ProjectSpec {
                 predict_only: false,
+                data,
                 ..s
             })
-            .map(|s| ProjectSpec { data, ..s })
             .expect("the defaults parse")
     }
 
@@ -431,12 +431,12 @@ impl EngineRequest {
 
     /// The engine's command line: the command, then the spec's flags.
     pub fn to_args(&self) -> Result<Vec<String>, String> {
-        let (mut flags, check_only) = match self {
-            EngineRequest::Train(s) => (spec_flags(s.as_ref())?, s.check_only),
-            EngineRequest::Project(s) => (spec_flags(s.as_ref())?, s.check_only),
-            EngineRequest::Compare(s) => (spec_flags(s.as_ref())?, false),
+        let mut flags = match self {
+            EngineRequest::Train(s) => spec_flags(s.as_ref())?,
+            EngineRequest::Project(s) => spec_flags(s.as_ref())?,
+            EngineRequest::Compare(s) => spec_flags(s.as_ref())?,
         };
-        if check_only {
+        if self.is_check_only() {
             let at = flags.iter().position(|a| a == "--").unwrap_or(flags.len());
             flags.insert(at, "--check-only".into());
         }
@@ -453,6 +453,15 @@ impl EngineRequest {
             EngineRequest::Compare(_) => {}
         }
         r
+    }
+
+    /// Whether the request only checks (`--check-only`).
+    pub fn is_check_only(&self) -> bool {
+        match self {
+            EngineRequest::Train(s) => s.check_only,
+            EngineRequest::Project(s) => s.check_only,
+            EngineRequest::Compare(_) => false,
+        }
     }
 
     /// The model the request trains (train) or applies (project, compare).

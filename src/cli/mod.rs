@@ -382,7 +382,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
     let args = |r: &EngineRequest| r.to_args().map_err(|e| anyhow::anyhow!(e));
     if let Some(req) = jobs::submission(&request, flags)? {
-        if request.check_only() == request && request.kind() != "compare" {
+        if request.is_check_only() {
             anyhow::bail!(
                 "--check-only checks in this terminal and runs nothing: leave out --detach, --backend and --sweep"
             );
