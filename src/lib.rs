@@ -14,6 +14,8 @@
 //! - [`tables`], [`config`], [`events`]: report tables, `config.toml`, the run event log.
 //! - [`jobs`]: the job registry and queue, the supervisor, the local and Slurm backends.
 //! - [`zoo`]: model folders, manifests, checksums, installation.
+//! - [`scvi_tools`]: scvi-tools models into the zoo (`scmz import`): `torch.save` files read by a
+//!   pickle reader that runs nothing, weights renamed and checked against the architecture.
 //!
 //! Binaries:
 //! - `scmz` (`src/main.rs`, `src/cli/`, `src/tui/`): the command line and the terminal UI, over
@@ -33,6 +35,7 @@ pub mod events;
 pub mod files;
 pub mod genes;
 pub mod jobs;
+pub mod scvi_tools;
 pub mod spec;
 pub mod tables;
 pub mod zoo;

@@ -159,6 +159,21 @@ enum Command {
     /// One model of the zoo.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Bring a scvi-tools model (SCVI or SCANVI, saved with `model.save(DIR)`) into the zoo. Its
+    /// `model.pt` is read without running the pickle inside.
+    Import {
+        /// The folder `model.save()` wrote (or its `model.pt`).
+        dir: PathBuf,
+        /// The model's name in the zoo.
+        #[arg(long)]
+        name: String,
+        /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        /// Replace a model of that name.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -332,6 +347,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Some(Command::Models { zoo, json }) => models::list(zoo, json),
         Some(Command::Model(ModelCommand::Show { name, zoo, json })) => models::show(zoo, &name, json),
+        Some(Command::Import {
+            dir,
+            name,
+            zoo,
+            overwrite,
+        }) => {
+            scmz::files::remove_pending_on_signal();
+            models::import(&dir, &name, zoo, overwrite)
+        }
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));

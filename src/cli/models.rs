@@ -62,6 +62,41 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `scmz import DIR --name NAME`.
+pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overwrite: bool) -> anyhow::Result<()> {
+    let zoo = zoo(zoo_dir);
+    if !overwrite && zoo.model_dir(name).join("manifest.json").exists() {
+        anyhow::bail!(
+            "{}: a model `{name}` is already there; pick another --name or add --overwrite",
+            zoo.dir.display()
+        );
+    }
+    let r = scmz::scvi_tools::import::import(dir, name, &zoo).map_err(anyhow::Error::msg)?;
+    let a = &r.manifest.architecture;
+    eprintln!(
+        "imported scvi-tools {} {} as `{name}` in {}: {} genes, {} x {} hidden, {} latent, {}{}{}",
+        r.version,
+        r.class,
+        r.dir.display(),
+        thousands(a.n_genes as u64),
+        a.n_layers,
+        a.n_hidden,
+        a.n_latent,
+        a.likelihood,
+        if a.batch_categories.is_empty() {
+            String::new()
+        } else {
+            format!(", {} batches", a.batch_categories.len())
+        },
+        if a.classifier_labels.is_empty() {
+            String::new()
+        } else {
+            format!(", a classifier of {} labels", a.classifier_labels.len())
+        },
+    );
+    Ok(())
+}
+
 pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> {
     let m = zoo(dir).load(name)?;
     if json {

@@ -135,6 +135,7 @@ mod tests {
             batch_categories: vec!["a".into(), "b".into()],
             masked_input: true,
             classifier_labels: Vec::new(),
+            layout: Default::default(),
         };
         let vs = nn::VarStore::new(Device::Cpu);
         let vae = Vae::new(&vs.root(), arch);

@@ -969,6 +969,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
         batch_categories: cov.batch.as_ref().map(|b| b.0.clone()).unwrap_or_default(),
         masked_input: cov.presence.is_some() || args.gene_dropout > 0.0,
         classifier_labels,
+        layout: Default::default(),
     };
     set_threads(n_genes);
     tch::manual_seed(args.seed as i64);
@@ -1416,6 +1417,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
                 sha256: sha256_file(&weights)?,
             },
             reference: Some(reference),
+            imported: None,
         };
         scmz::files::write_atomic(&staging.join("manifest.json"), &serde_json::to_vec_pretty(&manifest)?)?;
         Ok(zoo.install(&staging, &args.name)?)
@@ -1602,6 +1604,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: Like
         batch_categories: Vec::new(),
         masked_input: false,
         classifier_labels: Vec::new(),
+        layout: Default::default(),
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = Vae::new(&vs.root(), arch);

@@ -113,6 +113,14 @@ impl<L: Module> Block<L> {
     }
 }
 
+/// `[h, batch]`, or `h` without a batch.
+fn with_batch(h: Tensor, batch: Option<&Tensor>) -> Tensor {
+    match batch {
+        Some(b) => Tensor::cat(&[&h, b], 1),
+        None => h,
+    }
+}
+
 /// Diagnostics (`SCMZ_TRACE_DIR`): when set to a step number, dropout drops a fixed pattern
 /// instead of a random one (`fixed_dropout_mask`), so that `scripts/bench_parity.py` can replay
 /// training with dropout step for step; -1 (always, outside that script) is off.
@@ -142,7 +150,8 @@ pub struct Vae {
     encoder: Vec<Block>,
     mean: nn::Linear,
     logvar: nn::Linear,
-    decoder: Block,
+    /// The first decoder layer, then the others (`arch.layout.decoder_layers`).
+    decoder: Vec<Block>,
     scale: nn::Linear,
     zi_logits: Option<nn::Linear>,
     /// Gene-wise log inverse dispersion.
@@ -151,16 +160,18 @@ pub struct Vae {
     classifier: Option<Classifier>,
 }
 
-/// A cell-type classifier on the latent mean, shaped as scANVI's (one hidden block of the
-/// encoder's width, normalisation, ReLU and dropout, then a linear map to one logit per type).
+/// A cell-type classifier on the latent mean, shaped as scANVI's (hidden blocks of the
+/// encoder's width, normalisation, ReLU and dropout, one for scmz's own models, then a linear map
+/// to one logit per type).
 struct Classifier {
-    hidden: Block,
+    hidden: Vec<Block>,
     out: nn::Linear,
 }
 
 impl Classifier {
     fn logits(&self, mu: &Tensor, train: bool) -> Tensor {
-        self.out.forward(&self.hidden.forward(mu, train))
+        let h = self.hidden.iter().fold(mu.shallow_clone(), |h, b| b.forward(&h, train));
+        self.out.forward(&h)
     }
 }
 
@@ -355,7 +366,11 @@ impl Vae {
         let nb = arch.batch_categories.len() as i64;
         let h = arch.n_hidden as i64;
         let l = arch.n_latent as i64;
-        let n_in = if arch.masked_input { 2 * g } else { g } + nb;
+        let lay = &arch.layout;
+        let n_in = if arch.masked_input { 2 * g } else { g } + if lay.encode_batch { nb } else { 0 };
+        // Width of the batch one-hot that layers after the first take.
+        let deep = if lay.batch_every_layer { nb } else { 0 };
+        let enc_deep = if lay.encode_batch { deep } else { 0 };
         let input = Block::new(
             vs / "encoder" / 0,
             |p| InputLinear::new(p, n_in, h),
@@ -364,18 +379,44 @@ impl Vae {
             arch.dropout,
         );
         let encoder = (1..arch.n_layers.max(1))
-            .map(|i| Block::new(vs / "encoder" / i, |p| linear(p, h, h), h, arch.norm, arch.dropout))
+            .map(|i| {
+                Block::new(
+                    vs / "encoder" / i,
+                    |p| linear(p, h + enc_deep, h),
+                    h,
+                    arch.norm,
+                    arch.dropout,
+                )
+            })
             .collect();
         let mean = linear(vs / "z_mean", h, l);
         let logvar = linear(vs / "z_logvar", h, l);
-        let decoder = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, 0.0);
+        let first = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, 0.0);
+        let decoder = std::iter::once(first)
+            .chain(
+                (1..lay.decoder_layers.max(1))
+                    .map(|i| Block::new(vs / "decoder" / i, |p| linear(p, h + deep, h), h, arch.norm, 0.0)),
+            )
+            .collect();
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == Likelihood::Zinb).then(|| linear(vs / "px_dropout", h, g));
         let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
         let n_labels = arch.classifier_labels.len() as i64;
+        let n_cls = lay.classifier_layers;
         let classifier = (n_labels > 0).then(|| Classifier {
-            hidden: Block::new(vs / "classifier" / 0, |p| linear(p, l, h), h, arch.norm, arch.dropout),
-            out: linear(vs / "classifier" / "out", h, n_labels),
+            hidden: (0..n_cls)
+                .map(|i| {
+                    let n_in = if i == 0 { l } else { h };
+                    Block::new(
+                        vs / "classifier" / i,
+                        |p| linear(p, n_in, h),
+                        h,
+                        arch.norm,
+                        arch.dropout,
+                    )
+                })
+                .collect(),
+            out: linear(vs / "classifier" / "out", if n_cls == 0 { l } else { h }, n_labels),
         });
         Vae {
             arch,
@@ -421,8 +462,9 @@ impl Vae {
     fn encode_parts(&self, input: &Input, train: bool) -> (Tensor, Tensor, Option<SparseFirst>) {
         let (h, sparse_first) = self.first_layer(input);
         let mut h = self.input.activate(h, train);
+        let deep = self.arch.layout.batch_every_layer && self.arch.layout.encode_batch;
         for block in &self.encoder {
-            h = block.forward(&h, train);
+            h = block.forward(&with_batch(h, input.batch.filter(|_| deep)), train);
         }
         (
             self.mean.forward(&h),
@@ -459,7 +501,7 @@ impl Vae {
                 if let Some(v) = &visible {
                     h = Tensor::cat(&[&h * v, v.shallow_clone()], 1);
                 }
-                if let Some(b) = input.batch {
+                if let Some(b) = input.batch.filter(|_| self.arch.layout.encode_batch) {
                     h = Tensor::cat(&[&h, b], 1);
                 }
                 return (lin.forward(&h), None);
@@ -498,7 +540,7 @@ impl Vae {
                 };
             next += g;
         }
-        if let Some(b) = input.batch {
+        if let Some(b) = input.batch.filter(|_| self.arch.layout.encode_batch) {
             h = &h + b.matmul(&lin.wt.narrow(0, next, b.size()[1]));
         }
         (
@@ -509,6 +551,17 @@ impl Vae {
                 weights,
             }),
         )
+    }
+
+    /// The decoder's last hidden layer for latents `z` (the batch one-hot in its first layer, or
+    /// in every layer for models laid out so).
+    fn decode_hidden(&self, z: Tensor, batch: Option<&Tensor>, train: bool) -> Tensor {
+        let every = self.arch.layout.batch_every_layer;
+        let mut h = z;
+        for (i, block) in self.decoder.iter().enumerate() {
+            h = block.forward(&with_batch(h, batch.filter(|_| i == 0 || every)), train);
+        }
+        h
     }
 
     /// Gradients of `losses.total` for `params` (undefined for those it does not reach), the
@@ -563,11 +616,7 @@ impl Vae {
             }
             _ => None,
         };
-        let mut h = z;
-        if let Some(b) = input.batch {
-            h = Tensor::cat(&[&h, b], 1);
-        }
-        let h = self.decoder.forward(&h, train);
+        let h = self.decode_hidden(z, input.batch, train);
         let theta = self.log_theta.exp();
         let (ll_cell, surrogate) = match input.sparse {
             Some(sp) if sp.values.device() == Device::Cpu && self.arch.likelihood != Likelihood::Zinb => {
@@ -878,6 +927,7 @@ mod tests {
             batch_categories: Vec::new(),
             masked_input: true,
             classifier_labels: Vec::new(),
+            layout: Default::default(),
         }
     }
 

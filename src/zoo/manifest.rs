@@ -22,6 +22,43 @@ pub struct Architecture {
     /// Labels of the classifier head trained with the model (`--classifier`; empty: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub classifier_labels: Vec<String>,
+    /// Layer shapes of models that scmz did not train (imported from scvi-tools); scmz's own
+    /// models have the default, which their manifests leave out.
+    #[serde(default, skip_serializing_if = "Layout::is_scmz")]
+    pub layout: Layout,
+}
+
+/// How the layers are laid out beyond `n_layers`: scmz's own models have one decoder layer, the
+/// batch in the first layer of encoder and decoder, and a one-layer classifier; scvi-tools'
+/// models repeat the decoder `n_layers` times, may leave the batch out of the encoder
+/// (`encode_covariates`) and inject it into every layer (`deeply_inject_covariates`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layout {
+    pub decoder_layers: usize,
+    /// The encoder sees the batch one-hot.
+    pub encode_batch: bool,
+    /// The batch one-hot enters every hidden layer, not only the first.
+    pub batch_every_layer: bool,
+    /// Hidden layers of the classifier head (0: a linear classifier).
+    pub classifier_layers: usize,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            decoder_layers: 1,
+            encode_batch: true,
+            batch_every_layer: false,
+            classifier_layers: 1,
+        }
+    }
+}
+
+impl Layout {
+    pub fn is_scmz(&self) -> bool {
+        *self == Layout::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +167,22 @@ pub struct Manifest {
     pub metrics: Metrics,
     pub weights: FileRef,
     pub reference: Option<Reference>,
+    /// Where a model that scmz did not train came from (`scmz import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<Imported>,
+}
+
+/// The origin of an imported model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Imported {
+    /// The tool that saved it (`scvi-tools`) and its version there.
+    pub tool: String,
+    pub tool_version: String,
+    /// Its class in that tool (`SCVI`, `SCANVI`).
+    pub class: String,
+    /// The file read, and its sha256.
+    pub file: String,
+    pub sha256: String,
 }
 
 /// Brings a manifest of any earlier schema to the current one.
