@@ -175,6 +175,10 @@ pub struct App {
     /// 0: datasets list, 1: models list.
     pub ov_focus: usize,
     pub ov_matrix: bool,
+    /// The pairwise matrix's first shown row and column, for more datasets than fit.
+    pub mx_scroll: (usize, usize),
+    /// How many of the matrix's rows and columns the last drawing showed at once.
+    pub mx_fit: std::cell::Cell<(usize, usize)>,
     pub overlap: Option<(PathBuf, String, Result<Box<OverlapReport>, String>)>,
     pub predicted: Option<(PathBuf, String, Result<String, String>)>,
     pub matrix: Option<Result<Vec<OverlapReport>, String>>,
@@ -219,6 +223,8 @@ impl App {
             ov_model: 0,
             ov_focus: 0,
             ov_matrix: false,
+            mx_scroll: (0, 0),
+            mx_fit: std::cell::Cell::new((usize::MAX, usize::MAX)),
             overlap: None,
             predicted: None,
             matrix: None,
@@ -552,6 +558,28 @@ impl App {
             self.sync_details();
             return;
         }
+        if self.screen == Screen::Overlap && self.ov_matrix {
+            let n = self
+                .matrix
+                .as_ref()
+                .and_then(|m| m.as_ref().ok())
+                .map_or(0, |r| r.len().isqrt());
+            let (fit_rows, fit_cols) = self.mx_fit.get();
+            let (row, col) = &mut self.mx_scroll;
+            match k.code {
+                KeyCode::Down | KeyCode::Char('j') => *row = (*row + 1).min(n.saturating_sub(fit_rows)),
+                KeyCode::Up | KeyCode::Char('k') => *row = row.saturating_sub(1),
+                KeyCode::Right | KeyCode::Char('l') => *col = (*col + 1).min(n.saturating_sub(fit_cols)),
+                KeyCode::Left | KeyCode::Char('h') => *col = col.saturating_sub(1),
+                KeyCode::Home | KeyCode::Char('g') => self.mx_scroll = (0, 0),
+                _ => return self.global_key(k),
+            }
+            return;
+        }
+        self.global_key(k)
+    }
+
+    fn global_key(&mut self, k: KeyEvent) {
         match k.code {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('?') => self.help = true,

@@ -595,3 +595,49 @@ fn the_log_pane_shows_a_jobs_stderr() {
     let w = worker::job_log(&app.sources, "run:x");
     assert!(matches!(w, worker::Update::JobLog { lines, .. } if lines[0].contains("terminal")));
 }
+
+/// More datasets than fit: the pairwise matrix shows whole numbers only, says which rows and
+/// columns it shows, and the arrows scroll to the rest and stop at the last.
+#[test]
+fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('m'));
+    let n = app.matrix.as_ref().unwrap().as_ref().unwrap().len().isqrt();
+    assert!(n > 7, "the test needs more datasets than fit in 60 columns");
+    let first = render(&app, 60, 12);
+    assert!(first.contains(&format!("columns 1-7 of {n}")), "{first}");
+    // Every number is whole: 5 characters, one decimal.
+    for line in first
+        .lines()
+        .skip(2)
+        .filter(|l| l.starts_with('│') && !l.starts_with("│ "))
+    {
+        let cells: Vec<&str> = line.trim_matches('│').get(11..).unwrap().split_whitespace().collect();
+        assert_eq!(cells.len(), 7, "{line}");
+        assert!(
+            cells
+                .iter()
+                .all(|c| c.parse::<f64>().is_ok() && c.contains('.') && c.len() >= 3),
+            "{line}"
+        );
+    }
+    for _ in 0..2 * n {
+        key(&mut app, KeyCode::Right);
+        key(&mut app, KeyCode::Down);
+    }
+    let last = render(&app, 60, 12);
+    assert!(
+        last.contains(&format!("Rows {}-{n}", n - 6)) && last.contains(&format!("columns {}-{n} of {n}", n - 6)),
+        "{last}"
+    );
+    assert_ne!(first, last);
+    // Left goes back at once from the last column, not after the presses past it.
+    key(&mut app, KeyCode::Left);
+    assert!(render(&app, 60, 12).contains(&format!("columns {}-{} of {n}", n - 7, n - 1)));
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(render(&app, 60, 12), first);
+    // The arrows scrolled the matrix, not the lists behind it.
+    assert_eq!((app.ov_focus, app.ov_ds), (0, 0));
+}

@@ -182,21 +182,40 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
         Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
         Some(Ok(r)) => r,
     };
-    let n = (reports.len() as f64).sqrt().round() as usize;
+    let n = reports.len().isqrt();
+    // Whole numbers or none: a column is 5 characters and a space, a row one line, and what
+    // does not fit is scrolled to with the arrows.
+    let fit_cols = (area.width.saturating_sub(2 + 11) as usize / 6).max(1);
+    let fit_rows = (area.height.saturating_sub(3) as usize).max(1);
+    app.mx_fit.set((fit_rows, fit_cols));
+    let row0 = app.mx_scroll.0.min(n.saturating_sub(fit_rows));
+    let col0 = app.mx_scroll.1.min(n.saturating_sub(fit_cols));
+    let cols = col0..n.min(col0 + fit_cols);
+    let title = if n > fit_cols || n > fit_rows {
+        format!(
+            "Rows {}-{}, columns {}-{} of {n}: % of column's genes in row's (arrows; m: back)",
+            row0 + 1,
+            n.min(row0 + fit_rows),
+            cols.start + 1,
+            cols.end
+        )
+    } else {
+        title.to_string()
+    };
     let names: Vec<String> = reports.iter().take(n).map(|r| r.b.clone()).collect();
-    let short = |s: &str| {
+    let short = |s: &str, w: usize| {
         let s = std::path::Path::new(s)
             .file_stem()
             .map(|x| x.to_string_lossy().to_string())
             .unwrap_or_else(|| s.to_string());
-        s.chars().take(9).collect::<String>()
+        s.chars().take(w).collect::<String>()
     };
     let mut header = vec![String::new()];
-    header.extend(names.iter().map(|n| short(n)));
-    let rows: Vec<Row> = (0..n)
+    header.extend(names[cols.clone()].iter().map(|n| short(n, 5)));
+    let rows: Vec<Row> = (row0..n.min(row0 + fit_rows))
         .map(|i| {
-            let mut cells = vec![Span::raw(short(&reports[i * n].a))];
-            for j in 0..n {
+            let mut cells = vec![Span::raw(short(&reports[i * n].a, 10))];
+            for j in cols.clone() {
                 let r = &reports[i * n + j];
                 let c = if r.pct_b_found >= 90.0 {
                     app.theme.ok
@@ -211,11 +230,11 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let mut widths = vec![Constraint::Length(10)];
-    widths.extend(std::iter::repeat_n(Constraint::Length(9), n));
+    widths.extend(std::iter::repeat_n(Constraint::Length(5), cols.len()));
     f.render_widget(
         Table::new(rows, widths)
             .header(Row::new(header).style(app.theme.muted().add_modifier(Modifier::BOLD)))
-            .block(block(app, title)),
+            .block(block(app, &title)),
         area,
     );
 }

@@ -1,0 +1,289 @@
+//! `scmz import`: scvi-tools models (fixtures saved by scvi-tools 1.4.2 with
+//! `scripts/make_scvi_fixtures.py`) give scvi-tools' own latents and labels in scmz, and hostile
+//! or damaged model files are refused without anything of them being run.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{data, stderr};
+use scmz::data::{ColumnKind, Dataset};
+
+fn scmz(args: &[&str], zoo: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(args)
+        .env("SCMZ_ZOO", zoo)
+        .output()
+        .unwrap()
+}
+
+fn obs(path: &Path, column: &str) -> Vec<String> {
+    let ds = Dataset::open(path).unwrap();
+    match &ds.info().obs_column(column).unwrap().kind {
+        ColumnKind::Categorical { categories, codes, .. } => codes
+            .iter()
+            .map(|&c| categories.get(c as usize).cloned().unwrap_or_default())
+            .collect(),
+        k => panic!("{column}: {k:?}"),
+    }
+}
+
+fn csv(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+/// Imports fixture `name`, projects all 700 cells once per batch category, and returns each
+/// cell's latent (from the projection under its own batch) and the output of its last run.
+fn imported_latents(name: &str, zoo: &Path, out: &Path) -> (Vec<Vec<f32>>, Vec<std::path::PathBuf>) {
+    let fixture = data(&format!("scvi-tools/{name}"));
+    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", name], zoo);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let query = data("pbmc68k_counts.h5ad");
+    let phase = obs(&query, "phase");
+    let mut latents = vec![Vec::new(); phase.len()];
+    let mut outputs = Vec::new();
+    for cat in ["G1", "G2M", "S"] {
+        let file = out.join(format!("{name}-{cat}.h5ad"));
+        let o = scmz(
+            &[
+                "project",
+                query.to_str().unwrap(),
+                "--model",
+                name,
+                "-o",
+                file.to_str().unwrap(),
+                "--batch-category",
+                cat,
+            ],
+            zoo,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let z = hdf5::File::open(&file)
+            .unwrap()
+            .dataset("obsm/X_scmz")
+            .unwrap()
+            .read_2d::<f32>()
+            .unwrap();
+        for (i, p) in phase.iter().enumerate() {
+            if p == cat {
+                latents[i] = z.row(i).to_vec();
+            }
+        }
+        outputs.push(file);
+    }
+    (latents, outputs)
+}
+
+fn max_difference(name: &str, latents: &[Vec<f32>]) -> f32 {
+    let want = csv(&data(&format!("scvi-tools/{name}/latent.csv")));
+    assert_eq!(want.len(), latents.len());
+    let mut worst = 0f32;
+    for (w, z) in want.iter().zip(latents) {
+        assert_eq!(w.len(), z.len());
+        for (a, b) in w.iter().zip(z) {
+            worst = worst.max((a.parse::<f32>().unwrap() - b).abs());
+        }
+    }
+    worst
+}
+
+#[test]
+fn imported_scvi_models_give_scvi_tools_latents() {
+    let zoo = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for name in ["scvi_nb_1layer", "scvi_zinb_2layers"] {
+        let (latents, _) = imported_latents(name, zoo.path(), out.path());
+        let d = max_difference(name, &latents);
+        assert!(d < 1e-4, "{name}: latents differ from scvi-tools' by up to {d}");
+    }
+    let m = scmz::zoo::Zoo::new(zoo.path()).load("scvi_nb_1layer").unwrap();
+    let imported = m.imported.unwrap();
+    assert_eq!(
+        (imported.tool.as_str(), imported.class.as_str()),
+        ("scvi-tools", "SCVI")
+    );
+    assert_eq!(
+        imported.sha256,
+        scmz::zoo::sha256_file(&data("scvi-tools/scvi_nb_1layer/model.pt")).unwrap()
+    );
+    assert_eq!(m.training.batch_key.as_deref(), Some("phase"));
+    assert_eq!(m.genes.names.len(), 765);
+    // Saved with its AnnData: the training data is named.
+    assert_eq!(m.datasets.len(), 1);
+    assert_eq!(m.datasets[0].n_cells, 300);
+}
+
+#[test]
+fn imported_scanvi_labels_as_scvi_tools_predicts() {
+    let zoo = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let name = "scanvi_2layers";
+    let (latents, outputs) = imported_latents(name, zoo.path(), out.path());
+    let d = max_difference(name, &latents);
+    assert!(d < 1e-4, "latents differ from scvi-tools' by up to {d}");
+    let phase = obs(&data("pbmc68k_counts.h5ad"), "phase");
+    let want = csv(&data(&format!("scvi-tools/{name}/predict.csv")));
+    let mut agree = 0;
+    for (file, cat) in outputs.iter().zip(["G1", "G2M", "S"]) {
+        let label = obs(file, "scmz_classifier");
+        let prob = hdf5::File::open(file)
+            .unwrap()
+            .dataset("obs/scmz_classifier_probability")
+            .unwrap()
+            .read_raw::<f64>()
+            .unwrap();
+        for i in (0..phase.len()).filter(|&i| phase[i] == cat) {
+            agree += usize::from(label[i] == want[i + 1][0]);
+            let p: f64 = want[i + 1][1].parse().unwrap();
+            assert!(
+                (prob[i] - p).abs() < 1e-4,
+                "cell {i}: probability {} vs scvi-tools' {p}",
+                prob[i]
+            );
+        }
+    }
+    assert_eq!(agree, phase.len(), "labels that agree with scvi-tools' predict()");
+}
+
+#[test]
+fn models_scmz_cannot_reproduce_are_refused_and_leave_nothing() {
+    let zoo = tempfile::tempdir().unwrap();
+    let fixture = data("scvi-tools/scvi_poisson_libsize");
+    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "p"], zoo.path());
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("model.pt") && e.contains("use_observed_lib_size=False"),
+        "{e}"
+    );
+    assert!(!zoo.path().join("p").exists());
+    // A folder without a model file.
+    let empty = tempfile::tempdir().unwrap();
+    let o = scmz(&["import", empty.path().to_str().unwrap(), "--name", "p"], zoo.path());
+    assert!(stderr(&o).contains("holds no `model.pt`"), "{}", stderr(&o));
+    // A name that is not a plain folder name.
+    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "../x"], zoo.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(zoo.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "the zoo holds {left:?}");
+}
+
+/// A torch-style zip of the given entries (stored, as torch writes them).
+fn write_zip(path: &Path, entries: &[(&str, &[u8])]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut z = zip::ZipWriter::new(f);
+    let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, bytes) in entries {
+        z.start_file(*name, opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+fn import_file(file: &Path) -> String {
+    let zoo = tempfile::tempdir().unwrap();
+    let o = scmz(&["import", file.to_str().unwrap(), "--name", "bad"], zoo.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!zoo.path().join("bad").exists());
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    e
+}
+
+#[test]
+fn a_pickle_that_would_run_a_command_is_refused_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("MARK");
+    for module in ["os", "posix", "subprocess"] {
+        let (func, arg) = if module == "subprocess" {
+            ("call", "touch")
+        } else {
+            ("system", "touch")
+        };
+        // `__reduce__` of an object that calls module.func("touch MARK") when unpickled.
+        let cmd = format!("{arg} {}", mark.display());
+        let mut p = vec![0x80, 2];
+        p.extend(format!("c{module}\n{func}\n").bytes());
+        p.push(b'X');
+        p.extend((cmd.len() as u32).to_le_bytes());
+        p.extend(cmd.bytes());
+        p.extend([0x85, b'R', b'.']);
+        let file = dir.path().join(format!("{module}-model.pt"));
+        write_zip(&file, &[("archive/data.pkl", &p)]);
+        let e = import_file(&file);
+        assert!(e.contains(&format!("`{module}.{func}`")), "{e}");
+        assert!(!mark.exists(), "the pickle ran");
+    }
+    // builtins.eval, reached through STACK_GLOBAL (protocol 4).
+    let mut p = vec![0x80, 4];
+    for s in ["builtins", "eval"] {
+        p.push(0x8c);
+        p.push(s.len() as u8);
+        p.extend(s.bytes());
+    }
+    p.extend([0x93, b'.']);
+    let file = dir.path().join("eval-model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p)]);
+    assert!(import_file(&file).contains("`builtins.eval`"));
+}
+
+#[test]
+fn an_unknown_class_where_the_importer_looks_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    // {"attr_dict": mymod.Thing()}: built as an opaque value, never called.
+    let mut p = vec![0x80, 2, b'}', b'X'];
+    p.extend(9u32.to_le_bytes());
+    p.extend(b"attr_dict");
+    p.extend(b"cmymod\nThing\n)R");
+    p.extend([b's', b'.']);
+    let file = dir.path().join("model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p)]);
+    let e = import_file(&file);
+    assert!(e.contains("`mymod.Thing`") && e.contains("model.pt"), "{e}");
+}
+
+#[test]
+fn damaged_archives_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // An entry whose path leaves the archive.
+    let file = dir.path().join("dots-model.pt");
+    write_zip(&file, &[("../../etc/data.pkl", b"\x80\x02}.")]);
+    assert!(import_file(&file).contains("leaves the archive"));
+    // An entry that claims more bytes than the whole file: its sizes patched in both headers.
+    let file = dir.path().join("big-model.pt");
+    write_zip(&file, &[("archive/data.pkl", b"\x80\x02}.")]);
+    let mut b = std::fs::read(&file).unwrap();
+    let huge = 1u32 << 30;
+    for (sig, at) in [([0x50u8, 0x4b, 3, 4], 22usize), ([0x50, 0x4b, 1, 2], 24)] {
+        let i = b.windows(4).position(|w| w == sig).unwrap();
+        b[i + at..i + at + 4].copy_from_slice(&huge.to_le_bytes());
+    }
+    std::fs::write(&file, &b).unwrap();
+    let e = import_file(&file);
+    assert!(e.contains("more than the whole file") || e.contains("damaged"), "{e}");
+    // A tensor of 100 floats over a storage of 30.
+    let mut p = vec![0x80, 2];
+    p.extend(b"}X\x0b\x00\x00\x00model.pt_sd");
+    p.extend(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+    p.extend(b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x01tQ");
+    p.extend(b"K\x00K\x64\x85K\x01\x85\x89ccollections\nOrderedDict\n)RtR");
+    p.extend(b"s.");
+    let file = dir.path().join("short-model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p), ("archive/data/0", &[0u8; 120])]);
+    let pickled = scmz::scvi_tools::torchzip::TorchFile::open(&file).unwrap();
+    let Some(scmz::scvi_tools::pickle::Value::Tensor(t)) = pickled.root.get("model.pt_sd") else {
+        panic!("no tensor");
+    };
+    let e = pickled.floats(&t).unwrap_err();
+    assert!(e.contains("shorter than it"), "{e}");
+}
