@@ -44,6 +44,10 @@ fn imported_latents(name: &str, zoo: &Path, out: &Path) -> (Vec<Vec<f32>>, Vec<s
     let fixture = data(&format!("scvi-tools/{name}"));
     let o = scmz(&["import", fixture.to_str().unwrap(), "--name", name], zoo);
     assert!(o.status.success(), "{}", stderr(&o));
+    projected_latents(name, zoo, out)
+}
+
+fn projected_latents(name: &str, zoo: &Path, out: &Path) -> (Vec<Vec<f32>>, Vec<std::path::PathBuf>) {
     let query = data("pbmc68k_counts.h5ad");
     let phase = obs(&query, "phase");
     let mut latents = vec![Vec::new(); phase.len()];
@@ -117,6 +121,30 @@ fn imported_scvi_models_give_scvi_tools_latents() {
     // Saved with its AnnData: the training data is named.
     assert_eq!(m.datasets.len(), 1);
     assert_eq!(m.datasets[0].n_cells, 300);
+    // Its provenance is shown, and it is listed as imported rather than as trained for 0 epochs.
+    let o = scmz(&["model", "show", "scvi_nb_1layer"], zoo.path());
+    let show = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        show.contains("imported") && show.contains("scvi-tools 1.4.2 SCVI"),
+        "{show}"
+    );
+    let o = scmz(&["models"], zoo.path());
+    let list = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("scvi_nb_1layer") && l.contains("import")),
+        "{list}"
+    );
+}
+
+/// The frozen-model promise covers imports: the model imported once (in `tests/data/zoo`) keeps
+/// giving scvi-tools' latents.
+#[test]
+fn the_frozen_imported_model_keeps_scvi_tools_latents() {
+    let out = tempfile::tempdir().unwrap();
+    let (latents, _) = projected_latents("scvi-nb-1layer", &data("zoo"), out.path());
+    let d = max_difference("scvi_nb_1layer", &latents);
+    assert!(d < 1e-4, "latents differ from scvi-tools' by up to {d}");
 }
 
 #[test]
@@ -286,4 +314,42 @@ fn damaged_archives_are_refused() {
     };
     let e = pickled.floats(&t).unwrap_err();
     assert!(e.contains("shorter than it"), "{e}");
+}
+
+/// `--finetune` on an imported model (its batch in every decoder layer, none in the encoder):
+/// the new batch's inputs in each of those layers are trained, and the query's loss falls.
+#[test]
+fn an_imported_model_fine_tunes_a_new_batch() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("ft.h5ad");
+    let query = data("pbmc68k_counts.h5ad");
+    let zoo = data("zoo");
+    let o = scmz(
+        &[
+            "project",
+            query.to_str().unwrap(),
+            "--model",
+            "scvi-nb-1layer",
+            "--zoo",
+            zoo.to_str().unwrap(),
+            "--finetune",
+            "3",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+        Path::new("/nonexistent"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out_text = String::from_utf8_lossy(&o.stdout).to_string();
+    let line = out_text
+        .lines()
+        .find(|l| l.starts_with("finetune"))
+        .expect("a finetune line");
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (before, after) = (nums[nums.len() - 2], nums[nums.len() - 1]);
+    assert!(after < before - 1.0, "{line}");
+    assert!(file.exists());
 }

@@ -37,7 +37,10 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
                 thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
                 m.architecture.likelihood.to_string(),
                 m.architecture.n_latent.to_string(),
-                m.training.epochs_run.to_string(),
+                match &m.imported {
+                    Some(_) => "import".into(),
+                    None => m.training.epochs_run.to_string(),
+                },
                 m.metrics.best_val_elbo.map(|v| format!("{v:.2}")).unwrap_or_default(),
                 m.training.label_key.clone().unwrap_or_default(),
             ]);
@@ -132,22 +135,26 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
             if a.masked_input { "; masked input" } else { "" }
         ),
     );
-    line(
-        "training",
-        format!(
-            "{} of {} epochs (best {}), batch {}, lr {}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
-            t.epochs_run,
-            t.max_epochs,
-            t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
-            t.batch_size,
-            t.lr,
-            t.gene_dropout,
-            t.seed,
-            fmt_duration(t.seconds),
-            t.device,
-            t.cells_per_s
-        ),
-    );
+    if let Some(i) = &m.imported {
+        line("imported", format!("from {}; trained there", i.describe()));
+    } else {
+        line(
+            "training",
+            format!(
+                "{} of {} epochs (best {}), batch {}, lr {}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
+                t.epochs_run,
+                t.max_epochs,
+                t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
+                t.batch_size,
+                t.lr,
+                t.gene_dropout,
+                t.seed,
+                fmt_duration(t.seconds),
+                t.device,
+                t.cells_per_s
+            ),
+        );
+    }
     for d in &m.datasets {
         line(
             "data",

@@ -1,6 +1,7 @@
 //! scArches-style fine-tuning for a query from a new batch: the model gains one batch category,
-//! whose columns in the encoder's and decoder's first layers are the only parameters trained
-//! (on the query); everything else stays frozen.
+//! whose columns in every layer that takes the batch (the encoder's and decoder's first layers
+//! in scmz's own models; every decoder layer, and maybe no encoder layer, in imported ones) are
+//! the only parameters trained (on the query); everything else stays frozen.
 
 use tch::{nn, Device, Tensor};
 
@@ -21,10 +22,6 @@ pub struct Finetuned {
     pub loss_after: f64,
 }
 
-/// The first-layer weights whose last input belongs to the new batch (the encoder's held
-/// inputs x outputs, its last row; the decoder's outputs x inputs, its last column).
-const GROWN: [&str; 2] = ["encoder.0.linear.weight_t", "decoder.linear.weight"];
-
 /// The dimension along which a grown weight has the new batch's inputs.
 fn grown_dim(t: &Tensor, old: &Tensor) -> i64 {
     if t.size()[0] != old.size()[0] {
@@ -32,10 +29,6 @@ fn grown_dim(t: &Tensor, old: &Tensor) -> i64 {
     } else {
         1
     }
-}
-
-fn canonical(name: &str) -> String {
-    name.replace('/', ".")
 }
 
 /// Mean ELBO over `cells` with the new batch, genes outside `found` neither seen nor scored.
@@ -121,20 +114,21 @@ pub fn add_batch(
     let found_t = Tensor::from_slice(found);
     let loss_before = elbo(&vae, cells, &found_t, mask, &cats, batch);
     vs.freeze();
+    // The weights that take the batch grew by one input, the new batch's: the last, as the
+    // batch one-hot comes after a layer's other inputs (the encoder's first weight is held inputs
+    // x outputs, its last row; the others outputs x inputs, their last column).
     let grown: Vec<(Tensor, i64)> = vs
         .variables()
         .into_iter()
-        .filter(|(n, _)| GROWN.contains(&canonical(n).as_str()))
-        .map(|(n, t)| {
-            let dim = grown_dim(&t, &old_vars[&n]);
-            (t.set_requires_grad(true), dim)
+        .filter_map(|(n, t)| {
+            let o = old_vars.get(&n)?;
+            (t.size() != o.size()).then(|| {
+                let dim = grown_dim(&t, o);
+                (t.set_requires_grad(true), dim)
+            })
         })
         .collect();
-    anyhow::ensure!(
-        grown.len() == 2,
-        "fine-tuning found {} of the 2 first-layer weights",
-        grown.len()
-    );
+    anyhow::ensure!(!grown.is_empty(), "fine-tuning found no layer that takes the batch");
     // 1 at the new batch's inputs, 0 elsewhere.
     let masks: Vec<Tensor> = grown
         .iter()

@@ -185,6 +185,20 @@ pub struct Imported {
     pub sha256: String,
 }
 
+impl Imported {
+    /// `scvi-tools 1.4.2 SCVI, model.pt (sha256 0123456789ab)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} {}, {} (sha256 {})",
+            self.tool,
+            self.tool_version,
+            self.class,
+            self.file,
+            &self.sha256[..self.sha256.len().min(12)]
+        )
+    }
+}
+
 /// Brings a manifest of any earlier schema to the current one.
 pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String> {
     let version = value

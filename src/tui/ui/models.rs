@@ -41,7 +41,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 thousands(m.datasets.iter().map(|d| d.n_cells).sum()),
                 m.architecture.n_latent.to_string(),
                 m.architecture.likelihood.to_string(),
-                format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
+                match &m.imported {
+                    Some(_) => "import".into(),
+                    None => format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
+                },
                 m.metrics.best_val_elbo.map_or("-".into(), |v| format!("{v:.1}")),
                 m.created.get(..10).unwrap_or(&m.created).to_string(),
             ])
@@ -109,13 +112,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 m.architecture.dropout
             )),
         ]),
-        Line::from(vec![
-            key("training"),
-            Span::raw(format!(
-                "lr {}, batch {}, {}, {:.0} cells/s",
-                m.training.lr, m.training.batch_size, m.training.device, m.training.cells_per_s
-            )),
-        ]),
+        match &m.imported {
+            Some(i) => Line::from(vec![key("imported"), Span::raw(i.describe())]),
+            None => Line::from(vec![
+                key("training"),
+                Span::raw(format!(
+                    "lr {}, batch {}, {}, {:.0} cells/s",
+                    m.training.lr, m.training.batch_size, m.training.device, m.training.cells_per_s
+                )),
+            ]),
+        },
     ];
     for (label, v) in [
         ("batch key", m.training.batch_key.clone()),
