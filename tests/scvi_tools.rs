@@ -353,3 +353,160 @@ fn an_imported_model_fine_tunes_a_new_batch() {
     assert!(after < before - 1.0, "{line}");
     assert!(file.exists());
 }
+
+/// The peer's python when scvi-tools is installed there (`SCMZ_SCVI_PYTHON`, else the venv
+/// `scripts/bench_train.py` describes).
+fn scvi_python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("SCMZ_SCVI_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/scmz/bench-venv/bin/python")))?;
+    let ok = Command::new(&python)
+        .args(["-c", "import scvi"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(python)
+}
+
+fn train(zoo: &Path, name: &str, extra: &[&str]) {
+    let query = data("pbmc68k_counts.h5ad");
+    let mut args = vec![
+        "train",
+        query.to_str().unwrap(),
+        "--name",
+        name,
+        "--epochs",
+        "3",
+        "--n-hidden",
+        "32",
+        "--n-latent",
+        "8",
+    ];
+    args.extend(extra);
+    let o = scmz(&args, zoo);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+fn export(zoo: &Path, name: &str, out: &Path) -> Output {
+    scmz(
+        &["export", name, "--format", "scvi-tools", "-o", out.to_str().unwrap()],
+        zoo,
+    )
+}
+
+/// `scmz export`: scvi-tools loads the folder and gives the latents scmz gives, for scmz's own
+/// models (with and without a batch) and for imported ones (2 layers, deep injection, zinb).
+#[test]
+fn exported_models_load_in_scvi_tools_with_the_same_latents() {
+    let zoo = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    train(zoo.path(), "own-batch", &["--batch-key", "phase"]);
+    train(zoo.path(), "own-plain", &["--likelihood", "zinb"]);
+    let fixture = data("scvi-tools/scvi_zinb_2layers");
+    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "zinb2"], zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let Some(python) = scvi_python() else {
+        // The export itself still runs, and writes a torch zip this reader takes back.
+        let dir = out.path().join("own-batch");
+        assert!(export(zoo.path(), "own-batch", &dir).status.success());
+        scmz::scvi_tools::torchzip::TorchFile::open(&dir.join("model.pt")).unwrap();
+        eprintln!(
+            "skipped the scvi-tools half: scvi-tools is not installed (python3 -m venv ~/.cache/scmz/bench-venv && ~/.cache/scmz/bench-venv/bin/pip install scvi-tools==1.4.2)"
+        );
+        return;
+    };
+    for name in ["own-batch", "own-plain", "zinb2"] {
+        let dir = out.path().join(name);
+        let o = export(zoo.path(), name, &dir);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let csv_file = out.path().join(format!("{name}.csv"));
+        let o = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/scvi_latents.py"))
+            .args([
+                dir.as_os_str(),
+                data("pbmc68k_counts.h5ad").as_os_str(),
+                csv_file.as_os_str(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let theirs: Vec<Vec<f32>> = csv(&csv_file)
+            .iter()
+            .map(|r| r.iter().map(|x| x.parse().unwrap()).collect())
+            .collect();
+        let ours = if name == "own-plain" {
+            let file = out.path().join("own-plain.h5ad");
+            let o = scmz(
+                &[
+                    "project",
+                    data("pbmc68k_counts.h5ad").to_str().unwrap(),
+                    "--model",
+                    name,
+                    "-o",
+                    file.to_str().unwrap(),
+                ],
+                zoo.path(),
+            );
+            assert!(o.status.success(), "{}", stderr(&o));
+            let z = hdf5::File::open(&file)
+                .unwrap()
+                .dataset("obsm/X_scmz")
+                .unwrap()
+                .read_2d::<f32>()
+                .unwrap();
+            z.rows().into_iter().map(|r| r.to_vec()).collect()
+        } else {
+            projected_latents(name, zoo.path(), out.path()).0
+        };
+        assert_eq!(theirs.len(), ours.len());
+        let worst = theirs
+            .iter()
+            .flatten()
+            .zip(ours.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: scvi-tools' latents differ from scmz's by up to {worst}");
+        assert!(
+            worst < 1e-4,
+            "{name}: scvi-tools' latents differ from scmz's by up to {worst}"
+        );
+    }
+}
+
+/// Models scvi-tools cannot hold the same are refused with the reason, and nothing is written.
+#[test]
+fn models_without_a_scvi_tools_equivalent_are_not_exported() {
+    let zoo = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    train(zoo.path(), "deep", &["--n-layers", "2"]);
+    train(zoo.path(), "masked", &["--gene-dropout", "0.2"]);
+    for (name, why) in [("deep", "--n-layers 1"), ("masked", "presence mask")] {
+        let dir = out.path().join(name);
+        let o = export(zoo.path(), name, &dir);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let e = stderr(&o);
+        assert!(e.contains(why) && e.trim().lines().count() == 1, "{e}");
+        assert!(!dir.exists(), "{name}: {} was made", dir.display());
+    }
+    // An existing model.pt is kept unless --overwrite.
+    let dir = out.path().join("kept");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("model.pt"), b"mine").unwrap();
+    train(zoo.path(), "plain", &[]);
+    let o = export(zoo.path(), "plain", &dir);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(dir.join("model.pt")).unwrap(), b"mine");
+    let o = scmz(
+        &[
+            "export",
+            "plain",
+            "--format",
+            "scvi-tools",
+            "-o",
+            dir.to_str().unwrap(),
+            "--overwrite",
+        ],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_ne!(std::fs::read(dir.join("model.pt")).unwrap(), b"mine");
+}

@@ -174,11 +174,35 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Write a zoo model for another tool: `--format scvi-tools` writes the folder scvi-tools'
+    /// `SCVI.load(DIR, adata=...)` reads.
+    Export {
+        /// The model's name in the zoo.
+        name: String,
+        /// The tool to write for.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// The folder to write (`DIR/model.pt`); made if missing.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
+        #[arg(long)]
+        zoo: Option<PathBuf>,
+        /// Replace a `model.pt` already in DIR.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Benchmarks whose figures go into issues and release notes.
     #[command(subcommand)]
     Bench(bench::Bench),
     /// Versions of scmz and HDF5, and the devices libtorch sees (asked of `scmz-engine`).
     Version,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    /// scvi-tools' SCVI (`model.pt`).
+    ScviTools,
 }
 
 #[derive(Subcommand)]
@@ -355,6 +379,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             scmz::files::remove_pending_on_signal();
             models::import(&dir, &name, zoo, overwrite)
+        }
+        Some(Command::Export {
+            name,
+            format: ExportFormat::ScviTools,
+            out,
+            zoo,
+            overwrite,
+        }) => {
+            scmz::files::remove_pending_on_signal();
+            models::export(&name, &out, zoo, overwrite)
         }
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {

@@ -66,6 +66,23 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
 }
 
 /// `scmz import DIR --name NAME`.
+pub fn export(name: &str, out: &std::path::Path, zoo_dir: Option<PathBuf>, overwrite: bool) -> anyhow::Result<()> {
+    let zoo = zoo(zoo_dir);
+    let r = scmz::scvi_tools::export::export(&zoo, name, out, overwrite).map_err(anyhow::Error::msg)?;
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
+    eprintln!(
+        "wrote {} (scvi-tools {} {}): load it with scvi.model.{}.load(\"{}\", adata=...)",
+        r.file.display(),
+        scmz::scvi_tools::export::FORMAT_VERSION,
+        r.class,
+        r.class,
+        out.display()
+    );
+    Ok(())
+}
+
 pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overwrite: bool) -> anyhow::Result<()> {
     let zoo = zoo(zoo_dir);
     if !overwrite && zoo.model_dir(name).join("manifest.json").exists() {
