@@ -642,7 +642,8 @@ pub struct ProjectSpec {
     /// Neighbours for label transfer.
     #[arg(long, default_value_t = 15, value_parser = positive, allow_negative_numbers = true)]
     pub k: usize,
-    /// Batch category of the model to encode the cells as [default: the first].
+    /// Batch category of the model to encode all cells as [default: each cell's own, from the
+    /// query's column of the model's batch key; the model's first where it has none].
     #[arg(long)]
     pub batch_category: Option<String>,
     /// Fine-tune for a query from a new batch: add a batch category named after the data and train

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{data, stderr};
+use common::{data, run_python, stderr};
 use scmz::data::{ColumnKind, Dataset};
 
 fn scmz(args: &[&str], zoo: &Path) -> Output {
@@ -509,4 +509,73 @@ fn models_without_a_scvi_tools_equivalent_are_not_exported() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(std::fs::read(dir.join("model.pt")).unwrap(), b"mine");
+}
+
+/// Without `--batch-category`, each query cell is encoded under its own batch (the query's
+/// column of the model's batch key), as scvi-tools does: one projection gives scvi-tools'
+/// latents. Batches the model lacks are refused by name; a query without the column is encoded
+/// under the first batch, with a warning.
+#[test]
+fn each_cell_is_encoded_under_its_own_batch() {
+    let out = tempfile::tempdir().unwrap();
+    let zoo = data("zoo");
+    let project = |query: &Path, file: &Path| {
+        scmz(
+            &[
+                "project",
+                query.to_str().unwrap(),
+                "--model",
+                "scvi-nb-1layer",
+                "--zoo",
+                zoo.to_str().unwrap(),
+                "-o",
+                file.to_str().unwrap(),
+            ],
+            Path::new("/nonexistent"),
+        )
+    };
+    let file = out.path().join("all.h5ad");
+    let o = project(&data("pbmc68k_counts.h5ad"), &file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = |o: &Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(o));
+    assert!(!said(&o).contains("phase"), "{}", said(&o));
+    let z = hdf5::File::open(&file)
+        .unwrap()
+        .dataset("obsm/X_scmz")
+        .unwrap()
+        .read_2d::<f32>()
+        .unwrap();
+    let latents: Vec<Vec<f32>> = z.rows().into_iter().map(|r| r.to_vec()).collect();
+    let d = max_difference("scvi_nb_1layer", &latents);
+    assert!(d < 1e-4, "latents differ from scvi-tools' by up to {d}");
+    // A query whose `phase` holds a batch the model lacks.
+    let other = out.path().join("other.h5ad");
+    run_python(
+        "import sys, anndata as ad\n\
+         a = ad.read_h5ad(sys.argv[1])\n\
+         a.obs['phase'] = a.obs['phase'].cat.rename_categories({'S': 'M'})\n\
+         a.write_h5ad(sys.argv[2])",
+        &[&data("pbmc68k_counts.h5ad"), &other],
+    );
+    let refused = out.path().join("refused.h5ad");
+    let o = project(&other, &refused);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("obs `phase`") && e.contains("(M;") && e.contains("--batch-category"),
+        "{e}"
+    );
+    assert!(!refused.exists());
+    // A query without the column.
+    let plain = out.path().join("plain.h5ad");
+    run_python(
+        "import sys, anndata as ad\n\
+         a = ad.read_h5ad(sys.argv[1])\n\
+         del a.obs['phase']\n\
+         a.write_h5ad(sys.argv[2])",
+        &[&data("pbmc68k_counts.h5ad"), &plain],
+    );
+    let o = project(&plain, &out.path().join("plain-out.h5ad"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(said(&o).contains("no categorical obs column `phase`"), "{}", said(&o));
 }

@@ -47,16 +47,30 @@ struct Encoder<'a> {
     /// 1 for model genes the data has.
     found: Vec<f32>,
     mask: bool,
-    batch: Option<(Vec<String>, usize)>,
+    batch: Option<(Vec<String>, CellBatch)>,
+}
+
+/// The batch each cell is encoded as: one for all, or each cell's own (the query's column of
+/// the model's batch key), by row.
+#[derive(Clone)]
+enum CellBatch {
+    All(usize),
+    PerCell(std::sync::Arc<Vec<i32>>),
 }
 
 impl Encoder<'_> {
-    /// Latent means of cells given in the model's gene space.
-    fn encode(&self, x: &CsrChunk, hide: bool) -> anyhow::Result<Vec<f32>> {
+    /// Latent means of cells given in the model's gene space, the first being row `first`.
+    fn encode(&self, x: &CsrChunk, hide: bool, first: usize) -> anyhow::Result<Vec<f32>> {
         let n = x.n_rows();
         let g = self.vae.arch.n_genes;
         let cov = Covariates {
-            batch: self.batch.as_ref().map(|(cats, c)| (cats.clone(), vec![*c as i32; n])),
+            batch: self.batch.as_ref().map(|(cats, c)| {
+                let codes = match c {
+                    CellBatch::All(c) => vec![*c as i32; n],
+                    CellBatch::PerCell(codes) => codes[first..first + n].to_vec(),
+                };
+                (cats.clone(), codes)
+            }),
             labels: None,
             presence: None,
             classes: None,
@@ -96,6 +110,63 @@ impl Encoder<'_> {
         let (mu, _) = tch::no_grad(|| self.vae.encode(&p.input(), false));
         Ok(Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?)
     }
+}
+
+/// Each cell's batch when no `--batch-category` picks one: the query's own column of the model's
+/// batch key where it has one (its values must be the model's batches), else the model's first
+/// batch for all, said in a warning.
+fn cell_batches(
+    ds: &Dataset,
+    data: &std::path::Path,
+    key: Option<&str>,
+    cats: &[String],
+    warnings: &mut Vec<String>,
+) -> anyhow::Result<CellBatch> {
+    let first = || {
+        format!(
+            "every cell is encoded as the model's batch `{}` (pick another with --batch-category, or add the query's own with --finetune N)",
+            cats[0]
+        )
+    };
+    let Some(key) = key else {
+        warnings.push(format!("the model does not name its batch key: {}", first()));
+        return Ok(CellBatch::All(0));
+    };
+    let column = ds.info().obs_column(key);
+    let Some(scmz::data::ColumnKind::Categorical { categories, codes, .. }) = column.map(|c| &c.kind) else {
+        warnings.push(format!(
+            "{}: no categorical obs column `{key}` (the model's batch key): {}",
+            data.display(),
+            first()
+        ));
+        return Ok(CellBatch::All(0));
+    };
+    let to_model: Vec<Option<i32>> = categories
+        .iter()
+        .map(|c| cats.iter().position(|m| m == c).map(|i| i as i32))
+        .collect();
+    let mut unknown: Vec<&str> = codes
+        .iter()
+        .filter_map(
+            |&c| match usize::try_from(c).ok().and_then(|c| to_model.get(c).copied()) {
+                Some(Some(_)) => None,
+                Some(None) => Some(categories[c as usize].as_str()),
+                None => Some("(missing)"),
+            },
+        )
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        bail!(
+            "{}: obs `{key}` holds batches the model was not trained on ({}; its batches are {}): pick one with --batch-category, or fine-tune a new one with --finetune N",
+            data.display(),
+            unknown.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+            cats.join(", ")
+        );
+    }
+    let per_cell = codes.iter().map(|&c| to_model[c as usize].unwrap_or(0)).collect();
+    Ok(CellBatch::PerCell(std::sync::Arc::new(per_cell)))
 }
 
 /// A chunk of the data moved into the model's gene space: each data gene's counts go to the model
@@ -246,10 +317,10 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     } else {
         let cats = m.architecture.batch_categories.clone();
         let c = match &args.batch_category {
-            Some(name) => cats.iter().position(|c| c == name).ok_or_else(|| {
+            Some(name) => CellBatch::All(cats.iter().position(|c| c == name).ok_or_else(|| {
                 anyhow::anyhow!("--batch-category {name}: the model's batches are {}", cats.join(", "))
-            })?,
-            None => 0,
+            })?),
+            None => cell_batches(&ds, &args.data, m.training.batch_key.as_deref(), &cats, &mut warnings)?,
         };
         Some((cats, c))
     };
@@ -287,7 +358,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
             dev,
             found: enc.found.clone(),
             mask: enc.mask,
-            batch: Some((t.vae.arch.batch_categories.clone(), t.batch)),
+            batch: Some((t.vae.arch.batch_categories.clone(), CellBatch::All(t.batch))),
         },
         None => Encoder {
             vae: &vae,
@@ -303,7 +374,8 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let mut latent = Vec::with_capacity(ds.n_cells() * l);
     if !args.predict_only {
         for chunk in ds.chunks(2048) {
-            latent.extend(enc_q.encode(&to_model(&chunk?), true)?);
+            let chunk = chunk?;
+            latent.extend(enc_q.encode(&to_model(&chunk), true, chunk.first_row)?);
         }
         let bad = latent
             .chunks(l.max(1))
@@ -385,8 +457,17 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
             indices: indices.iter().map(|&v| v as u32).collect(),
             data,
         };
-        let full = enc.encode(&counts, false)?;
-        let part = enc.encode(&counts, true)?;
+        // The reference's cells, each under the query's first batch (or the one picked).
+        let enc = Encoder {
+            batch: enc.batch.clone().map(|(cats, c)| match c {
+                CellBatch::PerCell(_) => (cats, CellBatch::All(0)),
+                all => (cats, all),
+            }),
+            found: enc.found.clone(),
+            ..enc
+        };
+        let full = enc.encode(&counts, false, 0)?;
+        let part = enc.encode(&counts, true, 0)?;
         let n = r.n_cells;
         let mean: Vec<f64> = (0..l)
             .map(|d| (0..n).map(|i| full[i * l + d] as f64).sum::<f64>() / n as f64)
