@@ -394,16 +394,24 @@ fn export(zoo: &Path, name: &str, out: &Path) -> Output {
 }
 
 /// `scmz export`: scvi-tools loads the folder and gives the latents scmz gives, for scmz's own
-/// models (with and without a batch) and for imported ones (2 layers, deep injection, zinb).
+/// models (with and without a batch, with a classifier) and for imported ones (2 layers, zinb,
+/// SCANVI); models with a classifier load as SCANVI and predict scmz's labels.
 #[test]
 fn exported_models_load_in_scvi_tools_with_the_same_latents() {
     let zoo = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     train(zoo.path(), "own-batch", &["--batch-key", "phase"]);
     train(zoo.path(), "own-plain", &["--likelihood", "zinb"]);
-    let fixture = data("scvi-tools/scvi_zinb_2layers");
-    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "zinb2"], zoo.path());
-    assert!(o.status.success(), "{}", stderr(&o));
+    train(
+        zoo.path(),
+        "own-classifier",
+        &["--batch-key", "phase", "--label-key", "bulk_labels", "--classifier"],
+    );
+    for (fixture, name) in [("scvi_zinb_2layers", "zinb2"), ("scanvi_2layers", "scanvi-classifier")] {
+        let fixture = data(&format!("scvi-tools/{fixture}"));
+        let o = scmz(&["import", fixture.to_str().unwrap(), "--name", name], zoo.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
     let Some(python) = scvi_python() else {
         // The export itself still runs, and writes a torch zip this reader takes back.
         let dir = out.path().join("own-batch");
@@ -414,7 +422,7 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
         );
         return;
     };
-    for name in ["own-batch", "own-plain", "zinb2"] {
+    for name in ["own-batch", "own-plain", "own-classifier", "zinb2", "scanvi-classifier"] {
         let dir = out.path().join(name);
         let o = export(zoo.path(), name, &dir);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
@@ -433,30 +441,36 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
             .iter()
             .map(|r| r.iter().map(|x| x.parse().unwrap()).collect())
             .collect();
-        let ours = if name == "own-plain" {
-            let file = out.path().join("own-plain.h5ad");
-            let o = scmz(
-                &[
-                    "project",
-                    data("pbmc68k_counts.h5ad").to_str().unwrap(),
-                    "--model",
-                    name,
-                    "-o",
-                    file.to_str().unwrap(),
-                ],
-                zoo.path(),
-            );
-            assert!(o.status.success(), "{}", stderr(&o));
-            let z = hdf5::File::open(&file)
+        // One projection: each cell under its own batch, as scvi-tools encodes it.
+        let file = out.path().join(format!("{name}.h5ad"));
+        let o = scmz(
+            &["project", data("pbmc68k_counts.h5ad").to_str().unwrap(), "--model", name, "-o", file.to_str().unwrap()],
+            zoo.path(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let z = hdf5::File::open(&file).unwrap().dataset("obsm/X_scmz").unwrap().read_2d::<f32>().unwrap();
+        let ours: Vec<Vec<f32>> = z.rows().into_iter().map(|r| r.to_vec()).collect();
+        let predicted = out.path().join(format!("{name}.predict.csv"));
+        if name.ends_with("classifier") {
+            // Exported as SCANVI: its predict() gives scmz's classifier labels and probabilities.
+            let want = csv(&predicted);
+            let label = obs(&file, "scmz_classifier");
+            let prob = hdf5::File::open(&file)
                 .unwrap()
-                .dataset("obsm/X_scmz")
+                .dataset("obs/scmz_classifier_probability")
                 .unwrap()
-                .read_2d::<f32>()
+                .read_raw::<f64>()
                 .unwrap();
-            z.rows().into_iter().map(|r| r.to_vec()).collect()
+            let agree = (0..label.len()).filter(|&i| label[i] == want[i + 1][0]).count();
+            assert_eq!(agree, label.len(), "{name}: labels that agree with scvi-tools' predict()");
+            let worst = (0..label.len())
+                .map(|i| (prob[i] - want[i + 1][1].parse::<f64>().unwrap()).abs())
+                .fold(0f64, f64::max);
+            eprintln!("{name}: {agree} of {} labels agree, probabilities within {worst}", label.len());
+            assert!(worst < 1e-4, "{name}: probabilities differ by up to {worst}");
         } else {
-            projected_latents(name, zoo.path(), out.path()).0
-        };
+            assert!(!predicted.exists(), "{name} was exported as SCANVI");
+        }
         assert_eq!(theirs.len(), ours.len());
         let worst = theirs
             .iter()

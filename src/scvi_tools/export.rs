@@ -227,7 +227,8 @@ fn batch_norms(a: &Architecture, names: &BTreeMap<String, String>) -> Vec<String
         .collect()
 }
 
-/// Writes zoo model `name` as a scvi-tools SCVI model in `out` (`out/model.pt`).
+/// Writes zoo model `name` as a scvi-tools model in `out` (`out/model.pt`): SCANVI for a model
+/// with a classifier head of scvi-tools' shape, SCVI otherwise.
 pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Report, String> {
     let m = zoo.load(name).map_err(|e| e.to_string())?;
     if let Some(why) = refusal(&m) {
@@ -241,6 +242,18 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
         ));
     }
     let a = &m.architecture;
+    let mut notes = Vec::new();
+    let n_labels = a.classifier_labels.len();
+    // A classifier head becomes SCANVI's where scvi-tools' has its shape: as many hidden
+    // layers as the model (or none: `linear_classifier`).
+    let scanvi = n_labels > 0 && (a.layout.classifier_layers == a.n_layers.max(1) || a.layout.classifier_layers == 0);
+    if n_labels > 0 && !scanvi {
+        notes.push(format!(
+            "the classifier head ({n_labels} labels, {} hidden layer(s)) is not exported: scvi-tools' SCANVI gives its classifier as many layers as the model ({}); written as SCVI",
+            a.layout.classifier_layers, a.n_layers
+        ));
+    }
+    let class = if scanvi { "SCANVI" } else { "SCVI" };
     let weights_path = zoo.model_dir(name).join(&m.weights.file);
     let at = |e: &dyn std::fmt::Display| format!("{}: {e}", weights_path.display());
     if sha256_file(&weights_path).map_err(|e| e.to_string())? != m.weights.sha256 {
@@ -261,14 +274,15 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
         "px_r" => 0,
         t if t.starts_with("z_encoder") => 1,
         t if t.starts_with("decoder") => 3,
-        _ => 4,
+        t if t.starts_with("classifier") => 4,
+        _ => 5,
     };
     theirs.sort_by(|x, y| (rank(x.0), x.0).cmp(&(rank(y.0), y.0)));
     let norms = batch_norms(a, &names);
     let mut l_encoder_done = false;
     for (t, o) in theirs {
-        if rank(t) == 4 {
-            continue; // the classifier: SCVI has none (said in the notes)
+        if rank(t) == 4 && !scanvi {
+            continue; // SCVI has no classifier (said in the notes)
         }
         if rank(t) == 3 && !l_encoder_done {
             l_encoder_done = true;
@@ -320,6 +334,46 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
             }
         }
     }
+    if scanvi {
+        // What SCANVI builds for training on unlabelled cells (a second latent layer given the
+        // label, and the label prior): unused by its latents and predictions, so neutral.
+        sd.filled("y_prior", vec![1, n_labels], 1.0 / n_labels as f32);
+        let l = a.n_latent;
+        for (part, layers, heads) in [
+            (
+                "encoder_z2_z1",
+                "encoder_z2_z1.encoder",
+                ["mean_encoder", "var_encoder"],
+            ),
+            (
+                "decoder_z1_z2",
+                "decoder_z1_z2.decoder",
+                ["mean_decoder", "var_decoder"],
+            ),
+        ] {
+            for i in 0..a.n_layers.max(1) {
+                let layer = format!("{layers}.fc_layers.Layer {i}");
+                let n_in = if i == 0 { l } else { h } + n_labels;
+                sd.filled(&format!("{layer}.0.weight"), vec![h, n_in], 0.0);
+                sd.filled(&format!("{layer}.0.bias"), vec![h], 0.0);
+                if a.norm == Norm::Batch {
+                    for (p, v) in [
+                        ("weight", 1.0),
+                        ("bias", 0.0),
+                        ("running_mean", 0.0),
+                        ("running_var", 1.0),
+                    ] {
+                        sd.filled(&format!("{layer}.1.{p}"), vec![h], v);
+                    }
+                    sd.long(&format!("{layer}.1.num_batches_tracked"), 0);
+                }
+            }
+            for head in heads {
+                sd.filled(&format!("{part}.{head}.weight"), vec![l, h], 0.0);
+                sd.filled(&format!("{part}.{head}.bias"), vec![l], 0.0);
+            }
+        }
+    }
     sd.items.push((
         "pyro_param_store".into(),
         dict(vec![
@@ -328,19 +382,39 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
         ]),
     ));
 
-    let mut notes = Vec::new();
-    if !a.classifier_labels.is_empty() {
-        notes.push(format!(
-            "the classifier head ({} labels) is not exported: scvi-tools' SCVI has none, and SCANVI export is not supported yet",
-            a.classifier_labels.len()
-        ));
-    }
     let genes: Vec<P> = m.genes.names.iter().map(|n| s(n)).collect();
     let n_cells: usize = m.datasets.iter().map(|d| d.n_cells).sum();
     let (batch_mapping, batch_key) = match &m.training.batch_key {
         Some(k) if nb > 0 => (a.batch_categories.iter().map(|c| s(c)).collect(), s(k)),
         _ => (vec![P::Int(0)], s("_scvi_batch")),
     };
+    let label_key = m.training.label_key.clone().unwrap_or_else(|| "labels".into());
+    // The unlabelled category scvi-tools adds after the labels: one that is not a label.
+    let unlabeled = ["Unknown", "unlabeled", "scmz_unlabeled"]
+        .into_iter()
+        .find(|u| !a.classifier_labels.iter().any(|c| c == u))
+        .unwrap_or("scmz_unlabeled_category")
+        .to_string();
+    let mut setup = vec![("layer", P::None)];
+    if scanvi {
+        setup.push(("labels_key", s(&label_key)));
+        setup.push(("unlabeled_category", s(&unlabeled)));
+    }
+    setup.push((
+        "batch_key",
+        match &m.training.batch_key {
+            Some(k) if nb > 0 => s(k),
+            _ => P::None,
+        },
+    ));
+    if !scanvi {
+        setup.push(("labels_key", P::None));
+    }
+    setup.extend([
+        ("size_factor_key", P::None),
+        ("categorical_covariate_keys", P::None),
+        ("continuous_covariate_keys", P::None),
+    ]);
     let field = |attr: P, state: P, summary: P| {
         dict(vec![
             ("data_registry", attr),
@@ -351,24 +425,8 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
     let obs_field = |key: &str| dict(vec![("attr_name", s("obs")), ("attr_key", s(key))]);
     let registry = dict(vec![
         ("scvi_version", s(FORMAT_VERSION)),
-        ("model_name", s("SCVI")),
-        (
-            "setup_args",
-            dict(vec![
-                ("layer", P::None),
-                (
-                    "batch_key",
-                    match &m.training.batch_key {
-                        Some(k) if nb > 0 => s(k),
-                        _ => P::None,
-                    },
-                ),
-                ("labels_key", P::None),
-                ("size_factor_key", P::None),
-                ("categorical_covariate_keys", P::None),
-                ("continuous_covariate_keys", P::None),
-            ]),
-        ),
+        ("model_name", s(class)),
+        ("setup_args", dict(setup)),
         (
             "field_registries",
             dict(vec![
@@ -397,14 +455,28 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
                 ),
                 (
                     "labels",
-                    field(
-                        obs_field("_scvi_labels"),
-                        dict(vec![
-                            ("categorical_mapping", P::List(vec![P::Int(0)])),
-                            ("original_key", s("_scvi_labels")),
-                        ]),
-                        dict(vec![("n_labels", P::Int(1))]),
-                    ),
+                    if scanvi {
+                        let mut mapping: Vec<P> = a.classifier_labels.iter().map(|c| s(c)).collect();
+                        mapping.push(s(&unlabeled));
+                        field(
+                            obs_field("_scvi_labels"),
+                            dict(vec![
+                                ("categorical_mapping", P::List(mapping)),
+                                ("original_key", s(&label_key)),
+                                ("unlabeled_category", s(&unlabeled)),
+                            ]),
+                            dict(vec![("n_labels", P::Int(n_labels as i64 + 1))]),
+                        )
+                    } else {
+                        field(
+                            obs_field("_scvi_labels"),
+                            dict(vec![
+                                ("categorical_mapping", P::List(vec![P::Int(0)])),
+                                ("original_key", s("_scvi_labels")),
+                            ]),
+                            dict(vec![("n_labels", P::Int(1))]),
+                        )
+                    },
                 ),
                 (
                     "size_factor",
@@ -439,26 +511,39 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
             "kwargs",
             dict(vec![(
                 "kwargs",
-                dict(vec![
-                    ("encode_covariates", P::Bool(a.layout.encode_batch)),
-                    ("deeply_inject_covariates", P::Bool(a.layout.batch_every_layer)),
-                    ("use_batch_norm", s(batch_norm)),
-                    ("use_layer_norm", s(layer_norm)),
-                ]),
+                dict(
+                    vec![
+                        ("encode_covariates", P::Bool(a.layout.encode_batch)),
+                        ("deeply_inject_covariates", P::Bool(a.layout.batch_every_layer)),
+                        ("use_batch_norm", s(batch_norm)),
+                        ("use_layer_norm", s(layer_norm)),
+                    ]
+                    .into_iter()
+                    .chain(scanvi.then(|| ("latent_distribution", s("normal"))))
+                    .collect(),
+                ),
             )]),
         ),
         (
             "non_kwargs",
-            dict(vec![
-                ("n_hidden", P::Int(h as i64)),
-                ("n_latent", P::Int(a.n_latent as i64)),
-                ("n_layers", P::Int(a.n_layers.max(1) as i64)),
-                ("dropout_rate", P::Float(a.dropout)),
-                ("dispersion", s("gene")),
-                ("gene_likelihood", s(&a.likelihood.to_string())),
-                ("use_observed_lib_size", P::Bool(true)),
-                ("latent_distribution", s("normal")),
-            ]),
+            dict(
+                [
+                    ("n_hidden", P::Int(h as i64)),
+                    ("n_latent", P::Int(a.n_latent as i64)),
+                    ("n_layers", P::Int(a.n_layers.max(1) as i64)),
+                    ("dropout_rate", P::Float(a.dropout)),
+                    ("dispersion", s("gene")),
+                    ("gene_likelihood", s(&a.likelihood.to_string())),
+                    ("use_observed_lib_size", P::Bool(true)),
+                ]
+                .into_iter()
+                .chain(if scanvi {
+                    vec![("linear_classifier", P::Bool(a.layout.classifier_layers == 0))]
+                } else {
+                    vec![("latent_distribution", s("normal"))]
+                })
+                .collect(),
+            ),
         ),
     ]);
     let attr = dict(vec![
@@ -493,9 +578,5 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
     let data = zip.finish().map_err(|e| ofile(&e))?.into_inner();
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     crate::files::write_atomic(&file, &data).map_err(|e| e.to_string())?;
-    Ok(Report {
-        file,
-        class: "SCVI",
-        notes,
-    })
+    Ok(Report { file, class, notes })
 }
