@@ -599,5 +599,63 @@ fn each_cell_is_encoded_under_its_own_batch() {
     );
     let o = project(&plain, &out.path().join("plain-out.h5ad"));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(said(&o).contains("no categorical obs column `phase`"), "{}", said(&o));
+    assert!(said(&o).contains("no obs column `phase`"), "{}", said(&o));
+}
+
+/// Found by trying hostile files: values nested 100,000 deep (it overflowed the stack), a dict
+/// of many keys (quadratic), entries that unpack to far more than the file (zip bomb), a FIFO
+/// in place of model.pt (it waited forever): each is refused at once in one line.
+#[test]
+fn hostile_shapes_are_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = std::time::Instant::now();
+    let mut p = vec![0x80, 2, b'N'];
+    p.extend(std::iter::repeat_n(0x85u8, 100_000));
+    p.push(b'.');
+    let file = dir.path().join("deep-model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p)]);
+    assert!(import_file(&file).contains("nests values more than"));
+    // 200,000 distinct keys set one by one: linear, and then refused for what it lacks.
+    let mut p = vec![0x80, 2, b'}'];
+    for i in 0..200_000u32 {
+        let k = format!("k{i}");
+        p.push(0x8c);
+        p.push(k.len() as u8);
+        p.extend(k.bytes());
+        p.extend([b'N', b's']);
+    }
+    p.push(b'.');
+    let file = dir.path().join("wide-model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p)]);
+    assert!(import_file(&file).contains("attr_dict"));
+    // A stored 2 MB entry, then 60 deflated entries of 2 MB of zeros each: every entry smaller
+    // than the file, 120 MB in all from about 2 MB.
+    let file = dir.path().join("bomb-model.pt");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&file).unwrap());
+        let stored = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Stored);
+        let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        z.start_file("archive/data.pkl", stored).unwrap();
+        z.write_all(b"\x80\x02}.").unwrap();
+        let pad: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        z.start_file("archive/pad", stored).unwrap();
+        z.write_all(&pad).unwrap();
+        let zeros = vec![0u8; 2 << 20];
+        for i in 0..60 {
+            z.start_file(format!("archive/data/{i}"), opts).unwrap();
+            z.write_all(&zeros).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    assert!(import_file(&file).contains("zip bomb"));
+    let fifo = dir.path().join("fifo");
+    std::fs::create_dir(&fifo).unwrap();
+    let made = Command::new("mkfifo").arg(fifo.join("model.pt")).status().unwrap();
+    assert!(made.success());
+    assert!(import_file(&fifo).contains("not a regular file"));
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
 }

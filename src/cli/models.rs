@@ -92,6 +92,9 @@ pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overw
         );
     }
     let r = scmz::scvi_tools::import::import(dir, name, &zoo).map_err(anyhow::Error::msg)?;
+    for n in &r.notes {
+        eprintln!("note: {n}");
+    }
     let a = &r.manifest.architecture;
     eprintln!(
         "imported scvi-tools {} {} as `{name}` in {}: {} genes, {} x {} hidden, {} latent, {}{}{}",

@@ -132,14 +132,28 @@ fn cell_batches(
         warnings.push(format!("the model does not name its batch key: {}", first()));
         return Ok(CellBatch::All(0));
     };
-    let column = ds.info().obs_column(key);
-    let Some(scmz::data::ColumnKind::Categorical { categories, codes, .. }) = column.map(|c| &c.kind) else {
-        warnings.push(format!(
-            "{}: no categorical obs column `{key}` (the model's batch key): {}",
-            data.display(),
-            first()
-        ));
-        return Ok(CellBatch::All(0));
+    // The column's values as text, as scvi-tools keeps a batch (integers as `0`, `1`...).
+    let (categories, codes) = match ds.info().obs_column(key).map(|c| &c.kind) {
+        Some(scmz::data::ColumnKind::Categorical { categories, codes, .. }) => (categories.clone(), codes.clone()),
+        Some(_) => match ds.obs_values(key)? {
+            Some(values) => as_categories(values),
+            None => {
+                warnings.push(format!(
+                    "{}: obs column `{key}` (the model's batch key) cannot be read as batches: {}",
+                    data.display(),
+                    first()
+                ));
+                return Ok(CellBatch::All(0));
+            }
+        },
+        None => {
+            warnings.push(format!(
+                "{}: no obs column `{key}` (the model's batch key): {}",
+                data.display(),
+                first()
+            ));
+            return Ok(CellBatch::All(0));
+        }
     };
     let to_model: Vec<Option<i32>> = categories
         .iter()
@@ -167,6 +181,48 @@ fn cell_batches(
     }
     let per_cell = codes.iter().map(|&c| to_model[c as usize].unwrap_or(0)).collect();
     Ok(CellBatch::PerCell(std::sync::Arc::new(per_cell)))
+}
+
+/// An obs column's values as categories and codes, each value written as Python writes it
+/// (`3`, `1.5`, `2.0`, `True`): how scvi-tools names the batches of a non-categorical column.
+fn as_categories(values: scmz::data::writer::ColumnValues) -> (Vec<String>, Vec<i32>) {
+    use scmz::data::writer::ColumnValues as V;
+    let text: Vec<Option<String>> = match values {
+        V::Categorical { categories, codes, .. } => {
+            return (categories, codes);
+        }
+        V::Strings(v) => v.into_iter().map(Some).collect(),
+        V::Int(v) => v.iter().map(|i| Some(i.to_string())).collect(),
+        V::Bool(v) => v
+            .iter()
+            .map(|&b| Some(if b { "True" } else { "False" }.to_string()))
+            .collect(),
+        V::Float(v) => v
+            .iter()
+            .map(|f| {
+                (!f.is_nan()).then(|| {
+                    if f.fract() == 0.0 && f.abs() < 1e15 {
+                        format!("{f:.1}")
+                    } else {
+                        f.to_string()
+                    }
+                })
+            })
+            .collect(),
+    };
+    let mut categories: Vec<String> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    let codes = text
+        .into_iter()
+        .map(|t| match t {
+            None => -1,
+            Some(t) => *index.entry(t.clone()).or_insert_with(|| {
+                categories.push(t);
+                categories.len() as i32 - 1
+            }),
+        })
+        .collect();
+    (categories, codes)
 }
 
 /// A chunk of the data moved into the model's gene space: each data gene's counts go to the model
@@ -313,6 +369,12 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
         mask = false;
     }
     let batch = if m.architecture.batch_categories.is_empty() {
+        if let Some(c) = &args.batch_category {
+            bail!(
+                "--batch-category {c}: model `{}` has no batch covariate (it was trained without --batch-key); leave it out",
+                m.name
+            );
+        }
         None
     } else {
         let cats = m.architecture.batch_categories.clone();

@@ -21,6 +21,8 @@ pub struct Report {
     pub class: String,
     pub version: String,
     pub manifest: Manifest,
+    /// What the user should know about the model that scmz does not act on.
+    pub notes: Vec<String>,
 }
 
 /// A model read from a scvi-tools file, before it is written to the zoo.
@@ -32,6 +34,8 @@ pub struct ScviModel {
     pub batch_key: Option<String>,
     pub label_key: Option<String>,
     pub n_cells: Option<usize>,
+    /// The AnnData layer it was trained on, when not X.
+    pub layer: Option<String>,
     /// scmz's variable names (as model files keep them) and their values.
     pub weights: BTreeMap<String, Floats>,
 }
@@ -40,6 +44,12 @@ pub struct ScviModel {
 pub fn model_file(dir: &Path) -> Result<PathBuf, String> {
     if dir.is_file() {
         return Ok(dir.to_path_buf());
+    }
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "{}: is neither a folder nor a regular file; give the folder scvi-tools' `model.save(dir)` wrote",
+            dir.display()
+        ));
     }
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {}", dir.display(), crate::files::describe(&e)))?;
     let mut found: Vec<PathBuf> = entries
@@ -67,6 +77,23 @@ pub fn model_file(dir: &Path) -> Result<PathBuf, String> {
             "{}: holds several model files ({}); give the one to import",
             dir.display(),
             found.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
+/// Refuses a list that names something twice.
+fn distinct(what: &str, names: &[String]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&str> = names
+        .iter()
+        .filter(|n| !seen.insert(n.as_str()))
+        .map(String::as_str)
+        .collect();
+    match twice.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "its {what} name `{first}` more than once ({} repeats in all); they must be distinct",
+            twice.len()
         )),
     }
 }
@@ -214,6 +241,12 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
             ));
         }
     }
+    // The AnnData layer it was trained on: scmz finds a query's counts itself (X, count
+    // layers, raw/X), so a named layer is only said.
+    let layer = setup
+        .as_ref()
+        .and_then(|s| s.get("layer"))
+        .and_then(|v| v.as_str().map(String::from));
     let pick = |key: &str, value: String, allowed: &[&str]| -> Result<String, String> {
         if allowed.contains(&value.as_str()) {
             Ok(value)
@@ -288,6 +321,19 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
         Some((cats, key, _)) if cats.len() > 1 => (cats, key),
         _ => (Vec::new(), None),
     };
+    distinct("batch categories", &batch_categories)?;
+    let n_batch = fields
+        .get("batch")
+        .and_then(|b| b.get("summary_stats"))
+        .and_then(|s| s.get("n_batch"))
+        .and_then(|n| n.as_int());
+    if let Some(n) = n_batch.filter(|&n| n != batch_categories.len().max(1) as i64) {
+        return Err(format!(
+            "says it has {n} batches but names {} ({}); the registry is inconsistent",
+            batch_categories.len(),
+            batch_categories.join(", ")
+        ));
+    }
     let (classifier_labels, label_key) = match (class.as_str(), categories("labels")) {
         ("SCANVI", Some((cats, key, unlabeled))) => {
             let labels: Vec<String> = cats.into_iter().filter(|c| Some(c) != unlabeled.as_ref()).collect();
@@ -297,9 +343,11 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
         _ => (Vec::new(), None),
     };
 
+    distinct("labels", &classifier_labels)?;
     let genes = need(root, "var_names", "model.pt")?
         .as_strings()
         .ok_or("its `var_names` are not a list of gene names")?;
+    distinct("`var_names` (genes, matched to a query's by name)", &genes)?;
     let state = need(root, "model_state_dict", "model.pt")?;
     let mut tensors = BTreeMap::new();
     for (k, v) in state.entries() {
@@ -373,6 +421,7 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
         batch_key,
         label_key,
         n_cells,
+        layer,
         weights,
     })
 }
@@ -619,10 +668,20 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
         }
     };
     let dir = zoo.install(&staging, name).map_err(|e| e.to_string())?;
+    let notes = model
+        .layer
+        .iter()
+        .map(|l| {
+            format!(
+                "it was trained on the layer `{l}`; scmz picks a query's raw counts itself (X, count layers, raw/X, said in each report): give --layer {l} to project where they differ"
+            )
+        })
+        .collect();
     Ok(Report {
         dir,
         class: model.class,
         version: model.version,
         manifest,
+        notes,
     })
 }

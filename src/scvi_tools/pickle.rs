@@ -113,10 +113,11 @@ impl Value {
     /// A dict's value under the string key `key`.
     pub fn get(&self, key: &str) -> Option<Value> {
         match self {
+            // Keys set twice keep the last value, as in Python.
             Value::Dict(d) => d
                 .borrow()
                 .iter()
-                .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+                .rfind(|(k, _)| matches!(k, Value::Str(s) if s == key))
                 .map(|(_, v)| v.clone()),
             _ => None,
         }
@@ -125,14 +126,23 @@ impl Value {
     /// A dict's string keys with their values (other keys skipped).
     pub fn entries(&self) -> Vec<(String, Value)> {
         match self {
-            Value::Dict(d) => d
-                .borrow()
-                .iter()
-                .filter_map(|(k, v)| match k {
-                    Value::Str(s) => Some((s.clone(), v.clone())),
-                    _ => None,
-                })
-                .collect(),
+            Value::Dict(d) => {
+                // A key set twice: where it was first set, with its last value (Python's order).
+                let d = d.borrow();
+                let mut last = HashMap::new();
+                for (i, (k, _)) in d.iter().enumerate() {
+                    if let Value::Str(s) = k {
+                        last.insert(s.as_str(), i);
+                    }
+                }
+                let mut seen = std::collections::HashSet::new();
+                d.iter()
+                    .filter_map(|(k, _)| match k {
+                        Value::Str(s) if seen.insert(s.as_str()) => Some((s.clone(), d[last[s.as_str()]].1.clone())),
+                        _ => None,
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -264,12 +274,56 @@ fn forbidden(module: &str, name: &str) -> bool {
 
 const MAX_DEPTH: usize = 10_000;
 
+/// How deeply values may nest (lists in lists...): model files nest a few levels; dropping a
+/// value nested a hundred thousand deep would overflow the stack.
+const MAX_NESTING: usize = 1_000;
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u64, Value>,
+    /// Every container made, kept until the end: none is freed while the pickle runs (so the
+    /// addresses below stay theirs), and the end frees them parents first, one at a time.
+    arena: Vec<Value>,
+    /// Each container's nesting depth, by address.
+    depth: HashMap<usize, usize>,
+    /// Containers placed inside another: they may not change afterwards (a pickle never needs
+    /// it, and it would let a value nest deeper than its depth says).
+    nested: std::collections::HashSet<usize>,
+}
+
+impl Drop for Machine<'_> {
+    fn drop(&mut self) {
+        self.stack.clear();
+        self.memo.clear();
+        // Parents were made after their children: freeing from the end, a parent only ever
+        // lets go of children the arena still holds, so no drop recurses.
+        while let Some(v) = self.arena.pop() {
+            drop(v);
+        }
+    }
+}
+
+/// A container's address, its identity while the pickle runs.
+fn address(v: &Value) -> Option<usize> {
+    match v {
+        Value::List(x) | Value::Set(x) => Some(Rc::as_ptr(x) as *const u8 as usize),
+        Value::Tuple(x) => Some(Rc::as_ptr(x) as *const u8 as usize),
+        Value::Dict(x) => Some(Rc::as_ptr(x) as *const u8 as usize),
+        _ => None,
+    }
+}
+
+/// A container's items (keys and values for a dict).
+fn children(v: &Value) -> Vec<Value> {
+    match v {
+        Value::List(x) | Value::Set(x) => x.borrow().clone(),
+        Value::Tuple(x) => x.to_vec(),
+        Value::Dict(x) => x.borrow().iter().flat_map(|(k, v)| [k.clone(), v.clone()]).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Runs the pickle in `data` and returns what it builds; an error says what was refused or
@@ -281,6 +335,9 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        arena: Vec::new(),
+        depth: HashMap::new(),
+        nested: Default::default(),
     };
     m.run()
 }
@@ -330,8 +387,45 @@ impl Machine<'_> {
         if self.stack.len() >= 1_000_000 {
             return Err("the pickle's stack grows past a million values".into());
         }
+        // A container seen for the first time: made just now, with the items it holds.
+        if let Some(a) = address(&v).filter(|a| !self.depth.contains_key(a)) {
+            self.depth.insert(a, 0);
+            self.arena.push(v.clone());
+            self.grow(&v, &children(&v))?;
+        }
         self.stack.push(v);
         Ok(())
+    }
+
+    fn depth_of(&self, v: &Value) -> usize {
+        address(v).map_or(0, |a| self.depth.get(&a).copied().unwrap_or(1))
+    }
+
+    /// Records that container `target` is about to hold `items`.
+    fn grow(&mut self, target: &Value, items: &[Value]) -> Result<(), String> {
+        let Some(a) = address(target) else {
+            return Ok(());
+        };
+        if self.nested.contains(&a) {
+            return Err(
+                "the pickle changes a value after placing it inside another, which no model file does; refused".into(),
+            );
+        }
+        let d = 1 + items.iter().map(|i| self.depth_of(i)).max().unwrap_or(0);
+        if d > MAX_NESTING {
+            return Err(format!("the pickle nests values more than {MAX_NESTING} deep; refused"));
+        }
+        let e = self.depth.entry(a).or_insert(1);
+        *e = (*e).max(d);
+        self.nested.extend(items.iter().filter_map(address));
+        Ok(())
+    }
+
+    /// The value on top of the stack, about to receive `items`.
+    fn target(&mut self, items: &[Value]) -> Result<Value, String> {
+        let t = self.top()?.clone();
+        self.grow(&t, items)?;
+        Ok(t)
     }
 
     fn pop(&mut self) -> Result<Value, String> {
@@ -542,27 +636,28 @@ impl Machine<'_> {
                 }
                 0x90 => {
                     let items = self.pop_mark()?;
-                    if let Value::Set(s) = self.top()? {
+                    if let Value::Set(s) = self.target(&items)? {
                         s.borrow_mut().extend(items);
                     }
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    append(self.top()?, vec![v]);
+                    append(&mut self.target(std::slice::from_ref(&v))?, vec![v]);
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    append(self.top()?, items);
+                    append(&mut self.target(&items)?, items);
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    set_items(self.top()?, vec![(k, v)]);
+                    let mut t = self.target(&[k.clone(), v.clone()])?;
+                    set_items(&mut t, vec![(k, v)]);
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    let d = pairs(items)?;
-                    set_items(self.top()?, d);
+                    let mut t = self.target(&items)?;
+                    set_items(&mut t, pairs(items)?);
                 }
                 b'q' => {
                     let k = self.u8()? as u64;
@@ -630,6 +725,7 @@ impl Machine<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
+                    self.target(std::slice::from_ref(&state))?;
                     build(self.top()?, state)?;
                 }
                 b'Q' => {
@@ -687,19 +783,11 @@ fn append(target: &mut Value, items: Vec<Value>) {
     // Appending to anything else (an opaque object) changes nothing scmz reads.
 }
 
+/// Appends: a key set again is resolved when read (`Value::get`, `Value::entries`), so that
+/// each item costs the same however large the dict.
 fn set_items(target: &mut Value, items: Vec<(Value, Value)>) {
     if let Value::Dict(d) = target {
-        let mut d = d.borrow_mut();
-        for (k, v) in items {
-            let key = |x: &Value| match x {
-                Value::Str(s) => Some(s.clone()),
-                _ => None,
-            };
-            match key(&k).and_then(|s| d.iter().position(|(e, _)| key(e).as_deref() == Some(&s))) {
-                Some(i) => d[i].1 = v,
-                None => d.push((k, v)),
-            }
-        }
+        d.borrow_mut().extend(items);
     }
 }
 

@@ -25,8 +25,17 @@ pub struct Floats {
 impl TorchFile {
     /// Reads `path`; an error is one line naming what was refused and why.
     pub fn open(path: &Path) -> Result<TorchFile, String> {
+        // Not opened unless it is a regular file: opening a FIFO would wait forever.
+        let meta = std::fs::metadata(path).map_err(|e| crate::files::describe(&e))?;
+        if !meta.is_file() {
+            return Err("is not a regular file; give the file model.save() wrote".into());
+        }
         let file = std::fs::File::open(path).map_err(|e| crate::files::describe(&e))?;
         let file_len = file.metadata().map_err(|e| crate::files::describe(&e))?.len();
+        // torch stores its entries uncompressed: what they unpack to stays near the file's size.
+        // Compressed entries are read, but not past this many bytes in all (no zip bombs).
+        let budget = file_len.saturating_mul(4).saturating_add(64 << 20);
+        let mut unpacked = 0u64;
         let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| format!("is not a torch zip file ({e}); scmz reads models saved by torch 1.6 or later"))?;
         let mut pkl = None;
@@ -50,6 +59,14 @@ impl TorchFile {
             let wanted = rest == "data.pkl" || rest.starts_with("data/");
             if !wanted {
                 continue;
+            }
+            unpacked = unpacked.saturating_add(entry.size());
+            if unpacked > budget {
+                return Err(format!(
+                    "unpacks to more than {} MB from {} MB (a zip bomb, or not a torch file); refused",
+                    budget >> 20,
+                    file_len >> 20
+                ));
             }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry
@@ -87,9 +104,18 @@ impl TorchFile {
         let n_storage = bytes.len() / size;
         let shape: Vec<usize> = t.shape.iter().map(|&s| s as usize).collect();
         let numel = shape.iter().try_fold(1usize, |a, &s| a.checked_mul(s));
+        // A tensor may repeat its storage's values (stride 0, as `expand` makes), but not into
+        // more than 16M values from a smaller storage.
         let numel = numel
-            .filter(|&n| n <= bytes.len())
-            .ok_or_else(|| format!("has a tensor of impossible shape {:?}", t.shape))?;
+            .filter(|&n| n <= n_storage.max(1 << 24))
+            .filter(|_| t.offset >= 0 && t.shape.iter().chain(&t.stride).all(|&x| x >= 0))
+            .filter(|_| t.shape.len() == t.stride.len())
+            .ok_or_else(|| {
+                format!(
+                    "has a tensor of impossible shape {:?} (strides {:?}, offset {}) over storage `data/{key}`",
+                    t.shape, t.stride, t.offset
+                )
+            })?;
         if numel > 0 {
             let last = t
                 .shape
