@@ -637,7 +637,9 @@ fn hostile_shapes_are_refused_quickly() {
         let opts = zip::write::FileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         z.start_file("archive/data.pkl", stored).unwrap();
         z.write_all(b"\x80\x02}.").unwrap();
-        let pad: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        let pad: Vec<u8> = (0..2u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
         z.start_file("archive/pad", stored).unwrap();
         z.write_all(&pad).unwrap();
         let zeros = vec![0u8; 2 << 20];
