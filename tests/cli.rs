@@ -13,7 +13,12 @@ fn datasets_lists_every_bundled_file_and_caches_metadata() {
     let out = scmz(&["datasets", root.to_str().unwrap(), "--json"], cache.path());
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<Value> = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(rows.len(), 12, "{rows:#?}");
+    // 12 data files, and the AnnData scvi-tools saved beside a model fixture.
+    assert_eq!(rows.len(), 13, "{rows:#?}");
+    assert!(rows.iter().any(|r| r["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("scvi-tools/scvi_nb_1layer/adata.h5ad")));
     // anndata 0.13's nullable-string layout is listed like any other file.
     assert!(rows
         .iter()
