@@ -184,6 +184,24 @@ impl StateDict {
         self.floats(name, shape, &data);
     }
 
+    /// A layer (`<layer>.0` linear, `<layer>.1` BatchNorm) that scvi-tools builds and this
+    /// model does not use: zero weights, BatchNorm as initialised.
+    fn neutral_layer(&mut self, layer: &str, n_in: usize, h: usize, norm: Norm) {
+        self.filled(&format!("{layer}.0.weight"), vec![h, n_in], 0.0);
+        self.filled(&format!("{layer}.0.bias"), vec![h], 0.0);
+        if norm == Norm::Batch {
+            for (p, v) in [
+                ("weight", 1.0),
+                ("bias", 0.0),
+                ("running_mean", 0.0),
+                ("running_var", 1.0),
+            ] {
+                self.filled(&format!("{layer}.1.{p}"), vec![h], v);
+            }
+            self.long(&format!("{layer}.1.num_batches_tracked"), 0);
+        }
+    }
+
     fn long(&mut self, name: &str, value: i64) {
         let key = self.storages.len().to_string();
         self.storages.push((key.clone(), value.to_le_bytes().to_vec()));
@@ -290,19 +308,7 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
             // is observed (as in every model scmz has), so its weights are neutral.
             let n_in = g + if a.layout.encode_batch { nb } else { 0 };
             let layer = "l_encoder.encoder.fc_layers.Layer 0";
-            sd.filled(&format!("{layer}.0.weight"), vec![h, n_in], 0.0);
-            sd.filled(&format!("{layer}.0.bias"), vec![h], 0.0);
-            if a.norm == Norm::Batch {
-                for (p, v) in [
-                    ("weight", 1.0),
-                    ("bias", 0.0),
-                    ("running_mean", 0.0),
-                    ("running_var", 1.0),
-                ] {
-                    sd.filled(&format!("{layer}.1.{p}"), vec![h], v);
-                }
-                sd.long(&format!("{layer}.1.num_batches_tracked"), 0);
-            }
+            sd.neutral_layer(layer, n_in, h, a.norm);
             for p in ["mean_encoder", "var_encoder"] {
                 sd.filled(&format!("l_encoder.{p}.weight"), vec![1, h], 0.0);
                 sd.filled(&format!("l_encoder.{p}.bias"), vec![1], 0.0);
@@ -354,19 +360,7 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
             for i in 0..a.n_layers.max(1) {
                 let layer = format!("{layers}.fc_layers.Layer {i}");
                 let n_in = if i == 0 { l } else { h } + n_labels;
-                sd.filled(&format!("{layer}.0.weight"), vec![h, n_in], 0.0);
-                sd.filled(&format!("{layer}.0.bias"), vec![h], 0.0);
-                if a.norm == Norm::Batch {
-                    for (p, v) in [
-                        ("weight", 1.0),
-                        ("bias", 0.0),
-                        ("running_mean", 0.0),
-                        ("running_var", 1.0),
-                    ] {
-                        sd.filled(&format!("{layer}.1.{p}"), vec![h], v);
-                    }
-                    sd.long(&format!("{layer}.1.num_batches_tracked"), 0);
-                }
+                sd.neutral_layer(&layer, n_in, h, a.norm);
             }
             for head in heads {
                 sd.filled(&format!("{part}.{head}.weight"), vec![l, h], 0.0);
