@@ -15,7 +15,8 @@
 //! - [`jobs`]: the job registry and queue, the supervisor, the local and Slurm backends.
 //! - [`zoo`]: model folders, manifests, checksums, installation.
 //! - [`scvi_tools`]: scvi-tools models into the zoo (`scmz import`): `torch.save` files read by a
-//!   pickle reader that runs nothing, weights renamed and checked against the architecture.
+//!   pickle reader that runs nothing, weights renamed and checked against the architecture; and
+//!   out of it (`scmz export`): a torch zip with a hand-written pickle that SCVI/SCANVI.load read.
 //!
 //! Binaries:
 //! - `scmz` (`src/main.rs`, `src/cli/`, `src/tui/`): the command line and the terminal UI, over
