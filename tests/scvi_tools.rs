@@ -495,11 +495,16 @@ fn models_without_a_scvi_tools_equivalent_are_not_exported() {
         assert!(e.contains(why) && e.trim().lines().count() == 1, "{e}");
         assert!(!dir.exists(), "{name}: {} was made", dir.display());
     }
+    // A file where the folder should be.
+    let afile = out.path().join("afile");
+    std::fs::write(&afile, b"x").unwrap();
+    train(zoo.path(), "plain", &[]);
+    let e = stderr(&export(zoo.path(), "plain", &afile));
+    assert!(e.contains("is not a folder"), "{e}");
     // An existing model.pt is kept unless --overwrite.
     let dir = out.path().join("kept");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("model.pt"), b"mine").unwrap();
-    train(zoo.path(), "plain", &[]);
     let o = export(zoo.path(), "plain", &dir);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read(dir.join("model.pt")).unwrap(), b"mine");

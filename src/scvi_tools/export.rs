@@ -252,6 +252,12 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
     if let Some(why) = refusal(&m) {
         return Err(format!("model `{name}` {why}; export to scvi-tools refused"));
     }
+    if out.exists() && !out.is_dir() {
+        return Err(format!(
+            "{}: is not a folder; give -o a folder to write model.pt in",
+            out.display()
+        ));
+    }
     let file = out.join("model.pt");
     if file.exists() && !overwrite {
         return Err(format!(
@@ -280,7 +286,11 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
         ));
     }
     let bytes = std::fs::read(&weights_path).map_err(|e| at(&e))?;
-    let weights = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| at(&e))?;
+    let weights = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        at(&format!(
+            "is not a valid safetensors file ({e}); import or train the model again"
+        ))
+    })?;
     let names = name_map(a);
     let shapes = expected_shapes(a);
     let (g, h) = (a.n_genes, a.n_hidden);
