@@ -91,7 +91,12 @@ fn agreement(projected: &Path, predicted: &Path) -> (usize, f64) {
 }
 
 fn max_difference(name: &str, latents: &[Vec<f32>]) -> f32 {
-    let want = csv(&data(&format!("scvi-tools/{name}/latent.csv")));
+    latent_difference(&data(&format!("scvi-tools/{name}/latent.csv")), latents)
+}
+
+/// The largest difference between `latents` and those of a CSV (one cell per line).
+fn latent_difference(file: &Path, latents: &[Vec<f32>]) -> f32 {
+    let want = csv(file);
     assert_eq!(want.len(), latents.len());
     let mut worst = 0f32;
     for (w, z) in want.iter().zip(latents) {
@@ -430,31 +435,8 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        let theirs: Vec<Vec<f32>> = csv(&csv_file)
-            .iter()
-            .map(|r| r.iter().map(|x| x.parse().unwrap()).collect())
-            .collect();
         // One projection: each cell under its own batch, as scvi-tools encodes it.
-        let file = out.path().join(format!("{name}.h5ad"));
-        let o = scmz(
-            &[
-                "project",
-                data("pbmc68k_counts.h5ad").to_str().unwrap(),
-                "--model",
-                name,
-                "-o",
-                file.to_str().unwrap(),
-            ],
-            zoo.path(),
-        );
-        assert!(o.status.success(), "{}", stderr(&o));
-        let z = hdf5::File::open(&file)
-            .unwrap()
-            .dataset("obsm/X_scmz")
-            .unwrap()
-            .read_2d::<f32>()
-            .unwrap();
-        let ours: Vec<Vec<f32>> = z.rows().into_iter().map(|r| r.to_vec()).collect();
+        let (ours, file) = projected_latents(name, zoo.path(), out.path());
         let predicted = out.path().join(format!("{name}.predict.csv"));
         if name.ends_with("classifier") {
             // Exported as SCANVI: its predict() gives scmz's classifier labels and probabilities.
@@ -465,13 +447,7 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
         } else {
             assert!(!predicted.exists(), "{name} was exported as SCANVI");
         }
-        assert_eq!(theirs.len(), ours.len());
-        let worst = theirs
-            .iter()
-            .flatten()
-            .zip(ours.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = latent_difference(&csv_file, &ours);
         eprintln!("{name}: scvi-tools' latents differ from scmz's by up to {worst}");
         assert!(
             worst < 1e-4,
