@@ -12,6 +12,7 @@
 //!   streams of validated CSR chunks; the `.h5ad` writer; the dataset catalog.
 //! - [`genes`]: identifier tables, gene matching and overlap reports, merging, gene selection.
 //! - [`tables`], [`config`], [`events`]: report tables, `config.toml`, the run event log.
+//! - [`stats`]: a seedable generator, k-means and the adjusted Rand index.
 //! - [`jobs`]: the job registry and queue, the supervisor, the local and Slurm backends.
 //! - [`zoo`]: model folders, manifests, checksums, installation.
 //! - [`scvi_tools`]: scvi-tools models into the zoo (`scmz import`): `torch.save` files read by a
@@ -21,10 +22,12 @@
 //! Binaries:
 //! - `scmz` (`src/main.rs`, `src/cli/`, `src/tui/`): the command line and the terminal UI, over
 //!   the library. It never loads libtorch (`tests/layers.rs` checks that it is not linked).
-//! - `scmz-engine` (`src/engine/`): the only code that names `tch` (`tests/layers.rs`): the
-//!   model (`vae`, `stored`, `fused`, `adam`, `tensor`), training (`loader`, `train`) and its
-//!   application (`project`, `finetune`, `compare`). `train` returns an `Outcome`; only the
-//!   engine's `main` turns outcomes and errors into exit statuses.
+//! - `scmz-engine` (`src/engine/`): the only code that names `tch` (`tests/layers.rs`), by stage:
+//!   `model/` (the VAE, its layers, the minibatch it reads, weights on disk), `kernels/` (sparse
+//!   products, the fused likelihood, exp/ln/lgamma, one AVX2 dispatch), `train/` (set-up, the
+//!   minibatch feed and loader, epochs, Adam, checkpoints, the saved model), `apply/` (encoding,
+//!   projection, fine-tuning, compare). `train` returns an `Outcome`; only the engine's `main` turns
+//!   outcomes and errors into exit statuses. Its tests run in process; the CLI's tests start it.
 //!
 //! Errors of the data layer are [`data::DataError`] (file, element, problem, what to do); both
 //! binaries print an error as one line and exit non-zero.
@@ -38,5 +41,6 @@ pub mod genes;
 pub mod jobs;
 pub mod scvi_tools;
 pub mod spec;
+pub mod stats;
 pub mod tables;
 pub mod zoo;

@@ -539,7 +539,7 @@ fn engine_answer(
     limit: std::time::Duration,
 ) -> std::io::Result<std::process::Output> {
     use std::process::Stdio;
-    let mut child = std::process::Command::new(engine)
+    let mut child = scmz::jobs::engine_command(engine)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

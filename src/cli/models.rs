@@ -249,7 +249,7 @@ pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
 /// `run_engine` in folder `cwd` (a job's relative paths mean files there).
 pub fn run_engine_in(args: &[String], cwd: Option<&std::path::Path>) -> anyhow::Result<i32> {
     let engine = engine_path();
-    let mut cmd = std::process::Command::new(&engine);
+    let mut cmd = scmz::jobs::engine_command(&engine);
     cmd.args(args).env("SCMZ_FRONT_END", "scmz");
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);

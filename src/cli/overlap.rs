@@ -30,7 +30,7 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
     let args = scmz::spec::EngineRequest::Project(Box::new(spec))
         .to_args()
         .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
-    let o = std::process::Command::new(super::models::engine_path())
+    let o = scmz::jobs::engine_command(&super::models::engine_path())
         .args(&args)
         .output()?;
     let predicted: Option<serde_json::Value> = o

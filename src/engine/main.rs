@@ -3,16 +3,11 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
-mod adam;
-mod compare;
-mod finetune;
-mod fused;
-mod loader;
-mod project;
-mod stored;
+mod apply;
+mod kernels;
+mod model;
 mod tensor;
 mod train;
-mod vae;
 
 use std::path::PathBuf;
 
@@ -73,7 +68,6 @@ enum Command {
 pub(crate) static TORCH_RNG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn main() {
-    spin_briefly();
     tune_malloc();
     scmz::data::guard::install();
     // In a job and in a terminal alike (Ctrl-C reaches the engine too): a stop ends every phase
@@ -117,10 +111,10 @@ pub(crate) fn exit_now(code: i32) -> ! {
 /// its epochs start (reading, gene selection), and in the other commands, this thread does, after
 /// recording the end when the supervisor is gone (so the queue moves on then too).
 fn watch_job() {
-    train::install_stop_handlers();
+    train::stop::install_stop_handlers();
     std::thread::spawn(|| loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        if train::stop_requested() && !train::TRAINING.load(std::sync::atomic::Ordering::SeqCst) {
+        if train::stop::stop_requested() && !train::stop::TRAINING.load(std::sync::atomic::Ordering::SeqCst) {
             hand_over_if_orphaned(Err("before it had saved anything"));
             exit_now(143);
         }
@@ -204,32 +198,6 @@ pub(crate) fn hand_over_if_orphaned(ending: Ending) {
     eprintln!("error: starting the next queued job: {err}");
 }
 
-/// libtorch's OpenMP workers spin for a while after each parallel region (GOMP_SPINCOUNT, 300,000
-/// by default) before sleeping; between regions scmz runs its own loops (the likelihood, the
-/// sparse first layer, the optimiser) and the reader thread, which then compete with a spinning
-/// worker for the same cores. A short spin: 20,000 genes, 2 threads, 37.8 -> 33.0 ms per step.
-/// libgomp reads the variable when it loads, before `main`, so the engine sets it and re-executes
-/// itself once (about 0.4 s: libtorch loads twice), for the long commands only; a value the user
-/// set is kept.
-fn spin_briefly() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("GOMP_SPINCOUNT").is_some() || std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let long = std::env::args_os()
-        .nth(1)
-        .is_some_and(|c| c == "train" || c == "compare");
-    if !long {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    // `exec` returns only when it failed; the engine then runs with the default spin.
-    let _ = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("GOMP_SPINCOUNT", "1000")
-        .exec();
-}
-
 /// libtorch allocates each intermediate tensor with malloc and frees it a moment later. glibc
 /// serves blocks above 128 KiB with fresh mmap'ed pages (a page fault per 4 KiB on first touch)
 /// and trims the heap top eagerly; a model step's tensors (128 cells x 1,000 genes = 512 KiB)
@@ -251,8 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Train(args) => finish(train::train(*args)?),
-        Command::Project(args) => project::project(*args),
-        Command::Compare(args) => finish(compare::compare(*args)?),
+        Command::Project(args) => apply::project::project(*args),
+        Command::Compare(args) => finish(apply::compare::compare(*args)?),
         Command::Encode {
             model,
             zoo,
@@ -262,7 +230,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let zoo = scmz::zoo::Zoo::new(zoo.unwrap_or_else(scmz::zoo::default_zoo));
             zoo.load(&model)?;
-            let (ids, latent) = train::encode_dataset(&zoo.model_dir(&model), &data, cells, batch_key.as_deref())?;
+            let (ids, latent) =
+                apply::encode::encode_dataset(&zoo.model_dir(&model), &data, cells, batch_key.as_deref())?;
             println!("{}", serde_json::json!({ "cell_ids": ids, "latent": latent }));
             Ok(())
         }
@@ -271,7 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             batch_size,
             likelihood,
-        } => train::bench_step(&path, steps, batch_size, likelihood),
+        } => train::bench::bench_step(&path, steps, batch_size, likelihood),
         Command::Selftest { path, cells } => {
             let ds = scmz::data::Dataset::open(&path)?;
             let chunk = ds.read_rows(0, cells)?;

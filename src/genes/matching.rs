@@ -379,3 +379,20 @@ pub fn stale_symbols(list: &GeneList) -> Option<(usize, Vec<String>)> {
     let stale: Vec<&String> = symbols.iter().filter(|s| !r.is_current_human_symbol(s)).collect();
     Some((stale.len(), stale.iter().take(5).map(|s| s.to_string()).collect()))
 }
+
+/// A chunk of the data moved into the model's gene space: each data gene's counts go to the model
+/// genes it matched (`a_to_b`), rows sorted by gene.
+pub fn to_model_space(chunk: &crate::data::CsrChunk, a_to_b: &[Vec<u32>], n_genes: usize) -> crate::data::CsrChunk {
+    let mut x = crate::data::CsrChunk::empty(0, n_genes);
+    for r in 0..chunk.n_rows() {
+        let (idx, val) = chunk.row(r);
+        let mut row: Vec<(u32, f32)> = idx
+            .iter()
+            .zip(val)
+            .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
+            .collect();
+        row.sort_unstable_by_key(|e| e.0);
+        x.push_row(row);
+    }
+    x
+}

@@ -8,5 +8,5 @@ pub mod overlap;
 pub mod reference;
 pub mod selection;
 
-pub use matching::{match_genes, GeneList, Matching, Route};
+pub use matching::{match_genes, to_model_space, GeneList, Matching, Route};
 pub use overlap::{compare_datasets, compare_lists, OverlapReport};

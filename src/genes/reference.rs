@@ -95,6 +95,7 @@ pub fn reference() -> &'static Reference {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

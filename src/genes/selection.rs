@@ -274,6 +274,7 @@ fn genes_from_file(ds: &Dataset, path: &Path) -> Result<Vec<bool>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

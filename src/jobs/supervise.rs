@@ -69,7 +69,7 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
         Ok(args) => args,
         Err(e) => return fail_to_start(reg, id, e),
     };
-    let mut cmd = tokio::process::Command::new(&engine);
+    let mut cmd = tokio::process::Command::from(super::engine_command(&engine));
     cmd.args(&args)
         .env("SCMZ_JOB_ID", &job.id)
         .env(
@@ -109,16 +109,15 @@ async fn supervise_async(reg: &Registry, id: &str) -> Result<Job, JobError> {
     };
     if job.cancel_requested {
         if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on the engine we started; it checkpoints and exits on SIGTERM.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // The engine we started: it checkpoints and exits on SIGTERM.
+            super::send_signal(pid, rustix::process::Signal::TERM);
         }
     }
     let status = tokio::select! {
         status = child.wait() => status,
         _ = sigterm.recv() => {
             if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on the engine we started; it checkpoints and exits on SIGTERM.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                super::send_signal(pid, rustix::process::Signal::TERM);
             }
             child.wait().await
         }

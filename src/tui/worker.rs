@@ -203,7 +203,7 @@ pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Upd
     let out = EngineRequest::Project(Box::new(spec))
         .to_args()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        .and_then(|args| std::process::Command::new(engine).args(args).output());
+        .and_then(|args| scmz::jobs::engine_command(engine).args(args).output());
     let result = match out {
         Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .map_err(|e| e.to_string())

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::stored::{from_file, to_file};
+use crate::model::stored::{from_file, to_file};
 
 pub struct Adam {
     pub lr: f64,
@@ -208,7 +208,7 @@ impl Adam {
     /// Restores a written `snapshot` of the same model.
     pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
         let named: std::collections::HashMap<String, Tensor> =
-            crate::stored::read_safetensors(path)?.into_iter().collect();
+            crate::model::stored::read_safetensors(path)?.into_iter().collect();
         let get = |k: &str| {
             named
                 .get(k)
@@ -228,28 +228,6 @@ impl Adam {
     }
 }
 
-/// Named tensors as safetensors, whole or not at all (`files::AtomicFile`: a full disk leaves
-/// the previous file and no temporary one).
-pub fn write_atomic(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
-    let f = scmz::files::AtomicFile::create(path)?;
-    Tensor::write_safetensors(named, f.path())
-        .map_err(|e| anyhow::anyhow!("{}: cannot write: {}", path.display(), tch_io_reason(&e)))?;
-    f.commit()?;
-    Ok(())
-}
-
-/// The reason of a failed tch write, as the OS says it where there is one.
-fn tch_io_reason(e: &tch::TchError) -> String {
-    match e {
-        tch::TchError::Io(io)
-        | tch::TchError::SafeTensorError {
-            err: safetensors::SafeTensorError::IoError(io),
-            ..
-        } => scmz::files::describe(io),
-        other => other.to_string(),
-    }
-}
-
 #[derive(Clone, Copy)]
 struct Hyper {
     beta1: f32,
@@ -260,21 +238,9 @@ struct Hyper {
     inv_sqrt_bc2: f32,
 }
 
-/// The fused update over one parameter (written as plain loops the compiler vectorises).
-fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::tensor::has_avx2() {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { update_avx2(p, g, m, v, h) };
-    }
-    update_body(p, g, m, v, h)
-}
-
-/// The same loop compiled for 8-wide vectors (the portable build targets 4-wide SSE2).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn update_avx2(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) {
-    update_body(p, g, m, v, h)
+crate::kernels::avx2_dispatch! {
+    /// The fused update over one parameter (written as plain loops the compiler vectorises).
+    fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper) = update_body;
 }
 
 #[inline(always)]
@@ -289,8 +255,10 @@ fn update_body(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Hyper)
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::model::stored::write_atomic;
     use tch::nn::OptimizerConfig;
 
     /// The fused CPU loop, the tensor-op path (what CUDA runs) and libtorch's own Adam take the

@@ -7,9 +7,10 @@ use tch::{nn, Device, Tensor};
 
 use scmz::data::CsrChunk;
 
-use crate::loader::Batch;
-use crate::train::{prepare, Covariates};
-use crate::vae::{Pass, Vae};
+use crate::model::vae::{Pass, Vae};
+use crate::train::covariates::Covariates;
+use crate::train::loader::Batch;
+use crate::train::minibatch::prepare;
 
 pub struct Finetuned {
     /// Owns the variables the model uses.

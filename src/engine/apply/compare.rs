@@ -16,78 +16,18 @@ use scmz::genes::overlap::label;
 use scmz::genes::{compare_lists, GeneList};
 use scmz::zoo::Zoo;
 
-use crate::loader::{Batch, Rng};
-use crate::project::{knn_labels, to_model_space};
-use crate::train::{load_model, prepare, train, Covariates, Outcome};
-use crate::vae::{Pass, Vae};
+use crate::apply::encode::load_model;
+use crate::apply::transfer::knn_labels;
+use crate::model::vae::{Pass, Vae};
+use crate::train::covariates::Covariates;
+use crate::train::loader::{Batch, Rng};
+use crate::train::minibatch::prepare;
+use crate::train::{train, Outcome};
+use scmz::genes::to_model_space;
 use scmz::spec::{CompareSpec, TrainSpec};
 
+use scmz::stats::{ari, kmeans};
 use scmz::zoo::comparison::{Comparison, ComparisonRow as Row};
-
-/// Lloyd's k-means with seeded initial centres; returns cluster labels.
-fn kmeans(x: &[f32], dim: usize, k: usize, seed: u64) -> Vec<usize> {
-    let n = x.len() / dim;
-    let mut rng = Rng::new(seed);
-    let mut centres: Vec<f32> = (0..k)
-        .flat_map(|_| x[(rng.next_u64() as usize % n) * dim..][..dim].to_vec())
-        .collect();
-    let mut labels = vec![0usize; n];
-    for _ in 0..50 {
-        for (i, l) in labels.iter_mut().enumerate() {
-            let p = &x[i * dim..(i + 1) * dim];
-            *l = (0..k)
-                .min_by(|&a, &b| {
-                    let d = |c: usize| {
-                        p.iter()
-                            .zip(&centres[c * dim..(c + 1) * dim])
-                            .map(|(u, v)| (u - v) * (u - v))
-                            .sum::<f32>()
-                    };
-                    d(a).total_cmp(&d(b))
-                })
-                .unwrap_or(0);
-        }
-        let mut sums = vec![0f32; k * dim];
-        let mut counts = vec![0usize; k];
-        for (i, &l) in labels.iter().enumerate() {
-            counts[l] += 1;
-            for d in 0..dim {
-                sums[l * dim + d] += x[i * dim + d];
-            }
-        }
-        for c in 0..k {
-            if counts[c] > 0 {
-                for d in 0..dim {
-                    centres[c * dim + d] = sums[c * dim + d] / counts[c] as f32;
-                }
-            }
-        }
-    }
-    labels
-}
-
-/// Adjusted Rand index of two labellings.
-pub fn ari(a: &[usize], b: &[usize]) -> f64 {
-    let n = a.len() as f64;
-    let mut table: std::collections::HashMap<(usize, usize), f64> = Default::default();
-    let mut ra: std::collections::HashMap<usize, f64> = Default::default();
-    let mut rb: std::collections::HashMap<usize, f64> = Default::default();
-    for (&x, &y) in a.iter().zip(b) {
-        *table.entry((x, y)).or_default() += 1.0;
-        *ra.entry(x).or_default() += 1.0;
-        *rb.entry(y).or_default() += 1.0;
-    }
-    let c2 = |v: f64| v * (v - 1.0) / 2.0;
-    let index: f64 = table.values().map(|&v| c2(v)).sum();
-    let sa: f64 = ra.values().map(|&v| c2(v)).sum();
-    let sb: f64 = rb.values().map(|&v| c2(v)).sum();
-    let expected = sa * sb / c2(n);
-    let max = (sa + sb) / 2.0;
-    if (max - expected).abs() < 1e-12 {
-        return 1.0;
-    }
-    (index - expected) / (max - expected)
-}
 
 /// Mean log-likelihood per cell over the genes where `shared` is 1, and latent means. A model
 /// trained with batches (`batches`: its categories) sees the cells as its first batch, as
@@ -142,7 +82,7 @@ fn write_subset(
 ) -> anyhow::Result<()> {
     let (cols, n_keep) = scmz::data::matrix::column_map(keep);
     let mut w = H5adWriter::create(out, n_keep)?;
-    let all = crate::train::read_rows(ds, rows)?;
+    let all = crate::apply::encode::read_rows(ds, rows)?;
     let mut x = CsrChunk::empty(0, n_keep);
     for r in 0..all.n_rows() {
         let (idx, val) = all.row(r);
@@ -464,32 +404,4 @@ fn report(args: &CompareSpec, rows: &[Row]) -> anyhow::Result<()> {
         println!("verdict: {}", scmz::files::printable(&v.to_string()));
     }
     saved
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn adjusted_rand_index_matches_known_values() {
-        assert!((ari(&[0, 0, 1, 1], &[1, 1, 0, 0]) - 1.0).abs() < 1e-12);
-        assert!((ari(&[0, 0, 1, 1], &[0, 1, 0, 1]) + 0.5).abs() < 1e-12);
-        // scikit-learn's documented example: 0.24242424...
-        assert!((ari(&[0, 0, 0, 1, 1, 1], &[0, 0, 1, 1, 2, 2]) - 0.242_424_242_4).abs() < 1e-9);
-    }
-
-    #[test]
-    fn kmeans_separates_two_clouds() {
-        let x: Vec<f32> = (0..40)
-            .flat_map(|i| {
-                if i < 20 {
-                    [0.0 + i as f32 * 0.01, 0.0]
-                } else {
-                    [10.0, 10.0 + i as f32 * 0.01]
-                }
-            })
-            .collect();
-        let l = kmeans(&x, 2, 2, 3);
-        assert!(l[..20].iter().all(|&v| v == l[0]) && l[20..].iter().all(|&v| v == l[20]) && l[0] != l[20]);
-    }
 }

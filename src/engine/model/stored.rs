@@ -116,11 +116,34 @@ pub fn load_stored(vs: &nn::VarStore, path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// Named tensors as safetensors, whole or not at all (`files::AtomicFile`: a full disk leaves
+/// the previous file and no temporary one).
+pub fn write_atomic(named: &[(String, Tensor)], path: &Path) -> anyhow::Result<()> {
+    let f = scmz::files::AtomicFile::create(path)?;
+    Tensor::write_safetensors(named, f.path())
+        .map_err(|e| anyhow::anyhow!("{}: cannot write: {}", path.display(), tch_io_reason(&e)))?;
+    f.commit()?;
+    Ok(())
+}
+
+/// The reason of a failed tch write, as the OS says it where there is one.
+fn tch_io_reason(e: &tch::TchError) -> String {
+    match e {
+        tch::TchError::Io(io)
+        | tch::TchError::SafeTensorError {
+            err: safetensors::SafeTensorError::IoError(io),
+            ..
+        } => scmz::files::describe(io),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::adam::{write_atomic, Adam};
-    use crate::vae::Vae;
+    use crate::model::vae::Vae;
+    use crate::train::adam::Adam;
     use scmz::zoo::manifest::Architecture;
 
     fn model() -> (nn::VarStore, Vae) {

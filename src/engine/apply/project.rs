@@ -5,7 +5,7 @@
 
 use anyhow::bail;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use scmz::data::writer::{write_copy_with, Additions, ColumnValues, FrameColumn, Obsm};
 use scmz::data::{CsrChunk, Dataset, OpenOptions};
@@ -14,9 +14,10 @@ use scmz::genes::{compare_lists, GeneList};
 use scmz::spec::ProjectSpec;
 use scmz::zoo::Zoo;
 
-use crate::loader::Batch;
-use crate::train::{load_model, prepare, Covariates};
-use crate::vae::Vae;
+use crate::apply::encode::load_model;
+use crate::apply::encoder::{cell_batches, CellBatch, Encoder};
+use crate::apply::transfer::knn_labels;
+use scmz::genes::to_model_space;
 
 #[derive(Debug, Serialize)]
 pub struct ProjectReport {
@@ -40,251 +41,6 @@ pub struct ProjectReport {
     pub output: String,
 }
 
-/// How cells are encoded: which model genes they carry and how missing ones are presented.
-struct Encoder<'a> {
-    vae: &'a Vae,
-    dev: Device,
-    /// 1 for model genes the data has.
-    found: Vec<f32>,
-    mask: bool,
-    batch: Option<(Vec<String>, CellBatch)>,
-}
-
-/// The batch each cell is encoded as: one for all, or each cell's own (the query's column of
-/// the model's batch key), by row.
-#[derive(Clone)]
-enum CellBatch {
-    All(usize),
-    PerCell(std::sync::Arc<Vec<i32>>),
-}
-
-impl Encoder<'_> {
-    /// Latent means of cells given in the model's gene space, the first being row `first`.
-    fn encode(&self, x: &CsrChunk, hide: bool, first: usize) -> anyhow::Result<Vec<f32>> {
-        let n = x.n_rows();
-        let g = self.vae.arch.n_genes;
-        let cov = Covariates {
-            batch: self.batch.as_ref().map(|(cats, c)| {
-                let codes = match c {
-                    CellBatch::All(c) => vec![*c as i32; n],
-                    CellBatch::PerCell(codes) => codes[first..first + n].to_vec(),
-                };
-                (cats.clone(), codes)
-            }),
-            labels: None,
-            presence: None,
-            classes: None,
-        };
-        // Hidden genes carry no counts, whatever the policy.
-        let x = if hide {
-            let mut y = CsrChunk::empty(0, g);
-            for r in 0..n {
-                let (idx, val) = x.row(r);
-                y.push_row(
-                    idx.iter()
-                        .zip(val)
-                        .filter(|(c, _)| self.found[**c as usize] > 0.0)
-                        .map(|(c, v)| (*c, *v)),
-                );
-            }
-            y
-        } else {
-            x.clone()
-        };
-        let b = Batch {
-            x,
-            rows: (0..n).collect(),
-        };
-        let mut p = prepare(&b, &cov, g).to(self.dev, 0.0);
-        if self.vae.arch.masked_input {
-            let visible = if hide && self.mask {
-                Tensor::from_slice(&self.found)
-                    .to_device(self.dev)
-                    .view([1, g as i64])
-                    .repeat([n as i64, 1])
-            } else {
-                Tensor::ones([n as i64, g as i64], (Kind::Float, self.dev))
-            };
-            p.visible = Some(visible);
-        }
-        let (mu, _) = tch::no_grad(|| self.vae.encode(&p.input(), false));
-        Ok(Vec::<f32>::try_from(mu.to_device(Device::Cpu).flatten(0, 1))?)
-    }
-}
-
-/// Each cell's batch when no `--batch-category` picks one: the query's own column of the model's
-/// batch key where it has one (its values must be the model's batches), else the model's first
-/// batch for all, said in a warning.
-fn cell_batches(
-    ds: &Dataset,
-    data: &std::path::Path,
-    key: Option<&str>,
-    cats: &[String],
-    warnings: &mut Vec<String>,
-) -> anyhow::Result<CellBatch> {
-    let first = || {
-        format!(
-            "every cell is encoded as the model's batch `{}` (pick another with --batch-category, or add the query's own with --finetune N)",
-            cats[0]
-        )
-    };
-    let Some(key) = key else {
-        warnings.push(format!("the model does not name its batch key: {}", first()));
-        return Ok(CellBatch::All(0));
-    };
-    // The column's values as text, as scvi-tools keeps a batch (integers as `0`, `1`...).
-    let (categories, codes) = match ds.info().obs_column(key).map(|c| &c.kind) {
-        Some(scmz::data::ColumnKind::Categorical { categories, codes, .. }) => (categories.clone(), codes.clone()),
-        Some(_) => match ds.obs_values(key)? {
-            Some(values) => as_categories(values),
-            None => {
-                warnings.push(format!(
-                    "{}: obs column `{key}` (the model's batch key) cannot be read as batches: {}",
-                    data.display(),
-                    first()
-                ));
-                return Ok(CellBatch::All(0));
-            }
-        },
-        None => {
-            warnings.push(format!(
-                "{}: no obs column `{key}` (the model's batch key): {}",
-                data.display(),
-                first()
-            ));
-            return Ok(CellBatch::All(0));
-        }
-    };
-    let to_model: Vec<Option<i32>> = categories
-        .iter()
-        .map(|c| cats.iter().position(|m| m == c).map(|i| i as i32))
-        .collect();
-    let mut unknown: Vec<&str> = codes
-        .iter()
-        .filter_map(
-            |&c| match usize::try_from(c).ok().and_then(|c| to_model.get(c).copied()) {
-                Some(Some(_)) => None,
-                Some(None) => Some(categories[c as usize].as_str()),
-                None => Some("(missing)"),
-            },
-        )
-        .collect();
-    unknown.sort_unstable();
-    unknown.dedup();
-    if !unknown.is_empty() {
-        bail!(
-            "{}: obs `{key}` holds batches the model was not trained on ({}; its batches are {}): pick one with --batch-category, or fine-tune a new one with --finetune N",
-            data.display(),
-            unknown.iter().take(5).copied().collect::<Vec<_>>().join(", "),
-            cats.join(", ")
-        );
-    }
-    let per_cell = codes.iter().map(|&c| to_model[c as usize].unwrap_or(0)).collect();
-    Ok(CellBatch::PerCell(std::sync::Arc::new(per_cell)))
-}
-
-/// An obs column's values as categories and codes, each value written as Python writes it
-/// (`3`, `1.5`, `2.0`, `True`): how scvi-tools names the batches of a non-categorical column.
-fn as_categories(values: scmz::data::writer::ColumnValues) -> (Vec<String>, Vec<i32>) {
-    use scmz::data::writer::ColumnValues as V;
-    let text: Vec<Option<String>> = match values {
-        V::Categorical { categories, codes, .. } => {
-            return (categories, codes);
-        }
-        V::Strings(v) => v.into_iter().map(Some).collect(),
-        V::Int(v) => v.iter().map(|i| Some(i.to_string())).collect(),
-        V::Bool(v) => v
-            .iter()
-            .map(|&b| Some(if b { "True" } else { "False" }.to_string()))
-            .collect(),
-        V::Float(v) => v
-            .iter()
-            .map(|f| {
-                (!f.is_nan()).then(|| {
-                    if f.fract() == 0.0 && f.abs() < 1e15 {
-                        format!("{f:.1}")
-                    } else {
-                        f.to_string()
-                    }
-                })
-            })
-            .collect(),
-    };
-    let mut categories: Vec<String> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    let codes = text
-        .into_iter()
-        .map(|t| match t {
-            None => -1,
-            Some(t) => *index.entry(t.clone()).or_insert_with(|| {
-                categories.push(t);
-                categories.len() as i32 - 1
-            }),
-        })
-        .collect();
-    (categories, codes)
-}
-
-/// A chunk of the data moved into the model's gene space: each data gene's counts go to the model
-/// genes it matched (`a_to_b`), rows sorted by gene.
-pub(crate) fn to_model_space(chunk: &CsrChunk, a_to_b: &[Vec<u32>], n_genes: usize) -> CsrChunk {
-    let mut x = CsrChunk::empty(0, n_genes);
-    for r in 0..chunk.n_rows() {
-        let (idx, val) = chunk.row(r);
-        let mut row: Vec<(u32, f32)> = idx
-            .iter()
-            .zip(val)
-            .flat_map(|(&c, &v)| a_to_b[c as usize].iter().map(move |&j| (j, v)))
-            .collect();
-        row.sort_unstable_by_key(|e| e.0);
-        x.push_row(row);
-    }
-    x
-}
-
-/// kNN label transfer: for each query row, the majority label among the k nearest reference
-/// latents and the share of neighbours that agree. `exclude_self` skips reference row i for
-/// query row i (reference cells labelling themselves).
-pub(crate) fn knn_labels(
-    query: &[f32],
-    reference: &Tensor,
-    labels: &[i64],
-    k: usize,
-    exclude_self: bool,
-) -> (Vec<i64>, Vec<f64>) {
-    let l = reference.size()[1];
-    let q = Tensor::from_slice(query).view([-1, l]);
-    let n = q.size()[0];
-    let kk = (k + usize::from(exclude_self)).min(reference.size()[0] as usize) as i64;
-    let mut out = Vec::with_capacity(n as usize);
-    let mut conf = Vec::with_capacity(n as usize);
-    for start in (0..n).step_by(4096) {
-        let len = (n - start).min(4096);
-        let d = Tensor::cdist(&q.narrow(0, start, len), reference, 2.0, None::<i64>);
-        let (_, idx) = d.topk(kk, 1, false, true);
-        let idx = Vec::<i64>::try_from(idx.flatten(0, 1)).unwrap_or_default();
-        for r in 0..len as usize {
-            let mut votes = std::collections::BTreeMap::new();
-            let mut used = 0;
-            for &j in &idx[r * kk as usize..(r + 1) * kk as usize] {
-                if exclude_self && j == start + r as i64 || used == k {
-                    continue;
-                }
-                used += 1;
-                *votes.entry(labels[j as usize]).or_insert(0usize) += 1;
-            }
-            let (best, count) = votes
-                .iter()
-                .max_by_key(|(lab, c)| (**c, -**lab))
-                .map(|(a, b)| (*a, *b))
-                .unwrap_or((-1, 0));
-            out.push(best);
-            conf.push(count as f64 / used.max(1) as f64);
-        }
-    }
-    (out, conf)
-}
-
 pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
     zoo.load(&args.model)?;
@@ -306,7 +62,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
         }
     }
     // Fine-tuning trains on the CPU (an explicit `--device cuda` is still checked, and said).
-    let chosen = crate::train::device(args.device)?;
+    let chosen = crate::train::setup::device(args.device)?;
     let dev = if args.finetune > 0 && !args.predict_only {
         if chosen != Device::Cpu {
             eprintln!("note: --finetune trains and encodes on the CPU");
@@ -402,7 +158,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
             cells.push(to_model(&chunk?));
         }
         let name = label(&ds);
-        Some(crate::finetune::add_batch(
+        Some(crate::apply::finetune::add_batch(
             &vs,
             &vae,
             &name,
@@ -470,7 +226,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     // Reference sample: latents, labels and (newer models) counts.
     let reference = m.reference.as_ref();
     let tensors: Vec<(String, Tensor)> = match reference {
-        Some(r) => crate::stored::read_safetensors(&dir.join(&r.file))?,
+        Some(r) => crate::model::stored::read_safetensors(&dir.join(&r.file))?,
         None => Vec::new(),
     };
     let get = |name: &str| tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t.shallow_clone());
