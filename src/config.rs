@@ -136,6 +136,7 @@ pub fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -36,15 +36,11 @@ pub fn state_dir() -> PathBuf {
 /// ("network" | "local", name) of the filesystem holding `path`, from statfs's magic number; None
 /// when statfs fails or the filesystem is not one of these.
 pub fn filesystem_kind(path: &Path) -> Option<(&'static str, &'static str)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statfs is plain data, for which all-zero bytes are a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: statfs writes into the struct we own; the path is a valid C string.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(match st.f_type as u64 {
+    let st = rustix::fs::statfs(path).ok()?;
+    // An i64 or a u32, by libc and backend.
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as u64;
+    Some(match magic {
         0x6969 => ("network", "nfs"),
         0x0bd0_0bd0 => ("network", "lustre"),
         0x4750_4653 => ("network", "gpfs"),

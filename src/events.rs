@@ -91,26 +91,19 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// A time as RFC 3339 in UTC.
+/// A time as RFC 3339 in UTC, to the second.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}
+
+/// Seconds from an RFC 3339 time (as `rfc3339` writes, or with an offset) until now; None when
+/// `time` is not one.
+pub fn seconds_since(time: &str) -> Option<f64> {
+    let t: jiff::Timestamp = time.parse().ok()?;
+    Some(jiff::Timestamp::now().duration_since(t).as_secs_f64())
 }
 
 /// A duration for people: `4m07s`, `2h05m`.
@@ -236,6 +229,7 @@ impl LogTail {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -258,6 +252,19 @@ mod tests {
         let t = &recs[0].t;
         assert_eq!((t.len(), &t[4..5], &t[10..11], &t[19..]), (20, "-", "T", "Z"), "{t}");
         assert!(t.as_str() > "2025-01-01");
+    }
+
+    #[test]
+    fn times_are_written_and_read_as_rfc3339() {
+        let at = |s: u64| rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(s));
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(1_709_164_800), "2024-02-29T00:00:00Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        let two_min_ago = rfc3339(SystemTime::now() - std::time::Duration::from_secs(120));
+        let s = seconds_since(&two_min_ago).unwrap();
+        assert!((119.0..125.0).contains(&s), "{s}");
+        assert!(seconds_since("2026-12-06T10:00:00+02:00").is_some());
+        assert_eq!(seconds_since("yesterday"), None);
     }
 
     #[test]

@@ -700,6 +700,7 @@ pub struct CompareSpec {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::{Args, ValueEnum};

@@ -1,5 +1,6 @@
 //! Damaged and malformed files, built from the real ones: each gives one line naming the file and
 //! the element, a non-zero exit code and no panic.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

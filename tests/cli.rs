@@ -1,4 +1,5 @@
 //! The command line as a user runs it: scans, the metadata cache, inspect and the benchmark.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! `scmz compare`: a model pretrained on one half of the PBMCs against one trained from scratch on
 //! the other half, over an overlap sweep; every number computed and identical for the same seed.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

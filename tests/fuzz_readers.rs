@@ -6,6 +6,7 @@
 //! 0 or 1, no panic, no signal, within a few seconds. (libhdf5 itself can crash or loop on such
 //! files: `data::guard` turns both into a one-line refusal naming the file.) A failing input is
 //! kept and its path printed. `SCMZ_FUZZ_CASES` sets the cases per file (default 40).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Gene matching, overlap reports and merging on the real files.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Bad input, faults and hostile files, each built here at test time: every case must end in a
 //! one-line refusal naming the file or setting and a non-zero exit (never a panic), with the
 //! inputs unchanged, nothing written outside the output and no temporary file left behind.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `scripts/install.sh` as a user runs it: scmz installed into a prefix works from any folder, with
 //! its completions and manual pages; installing again changes nothing; `--uninstall` leaves nothing.
 //! The test installs the binaries this build made (`--from`), so CI builds nothing twice.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

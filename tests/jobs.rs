@@ -1,5 +1,6 @@
 //! Background jobs with real detached processes: they outlive the command that started them,
 //! report SIGKILL as a failure that `resume` finishes, and end `cancelled` with a checkpoint.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Training choices users make on real PBMCs: a classifier head trained with the model on
 //! partly labelled cells (scANVI's objective), and the genes a model is trained on (highly
 //! variable genes as scanpy picks them, or a list in a file).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The layers of the architecture (`src/lib.rs`), checked rather than commented: libtorch is the
 //! engine's alone. No source file outside `src/engine/` names `tch`, and the `scmz` front end
 //! (CLI and TUI) is linked without libtorch, so it starts without loading it.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 

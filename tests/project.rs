@@ -1,6 +1,7 @@
 //! Applying a model to unseen cells whose genes differ: reference/query split of real labelled
 //! PBMCs, genes removed, mask vs zero, predicted vs measured label agreement, and a query named by
 //! Ensembl ids against a model trained on symbols.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

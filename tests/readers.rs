@@ -1,4 +1,5 @@
 //! Every real file in tests/data opens and reads the same matrices as its twin or as anndata.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `scmz import`: scvi-tools models (fixtures saved by scvi-tools 1.4.2 with
 //! `scripts/make_scvi_fixtures.py`) give scvi-tools' own latents and labels in scmz, and hostile
 //! or damaged model files are refused without anything of them being run.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! jobs through the real `sbatch`, and the daemons are stopped by pid at the end. Where the
 //! cluster cannot be started (not root, no apt) the test prints why and is skipped, except under
 //! CI (`CI` set), where it must run.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Training on real data with real libtorch, the zoo on disk, resuming after kill -9, and the
 //! frozen model fixture that every later scmz must keep loading.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

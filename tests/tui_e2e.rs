@@ -1,6 +1,7 @@
 //! The real `scmz` binary in a real terminal (tmux): it opens on the datasets, switches
 //! screens, filters, shows help, quits on `q` and leaves the terminal usable. tmux is installed
 //! when missing (as root, with apt); without it the test says why and passes as skipped.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Files scmz writes open in Python anndata with the shapes, names and values we wrote.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -98,6 +98,7 @@ pub fn thousands(n: u64) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::Table;
 

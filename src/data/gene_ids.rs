@@ -137,6 +137,7 @@ pub fn classify(genes: &[String]) -> GeneIdSummary {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -5,7 +5,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{is_process, now_minus_minute, Backend, Job, JobError, JobState, Registry};
+use rustix::process::Signal;
+
+use super::{is_process, Backend, Job, JobError, JobState, Registry};
 use crate::events::now_rfc3339;
 
 pub struct Local;
@@ -17,10 +19,11 @@ fn detached(reg: &Registry, args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; it detaches the child from our session and terminal.
+    // SAFETY: the hook only calls setsid(2), which is async-signal-safe; it detaches the child
+    // from our session and terminal.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = rustix::process::setsid();
             Ok(())
         });
     }
@@ -81,16 +84,19 @@ impl Backend for Local {
         if job.state != JobState::Running {
             return Ok(job);
         }
-        let never_started =
-            job.supervisor_pid.is_none() && job.started.as_deref().is_some_and(|t| t < now_minus_minute().as_str());
+        let never_started = job.supervisor_pid.is_none()
+            && job
+                .started
+                .as_deref()
+                .and_then(crate::events::seconds_since)
+                .is_some_and(|s| s > 60.0);
         let supervisor_gone = job.supervisor_pid.is_some_and(|p| !is_process(p, job.supervisor_start));
         if !(supervisor_gone || never_started) {
             return Ok(job);
         }
         if let Some(pid) = job.pid.filter(|&p| is_process(p, job.pid_start)) {
-            // An engine of an older scmz has no death signal: stop it now.
-            // SAFETY: kill(2) on the verified engine process of this job.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+            // An engine of an older scmz has no death signal: stop it now (verified as this job's).
+            super::send_signal(pid, Signal::TERM);
             return Ok(job);
         }
         job.state = JobState::Failed;
@@ -136,15 +142,14 @@ impl Backend for Local {
             }
             return Ok(());
         };
-        // SAFETY: plain kill(2) on the verified engine process this job started.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        // The verified engine process this job started.
+        super::send_signal(pid, Signal::TERM);
         let t = Instant::now();
         while is_process(pid, job.pid_start) && t.elapsed() < grace {
             std::thread::sleep(Duration::from_millis(100));
         }
         if is_process(pid, job.pid_start) {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            super::send_signal(pid, Signal::KILL);
         }
         Ok(())
     }

@@ -315,6 +315,7 @@ impl Backend for Slurm {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

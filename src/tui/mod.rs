@@ -11,6 +11,7 @@ mod ui;
 mod worker;
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;
 
 use std::io::IsTerminal;

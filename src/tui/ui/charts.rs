@@ -278,7 +278,8 @@ pub fn comparison_chart(f: &mut Frame, app: &App, c: &scmz::zoo::comparison::Com
         return;
     }
     let pad = ((hi - lo) * 0.05).max(1e-6);
-    let (x0, x1) = (pcts[0] as f64, (*pcts.last().unwrap() as f64).max(pcts[0] as f64 + 1.0));
+    let (first, last) = (pcts[0] as f64, pcts[pcts.len() - 1] as f64);
+    let (x0, x1) = (first, last.max(first + 1.0));
     let chart = two_curves(
         app,
         title,
@@ -304,6 +305,7 @@ fn y_range(values: impl Iterator<Item = f64>, log_scale: bool) -> (f64, f64) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn the_y_axis_of_non_negative_curves_stays_at_or_above_zero() {

@@ -185,6 +185,7 @@ fn middle_cut(text: &str, width: usize, ascii: bool) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn long_names_lose_their_middle_and_keep_their_end() {
