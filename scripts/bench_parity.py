@@ -154,7 +154,7 @@ module.train()
 ours, theirs = [], []
 STEP = [0]
 if a.fixed_dropout:
-    # The pattern scmz drops (vae.rs `fixed_dropout_mask`).
+    # The pattern scmz drops (model/layers.rs `fixed_dropout_mask`).
     def fixed(self, x):
         if not self.training or self.p == 0:
             return x

@@ -68,7 +68,7 @@ ARCH = ["--batch-size", "128", "--likelihood", "nb", "--n-hidden", "128", "--n-l
 
 
 def scmz_validation(seed, n):
-    """scmz's train/validation split (loader.rs `is_validation`)."""
+    """scmz's train/validation split (train/loader.rs `is_validation`)."""
     M = (1 << 64) - 1
     out = np.zeros(n, dtype=bool)
     for i in range(n):

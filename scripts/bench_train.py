@@ -32,7 +32,7 @@ ENGINE_CMD = ["env", "GOMP_SPINCOUNT=" + os.environ.get("GOMP_SPINCOUNT", "1000"
 
 
 def scmz_validation(seed, n):
-    """scmz's train/validation split (loader.rs `is_validation`: SplitMix64 of seed * 31 + cell)."""
+    """scmz's train/validation split (train/loader.rs `is_validation`: SplitMix64 of seed * 31 + cell)."""
     M = (1 << 64) - 1
     val = []
     for i in range(n):

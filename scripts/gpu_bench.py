@@ -27,7 +27,7 @@ def log(msg):
 
 
 def scmz_validation(seed, n):
-    """scmz's validation cells (loader.rs `is_validation`: SplitMix64 of seed * 31 + cell, 1 in 10)."""
+    """scmz's validation cells (train/loader.rs `is_validation`: SplitMix64 of seed * 31 + cell, 1 in 10)."""
     with np.errstate(over="ignore"):
         x = (np.uint64(seed * 31) + np.arange(n, dtype=np.uint64)) ^ np.uint64(0x9E3779B97F4A7C15)
         x = x + np.uint64(0x9E3779B97F4A7C15)

@@ -30,6 +30,12 @@ pub enum Event {
         n_val: usize,
         first_epoch: usize,
         max_epochs: usize,
+        /// The run these records belong to (one per run folder, kept by `--resume`) and the job
+        /// that started this part of it; logs of older scmz have neither.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<String>,
     },
     Step {
         step: u64,
@@ -104,6 +110,49 @@ pub fn rfc3339(time: SystemTime) -> String {
 pub fn seconds_since(time: &str) -> Option<f64> {
     let t: jiff::Timestamp = time.parse().ok()?;
     Some(jiff::Timestamp::now().duration_since(t).as_secs_f64())
+}
+
+/// Whether RFC 3339 time `t` is not after `end` (compared as text where one does not parse).
+pub fn not_after(t: &str, end: &str) -> bool {
+    match (t.parse::<jiff::Timestamp>(), end.parse::<jiff::Timestamp>()) {
+        (Ok(t), Ok(end)) => t <= end,
+        _ => t <= end,
+    }
+}
+
+/// The records of job `job`'s run, from a log that runs with one model name may share (one
+/// restarted with `--restart`, or saved over with `--overwrite`): from each start of that run
+/// (the job's own and those of jobs that resumed it) to the next start of another. Without a job
+/// (a run started in a terminal), the last run's. A log of older scmz (no run ids) is given whole;
+/// one whose runs name jobs but not this one gives nothing (a later run replaced this job's).
+pub fn of_job(records: &[Record], job: Option<&str>) -> Vec<Record> {
+    let start = |r: &Record| match &r.event {
+        Event::Start { run, job, .. } => Some((run.clone(), job.clone())),
+        _ => None,
+    };
+    let mut starts = records.iter().filter_map(start);
+    let mine = match job {
+        Some(id) => starts.find(|(_, j)| j.as_deref() == Some(id)).and_then(|(run, _)| run),
+        None => starts.filter_map(|(run, _)| run).next_back(),
+    };
+    let Some(mine) = mine else {
+        let named = records
+            .iter()
+            .filter_map(start)
+            .any(|(run, j)| run.is_some() && j.is_some());
+        return if named { Vec::new() } else { records.to_vec() };
+    };
+    let mut current = None;
+    records
+        .iter()
+        .filter(|r| {
+            if let Some((run, _)) = start(r) {
+                current = run;
+            }
+            current.as_deref() == Some(mine.as_str())
+        })
+        .cloned()
+        .collect()
 }
 
 /// A duration for people: `4m07s`, `2h05m`.
@@ -252,6 +301,62 @@ mod tests {
         let t = &recs[0].t;
         assert_eq!((t.len(), &t[4..5], &t[10..11], &t[19..]), (20, "-", "T", "Z"), "{t}");
         assert!(t.as_str() > "2025-01-01");
+    }
+
+    fn start(run: Option<&str>, job: Option<&str>) -> Record {
+        Record {
+            t: String::new(),
+            event: Event::Start {
+                name: "m".into(),
+                config: serde_json::Value::Null,
+                device: "cpu".into(),
+                data: Vec::new(),
+                n_train: 9,
+                n_val: 1,
+                first_epoch: 0,
+                max_epochs: 5,
+                run: run.map(String::from),
+                job: job.map(String::from),
+            },
+        }
+    }
+
+    fn mark(epoch: usize) -> Record {
+        Record {
+            t: String::new(),
+            event: Event::Checkpoint { epoch },
+        }
+    }
+
+    fn epochs(records: &[Record]) -> Vec<usize> {
+        let each = |r: &Record| match r.event {
+            Event::Checkpoint { epoch } => Some(epoch),
+            _ => None,
+        };
+        records.iter().filter_map(each).collect()
+    }
+
+    /// Runs with one name share a log: each job sees its own run (with the jobs that resumed it),
+    /// never another's; older logs read as before.
+    #[test]
+    fn a_job_reads_only_its_own_run_of_a_shared_log() {
+        let log = vec![
+            start(Some("r1"), Some("a")),
+            mark(0),
+            mark(1),
+            start(Some("r1"), Some("b")),
+            mark(2),
+            start(Some("r2"), Some("c")),
+            mark(0),
+        ];
+        assert_eq!(epochs(&of_job(&log, Some("a"))), [0, 1, 2]);
+        assert_eq!(epochs(&of_job(&log, Some("b"))), [0, 1, 2]);
+        assert_eq!(epochs(&of_job(&log, Some("c"))), [0]);
+        assert!(of_job(&log[5..], Some("a")).is_empty(), "a run that replaced job a's");
+        let terminal = vec![start(Some("t1"), None), mark(0), start(Some("t2"), None), mark(3)];
+        assert_eq!(epochs(&of_job(&terminal, None)), [3]);
+        let old = vec![start(None, None), mark(0), start(None, None), mark(1)];
+        assert_eq!(epochs(&of_job(&old, Some("a"))), [0, 1]);
     }
 
     #[test]

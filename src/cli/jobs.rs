@@ -105,13 +105,14 @@ pub fn supervise(id: &str, dir: PathBuf) -> anyhow::Result<()> {
 
 /// "epoch 12/400", the ETA and the device, from the run's event log.
 fn progress(job: &Job) -> (String, String, String) {
-    let Some(mut events) = job.event_log().and_then(|p| read_log(&p).ok()) else {
+    let Some(events) = job.event_log().and_then(|p| read_log(&p).ok()) else {
         return ("-".into(), "-".into(), job.slot.clone());
     };
+    let mut events = scmz::events::of_job(&events, job.engine_job_id());
     // A run's log goes on after this job ended when another job resumes it: this job's
-    // progress is what the log held when it ended (times are RFC 3339 in UTC, ordered as text).
+    // progress is what the log held when it ended.
     if let Some(end) = job.ended.as_deref() {
-        events.retain(|r| r.t.as_str() <= end);
+        events.retain(|r| scmz::events::not_after(&r.t, end));
     }
     let start = events.iter().rev().find_map(|r| match &r.event {
         Event::Start { max_epochs, device, .. } => Some((*max_epochs, device.clone())),

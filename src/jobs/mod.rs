@@ -185,6 +185,11 @@ impl Job {
         ))
     }
 
+    /// The id its engine knows it by (`SCMZ_JOB_ID`); None for a run started in a terminal.
+    pub fn engine_job_id(&self) -> Option<&str> {
+        (self.backend != "terminal").then_some(self.id.as_str())
+    }
+
     /// The run's event log: where the engine writes it while training, then the model's
     /// `history.jsonl` (the log moves there when the model is saved).
     pub fn event_log(&self) -> Option<PathBuf> {
@@ -929,6 +934,18 @@ pub(crate) mod tests {
 
     /// Records of scmz before specs (`"args"`) load as the spec their command line gave; a
     /// command line the engine would refuse makes the record damaged, named.
+    /// Every spawner starts the engine with a short OpenMP spin, unless the user chose one.
+    #[test]
+    fn the_engine_starts_with_a_short_spin() {
+        let cmd = engine_command(Path::new("scmz-engine"));
+        let spin = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "GOMP_SPINCOUNT")
+            .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+        let chosen = std::env::var_os("GOMP_SPINCOUNT").is_some() || std::env::var_os("OMP_WAIT_POLICY").is_some();
+        assert_eq!(spin, (!chosen).then(|| "1000".to_string()));
+    }
+
     #[test]
     fn records_with_a_command_line_load_as_specs() {
         let dir = tempfile::tempdir().unwrap();

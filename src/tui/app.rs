@@ -144,10 +144,21 @@ pub struct LogView {
     pub scroll: usize,
 }
 
+/// The run of the selected job: its event log as read (`raw`, which runs with one name share)
+/// and the records of this job's run in it (`records`, what the screen shows).
 #[derive(Debug, Default)]
 pub struct RunView {
     pub path: Option<PathBuf>,
+    /// `Job::engine_job_id` of the job shown.
+    pub job: Option<String>,
+    raw: Vec<Record>,
     pub records: Vec<Record>,
+}
+
+impl RunView {
+    fn refilter(&mut self) {
+        self.records = scmz::events::of_job(&self.raw, self.job.as_deref());
+    }
 }
 
 pub struct App {
@@ -321,16 +332,21 @@ impl App {
     }
 
     fn sync_follow(&mut self) {
-        let want = match self.screen {
-            Screen::Jobs => self.selected_job().and_then(Job::event_log),
-            _ => None,
+        let (want, job) = match (self.screen, self.selected_job()) {
+            (Screen::Jobs, Some(j)) => (j.event_log(), j.engine_job_id().map(String::from)),
+            _ => (None, None),
         };
         if want != self.run.path && (want.is_some() || self.screen == Screen::Jobs) {
             self.run = RunView {
                 path: want.clone(),
-                records: Vec::new(),
+                job,
+                ..Default::default()
             };
             self.outbox.push(Request::Follow(want));
+        } else if want.is_some() && want == self.run.path && job != self.run.job {
+            // Another job whose run has the same log (a name used again).
+            self.run.job = job;
+            self.run.refilter();
         }
     }
 
@@ -378,9 +394,10 @@ impl App {
             Update::Run { path, records, reset } => {
                 if Some(&path) == self.run.path.as_ref() {
                     if reset {
-                        self.run.records.clear();
+                        self.run.raw.clear();
                     }
-                    self.run.records.extend(records);
+                    self.run.raw.extend(records);
+                    self.run.refilter();
                 }
             }
             // A result answers one (dataset, model) pair: one that arrives after the selection

@@ -641,3 +641,81 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     // The arrows scrolled the matrix, not the lists behind it.
     assert_eq!((app.ov_focus, app.ov_ds), (0, 0));
 }
+
+/// Two runs of one name share a log (the second restarted the first after it failed): each
+/// job's monitor shows its own run, never the other's curves.
+#[test]
+fn a_job_shows_only_its_own_run_when_a_name_is_used_again() {
+    use scmz::events::{Event, EventLog, LossTerms};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let mut w = EventLog::append_to(&log).unwrap();
+    let terms = LossTerms {
+        recon: 700.0,
+        kl: 20.0,
+        total: 720.0,
+        elbo: 720.0,
+    };
+    let mut run = |run: &str, job: &str, epochs: usize| {
+        w.write(Event::Start {
+            name: "m".into(),
+            config: serde_json::Value::Null,
+            device: "cpu".into(),
+            data: Vec::new(),
+            n_train: 9,
+            n_val: 1,
+            first_epoch: 0,
+            max_epochs: 400,
+            run: Some(run.into()),
+            job: Some(job.into()),
+        })
+        .unwrap();
+        for epoch in 0..epochs {
+            w.write(Event::Epoch {
+                epoch,
+                train: terms,
+                val: terms,
+                kl_weight: 1.0,
+                kl_per_dim: vec![0.5; 10],
+                cells_per_s: 1000.0,
+                elapsed_s: epoch as f64,
+                eta_s: 1.0,
+            })
+            .unwrap();
+        }
+    };
+    run("r1", "20261125-180000-1", 200);
+    run("r2", "20261125-190000-2", 4);
+    let jobs = dir.path().join("jobs");
+    let reg = Registry::new(&jobs);
+    let failed = job("20261125-180000-1", "train", "m", JobState::Failed, Some(log.clone()));
+    let running = job("20261125-190000-2", "train", "m", JobState::Running, Some(log));
+    for j in [&failed, &running] {
+        std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
+        reg.save(j).unwrap();
+    }
+    let sources = Sources {
+        data_dirs: Vec::new(),
+        zoo: dir.path().join("zoo"),
+        jobs,
+        cache: None,
+        scan_worker: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::jobs(&sources));
+    key(&mut app, KeyCode::Char('4'));
+    let epochs = |app: &mut App| {
+        serve(app, &sources);
+        let each = |r: &scmz::events::Record| match r.event {
+            Event::Epoch { epoch, .. } => Some(epoch),
+            _ => None,
+        };
+        let seen: Vec<usize> = app.run.records.iter().filter_map(each).collect();
+        (app.selected_job().unwrap().id.clone(), seen.len(), seen.last().copied())
+    };
+    assert_eq!(epochs(&mut app), ("20261125-190000-2".to_string(), 4, Some(3)));
+    key(&mut app, KeyCode::Down);
+    assert_eq!(epochs(&mut app), ("20261125-180000-1".to_string(), 200, Some(199)));
+    key(&mut app, KeyCode::Up);
+    assert_eq!(epochs(&mut app), ("20261125-190000-2".to_string(), 4, Some(3)));
+}

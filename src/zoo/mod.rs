@@ -6,6 +6,7 @@
 
 pub mod comparison;
 pub mod manifest;
+pub mod projection;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,19 @@ pub fn check_name(name: &str) -> Result<(), String> {
             "`{}` is not a valid model name: start with a letter, digit, `-` or `_`, then use letters, digits, `-`, `_` and `.`",
             crate::files::printable(name)
         ))
+    }
+}
+
+/// What to do about a damaged model folder: an imported model comes back by importing its
+/// file again, one scmz trained by training it again; either from a copy of the folder.
+fn remedy(m: &Manifest) -> String {
+    match &m.imported {
+        Some(i) => format!(
+            "import it again from its {} folder (`scmz import DIR --name {} --overwrite`) or restore the model folder",
+            crate::files::printable(&i.tool),
+            crate::files::printable(&m.name)
+        ),
+        None => "train it again or restore the model folder".into(),
     }
 }
 
@@ -268,8 +282,9 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
         return Err(ZooError::Bad {
             path: weights.display().to_string(),
             problem: format!(
-                "sha256 {sum} differs from the manifest's {}: the weights were changed or damaged; retrain or restore the model",
-                crate::files::printable(&m.weights.sha256)
+                "sha256 {sum} differs from the manifest's {}: the weights were changed or damaged; {}",
+                crate::files::printable(&m.weights.sha256),
+                remedy(&m)
             ),
         });
     }
@@ -279,9 +294,67 @@ pub fn load_dir(dir: &Path) -> Result<Manifest, ZooError> {
         if sum != r.sha256 {
             return Err(ZooError::Bad {
                 path: p.display().to_string(),
-                problem: "sha256 differs from the manifest's: the reference sample was changed or damaged".into(),
+                problem: format!(
+                    "sha256 differs from the manifest's: the reference sample was changed or damaged; {}",
+                    remedy(&m)
+                ),
             });
         }
     }
     Ok(m)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A copy of a frozen model with one byte of `file` changed (its size kept).
+    fn damaged(model: &str, file: &str) -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/zoo").join(model);
+        let dir = tmp.path().join(model);
+        std::fs::create_dir(&dir).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+            }
+        }
+        let p = dir.join(file);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&p, bytes).unwrap();
+        (tmp, dir)
+    }
+
+    /// Damaged weights or reference: an imported model is imported again, an own one trained.
+    #[test]
+    fn damage_is_met_with_the_remedy_for_the_models_origin() {
+        for (model, file, remedy) in [
+            (
+                "scvi-nb-1layer",
+                "weights.safetensors",
+                "import it again from its scvi-tools folder",
+            ),
+            (
+                "pbmc-tiny",
+                "weights.safetensors",
+                "train it again or restore the model folder",
+            ),
+            (
+                "pbmc-tiny",
+                "reference.safetensors",
+                "train it again or restore the model folder",
+            ),
+        ] {
+            let (_tmp, dir) = damaged(model, file);
+            let e = load_dir(&dir).unwrap_err().to_string();
+            assert!(
+                e.contains(file) && e.contains("changed or damaged") && e.contains(remedy),
+                "{e}"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //! missing genes will move cells, from the model's own reference cells.
 
 use anyhow::bail;
-use serde::Serialize;
+use scmz::zoo::projection::ProjectReport;
 use tch::{Device, Tensor};
 
 use scmz::data::writer::{write_copy_with, Additions, ColumnValues, FrameColumn, Obsm};
@@ -18,28 +18,6 @@ use crate::apply::encode::load_model;
 use crate::apply::encoder::{cell_batches, CellBatch, Encoder};
 use crate::apply::transfer::knn_labels;
 use scmz::genes::to_model_space;
-
-#[derive(Debug, Serialize)]
-pub struct ProjectReport {
-    pub data: String,
-    pub model: String,
-    pub cells: usize,
-    pub model_genes: usize,
-    pub found: usize,
-    pub pct_found: f64,
-    pub key: String,
-    pub missing_policy: scmz::spec::Missing,
-    pub warnings: Vec<String>,
-    /// Predicted from the model's reference cells with the same genes hidden.
-    pub predicted_displacement: Option<f64>,
-    pub predicted_agreement: Option<f64>,
-    /// Fine-tuning of a new batch: mean ELBO per query cell before and after.
-    pub finetune_loss: Option<(f64, f64)>,
-    /// Cells per transferred label.
-    pub labels: Vec<(String, usize)>,
-    pub mean_confidence: Option<f64>,
-    pub output: String,
-}
 
 pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let zoo = Zoo::new(args.zoo.clone().unwrap_or_else(scmz::zoo::default_zoo));
@@ -410,59 +388,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_report(&out, &report.routes);
+        out.print(&report.routes);
     }
     Ok(())
-}
-
-fn print_report(r: &ProjectReport, routes: &[(scmz::genes::Route, usize)]) {
-    // Labels, names and gene symbols come from files: control characters are shown escaped.
-    macro_rules! println {
-        ($($t:tt)*) => { std::println!("{}", scmz::files::printable(&format!($($t)*))) };
-    }
-    println!("model      {} ({} genes)", r.model, r.model_genes);
-    println!("data       {} ({} cells)", r.data, r.cells);
-    println!(
-        "genes      {} of the model's genes found ({:.1} %); {}",
-        r.found, r.pct_found, r.key
-    );
-    let routes: Vec<String> = routes
-        .iter()
-        .map(|(route, n)| format!("{} {n}", route.describe()))
-        .collect();
-    println!("routes     {}", routes.join(", "));
-    println!(
-        "missing    {} genes, {}",
-        r.model_genes - r.found,
-        if r.missing_policy == scmz::spec::Missing::Mask {
-            "masked"
-        } else {
-            "zero-filled"
-        }
-    );
-    if let (Some(d), a) = (r.predicted_displacement, r.predicted_agreement) {
-        println!(
-            "predicted  latent displacement {:.3} of the latent spread{}",
-            d,
-            a.map(|a| format!("; label agreement with all genes {:.1} %", 100.0 * a))
-                .unwrap_or_default()
-        );
-    }
-    if let Some((before, after)) = r.finetune_loss {
-        println!("finetune   new batch: query ELBO per cell {before:.2} -> {after:.2}");
-    }
-    if !r.labels.is_empty() {
-        let top: Vec<String> = r.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
-        println!(
-            "labels     {} (mean confidence {:.2})",
-            top.join(", "),
-            r.mean_confidence.unwrap_or(0.0)
-        );
-    }
-    if !r.output.is_empty() {
-        println!("wrote      {}", r.output);
-    }
-    for w in &r.warnings {
-        println!("warning: {w}");
-    }
 }

@@ -1,6 +1,6 @@
 //! Model files: the variables of a model as safetensors, under PyTorch's names and layouts
 //! whatever layout a variable has in memory. The encoder's first weight is held transposed in
-//! memory (see `vae::InputLinear`); files keep it outputs x inputs, as they always have, so
+//! memory (see `layers::InputLinear`); files keep it outputs x inputs, as they always have, so
 //! models, checkpoints and optimiser states written before and after read the same.
 
 use std::collections::HashMap;

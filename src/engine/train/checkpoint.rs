@@ -25,6 +25,9 @@ pub(crate) struct Checkpoint {
     /// unit whenever the run is killed. False in checkpoints of older scmz (fixed names).
     #[serde(default)]
     epoch_files: bool,
+    /// The run's id in its event log, kept by `--resume` (None in checkpoints of older scmz).
+    #[serde(default)]
+    pub run: Option<String>,
 }
 
 impl Default for Checkpoint {
@@ -38,6 +41,7 @@ impl Default for Checkpoint {
             step: 0,
             seconds: 0.0,
             epoch_files: true,
+            run: None,
         }
     }
 }

@@ -223,6 +223,8 @@ mod tests {
             .filter(|r| matches!(r.event, Event::Epoch { .. }))
             .count();
         assert_eq!(epochs, 2);
+        // Its records name their run, so a later run with this name is told apart.
+        assert!(matches!(&history[0].event, Event::Start { run: Some(r), .. } if !r.is_empty()));
         assert!(matches!(history.last().map(|r| &r.event), Some(Event::End { status, .. }) if status == "done"));
         assert!(
             !scmz::zoo::Zoo::new(zoo.path()).run_dir("m").exists(),

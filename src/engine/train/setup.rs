@@ -219,6 +219,14 @@ impl Run {
         if resuming {
             run.resume()?;
         }
+        let job = std::env::var("SCMZ_JOB_ID").ok();
+        // One id for the run, however many jobs resume it: readers of a log that runs with this
+        // name share keep to their own (`events::of_job`).
+        let id = run.state.run.clone().unwrap_or_else(|| {
+            job.clone()
+                .unwrap_or_else(|| format!("{}-{}", scmz::events::now_rfc3339(), std::process::id()))
+        });
+        run.state.run = Some(id.clone());
         let n_val = (0..n_cells).filter(|&i| is_validation(run.args.seed, i)).count();
         run.log.write(Event::Start {
             name: run.args.name.clone(),
@@ -229,6 +237,8 @@ impl Run {
             n_val,
             first_epoch: run.first_epoch,
             max_epochs,
+            run: Some(id),
+            job,
         })?;
         Ok(run)
     }

@@ -16,7 +16,7 @@ use crate::model::stored::write_atomic;
 pub(crate) struct Trace {
     steps: std::io::BufWriter<std::fs::File>,
     pub fixed_noise: Option<i8>,
-    /// `SCMZ_TRACE_DROPOUT=fixed`: dropout drops a fixed pattern (`vae::fixed_dropout_mask`).
+    /// `SCMZ_TRACE_DROPOUT=fixed`: dropout drops a fixed pattern (`model::layers::fixed_dropout_mask`).
     pub fixed_dropout: bool,
 }
 

@@ -1,0 +1,81 @@
+//! The report of `scmz project`: what the engine prints and writes as JSON (`--json`), and what
+//! the front end reads back (the mapping prediction of the overlap screen).
+
+use serde::Serialize;
+
+#[derive(Debug, Serialize)]
+pub struct ProjectReport {
+    pub data: String,
+    pub model: String,
+    pub cells: usize,
+    pub model_genes: usize,
+    pub found: usize,
+    pub pct_found: f64,
+    pub key: String,
+    pub missing_policy: crate::spec::Missing,
+    pub warnings: Vec<String>,
+    /// Predicted from the model's reference cells with the same genes hidden.
+    pub predicted_displacement: Option<f64>,
+    pub predicted_agreement: Option<f64>,
+    /// Fine-tuning of a new batch: mean ELBO per query cell before and after.
+    pub finetune_loss: Option<(f64, f64)>,
+    /// Cells per transferred label.
+    pub labels: Vec<(String, usize)>,
+    pub mean_confidence: Option<f64>,
+    pub output: String,
+}
+
+impl ProjectReport {
+    /// The report as lines for people; `routes`: how many model genes each matching route found.
+    pub fn print(&self, routes: &[(crate::genes::Route, usize)]) {
+        // Labels, names and gene symbols come from files: control characters are shown escaped.
+        macro_rules! println {
+            ($($t:tt)*) => { std::println!("{}", crate::files::printable(&format!($($t)*))) };
+        }
+        println!("model      {} ({} genes)", self.model, self.model_genes);
+        println!("data       {} ({} cells)", self.data, self.cells);
+        println!(
+            "genes      {} of the model's genes found ({:.1} %); {}",
+            self.found, self.pct_found, self.key
+        );
+        let routes: Vec<String> = routes
+            .iter()
+            .map(|(route, n)| format!("{} {n}", route.describe()))
+            .collect();
+        println!("routes     {}", routes.join(", "));
+        println!(
+            "missing    {} genes, {}",
+            self.model_genes - self.found,
+            if self.missing_policy == crate::spec::Missing::Mask {
+                "masked"
+            } else {
+                "zero-filled"
+            }
+        );
+        if let (Some(d), a) = (self.predicted_displacement, self.predicted_agreement) {
+            println!(
+                "predicted  latent displacement {:.3} of the latent spread{}",
+                d,
+                a.map(|a| format!("; label agreement with all genes {:.1} %", 100.0 * a))
+                    .unwrap_or_default()
+            );
+        }
+        if let Some((before, after)) = self.finetune_loss {
+            println!("finetune   new batch: query ELBO per cell {before:.2} -> {after:.2}");
+        }
+        if !self.labels.is_empty() {
+            let top: Vec<String> = self.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
+            println!(
+                "labels     {} (mean confidence {:.2})",
+                top.join(", "),
+                self.mean_confidence.unwrap_or(0.0)
+            );
+        }
+        if !self.output.is_empty() {
+            println!("wrote      {}", self.output);
+        }
+        for w in &self.warnings {
+            println!("warning: {w}");
+        }
+    }
+}
