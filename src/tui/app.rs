@@ -199,6 +199,9 @@ pub struct App {
     pub help: bool,
     pub form: Option<TrainForm>,
     pub confirm_cancel: Option<String>,
+    /// `p` on a pair whose overlap is below the projection's minimum: the share found and the
+    /// minimum, until `y` projects anyway (`--force`) or another key drops it.
+    pub confirm_force: Option<(f64, f64)>,
     /// The log pane (Enter on a job): its stderr log, followed while open.
     pub log_view: Option<LogView>,
     pub notice: Option<String>,
@@ -245,6 +248,7 @@ impl App {
             help: false,
             form: None,
             confirm_cancel: None,
+            confirm_force: None,
             notice: None,
             demo: None,
             quit: false,
@@ -529,6 +533,12 @@ impl App {
             self.help = false;
             return;
         }
+        if self.confirm_force.take().is_some() {
+            if matches!(k.code, KeyCode::Char('y') | KeyCode::Char('Y')) {
+                self.submit_projection(true);
+            }
+            return;
+        }
         if let Some(id) = self.confirm_cancel.take() {
             if matches!(k.code, KeyCode::Char('y') | KeyCode::Char('Y')) {
                 self.notice = Some(format!("cancelling job {id}..."));
@@ -763,7 +773,24 @@ impl App {
         }
     }
 
+    /// `p` on Overlap: projects the pair, after asking when fewer of the model's genes are found
+    /// than the projection accepts (the engine would refuse it without `--force`).
     fn project(&mut self) {
+        let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
+            return;
+        };
+        let least = 100.0 * ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone()).min_overlap;
+        let found = match (&self.overlap, self.overlap_pair()) {
+            (Some((od, om, Ok(r))), Some((pd, pm))) if *od == pd && *om == pm => Some(r.pct_b_found),
+            _ => None,
+        };
+        match found {
+            Some(pct) if pct < least => self.confirm_force = Some((pct, least)),
+            _ => self.submit_projection(false),
+        }
+    }
+
+    fn submit_projection(&mut self, force: bool) {
         let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
             return;
         };
@@ -780,6 +807,7 @@ impl App {
         spec.output = Some(out.clone());
         // scmz's own projections folder: projecting the pair again replaces the older copy.
         spec.overwrite = true;
+        spec.force = force;
         let req = Submission {
             slot: "cpu".into(),
             ..Submission::local(EngineRequest::Project(Box::new(spec)))

@@ -719,3 +719,40 @@ fn a_job_shows_only_its_own_run_when_a_name_is_used_again() {
     key(&mut app, KeyCode::Up);
     assert_eq!(epochs(&mut app), ("20261125-190000-2".to_string(), 4, Some(3)));
 }
+
+/// `p` on a pair whose overlap is below the projection's minimum asks first and projects with
+/// `--force` only on `y`; a pair above it is projected at once.
+#[test]
+fn projecting_a_low_overlap_pair_asks_before_forcing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let forced = |app: &mut App| {
+        let sub = submission(app);
+        let EngineRequest::Project(spec) = &sub.request else {
+            panic!("not a projection: {sub:?}")
+        };
+        spec.force
+    };
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    let p = KeyEvent::new(KeyCode::Char('p'), KeyModifiers::NONE);
+    app.on_key(p);
+    assert!(app.confirm_force.is_none());
+    assert!(!forced(&mut app), "a good overlap is projected as is");
+
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    app.on_key(p);
+    let (found, least) = app.confirm_force.expect("asks first");
+    assert!(found < least, "{found} {least}");
+    assert!(app.take_requests().iter().all(|r| !matches!(r, Request::Submit(_))));
+    let text = render(&app, 80, 24);
+    assert!(text.contains("Low overlap") && text.contains("(--force)?"), "{text}");
+    insta::assert_snapshot!("overlap_low_force_80x24", text);
+    key(&mut app, KeyCode::Char('n'));
+    assert!(app.confirm_force.is_none() && app.take_requests().is_empty());
+    app.on_key(p);
+    app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
+    assert!(forced(&mut app), "y projects with --force");
+}

@@ -123,6 +123,18 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             )),
             r,
         );
+    } else if let Some((found, least)) = app.confirm_force {
+        let r = centered(area, 60, 6);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(format!(
+                "Only {found:.1} % of the model's genes are in this dataset, below the {least:.0} % a projection needs: its latent and labels will be poor. Project anyway (--force)?  y / n"
+            ))
+            .wrap(Wrap { trim: true })
+            .style(app.theme.base())
+            .block(block(app, "Low overlap")),
+            r,
+        );
     } else if let Some(id) = &app.confirm_cancel {
         let r = centered(area, 50, 4);
         f.render_widget(Clear, r);

@@ -1,3 +1,6 @@
+//! The VAE against libtorch's dense autograd, scvi-tools' formulas and its own invariants: fast paths,
+//! masks, likelihoods, dropout traces, steps.
+
 use super::likelihood::lgamma_terms;
 use super::*;
 use crate::model::input::MaskGroups;

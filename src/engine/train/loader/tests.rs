@@ -1,3 +1,6 @@
+//! The loader on a real file: each pass covers its split once, chunks kept in memory serve the
+//! same batches.
+
 use super::*;
 
 fn config(split: Split, shuffle: bool) -> LoaderConfig {
