@@ -45,6 +45,15 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
+# 2b. Pillow and a monospace font: screenshots (scripts/ansi2png.py) and their test.
+if ! "$VENV/bin/python" -c 'import PIL' 2>/dev/null; then
+  say "installing pillow into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check pillow
+fi
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf ]; then
+  say "installing fonts-dejavu-core (apt)"; apt_install fonts-dejavu-core
+fi
+
 # 3. Point LIBTORCH (see .cargo/config.toml) at the venv's libtorch.
 TORCH_DIR="$(ls -d "$VENV"/lib/python3*/site-packages/torch | head -n 1)"
 if [ ! -f "$TORCH_DIR/lib/libtorch_cpu.so" ]; then
