@@ -155,16 +155,6 @@ pub fn of_job(records: &[Record], job: Option<&str>) -> Vec<Record> {
         .collect()
 }
 
-/// A duration for people: `4m07s`, `2h05m`.
-pub fn format_duration(seconds: f64) -> String {
-    let s = seconds.max(0.0) as u64;
-    if s >= 3600 {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
 /// Appends events to a log file, one flushed line each.
 pub struct EventLog {
     file: std::fs::File,

@@ -13,6 +13,7 @@
 //! - [`genes`]: identifier tables, gene matching and overlap reports, merging, gene selection.
 //! - [`tables`], [`config`], [`events`]: report tables, `config.toml`, the run event log.
 //! - [`stats`]: a seedable generator, k-means and the adjusted Rand index.
+//! - [`human`]: numbers and durations for people.
 //! - [`jobs`]: the job registry and queue, the supervisor, the local and Slurm backends.
 //! - [`zoo`]: model folders, manifests, checksums, installation.
 //! - [`scvi_tools`]: scvi-tools models into the zoo (`scmz import`): `torch.save` files read by a
@@ -38,6 +39,7 @@ pub mod dirs;
 pub mod events;
 pub mod files;
 pub mod genes;
+pub mod human;
 pub mod jobs;
 pub mod scvi_tools;
 pub mod spec;

@@ -473,6 +473,17 @@ impl EngineRequest {
         }
     }
 
+    /// Names `zoo` where the request names none, so a job keeps the zoo of its submission whoever
+    /// resumes it, with whatever `SCMZ_ZOO`.
+    pub fn pin_zoo(&mut self, zoo: PathBuf) {
+        let slot = match self {
+            EngineRequest::Train(s) => &mut s.zoo,
+            EngineRequest::Project(s) => &mut s.zoo,
+            EngineRequest::Compare(s) => &mut s.zoo,
+        };
+        slot.get_or_insert(zoo);
+    }
+
     pub fn zoo(&self) -> Option<&std::path::Path> {
         match self {
             EngineRequest::Train(s) => s.zoo.as_deref(),

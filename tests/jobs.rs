@@ -76,6 +76,8 @@ fn a_detached_training_job_finishes_after_its_parent_has_exited() {
     let j = wait_for(root.path(), &id, "finished", |j| j["state"] == "done");
     assert_eq!(j["exit_code"], 0);
     assert!(root.path().join("zoo/bg/manifest.json").exists());
+    // The record keeps the zoo of the submission: a resume with another SCMZ_ZOO uses it too.
+    assert_eq!(j["spec"]["zoo"], root.path().join("zoo").to_str().unwrap(), "{j:#}");
     let o = scmz(&["jobs"], root.path());
     assert!(stdout(&o).contains("epoch 15/15"), "{}", stdout(&o));
     let o = scmz(&["jobs", "logs", &id], root.path());

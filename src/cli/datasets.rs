@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use scmz::data::catalog::{default_cache, id_kind_label, scan};
 
-use super::table::{thousands, Table};
+use super::table::Table;
+use scmz::human::thousands;
 
 pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()> {
     let dirs = if dirs.is_empty() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use scmz::data::catalog::Summary;
 use scmz::data::{ColumnKind, Dataset, OpenOptions, ValueKind};
 
-use super::table::thousands;
+use scmz::human::thousands;
 
 pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) -> anyhow::Result<()> {
     let ds = Dataset::open_with(path, opts)?;

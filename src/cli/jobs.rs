@@ -108,11 +108,11 @@ fn progress(job: &Job) -> (String, String, String) {
     let Some(events) = job.event_log().and_then(|p| read_log(&p).ok()) else {
         return ("-".into(), "-".into(), job.slot.clone());
     };
-    let mut events = scmz::events::of_job(&events, job.engine_job_id());
-    // A run's log goes on after this job ended when another job resumes it: this job's
-    // progress is what the log held when it ended.
-    if let Some(end) = job.ended.as_deref() {
-        events.retain(|r| scmz::events::not_after(&r.t, end));
+    let replaced = !events.is_empty();
+    let events = job.own_records(&events);
+    if replaced && events.is_empty() {
+        // A later run of this name restarted or replaced the run (and its log).
+        return ("replaced".into(), "-".into(), job.slot.clone());
     }
     let start = events.iter().rev().find_map(|r| match &r.event {
         Event::Start { max_epochs, device, .. } => Some((*max_epochs, device.clone())),

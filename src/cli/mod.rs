@@ -9,8 +9,6 @@ pub(crate) mod models;
 mod overlap;
 mod table;
 
-pub use table::thousands;
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -394,7 +392,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Version) => {
             println!("scmz {}", env!("CARGO_PKG_VERSION"));
             println!("hdf5 {}", hdf5_version());
-            let engine = models::engine_path();
+            let engine = scmz::jobs::this_engine();
             // Everything that trains or projects runs there: an engine that cannot start is an
             // error (with its reason), not a line of the report.
             match engine_answer(&engine, &["devices"], std::time::Duration::from_secs(60)) {

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use scmz::zoo::{default_zoo, Manifest, Zoo};
 
-use super::table::{thousands, Table};
+use super::table::Table;
+use scmz::human::thousands;
 
 fn zoo(dir: Option<PathBuf>) -> Zoo {
     Zoo::new(dir.unwrap_or_else(default_zoo))
@@ -234,13 +235,6 @@ fn fmt_duration(s: f64) -> String {
     }
 }
 
-/// `scmz-engine`, installed beside `scmz`.
-pub fn engine_path() -> PathBuf {
-    std::env::current_exe()
-        .map(|p| scmz::jobs::engine_path(&p))
-        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
-}
-
 /// Runs `scmz-engine <args>` with this terminal, returning its exit code.
 pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
     run_engine_in(args, None)
@@ -248,7 +242,7 @@ pub fn run_engine(args: &[String]) -> anyhow::Result<i32> {
 
 /// `run_engine` in folder `cwd` (a job's relative paths mean files there).
 pub fn run_engine_in(args: &[String], cwd: Option<&std::path::Path>) -> anyhow::Result<i32> {
-    let engine = engine_path();
+    let engine = scmz::jobs::this_engine();
     let mut cmd = scmz::jobs::engine_command(&engine);
     cmd.args(args).env("SCMZ_FRONT_END", "scmz");
     if let Some(cwd) = cwd {

@@ -9,7 +9,8 @@ use scmz::genes::overlap::{compare_datasets, genes_frame, label, pairs_frame, ze
 use scmz::genes::{GeneList, OverlapReport};
 use scmz::tables::write_table;
 
-use super::table::{thousands, Table};
+use super::table::Table;
+use scmz::human::thousands;
 
 fn open_all(paths: &[PathBuf], opts: &OpenOptions) -> anyhow::Result<Vec<Dataset>> {
     Ok(paths
@@ -30,7 +31,7 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
     let args = scmz::spec::EngineRequest::Project(Box::new(spec))
         .to_args()
         .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
-    let o = scmz::jobs::engine_command(&super::models::engine_path())
+    let o = scmz::jobs::engine_command(&scmz::jobs::this_engine())
         .args(&args)
         .output()?;
     let predicted: Option<serde_json::Value> = o

@@ -185,6 +185,16 @@ impl Job {
         ))
     }
 
+    /// This job's part of its run's event log: the records of its run (`events::of_job`), up to
+    /// the job's end where it ended (a job that resumed the run writes on after it).
+    pub fn own_records(&self, records: &[crate::events::Record]) -> Vec<crate::events::Record> {
+        let mut own = crate::events::of_job(records, self.engine_job_id());
+        if let Some(end) = self.ended.as_deref() {
+            own.retain(|r| crate::events::not_after(&r.t, end));
+        }
+        own
+    }
+
     /// The id its engine knows it by (`SCMZ_JOB_ID`); None for a run started in a terminal.
     pub fn engine_job_id(&self) -> Option<&str> {
         (self.backend != "terminal").then_some(self.id.as_str())
@@ -438,6 +448,13 @@ pub fn engine_path(scmz: &Path) -> PathBuf {
     scmz.with_file_name("scmz-engine")
 }
 
+/// The `scmz-engine` installed beside the running `scmz`.
+pub fn this_engine() -> PathBuf {
+    std::env::current_exe()
+        .map(|p| engine_path(&p))
+        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
+}
+
 /// The engine at `engine` as a command, with the environment it runs best in. libtorch's OpenMP
 /// workers spin for a while after each parallel region (`GOMP_SPINCOUNT`, 300,000 by default)
 /// before sleeping; between regions the engine runs its own loops (the likelihood, the sparse
@@ -629,7 +646,10 @@ impl Registry {
         let lock = self.lock()?;
         let cwd = req.cwd.clone().or_else(|| std::env::current_dir().ok());
         let mut jobs: Vec<Job> = Vec::new();
-        for request in settings {
+        for mut request in settings {
+            // The zoo of the submission's environment, kept in the record (relative to `cwd`,
+            // where the engine runs, when `SCMZ_ZOO` is).
+            request.pin_zoo(crate::zoo::default_zoo());
             let events = match &request {
                 EngineRequest::Train(spec) => {
                     let zoo = spec
@@ -759,6 +779,10 @@ impl Registry {
     }
 
     pub fn load(&self, id: &str) -> Result<Job, JobError> {
+        // An id names one folder of the registry, nothing through `..` or `/`.
+        if id.is_empty() || id.starts_with('.') || id.contains('/') {
+            return Err(JobError::NotFound(crate::files::printable(id).into_owned()));
+        }
         let path = self.job_dir(id).join("job.json");
         if std::fs::symlink_metadata(&path).is_ok() {
             crate::files::require_regular(&path).map_err(|e| JobError::Bad {
@@ -790,7 +814,22 @@ impl Registry {
             )));
         }
         migrate_args(&mut record, &kind).map_err(bad)?;
-        serde_json::from_value(record).map_err(|e| bad(e.to_string()))
+        let job: Job = serde_json::from_value(record).map_err(|e| bad(e.to_string()))?;
+        // Its times order its progress against its run's log: one that is not a time is named.
+        let times = [
+            ("created", Some(&job.created)),
+            ("started", job.started.as_ref()),
+            ("ended", job.ended.as_ref()),
+        ];
+        for (field, t) in times {
+            if let Some(t) = t.filter(|t| crate::events::seconds_since(t).is_none()) {
+                return Err(bad(format!(
+                    "its `{field}` time `{}` is not an RFC 3339 time",
+                    crate::files::printable(t)
+                )));
+            }
+        }
+        Ok(job)
     }
 
     /// Every job record as written, oldest first.
@@ -934,6 +973,29 @@ pub(crate) mod tests {
 
     /// Records of scmz before specs (`"args"`) load as the spec their command line gave; a
     /// command line the engine would refuse makes the record damaged, named.
+    /// A record whose times are not times is named damaged (its progress is cut by them).
+    #[test]
+    fn a_record_with_a_garbage_time_is_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let request = EngineRequest::Train(Box::new(crate::spec::TrainSpec::defaults("d.h5ad".into(), "m".into())));
+        let mut job = reg.create(request, None).unwrap();
+        job.ended = Some("2026-12-06 04:09:33".into());
+        reg.save(&job).unwrap();
+        let e = reg.load(&job.id).unwrap_err().to_string();
+        assert!(
+            e.contains("damaged") && e.contains("`ended` time `2026-12-06 04:09:33`"),
+            "{e}"
+        );
+        job.ended = Some(crate::events::now_rfc3339());
+        reg.save(&job).unwrap();
+        assert!(reg.load(&job.id).is_ok());
+        // Ids are folder names of the registry, nothing that walks out of it or back in.
+        for id in [format!("{}/../{}", job.id, job.id), "..".into(), String::new()] {
+            assert!(matches!(reg.load(&id), Err(JobError::NotFound(_))), "{id}");
+        }
+    }
+
     /// Every spawner starts the engine with a short OpenMP spin, unless the user chose one.
     #[test]
     fn the_engine_starts_with_a_short_spin() {

@@ -179,6 +179,7 @@ fn last_error_line(path: &Path) -> Option<String> {
 /// progress and errors), from the start, until the job ends when `follow` is set. Returns the job
 /// as it ended (or as it is, without `follow`).
 pub fn follow(reg: &Registry, id: &str, file: &str, follow: bool, out: impl FnMut(&[u8])) -> Result<Job, JobError> {
+    reg.load(id)?;
     runtime()?.block_on(follow_async(reg, id, &reg.job_dir(id).join(file), follow, out))
 }
 

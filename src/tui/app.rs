@@ -149,15 +149,23 @@ pub struct LogView {
 #[derive(Debug, Default)]
 pub struct RunView {
     pub path: Option<PathBuf>,
-    /// `Job::engine_job_id` of the job shown.
-    pub job: Option<String>,
+    /// The job shown.
+    pub job: Option<Job>,
     raw: Vec<Record>,
     pub records: Vec<Record>,
 }
 
 impl RunView {
     fn refilter(&mut self) {
-        self.records = scmz::events::of_job(&self.raw, self.job.as_deref());
+        self.records = self
+            .job
+            .as_ref()
+            .map_or_else(|| self.raw.clone(), |j| j.own_records(&self.raw));
+    }
+
+    /// The log holds runs, but not this job's: a later run of its name restarted or replaced it.
+    pub fn replaced(&self) -> bool {
+        self.records.is_empty() && !self.raw.is_empty()
     }
 }
 
@@ -337,7 +345,7 @@ impl App {
 
     fn sync_follow(&mut self) {
         let (want, job) = match (self.screen, self.selected_job()) {
-            (Screen::Jobs, Some(j)) => (j.event_log(), j.engine_job_id().map(String::from)),
+            (Screen::Jobs, Some(j)) => (j.event_log(), Some(j.clone())),
             _ => (None, None),
         };
         if want != self.run.path && (want.is_some() || self.screen == Screen::Jobs) {
@@ -348,7 +356,8 @@ impl App {
             };
             self.outbox.push(Request::Follow(want));
         } else if want.is_some() && want == self.run.path && job != self.run.job {
-            // Another job whose run has the same log (a name used again).
+            // Another job whose run has the same log (a name used again), or this one's record
+            // changed (it ended).
             self.run.job = job;
             self.run.refilter();
         }

@@ -108,7 +108,7 @@ fn event_loop(
     rt.block_on(async {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
         let (req_tx, req_rx) = std::sync::mpsc::channel::<Request>();
-        let engine = crate::cli::models::engine_path();
+        let engine = scmz::jobs::this_engine();
         let utx = tx.clone();
         std::thread::spawn(move || {
             worker::run(sources, engine, req_rx, move |u| {

@@ -756,3 +756,95 @@ fn projecting_a_low_overlap_pair_asks_before_forcing() {
     app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
     assert!(forced(&mut app), "y projects with --force");
 }
+
+/// A cancelled job resumed by another: the first shows its run up to its end, the second the
+/// whole run, and no end while it trains (the part before it ended cancelled).
+#[test]
+fn a_resumed_run_shows_each_job_its_own_part() {
+    use scmz::events::{Event, LossTerms, Record};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let terms = LossTerms {
+        recon: 700.0,
+        kl: 20.0,
+        total: 720.0,
+        elbo: 720.0,
+    };
+    let at = |s: u32| format!("2026-12-06T10:{:02}:{:02}Z", s / 60, s % 60);
+    let start = |job: &str, first_epoch: usize| Event::Start {
+        name: "m".into(),
+        config: serde_json::Value::Null,
+        device: "cpu".into(),
+        data: Vec::new(),
+        n_train: 9,
+        n_val: 1,
+        first_epoch,
+        max_epochs: 8,
+        run: Some("r1".into()),
+        job: Some(job.into()),
+    };
+    let epoch = |epoch| Event::Epoch {
+        epoch,
+        train: terms,
+        val: terms,
+        kl_weight: 1.0,
+        kl_per_dim: vec![0.5; 10],
+        cells_per_s: 1000.0,
+        elapsed_s: epoch as f64,
+        eta_s: 1.0,
+    };
+    let mut events = vec![(0, start("a", 0)), (10, epoch(0)), (20, epoch(1))];
+    events.push((
+        25,
+        Event::End {
+            status: "cancelled".into(),
+            best_epoch: Some(1),
+            best_val_elbo: Some(720.0),
+            model: None,
+        },
+    ));
+    events.push((60, start("b", 2)));
+    events.extend((2..5).map(|e| (60 + 10 * e as u32, epoch(e))));
+    let lines: Vec<String> = events
+        .into_iter()
+        .map(|(s, event)| serde_json::to_string(&Record { t: at(s), event }).unwrap())
+        .collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let jobs = dir.path().join("jobs");
+    let reg = Registry::new(&jobs);
+    let mut cancelled = job("a", "train", "m", JobState::Failed, Some(log.clone()));
+    cancelled.created = at(0);
+    cancelled.ended = Some(at(30));
+    let mut resumed = job("b", "train", "m", JobState::Running, Some(log));
+    resumed.created = at(50);
+    for j in [&cancelled, &resumed] {
+        std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
+        reg.save(j).unwrap();
+    }
+    let sources = Sources {
+        data_dirs: Vec::new(),
+        zoo: dir.path().join("zoo"),
+        jobs,
+        cache: None,
+        scan_worker: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::jobs(&sources));
+    key(&mut app, KeyCode::Char('4'));
+    let shown = |app: &mut App| {
+        serve(app, &sources);
+        let text = render(app, 120, 40);
+        let last = app.run.records.iter().rev().find_map(|r| match r.event {
+            Event::Epoch { epoch, .. } => Some(epoch),
+            _ => None,
+        });
+        (
+            app.selected_job().unwrap().id.clone(),
+            last,
+            text.contains("ended cancelled"),
+        )
+    };
+    assert_eq!(shown(&mut app), ("b".to_string(), Some(4), false));
+    key(&mut app, KeyCode::Down);
+    assert_eq!(shown(&mut app), ("a".to_string(), Some(1), true));
+}

@@ -48,6 +48,13 @@ pub fn check_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
+    if name.ends_with(".lock") {
+        // A run's lock is `.runs/NAME.lock`, beside the run folders: `m.lock` would be `m`'s.
+        return Err(format!(
+            "`{}`: a model name may not end in `.lock` (scmz names run locks so): pick another",
+            crate::files::printable(name)
+        ));
+    }
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
@@ -327,6 +334,12 @@ mod tests {
         bytes[last] ^= 0x55;
         std::fs::write(&p, bytes).unwrap();
         (tmp, dir)
+    }
+
+    #[test]
+    fn names_that_would_be_a_run_lock_are_refused() {
+        assert!(check_name("p1.lock").unwrap_err().contains("may not end in `.lock`"));
+        assert!(check_name("p1.locked").is_ok() && check_name("lock").is_ok());
     }
 
     /// Damaged weights or reference: an imported model is imported again, an own one trained.

@@ -106,7 +106,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
             load_stored(&run.vs, &run.run_dir.join(file))?;
         }
     }
-    let seconds = run.state.seconds + started.elapsed().as_secs_f64();
+    let seconds = run.seconds_before + started.elapsed().as_secs_f64();
     run.save(last.as_ref().map(|(t, v, n)| (t, v, *n)), epochs_run, seconds)?;
     Ok(outcome)
 }
@@ -124,6 +124,8 @@ impl Run {
         progress: &Progress,
     ) -> anyhow::Result<bool> {
         let (train, val) = (trained.terms, validated.terms);
+        // Training time over every session of the run (kept by the checkpoint).
+        self.state.seconds = self.seconds_before + started.elapsed().as_secs_f64();
         let eta = per_epoch * (self.max_epochs - epoch - 1) as f64;
         self.log.write(Event::Epoch {
             epoch,
@@ -132,7 +134,7 @@ impl Run {
             kl_weight: self.kl_weight(epoch),
             kl_per_dim: validated.kl_per_dim.clone(),
             cells_per_s: trained.cells_per_s,
-            elapsed_s: self.state.seconds + started.elapsed().as_secs_f64(),
+            elapsed_s: self.state.seconds,
             eta_s: eta,
         })?;
         let validating = validated.n_cells > 0;
@@ -155,7 +157,7 @@ impl Run {
             train.total,
             val.elbo,
             trained.cells_per_s,
-            scmz::events::format_duration(eta)
+            scmz::human::format_duration(eta)
         );
         if progress.tty {
             eprint!("\r{line}      ");
@@ -241,5 +243,40 @@ mod tests {
             Outcome::Cancelled("no epoch had finished, so there is no checkpoint".into())
         );
         assert!(!zoo.path().join("c").exists());
+    }
+
+    /// An edited checkpoint (a best epoch after its last, a file it names missing, negative
+    /// time) is refused with --restart before anything is written, and the run's files stay.
+    #[test]
+    fn a_damaged_checkpoint_is_refused_before_anything_is_written() {
+        let zoo = tempfile::tempdir().unwrap();
+        let run_dir = scmz::zoo::Zoo::new(zoo.path()).run_dir("r");
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("checkpoint-1.safetensors"), b"weights").unwrap();
+        let cases = [
+            (
+                r#""best_epoch": 7, "best_val": 1.0, "seconds": 3.0"#,
+                "best epoch 8 comes after its last epoch 2",
+            ),
+            (
+                r#""best_epoch": 1, "best_val": 1.0, "seconds": 3.0"#,
+                "names best-1.safetensors",
+            ),
+            (r#""best_epoch": null, "best_val": null, "seconds": -5.0"#, "-5 seconds"),
+        ];
+        for (fields, says) in cases {
+            let json = format!(r#"{{"epoch": 1, "since_best": 0, "step": 9, "epoch_files": true, {fields}}}"#);
+            std::fs::write(run_dir.join("checkpoint.json"), &json).unwrap();
+            let mut s = spec(zoo.path(), "r");
+            s.resume = true;
+            let e = train(s).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("--restart"), "{e}");
+            let mut left: Vec<String> = std::fs::read_dir(&run_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            left.sort();
+            assert_eq!(left, ["checkpoint-1.safetensors", "checkpoint.json"]);
+        }
     }
 }

@@ -41,6 +41,8 @@ pub(crate) struct Run {
     pub trace: Option<Trace>,
     pub train_pass: Pass,
     pub state: Checkpoint,
+    /// Seconds of training before this session (from the checkpoint).
+    pub seconds_before: f64,
     pub run_dir: PathBuf,
     pub log: EventLog,
     /// One engine per run folder, held until this process ends.
@@ -195,6 +197,8 @@ impl Run {
             Some(tenths) => Pass::TrainFixed { tenths },
             None => Pass::Train,
         };
+        // Read and checked before anything is written into the run folder.
+        let resumed = resuming.then(|| checked_checkpoint(&run_dir)).transpose()?;
         let log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
         let mut run = Run {
             path,
@@ -211,13 +215,14 @@ impl Run {
             trace,
             train_pass,
             state: Checkpoint::default(),
+            seconds_before: 0.0,
             run_dir,
             log,
             _lock: lock,
             args,
         };
-        if resuming {
-            run.resume()?;
+        if let Some(state) = resumed {
+            run.resume(state)?;
         }
         let job = std::env::var("SCMZ_JOB_ID").ok();
         // One id for the run, however many jobs resume it: readers of a log that runs with this
@@ -244,10 +249,9 @@ impl Run {
     }
 
     /// Weights, optimiser moments and state from the run's checkpoint.
-    fn resume(&mut self) -> anyhow::Result<()> {
-        let ckpt_json = self.run_dir.join("checkpoint.json");
-        self.state = serde_json::from_slice(&std::fs::read(&ckpt_json)?)
-            .with_context(|| format!("{}: damaged; run again with --restart", ckpt_json.display()))?;
+    fn resume(&mut self, state: Checkpoint) -> anyhow::Result<()> {
+        self.state = state;
+        self.seconds_before = self.state.seconds;
         load_stored(&self.vs, &self.run_dir.join(self.state.weights_file())).context("loading the checkpoint")?;
         // Checkpoints from before the optimiser state was kept resume with fresh moments.
         let adam = self.run_dir.join(self.state.optimizer_file());
@@ -275,6 +279,38 @@ impl Run {
             (epoch as f64 / self.args.kl_warmup as f64).min(1.0)
         }
     }
+}
+
+/// The run's checkpoint, read and checked. One that points at files the run does not have, or
+/// holds what no run writes (an edited or damaged `checkpoint.json`), is refused before anything
+/// is written: resuming from it would end the run without its model and remove the files it does
+/// have.
+fn checked_checkpoint(run_dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
+    let json = run_dir.join("checkpoint.json");
+    let s: Checkpoint = serde_json::from_slice(&std::fs::read(&json)?)
+        .with_context(|| format!("{}: damaged; run again with --restart", json.display()))?;
+    let damaged = |what: String| {
+        anyhow::anyhow!(
+            "{}: {what}; the checkpoint is damaged or was edited: run again with --restart",
+            json.display()
+        )
+    };
+    if let Some(b) = s.best_epoch.filter(|&b| b > s.epoch) {
+        return Err(damaged(format!(
+            "best epoch {} comes after its last epoch {}",
+            b + 1,
+            s.epoch + 1
+        )));
+    }
+    if !(s.seconds.is_finite() && s.seconds >= 0.0) {
+        return Err(damaged(format!("{} seconds of training", s.seconds)));
+    }
+    for file in [Some(s.weights_file()), s.best_file()].into_iter().flatten() {
+        if !run_dir.join(&file).is_file() {
+            return Err(damaged(format!("it names {file}, which the run folder does not hold")));
+        }
+    }
+    Ok(s)
 }
 
 /// The batch and label columns, the presence mask, and with `--classifier` each cell's class and

@@ -139,7 +139,12 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
         Event::Step { cells_per_s, .. } => Some(*cells_per_s),
         _ => None,
     });
-    let end = records.iter().rev().find_map(|r| match &r.event {
+    // The end of the run's last part (a resumed run holds the end of the part before).
+    let last_start = records
+        .iter()
+        .rposition(|r| matches!(r.event, Event::Start { .. }))
+        .unwrap_or(0);
+    let end = records[last_start..].iter().rev().find_map(|r| match &r.event {
         Event::End { status, best_epoch, .. } => Some((status.clone(), *best_epoch)),
         _ => None,
     });
@@ -166,17 +171,19 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
                     if job.state.is_final() { cps } else { step.unwrap_or(cps) }
                 )),
                 key("  elapsed"),
-                Span::raw(scmz::events::format_duration(elapsed)),
+                Span::raw(scmz::human::format_duration(elapsed)),
             ]);
             if !job.state.is_final() {
-                l2.extend([key("  ETA"), Span::raw(scmz::events::format_duration(eta))]);
+                l2.extend([key("  ETA"), Span::raw(scmz::human::format_duration(eta))]);
             }
             l2.extend([key("  val ELBO"), Span::raw(format!("{val:.1}"))]);
         } else {
             l2.push(Span::raw("first epoch running..."));
         }
     } else {
-        let waiting = if job.state.is_final() {
+        let waiting = if app.run.replaced() {
+            "  a later run of this name restarted or replaced this job's run and its log"
+        } else if job.state.is_final() {
             "  the run never started"
         } else {
             "  waiting for the run to start"

@@ -127,7 +127,7 @@ pub fn block_line<'a>(app: &App, title: Line<'a>) -> Block<'a> {
 
 /// Thousands separators: 12,345.
 pub fn thousands(n: usize) -> String {
-    crate::cli::thousands(n as u64)
+    scmz::human::thousands(n as u64)
 }
 
 /// Replaces everything outside ASCII with an ASCII look-alike, for terminals without braille or
