@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
+use scmz::events::Event;
 use scmz::jobs::{Job, JobState, Registry};
 use scmz::spec::{EngineRequest, ProjectSpec, TrainSpec};
 
@@ -642,82 +643,93 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     assert_eq!((app.ov_focus, app.ov_ds), (0, 0));
 }
 
-/// Two runs of one name share a log (the second restarted the first after it failed): each
-/// job's monitor shows its own run, never the other's curves.
-#[test]
-fn a_job_shows_only_its_own_run_when_a_name_is_used_again() {
-    use scmz::events::{Event, EventLog, LossTerms};
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("events.jsonl");
-    let mut w = EventLog::append_to(&log).unwrap();
-    let terms = LossTerms {
+/// The start of a part of run `run` of model `m`, by job `job`.
+fn run_start(run: &str, job: &str, first_epoch: usize, max_epochs: usize) -> Event {
+    Event::Start {
+        name: "m".into(),
+        config: serde_json::Value::Null,
+        device: "cpu".into(),
+        data: Vec::new(),
+        n_train: 9,
+        n_val: 1,
+        first_epoch,
+        max_epochs,
+        run: Some(run.into()),
+        job: Some(job.into()),
+    }
+}
+
+fn epoch_done(epoch: usize) -> Event {
+    let terms = scmz::events::LossTerms {
         recon: 700.0,
         kl: 20.0,
         total: 720.0,
         elbo: 720.0,
     };
-    let mut run = |run: &str, job: &str, epochs: usize| {
-        w.write(Event::Start {
-            name: "m".into(),
-            config: serde_json::Value::Null,
-            device: "cpu".into(),
-            data: Vec::new(),
-            n_train: 9,
-            n_val: 1,
-            first_epoch: 0,
-            max_epochs: 400,
-            run: Some(run.into()),
-            job: Some(job.into()),
-        })
-        .unwrap();
-        for epoch in 0..epochs {
-            w.write(Event::Epoch {
-                epoch,
-                train: terms,
-                val: terms,
-                kl_weight: 1.0,
-                kl_per_dim: vec![0.5; 10],
-                cells_per_s: 1000.0,
-                elapsed_s: epoch as f64,
-                eta_s: 1.0,
-            })
-            .unwrap();
-        }
-    };
-    run("r1", "20261125-180000-1", 200);
-    run("r2", "20261125-190000-2", 4);
-    let jobs = dir.path().join("jobs");
-    let reg = Registry::new(&jobs);
-    let failed = job("20261125-180000-1", "train", "m", JobState::Failed, Some(log.clone()));
-    let running = job("20261125-190000-2", "train", "m", JobState::Running, Some(log));
-    for j in [&failed, &running] {
+    Event::Epoch {
+        epoch,
+        train: terms,
+        val: terms,
+        kl_weight: 1.0,
+        kl_per_dim: vec![0.5; 10],
+        cells_per_s: 1000.0,
+        elapsed_s: epoch as f64,
+        eta_s: 1.0,
+    }
+}
+
+/// An app on the Jobs screen over a registry in `dir` holding `jobs`, with the last epoch of the
+/// selected job's run as its monitor has it.
+fn jobs_app(dir: &Path, jobs: &[&Job]) -> App {
+    let reg = Registry::new(dir.join("jobs"));
+    for j in jobs {
         std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
         reg.save(j).unwrap();
     }
     let sources = Sources {
         data_dirs: Vec::new(),
-        zoo: dir.path().join("zoo"),
-        jobs,
+        zoo: dir.join("zoo"),
+        jobs: dir.join("jobs"),
         cache: None,
         scan_worker: None,
     };
     let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
     app.update(worker::jobs(&sources));
     key(&mut app, KeyCode::Char('4'));
-    let epochs = |app: &mut App| {
-        serve(app, &sources);
-        let each = |r: &scmz::events::Record| match r.event {
-            Event::Epoch { epoch, .. } => Some(epoch),
-            _ => None,
-        };
-        let seen: Vec<usize> = app.run.records.iter().filter_map(each).collect();
-        (app.selected_job().unwrap().id.clone(), seen.len(), seen.last().copied())
+    app
+}
+
+/// (selected job, its epochs shown, the last of them).
+fn shown_epochs(app: &App) -> (String, usize, Option<usize>) {
+    let each = |r: &scmz::events::Record| match r.event {
+        Event::Epoch { epoch, .. } => Some(epoch),
+        _ => None,
     };
-    assert_eq!(epochs(&mut app), ("20261125-190000-2".to_string(), 4, Some(3)));
+    let seen: Vec<usize> = app.run.records.iter().filter_map(each).collect();
+    (app.selected_job().unwrap().id.clone(), seen.len(), seen.last().copied())
+}
+
+/// Two runs of one name share a log (the second restarted the first after it failed): each
+/// job's monitor shows its own run, never the other's curves.
+#[test]
+fn a_job_shows_only_its_own_run_when_a_name_is_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("events.jsonl");
+    let mut w = scmz::events::EventLog::append_to(&log).unwrap();
+    for (run, job, epochs) in [("r1", "20261125-180000-1", 200), ("r2", "20261125-190000-2", 4)] {
+        w.write(run_start(run, job, 0, 400)).unwrap();
+        for e in 0..epochs {
+            w.write(epoch_done(e)).unwrap();
+        }
+    }
+    let failed = job("20261125-180000-1", "train", "m", JobState::Failed, Some(log.clone()));
+    let running = job("20261125-190000-2", "train", "m", JobState::Running, Some(log));
+    let mut app = jobs_app(dir.path(), &[&failed, &running]);
+    assert_eq!(shown_epochs(&app), ("20261125-190000-2".to_string(), 4, Some(3)));
     key(&mut app, KeyCode::Down);
-    assert_eq!(epochs(&mut app), ("20261125-180000-1".to_string(), 200, Some(199)));
+    assert_eq!(shown_epochs(&app), ("20261125-180000-1".to_string(), 200, Some(199)));
     key(&mut app, KeyCode::Up);
-    assert_eq!(epochs(&mut app), ("20261125-190000-2".to_string(), 4, Some(3)));
+    assert_eq!(shown_epochs(&app), ("20261125-190000-2".to_string(), 4, Some(3)));
 }
 
 /// `p` on a pair whose overlap is below the projection's minimum asks first and projects with
@@ -761,39 +773,15 @@ fn projecting_a_low_overlap_pair_asks_before_forcing() {
 /// whole run, and no end while it trains (the part before it ended cancelled).
 #[test]
 fn a_resumed_run_shows_each_job_its_own_part() {
-    use scmz::events::{Event, LossTerms, Record};
+    use scmz::events::Record;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("events.jsonl");
-    let terms = LossTerms {
-        recon: 700.0,
-        kl: 20.0,
-        total: 720.0,
-        elbo: 720.0,
-    };
     let at = |s: u32| format!("2026-12-06T10:{:02}:{:02}Z", s / 60, s % 60);
-    let start = |job: &str, first_epoch: usize| Event::Start {
-        name: "m".into(),
-        config: serde_json::Value::Null,
-        device: "cpu".into(),
-        data: Vec::new(),
-        n_train: 9,
-        n_val: 1,
-        first_epoch,
-        max_epochs: 8,
-        run: Some("r1".into()),
-        job: Some(job.into()),
-    };
-    let epoch = |epoch| Event::Epoch {
-        epoch,
-        train: terms,
-        val: terms,
-        kl_weight: 1.0,
-        kl_per_dim: vec![0.5; 10],
-        cells_per_s: 1000.0,
-        elapsed_s: epoch as f64,
-        eta_s: 1.0,
-    };
-    let mut events = vec![(0, start("a", 0)), (10, epoch(0)), (20, epoch(1))];
+    let mut events = vec![
+        (0, run_start("r1", "a", 0, 8)),
+        (10, epoch_done(0)),
+        (20, epoch_done(1)),
+    ];
     events.push((
         25,
         Event::End {
@@ -803,48 +791,24 @@ fn a_resumed_run_shows_each_job_its_own_part() {
             model: None,
         },
     ));
-    events.push((60, start("b", 2)));
-    events.extend((2..5).map(|e| (60 + 10 * e as u32, epoch(e))));
+    events.push((60, run_start("r1", "b", 2, 8)));
+    events.extend((2..5).map(|e| (60 + 10 * e as u32, epoch_done(e))));
     let lines: Vec<String> = events
         .into_iter()
         .map(|(s, event)| serde_json::to_string(&Record { t: at(s), event }).unwrap())
         .collect();
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
-    let jobs = dir.path().join("jobs");
-    let reg = Registry::new(&jobs);
     let mut cancelled = job("a", "train", "m", JobState::Failed, Some(log.clone()));
     cancelled.created = at(0);
     cancelled.ended = Some(at(30));
     let mut resumed = job("b", "train", "m", JobState::Running, Some(log));
     resumed.created = at(50);
-    for j in [&cancelled, &resumed] {
-        std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
-        reg.save(j).unwrap();
-    }
-    let sources = Sources {
-        data_dirs: Vec::new(),
-        zoo: dir.path().join("zoo"),
-        jobs,
-        cache: None,
-        scan_worker: None,
-    };
-    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
-    app.update(worker::jobs(&sources));
-    key(&mut app, KeyCode::Char('4'));
-    let shown = |app: &mut App| {
-        serve(app, &sources);
-        let text = render(app, 120, 40);
-        let last = app.run.records.iter().rev().find_map(|r| match r.event {
-            Event::Epoch { epoch, .. } => Some(epoch),
-            _ => None,
-        });
-        (
-            app.selected_job().unwrap().id.clone(),
-            last,
-            text.contains("ended cancelled"),
-        )
-    };
-    assert_eq!(shown(&mut app), ("b".to_string(), Some(4), false));
+    let mut app = jobs_app(dir.path(), &[&cancelled, &resumed]);
+    let ended = |app: &App| render(app, 120, 40).contains("ended cancelled");
+    assert_eq!(
+        (shown_epochs(&app), ended(&app)),
+        (("b".to_string(), 5, Some(4)), false)
+    );
     key(&mut app, KeyCode::Down);
-    assert_eq!(shown(&mut app), ("a".to_string(), Some(1), true));
+    assert_eq!((shown_epochs(&app), ended(&app)), (("a".to_string(), 2, Some(1)), true));
 }
