@@ -118,3 +118,33 @@ fn a_model_with_batches_compares() {
     assert!(row["pretrained_ll"].as_f64().unwrap().is_finite(), "{v:#}");
     assert!(row["scratch_ll"].as_f64().unwrap().is_finite(), "{v:#}");
 }
+
+/// A pair whose overlap is far below what a projection accepts is compared, but says so first:
+/// the sweep's "100 %" is of the few genes found.
+#[test]
+fn a_low_overlap_is_named_before_the_comparison() {
+    let dir = tempfile::tempdir().unwrap();
+    let zoo = dir.path().join("zoo");
+    let from = data("zoo/pbmc-tiny");
+    std::fs::create_dir_all(zoo.join("pbmc-tiny")).unwrap();
+    for f in [
+        "manifest.json",
+        "weights.safetensors",
+        "reference.safetensors",
+        "history.jsonl",
+    ] {
+        std::fs::copy(from.join(f), zoo.join("pbmc-tiny").join(f)).unwrap();
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["compare", data("mouse_10k_subset.h5ad").to_str().unwrap()])
+        .args(["--model", "pbmc-tiny", "--epochs", "1", "--seeds", "1", "--json"])
+        .env("SCMZ_ZOO", &zoo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: only 2.0 % of model `pbmc-tiny`'s genes (15 of 765)") && err.contains("--force"),
+        "{err}"
+    );
+}

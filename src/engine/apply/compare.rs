@@ -94,14 +94,25 @@ fn write_subset(
         );
     }
     w.append(&x)?;
-    let genes: Vec<String> = ds
-        .info()
-        .genes
-        .index
+    let kept = |values: &[String]| -> Vec<String> {
+        values
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| **k)
+            .map(|(g, _)| g.clone())
+            .collect()
+    };
+    let table = &ds.info().genes;
+    let genes = kept(&table.index);
+    // The gene columns too (Ensembl ids, symbols): where the index repeats a name (mouse `Rp1`),
+    // the ids keep the genes apart, as in the user's file.
+    let var_cols = table
+        .columns
         .iter()
-        .zip(keep)
-        .filter(|(_, k)| **k)
-        .map(|(g, _)| g.clone())
+        .map(|(name, values)| FrameColumn {
+            name: name.clone(),
+            values: ColumnValues::Strings(kept(values)),
+        })
         .collect();
     let mut obs_cols = Vec::new();
     if let Some((name, cats, codes)) = labels {
@@ -121,7 +132,7 @@ fn write_subset(
         },
         var: Frame {
             index: genes,
-            columns: Vec::new(),
+            columns: var_cols,
         },
         ..Default::default()
     })?;
@@ -157,6 +168,18 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
             m.name,
             args.data.display(),
             m.name
+        );
+    }
+    // The sweep's overlaps are shares of the genes found: say how few those are, where a
+    // projection would be refused (`scmz project --min-overlap`, 50 % by default).
+    let share = 100.0 * matching.found() as f64 / m.architecture.n_genes.max(1) as f64;
+    if share < 50.0 {
+        eprintln!(
+            "warning: only {share:.1} % of model `{}`'s genes ({} of {}) are in {}; the overlaps below are shares of those, and `scmz project` refuses this pair without --force",
+            m.name,
+            matching.found(),
+            m.architecture.n_genes,
+            args.data.display()
         );
     }
     let labels = match &args.label_key {
