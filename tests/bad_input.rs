@@ -271,3 +271,35 @@ fn genome_is_refused_where_a_file_has_no_genome_groups() {
     let (_d, p) = copy_of("pbmc68k_counts.h5ad");
     fails_clearly(&p, &["--genome", "hg19"], &["--genome hg19", "Cell Ranger 2"]);
 }
+
+/// Settings in the environment that are not numbers are said once, with the default used (they
+/// were ignored without a word): the HDF5 watchdog's timeout and the readers' memory budget.
+#[test]
+fn settings_in_the_environment_that_are_not_numbers_are_said() {
+    let zoo = tempfile::tempdir().unwrap();
+    let data = common::data("pbmc68k_counts.h5ad");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "train",
+            data.to_str().unwrap(),
+            "--name",
+            "m",
+            "--epochs",
+            "1",
+            "--genes",
+            "hvg:100",
+        ])
+        .env("SCMZ_ZOO", zoo.path())
+        .env("SCMZ_HDF5_TIMEOUT", "soon")
+        .env("SCMZ_DATA_CACHE_MB", "lots")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    for said in [
+        "warning: SCMZ_HDF5_TIMEOUT=`soon` is not a whole number; using 120",
+        "warning: SCMZ_DATA_CACHE_MB=`lots` is not a whole number; using 512",
+    ] {
+        assert!(err.contains(said), "`{said}` missing from: {err}");
+    }
+}

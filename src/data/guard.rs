@@ -135,10 +135,7 @@ pub fn install() {
 }
 
 fn timeout_s() -> u64 {
-    std::env::var("SCMZ_HDF5_TIMEOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120)
+    super::env_number("SCMZ_HDF5_TIMEOUT", 120)
 }
 
 fn start_watchdog() {
