@@ -158,9 +158,9 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
     let (m, _vs, vae) = load_model(&zoo.model_dir(&args.model), Device::Cpu)?;
     let ds = Dataset::open(&args.data)?;
     ds.require_counts()?;
-    let matching = compare_lists(&GeneList::from_table(label(&ds), &ds.info().genes), &m.gene_list())
-        .matching
-        .expect("matching");
+    let overlap = compare_lists(&GeneList::from_table(label(&ds), &ds.info().genes), &m.gene_list());
+    let share = overlap.pct_b_found;
+    let matching = overlap.matching.expect("matching");
     if matching.found() == 0 {
         bail!(
             "{}: no gene of model `{}` found; see `scmz overlap {} {}`",
@@ -172,7 +172,6 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
     }
     // The sweep's overlaps are shares of the genes found: say how few those are, where a
     // projection would be refused (`scmz project --min-overlap`, 50 % by default).
-    let share = 100.0 * matching.found() as f64 / m.architecture.n_genes.max(1) as f64;
     if share < 50.0 {
         eprintln!(
             "warning: only {share:.1} % of model `{}`'s genes ({} of {}) are in {}; the overlaps below are shares of those, and `scmz project` refuses this pair without --force",

@@ -102,14 +102,26 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
     refuse_links(&run_dir, &args.name)?;
     if run_dir.exists() {
         drop(lock_run(&run_dir, &args.name)?);
-        if run_dir.join("checkpoint.json").exists() && !args.resume && !args.restart {
-            bail!(
-                "an interrupted run of `{}` exists; pass --resume to continue it or --restart to start over",
-                args.name
-            );
-        }
+        refuse_interrupted(&run_dir, args)?;
     }
     Ok(None)
+}
+
+/// An interrupted run of the name (its checkpoint) is continued or discarded only when asked.
+fn refuse_interrupted(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Result<()> {
+    let json = run_dir.join("checkpoint.json");
+    if !json.exists() || args.resume || args.restart {
+        return Ok(());
+    }
+    // A damaged checkpoint is still an interrupted run: --restart discards it.
+    let done = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+        .map_or(String::new(), |c| format!(" (epoch {} done)", c.epoch + 1));
+    bail!(
+        "an interrupted run of `{}` exists{done}; pass --resume to continue it or --restart to start over",
+        args.name
+    )
 }
 
 /// Enough cells on each side of the seeded 90/10 split for a step and a validation: a file of
@@ -157,14 +169,7 @@ impl Run {
         let lock = lock_run(&run_dir, &args.name)?;
         let ckpt_json = run_dir.join("checkpoint.json");
         let resuming = ckpt_json.exists() && args.resume;
-        if ckpt_json.exists() && !args.resume && !args.restart {
-            let c: Checkpoint = serde_json::from_slice(&std::fs::read(&ckpt_json)?)?;
-            bail!(
-                "an interrupted run of `{}` exists (epoch {} done); pass --resume to continue it or --restart to start over",
-                args.name,
-                c.epoch + 1
-            );
-        }
+        refuse_interrupted(&run_dir, &args)?;
         if args.restart && run_dir.exists() {
             std::fs::remove_dir_all(&run_dir)?;
         }
