@@ -113,14 +113,23 @@ fn latent_difference(file: &Path, latents: &[Vec<f32>]) -> f32 {
 fn imported_scvi_models_give_scvi_tools_latents() {
     let zoo = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
-    // Saved by scvi-tools 1.4.2 (1 and 2 layers, nb and zinb) and by 1.0.4.
-    for name in ["scvi_nb_1layer", "scvi_zinb_2layers", "scvi10_nb_2layers"] {
+    // Saved by scvi-tools 1.4.2 (1 and 2 layers, nb, zinb and poisson, the library size
+    // observed or learned, a dispersion per gene or per gene and batch) and by 1.0.4.
+    for name in [
+        "scvi_nb_1layer",
+        "scvi_zinb_2layers",
+        "scvi_poisson_libsize",
+        "scvi_nb_genebatch",
+        "scvi10_nb_2layers",
+        "scvi_legacy_nb",
+    ] {
         let (latents, _) = imported_latents(name, zoo.path(), out.path());
         let d = max_difference(name, &latents);
+        eprintln!("{name}: latents within {d} of scvi-tools'");
         assert!(d < 1e-4, "{name}: latents differ from scvi-tools' by up to {d}");
     }
     let m = scmz::zoo::Zoo::new(zoo.path()).load("scvi_nb_1layer").unwrap();
-    let imported = m.imported.unwrap();
+    let imported = m.imported.clone().unwrap();
     assert_eq!(
         (imported.tool.as_str(), imported.class.as_str()),
         ("scvi-tools", "SCVI")
@@ -131,6 +140,15 @@ fn imported_scvi_models_give_scvi_tools_latents() {
     );
     assert_eq!(m.training.batch_key.as_deref(), Some("phase"));
     assert_eq!(m.genes.names.len(), 765);
+    // Its training history, read from the pandas frames of `history_` (the first value is the
+    // one scvi-tools' own `torch.load` gives).
+    let history = &m.imported.as_ref().unwrap().history;
+    assert_eq!(history["elbo_train"].len(), 15);
+    assert_eq!(history["train_loss"][0], 1068.620849609375);
+    assert_eq!(m.training.epochs_run, 15);
+    let tr = m.metrics.final_train.as_ref().unwrap();
+    assert_eq!(tr.elbo, *history["elbo_train"].last().unwrap());
+    assert!(tr.elbo < history["elbo_train"][0], "the ELBO fell in training: {tr:?}");
     // Saved with its AnnData: the training data is named.
     assert_eq!(m.datasets.len(), 1);
     assert_eq!(m.datasets[0].n_cells, 300);
@@ -141,6 +159,7 @@ fn imported_scvi_models_give_scvi_tools_latents() {
         show.contains("imported") && show.contains("scvi-tools 1.4.2 SCVI"),
         "{show}"
     );
+    assert!(show.contains("15 epochs there"), "{show}");
     let o = scmz(&["models"], zoo.path());
     let list = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -148,6 +167,36 @@ fn imported_scvi_models_give_scvi_tools_latents() {
             .any(|l| l.starts_with("scvi_nb_1layer") && l.contains("import")),
         "{list}"
     );
+}
+
+/// The layout of scvi-tools before 0.15 (`model_params.pt`, `var_names.csv`, `attr.pkl`) is read
+/// as scvi-tools' `convert_legacy_save` reads it; a folder missing one of its files is refused
+/// naming it.
+#[test]
+fn the_layout_before_scvi_tools_0_15_is_read() {
+    let zoo = tempfile::tempdir().unwrap();
+    let fixture = data("scvi-tools/scvi_legacy_nb");
+    let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "old"], zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = scmz::zoo::Zoo::new(zoo.path()).load("old").unwrap();
+    let imported = m.imported.unwrap();
+    assert_eq!(
+        (imported.class.as_str(), imported.tool_version.as_str()),
+        ("SCVI", "0.14.6")
+    );
+    assert!(imported.file.ends_with("model_params.pt"), "{}", imported.file);
+    assert_eq!(m.architecture.batch_categories.len(), 3);
+    assert_eq!(m.genes.names.len(), 765);
+    // Without its attr.pkl.
+    let partial = tempfile::tempdir().unwrap();
+    for f in ["model_params.pt", "var_names.csv"] {
+        std::fs::copy(fixture.join(f), partial.path().join(f)).unwrap();
+    }
+    let o = scmz(&["import", partial.path().to_str().unwrap(), "--name", "p"], zoo.path());
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("attr.pkl") && e.trim().lines().count() == 1, "{e}");
+    assert!(!zoo.path().join("p").exists());
 }
 
 /// The frozen-model promise covers imports: the model imported once (in `tests/data/zoo`) keeps
@@ -181,12 +230,12 @@ fn imported_scanvi_labels_as_scvi_tools_predicts() {
 #[test]
 fn models_scmz_cannot_reproduce_are_refused_and_leave_nothing() {
     let zoo = tempfile::tempdir().unwrap();
-    let fixture = data("scvi-tools/scvi_poisson_libsize");
+    let fixture = data("scvi-tools/scvi_ln_refused");
     let o = scmz(&["import", fixture.to_str().unwrap(), "--name", "p"], zoo.path());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
-        e.contains("model.pt") && e.contains("use_observed_lib_size=False"),
+        e.contains("model.pt") && e.contains("`latent_distribution` = \"ln\""),
         "{e}"
     );
     assert!(!zoo.path().join("p").exists());
@@ -406,7 +455,12 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
         "own-classifier",
         &["--batch-key", "phase", "--label-key", "bulk_labels", "--classifier"],
     );
-    for (fixture, name) in [("scvi_zinb_2layers", "zinb2"), ("scanvi_2layers", "scanvi-classifier")] {
+    for (fixture, name) in [
+        ("scvi_zinb_2layers", "zinb2"),
+        ("scanvi_2layers", "scanvi-classifier"),
+        ("scvi_poisson_libsize", "learned-library"),
+        ("scvi_nb_genebatch", "gene-batch"),
+    ] {
         let fixture = data(&format!("scvi-tools/{fixture}"));
         let o = scmz(&["import", fixture.to_str().unwrap(), "--name", name], zoo.path());
         assert!(o.status.success(), "{}", stderr(&o));
@@ -421,7 +475,15 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
         );
         return;
     };
-    for name in ["own-batch", "own-plain", "own-classifier", "zinb2", "scanvi-classifier"] {
+    for name in [
+        "own-batch",
+        "own-plain",
+        "own-classifier",
+        "zinb2",
+        "scanvi-classifier",
+        "learned-library",
+        "gene-batch",
+    ] {
         let dir = out.path().join(name);
         let o = export(zoo.path(), name, &dir);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
@@ -454,7 +516,34 @@ fn exported_models_load_in_scvi_tools_with_the_same_latents() {
             worst < 1e-4,
             "{name}: scvi-tools' latents differ from scmz's by up to {worst}"
         );
+        // The library encoder, its prior and the per-batch dispersions went across too: the
+        // exported model's ELBO terms at the mean are those of the model imported.
+        let fixture = match name {
+            "learned-library" => "scvi_poisson_libsize",
+            "gene-batch" => "scvi_nb_genebatch",
+            _ => continue,
+        };
+        let worst = relative_difference(
+            &out.path().join(format!("{name}.at_mean.csv")),
+            &data(&format!("scvi-tools/{fixture}/at_mean.csv")),
+        );
+        eprintln!("{name}: exported, ELBO terms within {worst:e} (relative)");
+        assert!(worst < 1e-4, "{name}: ELBO terms differ by up to {worst:e} (relative)");
     }
+}
+
+/// The largest relative difference between the numbers of two CSVs with one header line.
+fn relative_difference(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (csv(a), csv(b));
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0f64;
+    for (x, y) in a.iter().zip(&b).skip(1) {
+        for (u, v) in x.iter().zip(y) {
+            let (u, v): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
+            worst = worst.max((u - v).abs() / v.abs().max(1.0));
+        }
+    }
+    worst
 }
 
 /// Models scvi-tools cannot hold the same are refused with the reason, and nothing is written.

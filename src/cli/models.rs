@@ -98,7 +98,7 @@ pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overw
     }
     let a = &r.manifest.architecture;
     eprintln!(
-        "imported scvi-tools {} {} as `{name}` in {}: {} genes, {} x {} hidden, {} latent, {}{}{}",
+        "imported scvi-tools {} {} as `{name}` in {}: {} genes, {} x {} hidden, {} latent, {}{}{}{}",
         r.version,
         r.class,
         r.dir.display(),
@@ -107,6 +107,7 @@ pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overw
         a.n_hidden,
         a.n_latent,
         a.likelihood,
+        a.layout.likelihood_notes(),
         if a.batch_categories.is_empty() {
             String::new()
         } else {
@@ -140,7 +141,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
     line(
         "model",
         format!(
-            "{} genes -> {} x {} hidden ({} norm, dropout {}) -> {} latent; likelihood {}{}{}",
+            "{} genes -> {} x {} hidden ({} norm, dropout {}) -> {} latent; likelihood {}{}{}{}",
             thousands(a.n_genes as u64),
             a.n_layers,
             a.n_hidden,
@@ -148,6 +149,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
             a.dropout,
             a.n_latent,
             a.likelihood,
+            a.layout.likelihood_notes(),
             if a.batch_categories.is_empty() {
                 String::new()
             } else {
@@ -158,6 +160,23 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
     );
     if let Some(i) = &m.imported {
         line("imported", format!("from {}; trained there", i.describe()));
+        if let Some(elbo) = i.history.get("elbo_train").filter(|v| v.len() > 1) {
+            let (first, last) = (elbo[0], elbo[elbo.len() - 1]);
+            let val = i
+                .history
+                .get("elbo_validation")
+                .and_then(|v| v.last())
+                .map(|v| format!(", validation {v:.2}"))
+                .unwrap_or_default();
+            line(
+                "history",
+                format!(
+                    "{} epochs there: ELBO (train) {first:.2} to {last:.2}{val}; kept: {}",
+                    elbo.len(),
+                    i.history.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
     } else {
         line(
             "training",

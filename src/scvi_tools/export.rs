@@ -300,7 +300,9 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
     let mut theirs: Vec<(&String, &String)> = names.iter().map(|(o, t)| (t, o)).collect();
     let rank = |t: &str| match t {
         "px_r" => 0,
+        t if t.starts_with("library_log_") => 0,
         t if t.starts_with("z_encoder") => 1,
+        t if t.starts_with("l_encoder") => 2,
         t if t.starts_with("decoder") => 3,
         t if t.starts_with("classifier") => 4,
         _ => 5,
@@ -312,7 +314,7 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
         if rank(t) == 4 && !scanvi {
             continue; // SCVI has no classifier (said in the notes)
         }
-        if rank(t) == 3 && !l_encoder_done {
+        if rank(t) == 3 && !l_encoder_done && !a.layout.learned_library {
             l_encoder_done = true;
             // The library-size encoder scvi-tools always builds; unused where the library size
             // is observed (as in every model scmz has), so its weights are neutral.
@@ -536,9 +538,16 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
                     ("n_latent", P::Int(a.n_latent as i64)),
                     ("n_layers", P::Int(a.n_layers.max(1) as i64)),
                     ("dropout_rate", P::Float(a.dropout)),
-                    ("dispersion", s("gene")),
+                    (
+                        "dispersion",
+                        s(if a.layout.dispersion_per_batch {
+                            "gene-batch"
+                        } else {
+                            "gene"
+                        }),
+                    ),
                     ("gene_likelihood", s(&a.likelihood.to_string())),
-                    ("use_observed_lib_size", P::Bool(true)),
+                    ("use_observed_lib_size", P::Bool(!a.layout.learned_library)),
                 ]
                 .into_iter()
                 .chain(if scanvi {

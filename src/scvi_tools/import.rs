@@ -38,9 +38,13 @@ pub struct ScviModel {
     pub layer: Option<String>,
     /// scmz's variable names (as model files keep them) and their values.
     pub weights: BTreeMap<String, Floats>,
+    /// The training history the file keeps (see `history`).
+    pub history: BTreeMap<String, Vec<f64>>,
 }
 
-/// The model file in `dir` (`model.pt` or `<prefix>model.pt`), or `dir` itself when it is a file.
+/// The model file in `dir` (`model.pt` or `<prefix>model.pt`; in the layout of scvi-tools before
+/// 0.15, `<prefix>model_params.pt`, read with the files beside it), or `dir` itself when it is a
+/// file.
 pub fn model_file(dir: &Path) -> Result<PathBuf, String> {
     if dir.is_file() {
         return Ok(dir.to_path_buf());
@@ -52,23 +56,22 @@ pub fn model_file(dir: &Path) -> Result<PathBuf, String> {
         ));
     }
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {}", dir.display(), crate::files::describe(&e)))?;
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with("model.pt"))
-        })
-        .collect();
-    found.sort();
+    let paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let ending = |end: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = paths
+            .iter()
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(end)))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    };
+    let mut found = ending("model.pt");
+    if found.is_empty() {
+        found = ending(LEGACY_PARAMS);
+    }
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 if dir.join("model_params.pt").exists() => Err(format!(
-            "{}: holds the layout of scvi-tools before 0.15 (`model_params.pt`, `attr.pkl`), which scmz does not read yet; \
-             load it in scvi-tools 0.15 or later and save it again (`model.save(dir)`)",
-            dir.display()
-        )),
         0 => Err(format!(
             "{}: holds no `model.pt`; give the folder that scvi-tools' `model.save(dir)` wrote",
             dir.display()
@@ -76,7 +79,12 @@ pub fn model_file(dir: &Path) -> Result<PathBuf, String> {
         _ => Err(format!(
             "{}: holds several model files ({}); give the one to import",
             dir.display(),
-            found.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -98,17 +106,137 @@ fn distinct(what: &str, names: &[String]) -> Result<(), String> {
     }
 }
 
-/// Reads a scvi-tools model file; errors name the file and what is refused.
+/// Reads a scvi-tools model file (for the layout before 0.15, its `model_params.pt`); errors name
+/// the file and what is refused.
 pub fn read(path: &Path) -> Result<ScviModel, String> {
     let at = |m: String| format!("{}: {m}", path.display());
     let file = TorchFile::open(path).map_err(at)?;
-    interpret(&file).map_err(at)
+    if let Some(prefix) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(LEGACY_PARAMS))
+    {
+        let root = legacy_root(path, prefix, &file)?;
+        return interpret(&root, &file).map_err(at);
+    }
+    interpret(&file.root, &file).map_err(at)
+}
+
+/// The state dict of the layout of scvi-tools before 0.15; beside it `<prefix>var_names.csv`
+/// (one gene per line) and `<prefix>attr.pkl` (a plain pickle of the model's attributes, its
+/// AnnData set-up in `scvi_setup_dict_`).
+const LEGACY_PARAMS: &str = "model_params.pt";
+
+/// A file beside `params` read whole, if it is a regular file of at most `limit` bytes.
+fn sibling(params: &Path, name: &str, limit: u64) -> Result<(PathBuf, Vec<u8>), String> {
+    let path = params.with_file_name(name);
+    let at = |m: &dyn std::fmt::Display| format!("{}: {m}", path.display());
+    let meta = std::fs::metadata(&path).map_err(|e| {
+        at(&format!(
+            "{}; a model saved by scvi-tools before 0.15 has it beside `{}`",
+            crate::files::describe(&e),
+            params.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        ))
+    })?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(at(&format!("is not a regular file of at most {} MB", limit >> 20)));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| at(&crate::files::describe(&e)))?;
+    Ok((path, bytes))
+}
+
+fn dict(items: Vec<(&str, Value)>) -> Value {
+    let items = items.into_iter().map(|(k, v)| (Value::Str(k.into()), v)).collect();
+    Value::Dict(std::rc::Rc::new(std::cell::RefCell::new(items)))
+}
+
+/// What `model.save()` of scvi-tools 0.15 and later keeps (`model_state_dict`, `var_names`,
+/// `attr_dict` with a `registry_`), from the three files of the layout before it, as scvi-tools'
+/// own `convert_legacy_save` makes it. The class is not saved in that layout: a state dict with a
+/// classifier is SCANVI's, else SCVI's.
+fn legacy_root(params: &Path, prefix: &str, file: &TorchFile) -> Result<Value, String> {
+    let (names_path, names) = sibling(params, &format!("{prefix}var_names.csv"), 64 << 20)?;
+    let genes: Vec<Value> = String::from_utf8_lossy(&names)
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .map(|l| Value::Str(l.to_string()))
+        .collect();
+    if genes.is_empty() {
+        return Err(format!("{}: names no genes", names_path.display()));
+    }
+    let (attr_path, attr_bytes) = sibling(params, &format!("{prefix}attr.pkl"), 1 << 30)?;
+    let at = |m: String| format!("{}: {m}", attr_path.display());
+    let attr = super::pickle::load(&attr_bytes).map_err(at)?;
+    let setup = need(&attr, "scvi_setup_dict_", "attr.pkl").map_err(at)?;
+    for key in ["extra_categoricals", "extra_continuous_keys"] {
+        let used = match setup.get(key) {
+            Some(Value::Dict(_)) => setup.get(key).and_then(|d| d.get("keys")).and_then(|k| k.as_strings()),
+            Some(v) => v.as_strings(),
+            None => None,
+        };
+        if let Some(keys) = used.filter(|k| !k.is_empty()) {
+            return Err(at(format!(
+                "was set up with the covariates {} (`{key}`); scmz imports models whose only covariate is the batch",
+                keys.join(", ")
+            )));
+        }
+    }
+    let stats = setup.get("summary_stats").unwrap_or(Value::None);
+    let stat = |k: &str| stats.get(k).unwrap_or(Value::None);
+    let mappings = setup.get("categorical_mappings").unwrap_or(Value::None);
+    let field = |scvi_key: &str, n_key: &str, unlabeled: Option<Value>| -> Option<Value> {
+        let m = mappings.get(scvi_key)?;
+        let mut state = vec![
+            ("categorical_mapping", m.get("mapping")?),
+            ("original_key", m.get("original_key").unwrap_or(Value::None)),
+        ];
+        if let Some(u) = unlabeled {
+            state.push(("unlabeled_category", u));
+        }
+        Some(dict(vec![
+            ("state_registry", dict(state)),
+            ("summary_stats", dict(vec![(n_key, stat(n_key))])),
+        ]))
+    };
+    let classifier = file.root.entries().iter().any(|(k, _)| k.starts_with("classifier."));
+    let mut fields = vec![(
+        "X",
+        dict(vec![("summary_stats", dict(vec![("n_cells", stat("n_cells"))]))]),
+    )];
+    if let Some(b) = field("_scvi_batch", "n_batch", None) {
+        fields.push(("batch", b));
+    }
+    if let Some(l) = field("_scvi_labels", "n_labels", attr.get("unlabeled_category_")) {
+        fields.push(("labels", l));
+    }
+    let registry = dict(vec![
+        (
+            "model_name",
+            Value::Str(if classifier { "SCANVI" } else { "SCVI" }.into()),
+        ),
+        ("scvi_version", setup.get("scvi_version").unwrap_or(Value::None)),
+        ("field_registries", dict(fields)),
+    ]);
+    let mut attr_items = attr.entries();
+    attr_items.retain(|(k, _)| k != "scvi_setup_dict_");
+    let mut attr_dict: Vec<(&str, Value)> = attr_items.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    attr_dict.push(("registry_", registry));
+    Ok(dict(vec![
+        ("model_state_dict", file.root.clone()),
+        (
+            "var_names",
+            Value::List(std::rc::Rc::new(std::cell::RefCell::new(genes))),
+        ),
+        ("attr_dict", dict(attr_dict)),
+    ]))
 }
 
 fn need(v: &Value, key: &str, whose: &str) -> Result<Value, String> {
     match v.get(key) {
-        Some(Value::Opaque(name)) => Err(format!(
-            "`{whose}[\"{key}\"]` is an object of `{name}`, which scmz does not run; the file was not written by scvi-tools' `model.save()`"
+        Some(x) if x.class().is_some() => Err(format!(
+            "`{whose}[\"{key}\"]` is an object of `{}`, which scmz does not run; the file was not written by scvi-tools' `model.save()`",
+            x.class().unwrap_or_default()
         )),
         Some(x) => Ok(x),
         None => Err(format!("has no `{whose}[\"{key}\"]`: it was not written by scvi-tools' `model.save()`")),
@@ -195,8 +323,7 @@ const KNOWN: &[&str] = &[
     "adata",
 ];
 
-fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
-    let root = &file.root;
+fn interpret(root: &Value, file: &TorchFile) -> Result<ScviModel, String> {
     let attr = need(root, "attr_dict", "model.pt")?;
     let registry = need(&attr, "registry_", "attr_dict")?;
     let class = need(&registry, "model_name", "registry_")?
@@ -257,7 +384,7 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
             ))
         }
     };
-    pick("dispersion", s.text("dispersion", "gene")?, &["gene"])?;
+    let dispersion = pick("dispersion", s.text("dispersion", "gene")?, &["gene", "gene-batch"])?;
     let likelihood = match pick(
         "gene_likelihood",
         s.text("gene_likelihood", "zinb")?,
@@ -274,13 +401,6 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
         s.text("latent_distribution", "normal")?,
         &["normal"],
     )?;
-    if !s.bool("use_observed_lib_size", true)? {
-        return Err(
-            "learns the library size (`use_observed_lib_size=False`), which scmz does not import yet; \
-             it imports models that use the observed library size"
-                .into(),
-        );
-    }
     if !s.bool("log_variational", true)? {
         return Err(
             "encodes raw counts (`log_variational=False`); scmz imports models that encode log1p counts".into(),
@@ -372,6 +492,8 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
             encode_batch: s.bool("encode_covariates", false)?,
             batch_every_layer: s.bool("deeply_inject_covariates", true)?,
             classifier_layers: if linear_classifier { 0 } else { n_layers as usize },
+            learned_library: !s.bool("use_observed_lib_size", true)?,
+            dispersion_per_batch: dispersion == "gene-batch",
         },
     };
     let names = name_map(&arch);
@@ -423,14 +545,77 @@ fn interpret(file: &TorchFile) -> Result<ScviModel, String> {
         n_cells,
         layer,
         weights,
+        history: history(&attr),
+    })
+}
+
+/// The training history in `attr_dict["history_"]`: a pandas DataFrame per logged quantity,
+/// read as data (pandas is never run). A frame's numbers are those of its block
+/// (`pandas._libs.internals._unpickle_block`'s first argument); frames without one readable
+/// column of numbers are left out.
+fn history(attr: &Value) -> BTreeMap<String, Vec<f64>> {
+    let Some(h) = attr.get("history_") else {
+        return BTreeMap::new();
+    };
+    h.entries()
+        .into_iter()
+        .filter_map(|(name, frame)| {
+            let block = find(&frame, 0, &|v| {
+                v.class().as_deref() == Some("pandas._libs.internals._unpickle_block")
+            })?;
+            match block.get("__args__")? {
+                Value::Tuple(args) => match args.first()? {
+                    Value::Array(a) => match &*a.borrow() {
+                        super::pickle::Array::Numbers(x) if !x.is_empty() => Some((name, x.clone())),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// The first value under `v` (depth first, a few levels down) that `wanted` accepts.
+fn find(v: &Value, depth: usize, wanted: &dyn Fn(&Value) -> bool) -> Option<Value> {
+    if wanted(v) {
+        return Some(v.clone());
+    }
+    if depth >= 8 {
+        return None;
+    }
+    let items: Vec<Value> = match v {
+        Value::Dict(d) => d.borrow().iter().map(|(_, x)| x.clone()).collect(),
+        Value::List(l) => l.borrow().clone(),
+        Value::Tuple(t) => t.to_vec(),
+        _ => Vec::new(),
+    };
+    items.iter().find_map(|x| find(x, depth + 1, wanted))
+}
+
+/// The last value of history series `name`.
+fn last(history: &BTreeMap<String, Vec<f64>>, name: &str) -> Option<f64> {
+    history.get(name).and_then(|v| v.last().copied())
+}
+
+/// The loss terms of the last epoch, per cell, for `part` (`train` or `validation`), where the
+/// history has all four.
+fn final_terms(history: &BTreeMap<String, Vec<f64>>, part: &str) -> Option<crate::events::LossTerms> {
+    let total = last(history, &format!("{part}_loss")).or_else(|| last(history, &format!("{part}_loss_epoch")))?;
+    Some(crate::events::LossTerms {
+        recon: last(history, &format!("reconstruction_loss_{part}"))?,
+        kl: last(history, &format!("kl_local_{part}"))?,
+        total,
+        elbo: last(history, &format!("elbo_{part}"))?,
     })
 }
 
 /// Parts of scvi-tools models that computing latents, likelihoods and labels does not use:
-/// BatchNorm's step counters, the library-size encoder (unused with the observed library size),
-/// the per-cell dispersion head (unused with gene dispersion), the zero-inflation head (kept for
-/// ZINB models, unused otherwise), scANVI's label prior and its
-/// second-level latent (`z2`) networks, the library prior's statistics, pyro's store.
+/// BatchNorm's step counters, the library-size encoder and its prior (used, and so mapped, only
+/// where the library size is learned), the per-cell dispersion head (unused with gene or
+/// gene-batch dispersion), the zero-inflation head (kept for ZINB models, unused otherwise),
+/// scANVI's label prior and its second-level latent (`z2`) networks.
 fn ignorable(k: &str) -> bool {
     k.ends_with("num_batches_tracked")
         || k.starts_with("l_encoder.")
@@ -459,6 +644,9 @@ pub fn name_map(arch: &Architecture) -> BTreeMap<String, String> {
             &format!("encoder.{i}"),
             &format!("z_encoder.encoder.fc_layers.Layer {i}"),
         );
+    }
+    if arch.layout.learned_library {
+        block("library.0", "l_encoder.encoder.fc_layers.Layer 0");
     }
     for i in 0..arch.layout.decoder_layers {
         let ours = if i == 0 {
@@ -496,6 +684,18 @@ pub fn name_map(arch: &Architecture) -> BTreeMap<String, String> {
         m.insert("px_dropout.bias".into(), "decoder.px_dropout_decoder.bias".into());
     }
     m.insert("px_log_theta".into(), "px_r".into());
+    if arch.layout.learned_library {
+        for (ours, theirs) in [
+            ("l_mean", "l_encoder.mean_encoder"),
+            ("l_logvar", "l_encoder.var_encoder"),
+        ] {
+            m.insert(format!("{ours}.weight"), format!("{theirs}.weight"));
+            m.insert(format!("{ours}.bias"), format!("{theirs}.bias"));
+        }
+        for k in ["library_log_means", "library_log_vars"] {
+            m.insert(k.into(), k.into());
+        }
+    }
     m
 }
 
@@ -528,6 +728,9 @@ pub fn expected_shapes(arch: &Architecture) -> BTreeMap<String, Vec<usize>> {
     for i in 1..lay.decoder_layers.max(1) {
         block(format!("decoder.{i}"), h + deep);
     }
+    if lay.learned_library {
+        block("library.0".into(), g + enc_batch);
+    }
     let n_labels = arch.classifier_labels.len();
     if n_labels > 0 {
         for i in 0..lay.classifier_layers {
@@ -549,7 +752,22 @@ pub fn expected_shapes(arch: &Architecture) -> BTreeMap<String, Vec<usize>> {
         m.insert("px_dropout.weight".into(), vec![g, h]);
         m.insert("px_dropout.bias".into(), vec![g]);
     }
-    m.insert("px_log_theta".into(), vec![g]);
+    m.insert(
+        "px_log_theta".into(),
+        if lay.dispersion_per_batch {
+            vec![g, nb.max(1)]
+        } else {
+            vec![g]
+        },
+    );
+    if lay.learned_library {
+        for p in ["l_mean", "l_logvar"] {
+            m.insert(format!("{p}.weight"), vec![1, h]);
+            m.insert(format!("{p}.bias"), vec![1]);
+        }
+        m.insert("library_log_means".into(), vec![1, nb.max(1)]);
+        m.insert("library_log_vars".into(), vec![1, nb.max(1)]);
+    }
     m
 }
 
@@ -588,7 +806,8 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
         let adata = path.with_file_name(
             path.file_name()
                 .and_then(|n| n.to_str())
-                .map(|n| n.replace("model.pt", "adata.h5ad"))
+                .and_then(|n| n.strip_suffix(LEGACY_PARAMS).or_else(|| n.strip_suffix("model.pt")))
+                .map(|prefix| format!("{prefix}adata.h5ad"))
                 .unwrap_or_default(),
         );
         let datasets = if adata.is_file() {
@@ -613,7 +832,7 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
             architecture: model.arch.clone(),
             training: Training {
                 max_epochs: 0,
-                epochs_run: 0,
+                epochs_run: model.history.get("elbo_train").map_or(0, Vec::len),
                 best_epoch: None,
                 batch_size: 0,
                 lr: 0.0,
@@ -635,9 +854,12 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
             },
             datasets,
             metrics: Metrics {
-                best_val_elbo: None,
-                final_train: None,
-                final_val: None,
+                best_val_elbo: model
+                    .history
+                    .get("elbo_validation")
+                    .and_then(|v| v.iter().copied().filter(|x| x.is_finite()).reduce(f64::min)),
+                final_train: final_terms(&model.history, "train"),
+                final_val: final_terms(&model.history, "validation"),
                 classifier: None,
             },
             weights: FileRef {
@@ -654,6 +876,7 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
                     .display()
                     .to_string(),
                 sha256,
+                history: model.history.clone(),
             }),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| at(&e))?;

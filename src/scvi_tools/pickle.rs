@@ -104,7 +104,9 @@ pub enum Value {
     Storage(Storage),
     Array(Shared<Array>),
     NpDtype(Shared<NpDtype>),
-    /// A global outside the allowlist, or an object made by calling one (never called here).
+    /// A global outside the allowlist (never called here). An object the pickle makes by calling
+    /// one is kept as data instead: a `Dict` of `__class__` (the global's name), `__args__` (the
+    /// arguments) and what its state (BUILD) gives; see `Value::class`.
     Opaque(Rc<str>),
     Mark,
 }
@@ -193,8 +195,21 @@ impl Value {
         }
     }
 
+    /// The global an opaque value is, or whose call made an object (kept as a dict); None for
+    /// plain data.
+    pub fn class(&self) -> Option<String> {
+        match self {
+            Value::Opaque(name) => Some(name.to_string()),
+            Value::Dict(_) => self.get(CLASS).and_then(|v| v.as_str().map(String::from)),
+            _ => None,
+        }
+    }
+
     /// What the value is, for messages: its Python type, or the global an opaque value came from.
     pub fn describe(&self) -> String {
+        if let (Value::Dict(_), Some(class)) = (self, self.class()) {
+            return format!("an object of `{class}`, which scmz does not run");
+        }
         match self {
             Value::None => "None".into(),
             Value::Bool(_) => "a bool".into(),
@@ -214,6 +229,20 @@ impl Value {
             Value::Mark => "a mark".into(),
         }
     }
+}
+
+/// The keys of an object kept as data: the global called, its arguments and a state that is
+/// not a dict (a dict's items are the object's own).
+const CLASS: &str = "__class__";
+const ARGS: &str = "__args__";
+const STATE: &str = "__state__";
+
+/// The object a call of global `class` with `args` makes, as data (nothing is called).
+fn object(class: &str, args: &Value) -> Value {
+    Value::Dict(Rc::new(RefCell::new(vec![
+        (Value::Str(CLASS.into()), Value::Str(class.into())),
+        (Value::Str(ARGS.into()), args.clone()),
+    ])))
 }
 
 /// Globals no model file has a reason to name: a file naming one is refused.
@@ -725,8 +754,14 @@ impl Machine<'_> {
                 }
                 b'b' => {
                     let state = self.pop()?;
-                    self.target(std::slice::from_ref(&state))?;
-                    build(self.top()?, state)?;
+                    let object = self.top()?.class().is_some();
+                    match self.target(std::slice::from_ref(&state)) {
+                        Ok(_) => build(self.top()?, state)?,
+                        // An object kept as data whose state would nest too deep, or comes after
+                        // the object was placed elsewhere (a cycle): its state is left out.
+                        Err(_) if object => {}
+                        Err(e) => return Err(e),
+                    }
                 }
                 b'Q' => {
                     let pid = self.pop()?;
@@ -809,8 +844,8 @@ fn tuple_items(args: &Value) -> Result<&[Value], String> {
     }
 }
 
-/// `f(*args)` for the allowlisted constructors, rebuilt as data; any other call gives an opaque
-/// value named after `f` (never run).
+/// `f(*args)` for the allowlisted constructors, rebuilt as data; any other call of a global gives
+/// an object kept as data (`object`: its class and arguments; never run).
 fn reduce(f: Value, args: Value) -> Result<Value, String> {
     let Value::Opaque(name) = &f else {
         return Ok(Value::Opaque(format!("a call of {}", f.describe()).into()));
@@ -882,7 +917,7 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
             Value::NpDtype(Rc::new(RefCell::new(np_dtype(spec))))
         }
         "numpy.core.multiarray.scalar" | "numpy._core.multiarray.scalar" => scalar(a),
-        _ => Value::Opaque(name.clone()),
+        _ => object(name, &args),
     };
     Ok(v)
 }
@@ -932,13 +967,16 @@ fn number(d: &NpDtype, b: &[u8]) -> Option<f64> {
     })
 }
 
-/// `obj.__setstate__(state)` for the objects rebuilt here; other objects ignore it.
+/// `obj.__setstate__(state)` for the objects rebuilt here, as data for objects kept as data;
+/// other values ignore it.
 fn build(target: &mut Value, state: Value) -> Result<(), String> {
     match target {
         Value::Dict(_) => {
             if let Value::Dict(s) = &state {
                 let items = s.borrow().clone();
                 set_items(target, items);
+            } else if target.class().is_some() {
+                set_items(target, vec![(Value::Str(STATE.into()), state)]);
             }
         }
         Value::NpDtype(d) => {

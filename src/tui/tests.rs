@@ -812,3 +812,41 @@ fn a_resumed_run_shows_each_job_its_own_part() {
     key(&mut app, KeyCode::Down);
     assert_eq!((shown_epochs(&app), ended(&app)), (("a".to_string(), 2, Some(1)), true));
 }
+
+/// Key to frame on `TestBackend`: the key handled (the worker's answers are not waited for: the
+/// screen shows what it holds, or "loading") and the frame drawn, at 80x24 and 120x40, for every
+/// screen switch and the help; the median of 9 rounds under 50 ms.
+#[test]
+fn screen_switches_reach_the_frame_within_50_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    let mut terms = [(80u16, 24u16), (120, 40)].map(|(w, h)| Terminal::new(TestBackend::new(w, h)).unwrap());
+    let keys = ['2', '3', '4', '1', '?'];
+    for k in keys {
+        let mut took = Vec::new();
+        for _ in 0..9 {
+            let t0 = std::time::Instant::now();
+            app.on_key(KeyEvent::new(KeyCode::Char(k), KeyModifiers::NONE));
+            for t in &mut terms {
+                t.draw(|f| super::ui::draw(f, &app)).unwrap();
+            }
+            took.push(t0.elapsed());
+            // The requests the key made are answered before the next round, as the worker would.
+            let s = app.sources.clone();
+            serve(&mut app, &s);
+            // Back to where the key is a switch again (any key closes the help).
+            let back = match k {
+                '?' => KeyCode::Esc,
+                '1' => KeyCode::Char('2'),
+                _ => KeyCode::Char('1'),
+            };
+            app.on_key(KeyEvent::new(back, KeyModifiers::NONE));
+        }
+        took.sort();
+        assert!(
+            took[4] < std::time::Duration::from_millis(50),
+            "key `{k}` to frame: {took:?}"
+        );
+    }
+}

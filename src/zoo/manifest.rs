@@ -42,6 +42,13 @@ pub struct Layout {
     pub batch_every_layer: bool,
     /// Hidden layers of the classifier head (0: a linear classifier).
     pub classifier_layers: usize,
+    /// The library size is a latent variable (scvi-tools' `use_observed_lib_size=False`): a
+    /// one-layer encoder gives its log-normal posterior, with a per-batch log-normal prior.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learned_library: bool,
+    /// One dispersion per gene and batch (scvi-tools' `dispersion="gene-batch"`), not per gene.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dispersion_per_batch: bool,
 }
 
 impl Default for Layout {
@@ -51,6 +58,8 @@ impl Default for Layout {
             encode_batch: true,
             batch_every_layer: false,
             classifier_layers: 1,
+            learned_library: false,
+            dispersion_per_batch: false,
         }
     }
 }
@@ -58,6 +67,18 @@ impl Default for Layout {
 impl Layout {
     pub fn is_scmz(&self) -> bool {
         *self == Layout::default()
+    }
+
+    /// What changes the likelihood, for a model's one-line description (`, learned library size`).
+    pub fn likelihood_notes(&self) -> String {
+        let mut s = String::new();
+        if self.learned_library {
+            s.push_str(", learned library size");
+        }
+        if self.dispersion_per_batch {
+            s.push_str(", dispersion per gene and batch");
+        }
+        s
     }
 }
 
@@ -183,6 +204,10 @@ pub struct Imported {
     /// The file read, and its sha256.
     pub file: String,
     pub sha256: String,
+    /// Its training history there, as the file keeps it (scvi-tools' `history_`): each logged
+    /// quantity's values, one per epoch (or per logged step), by name (`elbo_train`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub history: std::collections::BTreeMap<String, Vec<f64>>,
 }
 
 impl Imported {

@@ -77,6 +77,34 @@ fn step_losses(
     (l.recon, l.kl, l.total)
 }
 
+/// The new batch's prior on the log library size, for a model that learns it: the mean and
+/// variance of the query cells' log library sizes, as scvi-tools sets each batch's from its cells.
+fn set_library_prior(vs: &nn::VarStore, cells: &[CsrChunk], batch: usize) -> anyhow::Result<()> {
+    let logs: Vec<f64> = cells
+        .iter()
+        .flat_map(|c| c.row_sums())
+        .filter(|&s| s > 0.0)
+        .map(f64::ln)
+        .collect();
+    anyhow::ensure!(
+        !logs.is_empty(),
+        "the query's cells have no counts in the model's genes"
+    );
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / n;
+    let vars = vs.variables();
+    for (name, value) in [("library_log_means", mean), ("library_log_vars", var.max(1e-4))] {
+        let t = vars
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("the model has no `{name}`"))?;
+        tch::no_grad(|| {
+            let _ = t.narrow(1, batch as i64, 1).fill_(value);
+        });
+    }
+    Ok(())
+}
+
 /// Adds batch `name` to the model and trains its parameters on `cells` (model gene space).
 pub fn add_batch(
     old_vs: &nn::VarStore,
@@ -112,6 +140,9 @@ pub fn add_batch(
             }
         }
     });
+    if vae.arch.layout.learned_library {
+        set_library_prior(&vs, cells, batch)?;
+    }
     let found_t = Tensor::from_slice(found);
     let loss_before = elbo(&vae, cells, &found_t, mask, &cats, batch);
     vs.freeze();
@@ -123,7 +154,8 @@ pub fn add_batch(
         .into_iter()
         .filter_map(|(n, t)| {
             let o = old_vars.get(&n)?;
-            (t.size() != o.size()).then(|| {
+            // A learned library's prior is set from the query above, not trained.
+            (t.size() != o.size() && !n.starts_with("library_log_")).then(|| {
                 let dim = grown_dim(&t, o);
                 (t.set_requires_grad(true), dim)
             })

@@ -8,3 +8,7 @@ pub mod encoder;
 pub mod finetune;
 pub mod project;
 pub mod transfer;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -208,6 +208,64 @@ mod tests {
         }
     }
 
+    /// The names and shapes scvi-tools' models are imported under (`expected_shapes`) are those
+    /// of the model the engine builds, for scmz's own layout and scvi-tools' (layers, a learned
+    /// library size, a dispersion per batch, a classifier, zero inflation, layer norm).
+    #[test]
+    fn imported_shapes_are_those_of_the_model_built() {
+        use scmz::zoo::manifest::{Architecture, Layout};
+        let base = Architecture {
+            n_genes: 30,
+            n_hidden: 8,
+            n_latent: 3,
+            n_layers: 1,
+            dropout: 0.1,
+            norm: scmz::spec::Norm::Batch,
+            likelihood: scmz::spec::Likelihood::Nb,
+            batch_categories: vec!["a".into(), "b".into()],
+            masked_input: false,
+            classifier_labels: Vec::new(),
+            layout: Layout::default(),
+        };
+        let scvi = Layout {
+            decoder_layers: 2,
+            encode_batch: false,
+            batch_every_layer: true,
+            classifier_layers: 2,
+            learned_library: true,
+            dispersion_per_batch: true,
+        };
+        let variants = [
+            base.clone(),
+            Architecture {
+                n_layers: 2,
+                layout: scvi.clone(),
+                classifier_labels: vec!["x".into(), "y".into(), "z".into()],
+                ..base.clone()
+            },
+            Architecture {
+                n_layers: 2,
+                likelihood: scmz::spec::Likelihood::Zinb,
+                norm: scmz::spec::Norm::Layer,
+                batch_categories: Vec::new(),
+                layout: Layout {
+                    encode_batch: true,
+                    ..scvi.clone()
+                },
+                ..base.clone()
+            },
+        ];
+        for arch in variants {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _vae = Vae::new(&vs.root(), arch.clone());
+            let built: std::collections::BTreeMap<String, Vec<usize>> = stored_variables(&vs)
+                .into_iter()
+                .map(|(n, t)| (n, t.size().iter().map(|&d| d as usize).collect()))
+                .collect();
+            assert_eq!(built, scmz::scvi_tools::import::expected_shapes(&arch), "{arch:?}");
+        }
+    }
+
     /// A file of another model fails naming the file and the variable.
     #[test]
     fn a_file_of_another_model_is_refused_by_name() {

@@ -2,7 +2,9 @@
 //! presence mask and a one-hot batch) to a Gaussian latent, a decoder to a softmax gene scale
 //! times the observed library size, and an NB / ZINB / Poisson likelihood with gene-wise
 //! dispersion. Genes outside the mask are unmeasured: they enter the encoder as zero (with the
-//! mask telling it so) and never enter the loss.
+//! mask telling it so) and never enter the loss. Imported scvi-tools models may instead learn the
+//! library size (a second, one-layer encoder and a per-batch prior) and keep one dispersion per
+//! gene and batch; those compute their likelihood under autograd, without the fused kernels.
 
 mod likelihood;
 #[cfg(test)]
@@ -37,8 +39,10 @@ pub struct Vae {
     decoder: Vec<Block>,
     scale: nn::Linear,
     zi_logits: Option<nn::Linear>,
-    /// Gene-wise log inverse dispersion.
+    /// Log inverse dispersion: per gene, or genes x batches (`layout.dispersion_per_batch`).
     log_theta: Tensor,
+    /// The library-size encoder of models that learn the library size (`layout.learned_library`).
+    library: Option<LibraryEncoder>,
     /// scANVI's classifier on the latent mean (`arch.classifier_labels`), trained with the VAE.
     classifier: Option<Classifier>,
 }
@@ -56,6 +60,18 @@ impl Classifier {
         let h = self.hidden.iter().fold(mu.shallow_clone(), |h, b| b.forward(&h, train));
         self.out.forward(&h)
     }
+}
+
+/// scvi-tools' `l_encoder`: a one-layer encoder of the same input as the latent's, to the
+/// log-normal posterior of the library size, and the per-batch log-normal prior it is pulled to
+/// (scvi-tools' `library_log_means` / `library_log_vars`, fixed from the training data).
+struct LibraryEncoder {
+    block: Block,
+    mean: nn::Linear,
+    logvar: nn::Linear,
+    /// 1 x batches (at least one column); not trained.
+    prior_mean: Tensor,
+    prior_var: Tensor,
 }
 
 /// Weight of the classification loss against the per-cell ELBO (scANVI's `classification_ratio`).
@@ -149,7 +165,25 @@ impl Vae {
             .collect();
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == Likelihood::Zinb).then(|| linear(vs / "px_dropout", h, g));
-        let log_theta = vs.var("px_log_theta", &[g], nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let theta_dims: Vec<i64> = if lay.dispersion_per_batch {
+            vec![g, nb.max(1)]
+        } else {
+            vec![g]
+        };
+        let log_theta = vs.var("px_log_theta", &theta_dims, nn::Init::Randn { mean: 0.0, stdev: 1.0 });
+        let library = lay.learned_library.then(|| LibraryEncoder {
+            block: Block::new(
+                vs / "library" / 0,
+                |p| linear(p, g + if lay.encode_batch { nb } else { 0 }, h),
+                h,
+                arch.norm,
+                arch.dropout,
+            ),
+            mean: linear(vs / "l_mean", h, 1),
+            logvar: linear(vs / "l_logvar", h, 1),
+            prior_mean: vs.zeros_no_train("library_log_means", &[1, nb.max(1)]),
+            prior_var: vs.ones_no_train("library_log_vars", &[1, nb.max(1)]),
+        });
         let n_labels = arch.classifier_labels.len() as i64;
         let n_cls = lay.classifier_layers;
         let classifier = (n_labels > 0).then(|| Classifier {
@@ -177,6 +211,7 @@ impl Vae {
             scale,
             zi_logits,
             log_theta,
+            library,
             classifier,
         }
     }
@@ -302,6 +337,37 @@ impl Vae {
         )
     }
 
+    /// Mean and log-variance of the log library size's posterior, for a model that learns it.
+    fn library_posterior(&self, input: &Input, train: bool) -> Option<(Tensor, Tensor)> {
+        let le = self.library.as_ref()?;
+        let x = input.dense_x().log1p();
+        let h = le.block.forward(
+            &with_batch(x, input.batch.filter(|_| self.arch.layout.encode_batch)),
+            train,
+        );
+        let logvar = (le.logvar.forward(&h).clamp_max(12.0).exp() + VAR_EPS).log();
+        Some((le.mean.forward(&h), logvar))
+    }
+
+    /// Per cell (cells x 1), the prior's mean and variance of the log library size.
+    fn library_prior(le: &LibraryEncoder, batch: Option<&Tensor>) -> (Tensor, Tensor) {
+        match batch {
+            Some(b) => (b.matmul(&le.prior_mean.tr()), b.matmul(&le.prior_var.tr())),
+            None => (le.prior_mean.narrow(1, 0, 1), le.prior_var.narrow(1, 0, 1)),
+        }
+    }
+
+    /// The inverse dispersion: per gene, or per cell and gene from its batch.
+    fn theta(&self, batch: Option<&Tensor>) -> Tensor {
+        if !self.arch.layout.dispersion_per_batch {
+            return self.log_theta.exp();
+        }
+        match batch {
+            Some(b) => b.matmul(&self.log_theta.tr()).exp(),
+            None => self.log_theta.narrow(1, 0, 1).tr().exp(),
+        }
+    }
+
     /// The decoder's last hidden layer for latents `z` (the batch one-hot in its first layer, or
     /// in every layer for models laid out so).
     fn decode_hidden(&self, z: Tensor, batch: Option<&Tensor>, train: bool) -> Tensor {
@@ -365,13 +431,23 @@ impl Vae {
             }
             _ => None,
         };
+        // The log library size of a model that learns it: its posterior's mean or a draw, as z.
+        let library = self.library_posterior(input, train);
+        let log_library = library.as_ref().map(|(m, lv)| match pass {
+            Pass::Mean => m.shallow_clone(),
+            Pass::TrainFixed { tenths } => m + (lv * 0.5).exp() * (f64::from(tenths) / 10.0),
+            _ => m + (lv * 0.5).exp() * m.randn_like(),
+        });
         let h = self.decode_hidden(z, input.batch, train);
-        let theta = self.log_theta.exp();
+        let theta = self.theta(input.batch);
+        let by_autograd = library.is_some() || self.arch.layout.dispersion_per_batch;
         let (ll_cell, surrogate) = match input.sparse {
-            Some(sp) if sp.values.device() == Device::Cpu && self.arch.likelihood != Likelihood::Zinb => {
+            Some(sp)
+                if sp.values.device() == Device::Cpu && self.arch.likelihood != Likelihood::Zinb && !by_autograd =>
+            {
                 self.fused_ll(sp, &h, &theta, input.measured)
             }
-            _ => self.tensor_ll(input, &h, &theta),
+            _ => self.tensor_ll(input, &h, &theta, log_library.map(|l| l.exp()).as_ref()),
         };
         // The constant lgamma(x + 1) term, from the nonzeros when the caller has it.
         let lgamma_x1 = match (input.lgamma_x1, input.measured) {
@@ -381,8 +457,24 @@ impl Vae {
         };
         let recon = -ll_cell + lgamma_x1;
         let kl_dims = ((&mu * &mu) + logvar.exp() - &logvar - 1.0) * 0.5;
-        let kl = kl_dims.sum_dim_intlist(1, false, Kind::Float);
-        let mut total = (&recon + &kl * kl_weight).mean(Kind::Float);
+        let kl_z = kl_dims.sum_dim_intlist(1, false, Kind::Float);
+        // The library's KL, as scvi-tools: in the ELBO, never scaled by the warm-up.
+        let kl_library = match (&self.library, &library) {
+            (Some(le), Some((m, lv))) => {
+                let (pm, pv) = Self::library_prior(le, input.batch);
+                let kl = ((pv.log() - lv) + (lv.exp() + (m - pm).square()) / pv - 1.0) * 0.5;
+                Some(kl.sum_dim_intlist(1, false, Kind::Float))
+            }
+            _ => None,
+        };
+        let mut total = match &kl_library {
+            Some(kl_l) => (&recon + &kl_z * kl_weight + kl_l).mean(Kind::Float),
+            None => (&recon + &kl_z * kl_weight).mean(Kind::Float),
+        };
+        let kl = match kl_library {
+            Some(kl_l) => kl_z + kl_l,
+            None => kl_z,
+        };
         if let Some(s) = surrogate {
             total = &total + s;
         }
@@ -464,8 +556,15 @@ impl Vae {
         (ll, Some(surrogate))
     }
 
-    /// Per-cell log-likelihood as tensor operations under autograd (any device, any likelihood).
-    fn tensor_ll(&self, input: &Input, h: &Tensor, theta: &Tensor) -> (Tensor, Option<Tensor>) {
+    /// Per-cell log-likelihood as tensor operations under autograd (any device, any likelihood),
+    /// with the observed library size unless `learned` (cells x 1) is given.
+    fn tensor_ll(
+        &self,
+        input: &Input,
+        h: &Tensor,
+        theta: &Tensor,
+        learned: Option<&Tensor>,
+    ) -> (Tensor, Option<Tensor>) {
         let x = &input.dense_x();
         let mut scale = self.scale.forward(h).softmax(-1, Kind::Float);
         if let Some(m) = input.measured {
@@ -473,15 +572,17 @@ impl Vae {
             scale = &scale * m;
             scale = &scale / scale.sum_dim_intlist(1, true, Kind::Float).clamp_min(EPS);
         }
-        let library = match input.measured {
-            Some(m) => (x * m).sum_dim_intlist(1, true, Kind::Float),
-            None => x.sum_dim_intlist(1, true, Kind::Float),
+        let library = match (learned, input.measured) {
+            (Some(l), _) => l.shallow_clone(),
+            (None, Some(m)) => (x * m).sum_dim_intlist(1, true, Kind::Float),
+            (None, None) => x.sum_dim_intlist(1, true, Kind::Float),
         };
         let mu_x = &scale * &library;
         let zi = self.zi_logits.as_ref().map(|z| z.forward(h));
         // A zero-valued term whose gradient is the one of the lgamma terms computed by hand.
         let mut surrogate = None;
-        let ll_cell = match input.sparse {
+        // A dispersion per cell (from its batch) is not the sparse path's per-gene one.
+        let ll_cell = match input.sparse.filter(|_| theta.dim() == 1) {
             Some(sp) => {
                 let (ll, s) = self.sparse_ll(sp, &mu_x, theta, zi.as_ref(), input.measured);
                 surrogate = s;

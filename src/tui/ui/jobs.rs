@@ -35,7 +35,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         );
         return;
     }
-    let table_h = (app.jobs.len() as u16 + 3).min(if area.height < 30 { 5 } else { 8 });
+    // Three jobs in view at 80x24, more on taller screens; the title says when some are not.
+    let table_h = (app.jobs.len() as u16 + 3).min(if area.height < 30 { 6 } else { 10 });
+    let shown = usize::from(table_h.saturating_sub(3));
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(8)]).areas(area);
     let rows: Vec<Row> = app
         .jobs
@@ -62,7 +64,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Constraint::Min(10),
     ];
     let header = ["job", "kind", "model", "state", "backend", "note"];
-    let widget = table(app, format!("Jobs ({})", app.jobs.len()), &header, rows, widths);
+    let title = if app.jobs.len() > shown {
+        format!("Jobs ({}, {shown} in view: j/k scroll)", app.jobs.len())
+    } else {
+        format!("Jobs ({})", app.jobs.len())
+    };
+    let widget = table(app, title, &header, rows, widths);
     f.render_stateful_widget(widget, top, &mut TableState::default().with_selected(Some(app.job_sel)));
     let Some(job) = app.selected_job() else {
         return;
