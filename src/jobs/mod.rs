@@ -141,6 +141,20 @@ impl Job {
         self.request.kind()
     }
 
+    /// Why a job that was stopped (cancelled, or by SIGTERM from outside: `how`) ended, and what
+    /// `scmz jobs resume` does for it: a training continues from its last checkpoint, other jobs
+    /// run again from the start.
+    pub fn stopped_reason(&self, how: &str) -> String {
+        if self.kind() == "train" {
+            format!(
+                "{how}; the last checkpoint (if an epoch had finished) is kept: `scmz jobs resume {}` continues",
+                self.id
+            )
+        } else {
+            format!("{how}: `scmz jobs resume {}` runs it again", self.id)
+        }
+    }
+
     /// What to tell about how the job ended: its reason, and for a job resumed since, the job
     /// that continues it (its reason's "`scmz jobs resume` continues" is done with).
     pub fn note(&self) -> Option<String> {
@@ -944,15 +958,10 @@ pub fn finish(job: &mut Job, status: std::process::ExitStatus) {
     };
     job.reason = match (job.state, status.code(), status.signal()) {
         (JobState::Done, _, _) => None,
-        (JobState::Cancelled, _, _) => Some(format!(
-            "cancelled; the last checkpoint (if an epoch had finished) is kept: `scmz jobs resume {}` continues",
-            job.id
-        )),
-        _ if terminated => Some(format!(
-            "stopped by SIGTERM from outside scmz (a time limit, preemption or kill); the last checkpoint is kept: \
-             `scmz jobs resume {}` continues",
-            job.id
-        )),
+        (JobState::Cancelled, _, _) => Some(job.stopped_reason("cancelled")),
+        _ if terminated => {
+            Some(job.stopped_reason("stopped by SIGTERM from outside scmz (a time limit, preemption or kill)"))
+        }
         (_, _, Some(sig)) => Some(format!(
             "killed by signal {sig}{}",
             if sig == libc::SIGKILL { " (SIGKILL)" } else { "" }
@@ -1088,6 +1097,16 @@ pub(crate) mod tests {
         let before = n.reason.clone();
         supervise::explain_failure(&mut n, &log);
         assert_eq!(n.reason, before);
+    }
+
+    /// Only a training keeps a checkpoint; a stopped projection is run again by `resume`.
+    #[test]
+    fn a_stopped_job_says_what_resume_does_for_its_kind() {
+        let t = Job::new("a".into(), train("m"), None).stopped_reason("cancelled");
+        assert!(t.contains("checkpoint") && t.contains("scmz jobs resume a"), "{t}");
+        let spec = crate::spec::ProjectSpec::defaults("d.h5ad".into(), "m".into());
+        let p = Job::new("b".into(), EngineRequest::Project(Box::new(spec)), None).stopped_reason("cancelled");
+        assert_eq!(p, "cancelled: `scmz jobs resume b` runs it again");
     }
 
     #[test]

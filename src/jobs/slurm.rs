@@ -286,10 +286,7 @@ impl Backend for Slurm {
         };
         job.reason = Some(if job.state == JobState::Cancelled {
             if job.started.is_some() {
-                format!(
-                    "cancelled; the last checkpoint is kept: `scmz jobs resume {}` continues",
-                    job.id
-                )
+                job.stopped_reason("cancelled")
             } else {
                 "cancelled before it started".into()
             }

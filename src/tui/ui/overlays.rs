@@ -139,10 +139,17 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         let r = centered(area, 50, 4);
         f.render_widget(Clear, r);
         f.render_widget(
-            Paragraph::new(format!("Cancel job {id}? Its last checkpoint is kept.  y / n"))
-                .wrap(Wrap { trim: true })
-                .style(app.theme.base())
-                .block(block(app, "Cancel")),
+            Paragraph::new(format!(
+                "Cancel job {id}?{}  y / n",
+                if app.jobs.iter().any(|j| &j.id == id && j.kind() == "train") {
+                    " Its last checkpoint is kept."
+                } else {
+                    ""
+                }
+            ))
+            .wrap(Wrap { trim: true })
+            .style(app.theme.base())
+            .block(block(app, "Cancel")),
             r,
         );
     }
