@@ -1,11 +1,14 @@
 //! The terminal UI: `scmz` with no arguments. A client of the domain library like the CLI:
-//! `app` holds state and turns keys into requests, `worker` runs those requests on its own
-//! thread through the library, `ui` draws, `theme` and `keys` are data. The loop here wakes on
+//! `app` holds what the screens share (the data, the screen in view, the theme, the one overlay,
+//! the outbox of requests) and routes keys; `screens` holds each screen's own state and keys
+//! and the overlays (help, training form, confirmations, log pane); `worker` runs the requests
+//! on its own threads through the library, `ui` draws, `theme` and `keys` are data. The loop here wakes on
 //! a key, a worker update or a tick, and redraws at once after a key, else at most ten times a second and only when
 //! something changed, which keeps it light over SSH.
 
 mod app;
 mod keys;
+mod screens;
 mod theme;
 mod ui;
 mod worker;

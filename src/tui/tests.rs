@@ -12,6 +12,8 @@ use scmz::jobs::{Job, JobState, Registry};
 use scmz::spec::{EngineRequest, ProjectSpec, TrainSpec};
 
 use super::app::{App, Screen};
+use super::screens::overlap::Focus;
+use super::screens::overlay::Overlay;
 use super::theme::Theme;
 use super::worker::{self, Request, Sources};
 
@@ -200,19 +202,22 @@ fn late_answers_for_another_pair_are_dropped() {
     key(&mut app, KeyCode::Char('o'));
     let (dataset, model) = app.overlap_pair().unwrap();
     let other = dataset.with_file_name("mouse_10k_subset.h5ad");
-    app.predicted = None;
+    app.overlap_view.predicted = None;
     let predicted = |dataset: &Path, model: &str, text: &str| worker::Update::Predicted {
         dataset: dataset.to_path_buf(),
         model: model.to_string(),
         result: Ok(text.to_string()),
     };
     app.update(predicted(&other, &model, "1.122 latent displacement"));
-    assert!(app.predicted.is_none(), "another pair's prediction was kept");
+    assert!(
+        app.overlap_view.predicted.is_none(),
+        "another pair's prediction was kept"
+    );
     app.update(predicted(&dataset, "some-other-model", "0.010"));
-    assert!(app.predicted.is_none());
+    assert!(app.overlap_view.predicted.is_none());
     app.update(predicted(&dataset, &model, "0.2 latent displacement"));
     assert_eq!(
-        app.predicted.as_ref().map(|p| p.2.clone()),
+        app.overlap_view.predicted.as_ref().map(|p| p.2.clone()),
         Some(Ok("0.2 latent displacement".to_string()))
     );
 }
@@ -278,13 +283,13 @@ fn filter_sort_help_and_ascii_mode() {
     assert_eq!(names, ["pbmc68k_counts.h5ad", "pbmc68k_reduced.h5ad"], "of {all}");
     // `/` matches more than names: format, species, label columns; every word must match.
     let shown = |app: &mut App, filter: &str| -> Vec<String> {
-        let kept = std::mem::replace(&mut app.filter, filter.to_string());
+        let kept = std::mem::replace(&mut app.datasets_view.filter, filter.to_string());
         let names = app
             .visible_datasets()
             .iter()
             .map(|d| app.display_path(&d.path))
             .collect();
-        app.filter = kept;
+        app.datasets_view.filter = kept;
         names
     };
     let mouse = shown(&mut app, "mouse");
@@ -308,7 +313,7 @@ fn filter_sort_help_and_ascii_mode() {
     let text = render(&app, 80, 24);
     assert!(text.contains("this help") && text.contains("quit"), "{text}");
     key(&mut app, KeyCode::Char('x'));
-    assert!(!app.help);
+    assert!(!matches!(app.overlay, Some(Overlay::Help)));
     // ASCII mode leaves nothing outside ASCII on screen, on the busiest screen too.
     app.ascii = true;
     key(&mut app, KeyCode::Char('4'));
@@ -339,22 +344,22 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
     let mut app = loaded_app(dir.path());
     select_dataset(&mut app, "pbmc68k_counts.h5ad");
     key(&mut app, KeyCode::Char(' '));
-    app.ds_sel = 0;
+    app.datasets_view.sel = 0;
     select_dataset(&mut app, "mouse_10k_subset.h5ad");
     key(&mut app, KeyCode::Char(' '));
     key(&mut app, KeyCode::Char('t'));
-    assert!(app.form.is_none());
+    assert!(app.form().is_none());
     assert!(
         app.notice.as_deref().unwrap().contains("scmz merge"),
         "{:?}",
         app.notice
     );
-    app.marked.clear();
+    app.datasets_view.marked.clear();
     app.notice = None;
-    app.ds_sel = 0;
+    app.datasets_view.sel = 0;
     select_dataset(&mut app, "pbmc68k_counts.h5ad");
     key(&mut app, KeyCode::Char('t'));
-    let form = app.form.clone().expect("form open");
+    let form = app.form().cloned().expect("form open");
     assert!(
         form.columns.as_ref().unwrap().contains(&"bulk_labels".to_string()),
         "{form:?}"
@@ -372,7 +377,7 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
         notice.contains("batch key `nosuch`: no such obs column") && notice.contains("bulk_labels"),
         "{notice}"
     );
-    assert!(app.form.is_some());
+    assert!(app.form().is_some());
     assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
 }
 
@@ -405,10 +410,10 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     let mut app = loaded_app(dir.path());
     select_dataset(&mut app, "pbmc68k_counts.h5ad");
     key(&mut app, KeyCode::Char('t'));
-    let form = app.form.clone().expect("form open");
-    assert_eq!(form.value("label key"), "bulk_labels");
+    let form = app.form().cloned().expect("form open");
+    assert_eq!(form.label_key.as_str(), "bulk_labels");
     // Name field: replace it; likelihood: next choice; epochs: 3.
-    for _ in 0..form.value("name").len() {
+    for _ in 0..form.name.len() {
         key(&mut app, KeyCode::Backspace);
     }
     for c in "mine".chars() {
@@ -433,9 +438,9 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     assert_eq!(app.screen, Screen::Jobs);
     // Cancel asks first; `n` keeps the job.
     key(&mut app, KeyCode::Char('c'));
-    assert!(app.confirm_cancel.is_some());
+    assert!(matches!(app.overlay, Some(Overlay::ConfirmCancel(_))));
     key(&mut app, KeyCode::Char('n'));
-    assert!(app.confirm_cancel.is_none() && app.take_requests().is_empty());
+    assert!(!matches!(app.overlay, Some(Overlay::ConfirmCancel(_))) && app.take_requests().is_empty());
     key(&mut app, KeyCode::Char('c'));
     app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
     assert!(matches!(app.take_requests().as_slice(), [Request::Cancel(id)] if id == "20261125-182040-3"));
@@ -447,7 +452,7 @@ fn normalised_data_is_not_offered_for_training_and_no_color_drops_colours() {
     let mut app = loaded_app(dir.path());
     select_dataset(&mut app, "pbmc68k_reduced.h5ad");
     key(&mut app, KeyCode::Char('t'));
-    assert!(app.form.is_none());
+    assert!(app.form().is_none());
     assert!(app.notice.as_deref().unwrap().contains("raw counts"));
     let t = Theme::bundled("high-contrast").without_color();
     assert!(t.monochrome && t.accent == ratatui::style::Color::Reset);
@@ -477,7 +482,9 @@ fn runs_started_in_a_terminal_are_monitored_too() {
     assert!(text.contains("run:fg") && text.contains("terminal"), "{text}");
     assert!(text.contains("epoch 25/40"), "{text}");
     key(&mut app, KeyCode::Char('c'));
-    assert!(app.confirm_cancel.is_none() && app.notice.as_deref().unwrap().contains("Ctrl-C"));
+    assert!(
+        !matches!(app.overlay, Some(Overlay::ConfirmCancel(_))) && app.notice.as_deref().unwrap().contains("Ctrl-C")
+    );
 }
 
 #[test]
@@ -590,7 +597,7 @@ fn the_log_pane_shows_a_jobs_stderr() {
         "{text}"
     );
     app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
-    assert!(app.log_view.is_none());
+    assert!(app.log_view().is_none());
     assert!(app.take_requests().iter().any(|r| matches!(r, Request::JobLog(None))));
     // A run started in a terminal has no log here, and says so.
     let w = worker::job_log(&app.sources, "run:x");
@@ -605,7 +612,15 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     let mut app = loaded_app(dir.path());
     key(&mut app, KeyCode::Char('3'));
     key(&mut app, KeyCode::Char('m'));
-    let n = app.matrix.as_ref().unwrap().as_ref().unwrap().len().isqrt();
+    let n = app
+        .overlap_view
+        .matrix
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .len()
+        .isqrt();
     assert!(n > 7, "the test needs more datasets than fit in 60 columns");
     let first = render(&app, 60, 12);
     assert!(first.contains(&format!("columns 1-7 of {n}")), "{first}");
@@ -640,7 +655,7 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     key(&mut app, KeyCode::Char('g'));
     assert_eq!(render(&app, 60, 12), first);
     // The arrows scrolled the matrix, not the lists behind it.
-    assert_eq!((app.ov_focus, app.ov_ds), (0, 0));
+    assert_eq!((app.overlap_view.focus, app.overlap_view.dataset), (Focus::Datasets, 0));
 }
 
 /// The start of a part of run `run` of model `m`, by job `job`.
@@ -705,7 +720,7 @@ fn shown_epochs(app: &App) -> (String, usize, Option<usize>) {
         Event::Epoch { epoch, .. } => Some(epoch),
         _ => None,
     };
-    let seen: Vec<usize> = app.run.records.iter().filter_map(each).collect();
+    let seen: Vec<usize> = app.jobs_view.run.records.iter().filter_map(each).collect();
     (app.selected_job().unwrap().id.clone(), seen.len(), seen.last().copied())
 }
 
@@ -749,21 +764,23 @@ fn projecting_a_low_overlap_pair_asks_before_forcing() {
     key(&mut app, KeyCode::Char('o'));
     let p = KeyEvent::new(KeyCode::Char('p'), KeyModifiers::NONE);
     app.on_key(p);
-    assert!(app.confirm_force.is_none());
+    assert!(!matches!(app.overlay, Some(Overlay::ConfirmForce { .. })));
     assert!(!forced(&mut app), "a good overlap is projected as is");
 
     let mut app = loaded_app(dir.path());
     select_dataset(&mut app, "mouse_10k_subset.h5ad");
     key(&mut app, KeyCode::Char('o'));
     app.on_key(p);
-    let (found, least) = app.confirm_force.expect("asks first");
+    let Some(Overlay::ConfirmForce { found, least }) = app.overlay.clone() else {
+        panic!("asks first");
+    };
     assert!(found < least, "{found} {least}");
     assert!(app.take_requests().iter().all(|r| !matches!(r, Request::Submit(_))));
     let text = render(&app, 80, 24);
     assert!(text.contains("Low overlap") && text.contains("(--force)?"), "{text}");
     insta::assert_snapshot!("overlap_low_force_80x24", text);
     key(&mut app, KeyCode::Char('n'));
-    assert!(app.confirm_force.is_none() && app.take_requests().is_empty());
+    assert!(!matches!(app.overlay, Some(Overlay::ConfirmForce { .. })) && app.take_requests().is_empty());
     app.on_key(p);
     app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
     assert!(forced(&mut app), "y projects with --force");

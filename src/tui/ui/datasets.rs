@@ -7,7 +7,7 @@ use ratatui::widgets::{Paragraph, Row, TableState, Wrap};
 use ratatui::Frame;
 
 use super::{block, table, thousands};
-use crate::tui::app::{App, SORT_COLUMNS};
+use crate::tui::app::App;
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let wide = area.width >= 110;
@@ -21,12 +21,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         "Datasets {} of {}  sorted by {}{}{}",
         rows.len(),
         app.datasets.len(),
-        SORT_COLUMNS[app.sort.0],
-        if app.sort.1 { " (reversed)" } else { "" },
-        if app.filter.is_empty() {
+        app.datasets_view.sort.name(),
+        if app.datasets_view.descending {
+            " (reversed)"
+        } else {
+            ""
+        },
+        if app.datasets_view.filter.is_empty() {
             String::new()
         } else {
-            format!("  filter \"{}\"", app.filter)
+            format!("  filter \"{}\"", app.datasets_view.filter)
         }
     );
     if !app.loaded {
@@ -41,7 +45,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let table_rows: Vec<Row> = rows
         .iter()
         .map(|d| {
-            let mark = if app.marked.contains(&d.path) { "*" } else { " " };
+            let mark = if app.datasets_view.marked.contains(&d.path) {
+                "*"
+            } else {
+                " "
+            };
             let values = if d.error.is_some() {
                 "error".to_string()
             } else {
@@ -77,7 +85,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     ];
     let header = ["", "dataset", "cells", "genes", "ids", "species", "values"];
     let widget = table(app, title, &header, table_rows, widths);
-    let mut state = TableState::default().with_selected(Some(app.ds_sel));
+    let mut state = TableState::default().with_selected(Some(app.datasets_view.sel));
     f.render_stateful_widget(widget, list, &mut state);
     draw_details(f, app, details);
 }
@@ -124,7 +132,7 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             Span::styled(d.values.clone(), app.theme.state(&d.values)),
             Span::raw(format!(" in {}", d.matrix)),
         ]));
-        match app.details.get(&d.path) {
+        match app.datasets_view.details.get(&d.path) {
             Some(Ok(cols)) if !cols.is_empty() => {
                 lines.push(Line::from(Span::styled("obs columns", app.theme.accent())));
                 for c in cols {

@@ -70,7 +70,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         format!("Jobs ({})", app.jobs.len())
     };
     let widget = table(app, title, &header, rows, widths);
-    f.render_stateful_widget(widget, top, &mut TableState::default().with_selected(Some(app.job_sel)));
+    f.render_stateful_widget(
+        widget,
+        top,
+        &mut TableState::default().with_selected(Some(app.jobs_view.sel)),
+    );
     let Some(job) = app.selected_job() else {
         return;
     };
@@ -78,7 +82,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 }
 
 fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
-    let records = &app.run.records;
+    let records = &app.jobs_view.run.records;
     if job.kind() != "train" {
         let written = match &job.request {
             scmz::spec::EngineRequest::Project(spec) if job.state == scmz::jobs::JobState::Done => spec
@@ -119,7 +123,7 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
 }
 
 fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
-    let records = &app.run.records;
+    let records = &app.jobs_view.run.records;
     let start = records.iter().find_map(|r| match &r.event {
         Event::Start {
             device,
@@ -188,7 +192,7 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
             l2.push(Span::raw("first epoch running..."));
         }
     } else {
-        let waiting = if app.run.replaced() {
+        let waiting = if app.jobs_view.run.replaced() {
             "  a later run of this name restarted or replaced this job's run and its log"
         } else if job.state.is_final() {
             "  the run never started"

@@ -64,10 +64,10 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
 fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
     let line = if let Some(n) = &app.notice {
         Line::from(Span::styled(format!(" {n}"), Style::default().fg(app.theme.warn)))
-    } else if app.filtering {
+    } else if app.datasets_view.filtering {
         Line::from(vec![
             Span::styled(" filter: ", app.theme.accent()),
-            Span::raw(format!("{}_", app.filter)),
+            Span::raw(format!("{}_", app.datasets_view.filter)),
             Span::styled("  Enter keep  Esc clear", app.theme.muted()),
         ])
     } else {

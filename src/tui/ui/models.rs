@@ -74,9 +74,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     f.render_stateful_widget(
         widget,
         top,
-        &mut TableState::default().with_selected(Some(app.model_sel)),
+        &mut TableState::default().with_selected(Some(app.models_view.sel)),
     );
-    let Some(entry) = app.models.get(app.model_sel) else {
+    let Some(entry) = app.models.get(app.models_view.sel) else {
         return;
     };
     let [details, chart] = if bottom.width >= 100 {

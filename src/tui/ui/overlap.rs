@@ -11,9 +11,10 @@ use scmz::genes::OverlapReport;
 
 use super::{block, thousands};
 use crate::tui::app::App;
+use crate::tui::screens::overlap::Focus;
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    if app.ov_matrix {
+    if app.overlap_view.matrix_shown {
         return draw_matrix(f, app, area);
     }
     let lists_w = if area.width >= 100 { 34 } else { 26 };
@@ -35,15 +36,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         List::new(ds)
             .block(block(
                 app,
-                if app.ov_focus == 0 {
+                if app.overlap_view.focus == Focus::Datasets {
                     "> Dataset (A)"
                 } else {
                     "Dataset (A)"
                 },
             ))
-            .highlight_style(item_style(app.ov_focus == 0)),
+            .highlight_style(item_style(app.overlap_view.focus == Focus::Datasets)),
         dl,
-        &mut ListState::default().with_selected(Some(app.ov_ds)),
+        &mut ListState::default().with_selected(Some(app.overlap_view.dataset)),
     );
     let ms: Vec<ListItem> = app
         .models
@@ -52,13 +53,20 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .collect();
     f.render_stateful_widget(
         List::new(ms)
-            .block(block(app, if app.ov_focus == 1 { "> Model (B)" } else { "Model (B)" }))
-            .highlight_style(item_style(app.ov_focus == 1)),
+            .block(block(
+                app,
+                if app.overlap_view.focus == Focus::Models {
+                    "> Model (B)"
+                } else {
+                    "Model (B)"
+                },
+            ))
+            .highlight_style(item_style(app.overlap_view.focus == Focus::Models)),
         ml,
-        &mut ListState::default().with_selected(Some(app.ov_model)),
+        &mut ListState::default().with_selected(Some(app.overlap_view.model)),
     );
     let title = "Overlap: the model's genes found in the dataset";
-    let lines = match (&app.overlap, app.models.is_empty()) {
+    let lines = match (&app.overlap_view.report, app.models.is_empty()) {
         _ if !app.models_loaded => vec![Line::from("loading the zoo...")],
         (_, true) => vec![Line::from(
             "No model in the zoo yet: train one first (Datasets screen, t).",
@@ -139,7 +147,7 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
             Span::raw(format!(" {:.1}% of the dataset's counts", 100.0 * c)),
         ]));
     }
-    let predicted = match &app.predicted {
+    let predicted = match &app.overlap_view.predicted {
         Some((_, _, Ok(p))) => Span::raw(p.clone()),
         Some((_, _, Err(e))) => Span::styled(e.clone(), app.theme.muted()),
         None => Span::styled("predicting...", app.theme.muted()),
@@ -177,7 +185,7 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
 
 fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
     let title = "Pairwise overlap: % of the column's genes found in the row's dataset (m: back)";
-    let reports = match &app.matrix {
+    let reports = match &app.overlap_view.matrix {
         None => return f.render_widget(Paragraph::new("computing...").block(block(app, title)), area),
         Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
         Some(Ok(r)) => r,
@@ -187,9 +195,9 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
     // does not fit is scrolled to with the arrows.
     let fit_cols = (area.width.saturating_sub(2 + 11) as usize / 6).max(1);
     let fit_rows = (area.height.saturating_sub(3) as usize).max(1);
-    app.mx_fit.set((fit_rows, fit_cols));
-    let row0 = app.mx_scroll.0.min(n.saturating_sub(fit_rows));
-    let col0 = app.mx_scroll.1.min(n.saturating_sub(fit_cols));
+    app.overlap_view.fit.set((fit_rows, fit_cols));
+    let row0 = app.overlap_view.scroll.0.min(n.saturating_sub(fit_rows));
+    let col0 = app.overlap_view.scroll.1.min(n.saturating_sub(fit_cols));
     let cols = col0..n.min(col0 + fit_cols);
     let title = if n > fit_cols || n > fit_rows {
         format!(

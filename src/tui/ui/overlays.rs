@@ -8,6 +8,7 @@ use ratatui::Frame;
 use super::block;
 use crate::tui::app::App;
 use crate::tui::keys::BINDINGS;
+use crate::tui::screens::overlay::{Field, Overlay};
 
 fn centered(area: Rect, w: u16, h: u16) -> Rect {
     let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))])
@@ -20,7 +21,10 @@ fn centered(area: Rect, w: u16, h: u16) -> Rect {
 }
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
-    if app.help {
+    let Some(overlay) = &app.overlay else {
+        return;
+    };
+    if let Overlay::Help = overlay {
         let mut lines: Vec<Line> = BINDINGS
             .iter()
             .map(|b| {
@@ -46,7 +50,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             Paragraph::new(lines).style(app.theme.base()).block(block(app, "Keys")),
             r,
         );
-    } else if let Some(form) = &app.form {
+    } else if let Overlay::Form(form) = overlay {
         let mut lines = vec![Line::from(Span::styled(
             format!(
                 "data: {}",
@@ -58,9 +62,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             ),
             app.theme.muted(),
         ))];
-        for (i, (label, value, choices)) in form.fields.iter().enumerate() {
-            let focused = i == form.focus;
-            let shown = if choices.is_empty() {
+        for field in Field::ALL {
+            let (label, value) = (field.label(), form.value(field));
+            let focused = field == form.focus;
+            let shown = if field.choices().is_empty() {
                 format!("{value}{}", if focused { "_" } else { "" })
             } else {
                 format!("< {value} >")
@@ -89,7 +94,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 .block(block(app, "Train a model (runs as a background job)")),
             r,
         );
-    } else if let Some(view) = &app.log_view {
+    } else if let Overlay::Log(view) = overlay {
         // The whole body, between the tabs and the footer.
         let r = Rect {
             y: area.y + 1,
@@ -123,7 +128,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             )),
             r,
         );
-    } else if let Some((found, least)) = app.confirm_force {
+    } else if let Overlay::ConfirmForce { found, least } = overlay {
         let r = centered(area, 60, 6);
         f.render_widget(Clear, r);
         f.render_widget(
@@ -135,7 +140,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, "Low overlap")),
             r,
         );
-    } else if let Some(id) = &app.confirm_cancel {
+    } else if let Overlay::ConfirmCancel(id) = overlay {
         let r = centered(area, 50, 4);
         f.render_widget(Clear, r);
         f.render_widget(

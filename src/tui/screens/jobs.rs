@@ -1,0 +1,97 @@
+//! The Jobs screen: the job list, the selected job's run followed live (its own part of the
+//! run's event log), its log pane (Enter) and cancelling (`c`, after asking).
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use scmz::events::Record;
+use scmz::jobs::Job;
+
+use super::overlay::{LogView, Overlay};
+use crate::tui::app::{App, Screen};
+use crate::tui::worker::Request;
+
+/// The run of the selected job: its event log as read (`raw`, which runs with one name share)
+/// and the records of this job's run in it (`records`, what the screen shows).
+#[derive(Debug, Default)]
+pub struct RunView {
+    pub path: Option<PathBuf>,
+    /// The job shown.
+    pub job: Option<Job>,
+    pub(in crate::tui) raw: Vec<Record>,
+    pub records: Vec<Record>,
+}
+
+impl RunView {
+    pub(in crate::tui) fn refilter(&mut self) {
+        self.records = self
+            .job
+            .as_ref()
+            .map_or_else(|| self.raw.clone(), |j| j.own_records(&self.raw));
+    }
+
+    /// The log holds runs, but not this job's: a later run of its name restarted or replaced it.
+    pub fn replaced(&self) -> bool {
+        self.records.is_empty() && !self.raw.is_empty()
+    }
+}
+
+/// The Jobs screen's state.
+#[derive(Debug, Default)]
+pub struct Jobs {
+    /// The selected row (newest first).
+    pub sel: usize,
+    pub run: RunView,
+}
+
+impl App {
+    pub fn selected_job(&self) -> Option<&Job> {
+        // Newest first on screen.
+        self.jobs.iter().rev().nth(self.jobs_view.sel)
+    }
+
+    /// Follows the selected job's event log while the Jobs screen is in view.
+    pub(in crate::tui) fn sync_follow(&mut self) {
+        let (want, job) = match (self.screen, self.selected_job()) {
+            (Screen::Jobs, Some(j)) => (j.event_log(), Some(j.clone())),
+            _ => (None, None),
+        };
+        let run = &mut self.jobs_view.run;
+        if want != run.path && (want.is_some() || self.screen == Screen::Jobs) {
+            *run = RunView {
+                path: want.clone(),
+                job,
+                ..Default::default()
+            };
+            self.outbox.push(Request::Follow(want));
+        } else if want.is_some() && want == run.path && job != run.job {
+            // Another job whose run has the same log (a name used again), or this one's record
+            // changed (it ended).
+            run.job = job;
+            run.refilter();
+        }
+    }
+
+    pub(in crate::tui) fn jobs_key(&mut self, k: KeyEvent) {
+        match k.code {
+            KeyCode::Enter => {
+                if let Some(id) = self.selected_job().map(|j| j.id.clone()) {
+                    self.overlay = Some(Overlay::Log(LogView {
+                        job: id.clone(),
+                        ..Default::default()
+                    }));
+                    self.outbox.push(Request::JobLog(Some(id)));
+                }
+            }
+            KeyCode::Char('c') => match self.selected_job() {
+                Some(j) if j.backend == "terminal" => {
+                    self.notice = Some("this run belongs to a terminal: stop it there with Ctrl-C".into())
+                }
+                Some(j) if !j.state.is_final() => self.overlay = Some(Overlay::ConfirmCancel(j.id.clone())),
+                Some(j) => self.notice = Some(format!("job {} already ended ({})", j.id, j.state)),
+                None => {}
+            },
+            _ => {}
+        }
+    }
+}

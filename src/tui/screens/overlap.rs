@@ -1,0 +1,186 @@
+//! The Overlap screen: a dataset against a model (gene overlap and the mapping prediction,
+//! each result kept with the pair it answers), the pairwise matrix of all datasets (`m`), and
+//! `p`, which projects the pair as a job (asking first when the overlap is too low).
+
+use std::path::PathBuf;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use scmz::data::catalog::Summary;
+use scmz::genes::OverlapReport;
+use scmz::jobs::Submission;
+use scmz::spec::{EngineRequest, ProjectSpec};
+
+use super::overlay::Overlay;
+use crate::tui::app::App;
+use crate::tui::worker::{ModelEntry, Request};
+
+/// Which list the arrow keys move in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Focus {
+    #[default]
+    Datasets,
+    Models,
+}
+
+/// A result and the (dataset, model) pair it answers.
+pub type ForPair<T> = Option<(PathBuf, String, Result<T, String>)>;
+
+/// The Overlap screen's state.
+#[derive(Debug)]
+pub struct Overlap {
+    /// The selected dataset (in catalog order) and model.
+    pub dataset: usize,
+    pub model: usize,
+    pub focus: Focus,
+    /// The pairwise matrix is shown instead of the pair.
+    pub matrix_shown: bool,
+    /// The matrix's first shown row and column, for more datasets than fit.
+    pub scroll: (usize, usize),
+    /// How many of the matrix's rows and columns the last drawing showed at once.
+    pub fit: std::cell::Cell<(usize, usize)>,
+    pub report: ForPair<Box<OverlapReport>>,
+    pub predicted: ForPair<String>,
+    pub matrix: Option<Result<Vec<OverlapReport>, String>>,
+}
+
+impl Default for Overlap {
+    fn default() -> Self {
+        Overlap {
+            dataset: 0,
+            model: 0,
+            focus: Focus::Datasets,
+            matrix_shown: false,
+            scroll: (0, 0),
+            fit: std::cell::Cell::new((usize::MAX, usize::MAX)),
+            report: None,
+            predicted: None,
+            matrix: None,
+        }
+    }
+}
+
+impl App {
+    pub fn overlap_dataset(&self) -> Option<&Summary> {
+        self.datasets.get(self.overlap_view.dataset)
+    }
+
+    pub fn overlap_model(&self) -> Option<&ModelEntry> {
+        self.models.get(self.overlap_view.model)
+    }
+
+    /// The (dataset, model) pair the Overlap screen shows now.
+    pub(crate) fn overlap_pair(&self) -> Option<(PathBuf, String)> {
+        Some((
+            self.overlap_dataset()?.path.clone(),
+            self.overlap_model()?.manifest.name.clone(),
+        ))
+    }
+
+    /// Asks for the selected pair's overlap unless it is shown already.
+    pub(in crate::tui) fn request_overlap(&mut self) {
+        if self.overlap_view.matrix_shown {
+            return;
+        }
+        let Some((dataset, model)) = self.overlap_pair() else {
+            return;
+        };
+        let view = &mut self.overlap_view;
+        if !view
+            .report
+            .as_ref()
+            .is_some_and(|(p, n, _)| *p == dataset && *n == model)
+        {
+            view.report = None;
+            view.predicted = None;
+            self.outbox.push(Request::Overlap { dataset, model });
+        }
+    }
+
+    /// The matrix, while shown, scrolls with the arrows; other keys go on.
+    pub(in crate::tui) fn matrix_key(&mut self, k: KeyEvent) -> bool {
+        let view = &mut self.overlap_view;
+        let n = view
+            .matrix
+            .as_ref()
+            .and_then(|m| m.as_ref().ok())
+            .map_or(0, |r| r.len().isqrt());
+        let (fit_rows, fit_cols) = view.fit.get();
+        let (row, col) = &mut view.scroll;
+        match k.code {
+            KeyCode::Down | KeyCode::Char('j') => *row = (*row + 1).min(n.saturating_sub(fit_rows)),
+            KeyCode::Up | KeyCode::Char('k') => *row = row.saturating_sub(1),
+            KeyCode::Right | KeyCode::Char('l') => *col = (*col + 1).min(n.saturating_sub(fit_cols)),
+            KeyCode::Left | KeyCode::Char('h') => *col = col.saturating_sub(1),
+            KeyCode::Home | KeyCode::Char('g') => view.scroll = (0, 0),
+            _ => return false,
+        }
+        true
+    }
+
+    pub(in crate::tui) fn overlap_key(&mut self, k: KeyEvent) {
+        match k.code {
+            KeyCode::Left | KeyCode::Char('h') => self.overlap_view.focus = Focus::Datasets,
+            KeyCode::Right | KeyCode::Char('l') => self.overlap_view.focus = Focus::Models,
+            KeyCode::Char('m') => {
+                let view = &mut self.overlap_view;
+                view.matrix_shown = !view.matrix_shown;
+                if view.matrix_shown && view.matrix.is_none() {
+                    let paths = self
+                        .datasets
+                        .iter()
+                        .filter(|d| d.error.is_none())
+                        .map(|d| d.path.clone())
+                        .collect();
+                    self.outbox.push(Request::Matrix(paths));
+                } else {
+                    self.request_overlap();
+                }
+            }
+            KeyCode::Char('p') => self.project(),
+            _ => {}
+        }
+    }
+
+    /// `p` on Overlap: projects the pair, after asking when fewer of the model's genes are found
+    /// than the projection accepts (the engine would refuse it without `--force`).
+    fn project(&mut self) {
+        let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
+            return;
+        };
+        let least = 100.0 * ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone()).min_overlap;
+        let found = match (&self.overlap_view.report, self.overlap_pair()) {
+            (Some((od, om, Ok(r))), Some((pd, pm))) if *od == pd && *om == pm => Some(r.pct_b_found),
+            _ => None,
+        };
+        match found {
+            Some(pct) if pct < least => self.overlay = Some(Overlay::ConfirmForce { found: pct, least }),
+            _ => self.submit_projection(false),
+        }
+    }
+
+    pub(in crate::tui) fn submit_projection(&mut self, force: bool) {
+        let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
+            return;
+        };
+        let stem = d
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let out = scmz::dirs::data_dir()
+            .join("projections")
+            .join(format!("{stem}.{}.h5ad", m.manifest.name));
+        let mut spec = ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone());
+        spec.zoo = Some(self.sources.zoo.clone());
+        spec.output = Some(out.clone());
+        // scmz's own projections folder: projecting the pair again replaces the older copy.
+        spec.overwrite = true;
+        spec.force = force;
+        let req = Submission {
+            slot: "cpu".into(),
+            ..Submission::local(EngineRequest::Project(Box::new(spec)))
+        };
+        self.outbox.push(Request::Submit(Box::new(req)));
+        self.notice = Some(format!("projecting into {}", out.display()));
+    }
+}

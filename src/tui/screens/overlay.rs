@@ -1,0 +1,279 @@
+//! What shows over a screen and takes every key while it does: the help, the training form,
+//! a confirmation (cancel a job; project a low-overlap pair anyway) and a job's log pane. One at
+//! a time: `App::overlay`.
+
+use std::path::{Path, PathBuf};
+
+use crossterm::event::{KeyCode, KeyEvent};
+use scmz::jobs::Submission;
+use scmz::spec::{EngineRequest, TrainSpec};
+
+use crate::tui::app::{App, Screen};
+use crate::tui::worker::Request;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overlay {
+    Help,
+    Form(TrainForm),
+    /// `c` on a running job: its id, until `y` cancels it or another key does not.
+    ConfirmCancel(String),
+    /// `p` on a pair whose overlap is below the projection's minimum: the share found and the
+    /// minimum, until `y` projects anyway (`--force`) or another key does not.
+    ConfirmForce {
+        found: f64,
+        least: f64,
+    },
+    /// Enter on a job: its stderr log, followed while open.
+    Log(LogView),
+}
+
+/// A job's log in the log pane: `scroll` lines up from the end (0: the end, followed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogView {
+    pub job: String,
+    pub lines: Vec<String>,
+    pub scroll: usize,
+}
+
+/// A field of the training form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Name,
+    Likelihood,
+    Epochs,
+    BatchKey,
+    LabelKey,
+    Device,
+}
+
+impl Field {
+    pub const ALL: [Field; 6] = [
+        Field::Name,
+        Field::Likelihood,
+        Field::Epochs,
+        Field::BatchKey,
+        Field::LabelKey,
+        Field::Device,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Field::Name => "name",
+            Field::Likelihood => "likelihood",
+            Field::Epochs => "epochs",
+            Field::BatchKey => "batch key",
+            Field::LabelKey => "label key",
+            Field::Device => "device",
+        }
+    }
+
+    /// The values left and right cycle through; empty for free text.
+    pub fn choices(self) -> &'static [&'static str] {
+        match self {
+            Field::Likelihood => &["nb", "zinb", "poisson"],
+            Field::Device => &["auto", "cpu", "cuda"],
+            _ => &[],
+        }
+    }
+}
+
+/// The training form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainForm {
+    pub data: Vec<PathBuf>,
+    pub name: String,
+    pub likelihood: String,
+    pub epochs: String,
+    pub batch_key: String,
+    pub label_key: String,
+    pub device: String,
+    pub focus: Field,
+    /// The dataset's obs columns, when known: the batch and label keys must name one.
+    pub columns: Option<Vec<String>>,
+}
+
+impl TrainForm {
+    pub(in crate::tui) fn new(data: Vec<PathBuf>, labels: Option<String>) -> Self {
+        let stem = data
+            .first()
+            .and_then(|p| p.file_stem())
+            .map(|s| {
+                s.to_string_lossy()
+                    .replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")
+            })
+            .unwrap_or_else(|| "model".into());
+        TrainForm {
+            data,
+            name: stem,
+            likelihood: "nb".into(),
+            epochs: "50".into(),
+            batch_key: String::new(),
+            label_key: labels.unwrap_or_default(),
+            device: "auto".into(),
+            focus: Field::Name,
+            columns: None,
+        }
+    }
+
+    pub fn value(&self, f: Field) -> &str {
+        match f {
+            Field::Name => &self.name,
+            Field::Likelihood => &self.likelihood,
+            Field::Epochs => &self.epochs,
+            Field::BatchKey => &self.batch_key,
+            Field::LabelKey => &self.label_key,
+            Field::Device => &self.device,
+        }
+    }
+
+    fn value_mut(&mut self, f: Field) -> &mut String {
+        match f {
+            Field::Name => &mut self.name,
+            Field::Likelihood => &mut self.likelihood,
+            Field::Epochs => &mut self.epochs,
+            Field::BatchKey => &mut self.batch_key,
+            Field::LabelKey => &mut self.label_key,
+            Field::Device => &mut self.device,
+        }
+    }
+
+    pub(in crate::tui) fn submission(&self, zoo: &Path) -> Result<Submission, String> {
+        let name = self.name.trim();
+        scmz::zoo::check_name(name)?;
+        let epochs: usize = self
+            .epochs
+            .trim()
+            .parse()
+            .map_err(|_| "epochs: give a whole number".to_string())?;
+        fn choice<T: clap::ValueEnum>(form: &TrainForm, f: Field) -> Result<T, String> {
+            T::from_str(form.value(f), false).map_err(|e| format!("{}: {e}", f.label()))
+        }
+        let first = self.data.first().cloned().unwrap_or_default();
+        let mut spec = TrainSpec::defaults(first, name.into());
+        spec.data = self.data.clone();
+        spec.epochs = Some(epochs);
+        spec.likelihood = choice(self, Field::Likelihood)?;
+        spec.device = choice(self, Field::Device)?;
+        spec.zoo = Some(zoo.to_path_buf());
+        let optional = |f: Field| Some(self.value(f).trim().to_string()).filter(|v| !v.is_empty());
+        for f in [Field::BatchKey, Field::LabelKey] {
+            if let (Some(key), Some(columns)) = (optional(f), &self.columns) {
+                if !columns.contains(&key) {
+                    return Err(format!(
+                        "{} `{key}`: no such obs column (has {})",
+                        f.label(),
+                        columns.join(", ")
+                    ));
+                }
+            }
+        }
+        spec.batch_key = optional(Field::BatchKey);
+        spec.label_key = optional(Field::LabelKey);
+        Ok(Submission::local(EngineRequest::Train(Box::new(spec))))
+    }
+
+    /// A key in the form; `Some(submission)` on Enter when the form is complete.
+    fn key(&mut self, k: KeyEvent, zoo: &Path) -> Option<Result<Submission, String>> {
+        let i = Field::ALL.iter().position(|f| *f == self.focus).unwrap_or(0);
+        let n = Field::ALL.len();
+        let choices = self.focus.choices();
+        match k.code {
+            KeyCode::Tab | KeyCode::Down => self.focus = Field::ALL[(i + 1) % n],
+            KeyCode::BackTab | KeyCode::Up => self.focus = Field::ALL[(i + n - 1) % n],
+            KeyCode::Left | KeyCode::Right if !choices.is_empty() => {
+                let value = self.value_mut(self.focus);
+                let at = choices.iter().position(|c| *c == value.as_str()).unwrap_or(0);
+                let next = if k.code == KeyCode::Right {
+                    at + 1
+                } else {
+                    at + choices.len() - 1
+                };
+                *value = choices[next % choices.len()].to_string();
+            }
+            KeyCode::Backspace if choices.is_empty() => {
+                self.value_mut(self.focus).pop();
+            }
+            KeyCode::Char(c) if choices.is_empty() => self.value_mut(self.focus).push(c),
+            KeyCode::Enter => return Some(self.submission(zoo)),
+            _ => {}
+        }
+        None
+    }
+}
+
+impl App {
+    /// The overlay in view, if any, takes the key (true when there was one).
+    pub(in crate::tui) fn overlay_key(&mut self, k: KeyEvent) -> bool {
+        let yes = matches!(k.code, KeyCode::Char('y') | KeyCode::Char('Y'));
+        match self.overlay.take() {
+            None => return false,
+            // Any key closes the help.
+            Some(Overlay::Help) => {}
+            Some(Overlay::ConfirmForce { .. }) => {
+                if yes {
+                    self.submit_projection(true);
+                }
+            }
+            Some(Overlay::ConfirmCancel(id)) => {
+                if yes {
+                    self.notice = Some(format!("cancelling job {id}..."));
+                    self.outbox.push(Request::Cancel(id));
+                }
+            }
+            Some(Overlay::Form(mut form)) => {
+                if k.code == KeyCode::Esc {
+                    return true;
+                }
+                match form.key(k, &self.sources.zoo) {
+                    Some(Ok(req)) => {
+                        self.outbox.push(Request::Submit(Box::new(req)));
+                        self.screen = Screen::Jobs;
+                        self.jobs_view.sel = 0;
+                    }
+                    Some(Err(e)) => {
+                        self.notice = Some(e);
+                        self.overlay = Some(Overlay::Form(form));
+                    }
+                    None => self.overlay = Some(Overlay::Form(form)),
+                }
+            }
+            Some(Overlay::Log(mut view)) => {
+                let page = 10;
+                let most = view.lines.len().saturating_sub(1);
+                match k.code {
+                    KeyCode::Esc | KeyCode::Enter | KeyCode::Char('q') => {
+                        self.outbox.push(Request::JobLog(None));
+                        return true;
+                    }
+                    KeyCode::Up | KeyCode::Char('k') => view.scroll = (view.scroll + 1).min(most),
+                    KeyCode::Down | KeyCode::Char('j') => view.scroll = view.scroll.saturating_sub(1),
+                    KeyCode::PageUp => view.scroll = (view.scroll + page).min(most),
+                    KeyCode::PageDown => view.scroll = view.scroll.saturating_sub(page),
+                    KeyCode::Char('g') | KeyCode::Home => view.scroll = most,
+                    KeyCode::Char('G') | KeyCode::End => view.scroll = 0,
+                    _ => {}
+                }
+                self.overlay = Some(Overlay::Log(view));
+            }
+        }
+        true
+    }
+
+    /// The log pane's view, when it is open.
+    #[cfg(test)]
+    pub fn log_view(&self) -> Option<&LogView> {
+        match &self.overlay {
+            Some(Overlay::Log(v)) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The training form, when it is open.
+    #[cfg(test)]
+    pub fn form(&self) -> Option<&TrainForm> {
+        match &self.overlay {
+            Some(Overlay::Form(f)) => Some(f),
+            _ => None,
+        }
+    }
+}
