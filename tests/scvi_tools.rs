@@ -144,11 +144,14 @@ fn imported_scvi_models_give_scvi_tools_latents() {
     // one scvi-tools' own `torch.load` gives).
     let history = &m.imported.as_ref().unwrap().history;
     assert_eq!(history["elbo_train"].len(), 15);
-    assert_eq!(history["train_loss"][0], 1068.620849609375);
+    assert_eq!(history["train_loss"][0], Some(1068.620849609375));
     assert_eq!(m.training.epochs_run, 15);
     let tr = m.metrics.final_train.as_ref().unwrap();
-    assert_eq!(tr.elbo, *history["elbo_train"].last().unwrap());
-    assert!(tr.elbo < history["elbo_train"][0], "the ELBO fell in training: {tr:?}");
+    assert_eq!(Some(tr.elbo), *history["elbo_train"].last().unwrap());
+    assert!(
+        tr.elbo < history["elbo_train"][0].unwrap(),
+        "the ELBO fell in training: {tr:?}"
+    );
     // Saved with its AnnData: the training data is named.
     assert_eq!(m.datasets.len(), 1);
     assert_eq!(m.datasets[0].n_cells, 300);
@@ -196,6 +199,28 @@ fn the_layout_before_scvi_tools_0_15_is_read() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("attr.pkl") && e.trim().lines().count() == 1, "{e}");
+    assert!(!zoo.path().join("p").exists());
+    // With a gene list of another length, or a gene twice: its var_names.csv is named.
+    std::fs::copy(fixture.join("attr.pkl"), partial.path().join("attr.pkl")).unwrap();
+    let genes = std::fs::read_to_string(fixture.join("var_names.csv")).unwrap();
+    let first: Vec<&str> = genes.lines().take(100).collect();
+    std::fs::write(partial.path().join("var_names.csv"), first.join("\n")).unwrap();
+    let e = stderr(&scmz(
+        &["import", partial.path().to_str().unwrap(), "--name", "p"],
+        zoo.path(),
+    ));
+    assert!(
+        e.contains("var_names.csv") && e.contains("names 100 genes where"),
+        "{e}"
+    );
+    let mut twice: Vec<&str> = genes.lines().collect();
+    twice[1] = twice[0];
+    std::fs::write(partial.path().join("var_names.csv"), twice.join("\n")).unwrap();
+    let e = stderr(&scmz(
+        &["import", partial.path().to_str().unwrap(), "--name", "p"],
+        zoo.path(),
+    ));
+    assert!(e.contains("var_names.csv") && e.contains("more than once"), "{e}");
     assert!(!zoo.path().join("p").exists());
 }
 
@@ -717,4 +742,41 @@ fn hostile_shapes_are_refused_quickly() {
         "took {:?}",
         start.elapsed()
     );
+}
+
+/// A pickle that names one large string many times (each reference a copy) is refused before
+/// it fills the memory; modules that run code when unpickled in Python are refused by name.
+#[test]
+fn memory_bombs_and_code_running_modules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // "A" * 1 MB, memoised, then a list of 2,000 references to it: 2 GB of copies.
+    let mut p = vec![0x80, 2, b'X'];
+    p.extend((1u32 << 20).to_le_bytes());
+    p.extend(std::iter::repeat_n(b'A', 1 << 20));
+    p.extend([b'q', 0, b']', b'(']);
+    for _ in 0..2000 {
+        p.extend([b'h', 0]);
+    }
+    p.extend([b'e', b'.']);
+    let file = dir.path().join("bomb-model.pt");
+    write_zip(&file, &[("archive/data.pkl", &p)]);
+    let t0 = std::time::Instant::now();
+    let e = import_file(&file);
+    assert!(e.contains("memory bomb"), "{e}");
+    assert!(t0.elapsed().as_secs() < 20, "took {:?}", t0.elapsed());
+    // subprocess under its Python 2 name, and modules that run code given to them.
+    for (module, name) in [
+        ("commands", "Popen"),
+        ("pdb", "run"),
+        ("timeit", "timeit"),
+        ("functools", "partial"),
+    ] {
+        let mut p = vec![0x80, 2, b'c'];
+        p.extend(format!("{module}\n{name}\n").as_bytes());
+        p.extend(b"X\x04\x00\x00\x00echo\x85R.");
+        let file = dir.path().join(format!("{module}-model.pt"));
+        write_zip(&file, &[("archive/data.pkl", &p)]);
+        let e = import_file(&file);
+        assert!(e.contains(&format!("`{module}.{name}`")), "{e}");
+    }
 }

@@ -35,7 +35,10 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
                 m.name.clone(),
                 m.created.clone(),
                 thousands(m.architecture.n_genes as u64),
-                thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
+                match (&m.imported, m.datasets.is_empty()) {
+                    (Some(i), true) => i.n_cells.map(|n| thousands(n as u64)).unwrap_or("-".into()),
+                    _ => thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
+                },
                 m.architecture.likelihood.to_string(),
                 m.architecture.n_latent.to_string(),
                 match &m.imported {
@@ -62,7 +65,12 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     for b in &bad {
         eprintln!("error: {}", scmz::files::printable(b));
     }
-    anyhow::ensure!(bad.is_empty(), "{} model folders could not be read", bad.len());
+    anyhow::ensure!(
+        bad.is_empty(),
+        "{} model folder{} could not be read",
+        bad.len(),
+        if bad.len() == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 
@@ -161,12 +169,15 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
     if let Some(i) = &m.imported {
         line("imported", format!("from {}; trained there", i.describe()));
         if let Some(elbo) = i.history.get("elbo_train").filter(|v| v.len() > 1) {
-            let (first, last) = (elbo[0], elbo[elbo.len() - 1]);
+            let shown = |v: Option<&Option<f64>>| match v {
+                Some(Some(x)) => format!("{x:.2}"),
+                _ => "not a number".into(),
+            };
+            let (first, last) = (shown(elbo.first()), shown(elbo.last()));
             let val = i
                 .history
                 .get("elbo_validation")
-                .and_then(|v| v.last())
-                .map(|v| format!(", validation {v:.2}"))
+                .map(|v| format!(", validation {}", shown(v.last())))
                 .unwrap_or_default();
             line(
                 "history",

@@ -38,8 +38,8 @@ pub struct ScviModel {
     pub layer: Option<String>,
     /// scmz's variable names (as model files keep them) and their values.
     pub weights: BTreeMap<String, Floats>,
-    /// The training history the file keeps (see `history`).
-    pub history: BTreeMap<String, Vec<f64>>,
+    /// The training history the file keeps (see `history`); None where a value was not finite.
+    pub history: BTreeMap<String, Vec<Option<f64>>>,
 }
 
 /// The model file in `dir` (`model.pt` or `<prefix>model.pt`; in the layout of scvi-tools before
@@ -100,8 +100,9 @@ fn distinct(what: &str, names: &[String]) -> Result<(), String> {
     match twice.first() {
         None => Ok(()),
         Some(first) => Err(format!(
-            "its {what} name `{first}` more than once ({} repeats in all); they must be distinct",
-            twice.len()
+            "its {what} name `{first}` more than once ({} repeated name{} in all); they must be distinct",
+            twice.len(),
+            if twice.len() == 1 { "" } else { "s" }
         )),
     }
 }
@@ -162,9 +163,24 @@ fn legacy_root(params: &Path, prefix: &str, file: &TorchFile) -> Result<Value, S
         .filter(|l| !l.is_empty())
         .map(|l| Value::Str(l.to_string()))
         .collect();
+    let names_at = |m: String| format!("{}: {m}", names_path.display());
     if genes.is_empty() {
-        return Err(format!("{}: names no genes", names_path.display()));
+        return Err(names_at("names no genes".into()));
     }
+    // One gene per line, as many as the weights have (the genes of `px_r`, the dispersion).
+    let weights_genes = match file.root.get("px_r") {
+        Some(Value::Tensor(t)) => t.shape.first().map(|&g| g as usize),
+        _ => None,
+    };
+    if let Some(g) = weights_genes.filter(|&g| g != genes.len()) {
+        return Err(names_at(format!(
+            "names {} genes where `{}`'s weights have {g}; it should hold one gene per line, no header",
+            genes.len(),
+            params.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        )));
+    }
+    let names: Vec<String> = genes.iter().filter_map(|g| g.as_str().map(String::from)).collect();
+    distinct("genes (matched to a query's by name)", &names).map_err(names_at)?;
     let (attr_path, attr_bytes) = sibling(params, &format!("{prefix}attr.pkl"), 1 << 30)?;
     let at = |m: String| format!("{}: {m}", attr_path.display());
     let attr = super::pickle::load(&attr_bytes).map_err(at)?;
@@ -426,6 +442,9 @@ fn interpret(root: &Value, file: &TorchFile) -> Result<ScviModel, String> {
         ));
     }
     let dropout = s.get("dropout_rate").and_then(Value::as_float).unwrap_or(0.1);
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(format!("has `dropout_rate` = {dropout}, not a rate in [0, 1)"));
+    }
 
     let fields = need(&registry, "field_registries", "registry_")?;
     let categories = |field: &str| -> Option<(Vec<String>, Option<String>, Option<String>)> {
@@ -520,10 +539,17 @@ fn interpret(root: &Value, file: &TorchFile) -> Result<ScviModel, String> {
         }
         weights.insert(ours.clone(), f);
     }
+    // The library prior's variances (scvi-tools' `library_log_vars`) divide: they must be positive.
+    if weights
+        .get("library_log_vars")
+        .is_some_and(|f| f.data.iter().any(|&v| v <= 0.0))
+    {
+        return Err("has `library_log_vars` that are not all positive: they are variances".into());
+    }
     // Anything else in the state dict must be something scmz knows it can leave out.
     let used: std::collections::HashSet<&str> = names.values().map(String::as_str).collect();
     for k in tensors.keys() {
-        if !used.contains(k.as_str()) && !ignorable(k) {
+        if !used.contains(k.as_str()) && !ignorable(k, arch.layout.learned_library) {
             return Err(format!(
                 "has `{k}` in its state dict, a part scmz does not know; refused rather than dropped"
             ));
@@ -551,22 +577,27 @@ fn interpret(root: &Value, file: &TorchFile) -> Result<ScviModel, String> {
 
 /// The training history in `attr_dict["history_"]`: a pandas DataFrame per logged quantity,
 /// read as data (pandas is never run). A frame's numbers are those of its block
-/// (`pandas._libs.internals._unpickle_block`'s first argument); frames without one readable
-/// column of numbers are left out.
-fn history(attr: &Value) -> BTreeMap<String, Vec<f64>> {
+/// (`pandas._libs.internals._unpickle_block`'s first argument), NaN and infinities as None (a
+/// diverged run logs them; JSON has no such numbers); frames without one readable column of
+/// numbers are left out.
+fn history(attr: &Value) -> BTreeMap<String, Vec<Option<f64>>> {
     let Some(h) = attr.get("history_") else {
         return BTreeMap::new();
     };
     h.entries()
         .into_iter()
         .filter_map(|(name, frame)| {
-            let block = find(&frame, 0, &|v| {
+            let mut budget = 10_000;
+            let mut seen = std::collections::HashSet::new();
+            let block = find(&frame, 0, &mut budget, &mut seen, &|v| {
                 v.class().as_deref() == Some("pandas._libs.internals._unpickle_block")
             })?;
             match block.get("__args__")? {
                 Value::Tuple(args) => match args.first()? {
                     Value::Array(a) => match &*a.borrow() {
-                        super::pickle::Array::Numbers(x) if !x.is_empty() => Some((name, x.clone())),
+                        super::pickle::Array::Numbers(x) if !x.is_empty() => {
+                            Some((name, x.iter().map(|v| Some(*v).filter(|v| v.is_finite())).collect()))
+                        }
                         _ => None,
                     },
                     _ => None,
@@ -577,31 +608,49 @@ fn history(attr: &Value) -> BTreeMap<String, Vec<f64>> {
         .collect()
 }
 
-/// The first value under `v` (depth first, a few levels down) that `wanted` accepts.
-fn find(v: &Value, depth: usize, wanted: &dyn Fn(&Value) -> bool) -> Option<Value> {
+/// The first value under `v` (depth first, a few levels down) that `wanted` accepts, looking
+/// into each container once (`seen`, by address: a pickle may refer to one many times) and at
+/// no more than `budget` values in all.
+fn find(
+    v: &Value,
+    depth: usize,
+    budget: &mut usize,
+    seen: &mut std::collections::HashSet<usize>,
+    wanted: &dyn Fn(&Value) -> bool,
+) -> Option<Value> {
+    if *budget == 0 {
+        return None;
+    }
+    *budget -= 1;
     if wanted(v) {
         return Some(v.clone());
     }
     if depth >= 8 {
         return None;
     }
-    let items: Vec<Value> = match v {
-        Value::Dict(d) => d.borrow().iter().map(|(_, x)| x.clone()).collect(),
-        Value::List(l) => l.borrow().clone(),
-        Value::Tuple(t) => t.to_vec(),
-        _ => Vec::new(),
+    let (address, items): (usize, Vec<Value>) = match v {
+        Value::Dict(d) => (
+            std::rc::Rc::as_ptr(d) as *const u8 as usize,
+            d.borrow().iter().map(|(_, x)| x.clone()).collect(),
+        ),
+        Value::List(l) => (std::rc::Rc::as_ptr(l) as *const u8 as usize, l.borrow().clone()),
+        Value::Tuple(t) => (std::rc::Rc::as_ptr(t) as *const u8 as usize, t.to_vec()),
+        _ => return None,
     };
-    items.iter().find_map(|x| find(x, depth + 1, wanted))
+    if !seen.insert(address) {
+        return None;
+    }
+    items.iter().find_map(|x| find(x, depth + 1, budget, seen, wanted))
 }
 
-/// The last value of history series `name`.
-fn last(history: &BTreeMap<String, Vec<f64>>, name: &str) -> Option<f64> {
-    history.get(name).and_then(|v| v.last().copied())
+/// The last value of history series `name` (None where it was not finite).
+fn last(history: &BTreeMap<String, Vec<Option<f64>>>, name: &str) -> Option<f64> {
+    history.get(name).and_then(|v| v.last().copied().flatten())
 }
 
 /// The loss terms of the last epoch, per cell, for `part` (`train` or `validation`), where the
 /// history has all four.
-fn final_terms(history: &BTreeMap<String, Vec<f64>>, part: &str) -> Option<crate::events::LossTerms> {
+fn final_terms(history: &BTreeMap<String, Vec<Option<f64>>>, part: &str) -> Option<crate::events::LossTerms> {
     let total = last(history, &format!("{part}_loss")).or_else(|| last(history, &format!("{part}_loss_epoch")))?;
     Some(crate::events::LossTerms {
         recon: last(history, &format!("reconstruction_loss_{part}"))?,
@@ -616,15 +665,14 @@ fn final_terms(history: &BTreeMap<String, Vec<f64>>, part: &str) -> Option<crate
 /// where the library size is learned), the per-cell dispersion head (unused with gene or
 /// gene-batch dispersion), the zero-inflation head (kept for ZINB models, unused otherwise),
 /// scANVI's label prior and its second-level latent (`z2`) networks.
-fn ignorable(k: &str) -> bool {
+fn ignorable(k: &str, learned_library: bool) -> bool {
     k.ends_with("num_batches_tracked")
-        || k.starts_with("l_encoder.")
+        || (!learned_library && (k.starts_with("l_encoder.") || k.starts_with("library_log_")))
         || k.starts_with("decoder.px_r_decoder.")
         || k.starts_with("decoder.px_dropout_decoder.")
         || k.starts_with("encoder_z2_z1.")
         || k.starts_with("decoder_z1_z2.")
         || k == "y_prior"
-        || k.starts_with("library_log_")
 }
 
 /// scmz's variable names (as model files keep them) -> scvi-tools' state dict names.
@@ -857,7 +905,7 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
                 best_val_elbo: model
                     .history
                     .get("elbo_validation")
-                    .and_then(|v| v.iter().copied().filter(|x| x.is_finite()).reduce(f64::min)),
+                    .and_then(|v| v.iter().copied().flatten().reduce(f64::min)),
                 final_train: final_terms(&model.history, "train"),
                 final_val: final_terms(&model.history, "validation"),
                 classifier: None,
@@ -877,10 +925,14 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
                     .to_string(),
                 sha256,
                 history: model.history.clone(),
+                n_cells: model.n_cells,
             }),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| at(&e))?;
         crate::files::write_atomic(&staging.join("manifest.json"), &json).map_err(|e| e.to_string())?;
+        // Read back as any zoo model is read: a model scmz could not load is never installed.
+        crate::zoo::load_dir(&staging)
+            .map_err(|e| format!("the imported model reads back wrong ({e}); nothing was imported"))?;
         Ok(manifest)
     })();
     let manifest = match written {
@@ -907,4 +959,57 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
         manifest,
         notes,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::scvi_tools::pickle::Array;
+
+    fn object(class: &str, args: Vec<Value>) -> Value {
+        dict(vec![
+            ("__class__", Value::Str(class.into())),
+            ("__args__", Value::Tuple(Rc::new(args))),
+        ])
+    }
+
+    /// A pandas frame as the pickle reader keeps it: its block's numbers under its manager.
+    fn frame(values: Vec<f64>) -> Value {
+        let numbers = Value::Array(Rc::new(RefCell::new(Array::Numbers(values))));
+        let block = object("pandas._libs.internals._unpickle_block", vec![numbers]);
+        let manager = object(
+            "pandas.core.internals.managers.BlockManager",
+            vec![Value::Tuple(Rc::new(vec![block]))],
+        );
+        dict(vec![
+            ("__class__", Value::Str("pandas.core.frame.DataFrame".into())),
+            ("_mgr", manager),
+        ])
+    }
+
+    /// Values that are not finite (a diverged run) are kept as None, so that the manifest
+    /// (JSON) holds them; a frame that refers to one list thousands of times over is searched
+    /// once per container, at once.
+    #[test]
+    fn history_keeps_its_numbers_and_survives_shared_references() {
+        let attr = dict(vec![(
+            "history_",
+            dict(vec![("elbo_train", frame(vec![3.0, f64::NAN, f64::INFINITY, 1.5]))]),
+        )]);
+        let h = history(&attr);
+        assert_eq!(h["elbo_train"], vec![Some(3.0), None, None, Some(1.5)]);
+        // 20 references at each of 8 levels: 20^8 paths, 8 containers.
+        let mut x = Value::List(Rc::new(RefCell::new(Vec::new())));
+        for _ in 0..8 {
+            x = Value::List(Rc::new(RefCell::new(vec![x; 20])));
+        }
+        let attr = dict(vec![("history_", dict(vec![("elbo_train", x)]))]);
+        let t0 = std::time::Instant::now();
+        assert!(history(&attr).is_empty());
+        assert!(t0.elapsed().as_secs() < 2, "took {:?}", t0.elapsed());
+    }
 }

@@ -278,6 +278,17 @@ fn forbidden(module: &str, name: &str) -> bool {
             | "signal"
             | "threading"
             | "operator"
+            | "_operator"
+            | "commands"
+            | "_posixsubprocess"
+            | "pdb"
+            | "bdb"
+            | "timeit"
+            | "profile"
+            | "cProfile"
+            | "trace"
+            | "functools"
+            | "_thread"
     ) || (matches!(module, "builtins" | "__builtin__")
         && matches!(
             name,
@@ -321,6 +332,16 @@ struct Machine<'a> {
     /// Containers placed inside another: they may not change afterwards (a pickle never needs
     /// it, and it would let a value nest deeper than its depth says).
     nested: std::collections::HashSet<usize>,
+    /// Bytes of text and bytes values copied by referring back to them (memo, DUP): a value is
+    /// copied each time, so a small file naming one large string many times would otherwise fill
+    /// the memory.
+    copied: usize,
+}
+
+/// How many bytes of strings a pickle of `len` bytes may copy by referring back to them: far
+/// more than any model file does (each name a few times), far less than memory.
+fn copy_budget(len: usize) -> usize {
+    len.saturating_mul(8).saturating_add(64 << 20)
 }
 
 impl Drop for Machine<'_> {
@@ -367,6 +388,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
         arena: Vec::new(),
         depth: HashMap::new(),
         nested: Default::default(),
+        copied: 0,
     };
     m.run()
 }
@@ -486,7 +508,26 @@ impl Machine<'_> {
             .get(&k)
             .cloned()
             .ok_or("the pickle refers to a value it never stored")?;
+        self.count_copy(&v)?;
         self.push(v)
+    }
+
+    /// Counts the bytes a copy of a text or bytes value costs (containers are shared, not copied).
+    fn count_copy(&mut self, v: &Value) -> Result<(), String> {
+        let n = match v {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => return Ok(()),
+        };
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > copy_budget(self.data.len()) {
+            return Err(format!(
+                "the pickle repeats its strings into more than {} MB from a {} KB file (a memory bomb, not a model file); refused",
+                copy_budget(self.data.len()) >> 20,
+                self.data.len() >> 10
+            ));
+        }
+        Ok(())
     }
 
     fn memo_put(&mut self, k: u64) -> Result<(), String> {
@@ -526,6 +567,7 @@ impl Machine<'_> {
                 }
                 b'2' => {
                     let v = self.top()?.clone();
+                    self.count_copy(&v)?;
                     self.push(v)?;
                 }
                 b'N' => self.push(Value::None)?,

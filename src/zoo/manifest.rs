@@ -205,9 +205,13 @@ pub struct Imported {
     pub file: String,
     pub sha256: String,
     /// Its training history there, as the file keeps it (scvi-tools' `history_`): each logged
-    /// quantity's values, one per epoch (or per logged step), by name (`elbo_train`, ...).
+    /// quantity's values, one per epoch (or per logged step), by name (`elbo_train`, ...); null
+    /// where the value was not a finite number.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub history: std::collections::BTreeMap<String, Vec<f64>>,
+    pub history: std::collections::BTreeMap<String, Vec<Option<f64>>>,
+    /// The cells it was trained on, as its registry says (its data may not have come with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_cells: Option<usize>,
 }
 
 impl Imported {

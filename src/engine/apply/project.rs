@@ -116,8 +116,16 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
             Some(name) => CellBatch::All(cats.iter().position(|c| c == name).ok_or_else(|| {
                 anyhow::anyhow!("--batch-category {name}: the model's batches are {}", cats.join(", "))
             })?),
+            // Fine-tuning encodes every cell under the new batch it adds.
+            None if args.finetune > 0 && !args.predict_only => CellBatch::All(0),
             None => cell_batches(&ds, &args.data, m.training.batch_key.as_deref(), &cats, &mut warnings)?,
         };
+        if args.finetune > 0 && !m.architecture.layout.encode_batch {
+            warnings.push(format!(
+                "model `{}`'s encoder does not take the batch (scvi-tools' encode_covariates=False): --finetune fits its decoder to the query (the ELBO), and the latent stays what it is without it",
+                m.name
+            ));
+        }
         Some((cats, c))
     };
     let enc = Encoder {
