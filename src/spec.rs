@@ -616,7 +616,9 @@ pub fn expand_sweep(base: &EngineRequest, sweep: &str) -> Result<Vec<EngineReque
 /// `scmz project` and `scmz-engine project`.
 #[derive(clap::Args, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProjectSpec {
+    /// The dataset to project: .h5ad, 10x .h5 or a 10x Matrix Market folder.
     pub data: PathBuf,
+    /// The zoo model to apply (`scmz models` lists them).
     #[arg(long)]
     pub model: String,
     /// The zoo folder (default: $SCMZ_ZOO, else ~/.local/share/scmz/zoo).
@@ -636,6 +638,7 @@ pub struct ProjectSpec {
     /// Only report the overlap and the predicted mapping quality; encode and write nothing.
     #[arg(long)]
     pub predict_only: bool,
+    /// Matrix holding the raw counts: X, raw, or a layer name [default: the first holding raw counts].
     #[arg(long)]
     pub layer: Option<String>,
     /// Cell Ranger 2 HDF5 with several genomes: the genome to project [default: the first].

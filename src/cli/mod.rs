@@ -160,7 +160,8 @@ enum Command {
     /// Bring a scvi-tools model (SCVI or SCANVI, saved with `model.save(DIR)`) into the zoo. Its
     /// `model.pt` is read without running the pickle inside.
     Import {
-        /// The folder `model.save()` wrote (or its `model.pt`).
+        /// The folder `model.save()` wrote (or its `model.pt`); before scvi-tools 0.15, the folder
+        /// with `model_params.pt`, `var_names.csv` and `attr.pkl`.
         dir: PathBuf,
         /// The model's name in the zoo.
         #[arg(long)]
