@@ -218,6 +218,7 @@ impl App {
 
     fn refresh_all(&mut self) {
         self.outbox.push(Request::Refresh { all: true });
+        self.notice = Some("reading the datasets, the zoo and the jobs again...".into());
     }
 
     fn list_len(&self) -> usize {

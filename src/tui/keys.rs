@@ -38,7 +38,7 @@ pub const BINDINGS: &[Binding] = &[
     b("g/G", "first / last row", "ends", &[], false),
     b("/", "filter datasets", "filter", &[Datasets], true),
     b("s/S", "sort by next column / reverse", "sort", &[Datasets], true),
-    b("space", "mark dataset for training", "mark", &[Datasets], false),
+    b("space", "mark dataset for training", "mark", &[Datasets], true),
     b("t", "train a model on the dataset(s)", "train", &[Datasets], true),
     b("o", "overlap with a model", "overlap", &[Datasets, Models], true),
     b(

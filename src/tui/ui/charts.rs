@@ -166,15 +166,15 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
         groups[c.max(0) as usize % n_groups].push((p[0] as f64, p[1] as f64));
     }
     let inner = block(app, "").inner(area);
-    // Categories abbreviated to 10 characters; up to three lines when there is room.
-    let legend: Vec<String> = cats.iter().map(|c| c.chars().take(10).collect()).collect();
-    let legend_len: usize = legend.iter().map(|c| c.chars().count() + 2).sum();
+    // Up to three lines when there is room; labels shortened until all fit (`legend`).
+    let full_len: usize = cats.iter().map(|c| c.chars().take(10).count() + 2).sum();
     let legend_h = match inner.height {
         _ if cats.is_empty() => 0,
         0..8 => 0,
         8..14 => 1,
-        _ => legend_len.div_ceil(inner.width.max(1) as usize).clamp(1, 3) as u16,
+        _ => full_len.div_ceil(inner.width.max(1) as usize).clamp(1, 3) as u16,
     };
+    let (legend, hidden) = legend(cats, inner.width as usize, legend_h as usize);
     let theme = &app.theme;
     let canvas = Canvas::default()
         .block(block(app, title))
@@ -196,6 +196,9 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
             spans.push(Span::styled("■", Style::default().fg(theme.category(i))));
             spans.push(Span::styled(format!("{c} "), theme.muted()));
         }
+        if hidden > 0 {
+            spans.push(Span::styled(format!("+{hidden}"), theme.muted()));
+        }
         let r = Rect {
             x: inner.x,
             y: inner.y + inner.height - legend_h,
@@ -205,6 +208,39 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
         f.render_widget(Clear, r);
         f.render_widget(Paragraph::new(Line::from(spans)).wrap(Wrap { trim: false }), r);
     }
+}
+
+/// The legend's labels for `lines` lines of `width` cells (each label a square, itself and a
+/// space): every category, shortened to 10, 6, then 4 characters until all fit (shorter ones
+/// would all read `CD`); where even that is too long, those that fit and how many are left out
+/// (said as `+N`).
+fn legend(cats: &[String], width: usize, lines: usize) -> (Vec<String>, usize) {
+    // Whether labels fill no more than `lines` lines, a label never split over two.
+    let fits = |labels: &[String], reserve: usize| {
+        let (mut line, mut used) = (1, 0);
+        for l in labels {
+            let w = l.chars().count() + 2;
+            if used + w > width {
+                line += 1;
+                used = 0;
+            }
+            used += w;
+        }
+        line < lines || (line == lines && used + reserve <= width)
+    };
+    let short = |n: usize| -> Vec<String> { cats.iter().map(|c| c.chars().take(n).collect()).collect() };
+    for n in [10, 6, 4] {
+        let labels = short(n);
+        if fits(&labels, 0) {
+            return (labels, 0);
+        }
+    }
+    let mut labels = short(4);
+    while !labels.is_empty() && !fits(&labels, format!("+{}", cats.len() - labels.len() + 1).len()) {
+        labels.pop();
+    }
+    let hidden = cats.len() - labels.len();
+    (labels, hidden)
 }
 
 /// KL per latent dimension at the latest epoch: dimensions near zero are unused.
@@ -317,5 +353,28 @@ mod tests {
         // On a log scale, values below 1 are negative logs: left as they are.
         let (lo, _) = super::y_range([-1.0, 0.5].into_iter(), true);
         assert!(lo < -1.0);
+    }
+
+    /// Ten cell types in one line of 60 cells: all of them, shortened; in 34 (the scatter at
+    /// 80x24) or 12 cells, those that fit and how many do not.
+    #[test]
+    fn the_legend_shortens_labels_before_leaving_any_out() {
+        let cats: Vec<String> = (0..10).map(|i| format!("CD4+/CD25-type{i}")).collect();
+        let (labels, hidden) = super::legend(&cats, 60, 1);
+        assert_eq!((labels.len(), hidden), (10, 0));
+        assert!(labels.iter().all(|l| l.chars().count() == 4), "{labels:?}");
+        let (labels, hidden) = super::legend(&cats, 34, 1);
+        assert_eq!((labels.len(), hidden), (5, 5));
+        let (labels, hidden) = super::legend(&cats, 34, 3);
+        assert_eq!((labels.len(), hidden), (10, 0));
+        assert!(labels.iter().all(|l| l.chars().count() == 6), "{labels:?}");
+        let (labels, hidden) = super::legend(&cats, 12, 1);
+        assert_eq!(labels.len() + hidden, 10);
+        assert_eq!((labels.len(), hidden), (1, 9), "{labels:?} +{hidden}");
+        let (labels, hidden) = super::legend(&cats[..2], 80, 1);
+        assert_eq!(
+            (labels, hidden),
+            (vec!["CD4+/CD25-".to_string(), "CD4+/CD25-".to_string()], 0)
+        );
     }
 }
