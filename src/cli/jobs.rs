@@ -199,43 +199,17 @@ pub fn cancel(id: &str, grace_s: u64) -> anyhow::Result<()> {
 }
 
 pub fn resume(id: &str) -> anyhow::Result<()> {
-    let job = registry().load(id)?;
-    if !job.state.is_final() {
-        anyhow::bail!("job {id} is {}; cancel it first", job.state);
-    }
-    if job.state == scmz::jobs::JobState::Done {
-        anyhow::bail!("job {id} is done: its result is saved; there is nothing to resume");
-    }
-    if let Some(next) = &job.resumed_by {
-        anyhow::bail!("job {id} was resumed already, as job {next}: follow that one (`scmz jobs logs {next}`), or resume it if it stopped");
-    }
-    let mut request = job.request.clone();
-    if let EngineRequest::Train(spec) = &mut request {
-        spec.resume = true;
-        spec.restart = false;
-    }
+    let reg = registry();
+    let req = reg.resume_submission(id)?;
     // An edited record, or a failure that would come again (a bad key), is refused now.
     // In the folder it was submitted from; one that is gone fails the job with that reason.
-    if job.cwd.as_deref().is_none_or(std::path::Path::is_dir) {
-        super::check_before_queueing(&request, job.cwd.as_deref())?;
+    if req.cwd.as_deref().is_none_or(std::path::Path::is_dir) {
+        super::check_before_queueing(&req.request, req.cwd.as_deref())?;
     }
-    let req = Submission {
-        request,
-        backend: job.backend.clone(),
-        slurm: job.slurm.clone().unwrap_or_default(),
-        sweep: None,
-        slot: job.slot.clone(),
-        cwd: job.cwd.clone(),
-    };
-    let reg = registry();
     for new in submit(&req)? {
         println!("job {} resumes job {id}", new.id);
-        // Read again, under the queue's lock: the record may have changed while the new job was
-        // queued (a second `resume` of it is refused by the submission: one job per run).
-        let _lock = reg.lock()?;
-        let mut old = reg.load(id)?;
-        old.resumed_by = Some(new.id.clone());
-        reg.save(&old)?;
+        // A second `resume` of it is refused by the submission: one job per run.
+        reg.mark_resumed(id, &new.id)?;
     }
     Ok(())
 }

@@ -719,6 +719,58 @@ impl Registry {
         Ok(())
     }
 
+    /// What `scmz jobs resume ID` submits: the ended job's request again (a training from its
+    /// checkpoint), on its backend; refused for a job still running, done, or resumed already.
+    pub fn resume_submission(&self, id: &str) -> Result<Submission, JobError> {
+        let job = self.load(id)?;
+        if !job.state.is_final() {
+            return Err(JobError::Backend(format!("job {id} is {}; cancel it first", job.state)));
+        }
+        if job.state == JobState::Done {
+            return Err(JobError::Backend(format!(
+                "job {id} is done: its result is saved; there is nothing to resume"
+            )));
+        }
+        if let Some(next) = &job.resumed_by {
+            return Err(JobError::Backend(format!(
+                "job {id} was resumed already, as job {next}: follow that one (`scmz jobs logs {next}`), or resume it if it stopped"
+            )));
+        }
+        let mut request = job.request.clone();
+        if let EngineRequest::Train(spec) = &mut request {
+            spec.resume = true;
+            spec.restart = false;
+        }
+        Ok(Submission {
+            request,
+            backend: job.backend.clone(),
+            slurm: job.slurm.clone().unwrap_or_default(),
+            sweep: None,
+            slot: job.slot.clone(),
+            cwd: job.cwd.clone(),
+        })
+    }
+
+    /// Records that job `id` is continued by job `next` (read again under the queue's lock: the
+    /// record may have changed while the new job was queued).
+    pub fn mark_resumed(&self, id: &str, next: &str) -> Result<(), JobError> {
+        let _lock = self.lock()?;
+        let mut old = self.load(id)?;
+        old.resumed_by = Some(next.to_string());
+        self.save(&old)
+    }
+
+    /// Resumes job `id` without checking its request first (the CLI checks it with the
+    /// engine): the jobs submitted.
+    pub fn resume(&self, id: &str) -> Result<Vec<Job>, JobError> {
+        let req = self.resume_submission(id)?;
+        let jobs = self.submit_request(&req)?;
+        for new in &jobs {
+            self.mark_resumed(id, &new.id)?;
+        }
+        Ok(jobs)
+    }
+
     /// Cancels a job through its backend and waits (up to `grace` plus a few seconds) until its
     /// record says how it ended.
     pub fn cancel(&self, id: &str, grace: Duration) -> Result<Job, JobError> {
@@ -1097,6 +1149,32 @@ pub(crate) mod tests {
         let before = n.reason.clone();
         supervise::explain_failure(&mut n, &log);
         assert_eq!(n.reason, before);
+    }
+
+    /// `resume` submits an ended training again from its checkpoint, on its backend; it refuses
+    /// a job still running, one done, and one resumed already.
+    #[test]
+    fn resume_submits_an_ended_job_again_and_refuses_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::new(dir.path());
+        let mut j = Job::new("a".into(), train("m"), None);
+        for (state, why) in [
+            (JobState::Running, "cancel it first"),
+            (JobState::Done, "nothing to resume"),
+        ] {
+            j.state = state;
+            std::fs::create_dir_all(reg.job_dir(&j.id)).unwrap();
+            reg.save(&j).unwrap();
+            let e = reg.resume_submission("a").unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        j.state = JobState::Failed;
+        reg.save(&j).unwrap();
+        let req = reg.resume_submission("a").unwrap();
+        assert!(matches!(&req.request, EngineRequest::Train(s) if s.resume && !s.restart));
+        reg.mark_resumed("a", "b").unwrap();
+        let e = reg.resume_submission("a").unwrap_err().to_string();
+        assert!(e.contains("resumed already, as job b"), "{e}");
     }
 
     /// Only a training keeps a checkpoint; a stopped projection is run again by `resume`.

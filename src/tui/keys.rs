@@ -52,6 +52,13 @@ pub const BINDINGS: &[Binding] = &[
     b("p", "project the dataset with the model", "project", &[Overlap], true),
     b("Enter", "the job's log (scroll, Esc closes)", "log", &[Jobs], true),
     b("c", "cancel the job", "cancel", &[Jobs], true),
+    b(
+        "R",
+        "resume the ended job (training: from its checkpoint)",
+        "resume",
+        &[Jobs],
+        true,
+    ),
     b("e", "loss term: total / recon / KL", "term", &[Models, Jobs], true),
     b("L", "log scale", "log", &[Models, Jobs], true),
     b("r", "refresh now", "refresh", &[], false),

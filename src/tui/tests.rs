@@ -867,3 +867,23 @@ fn screen_switches_reach_the_frame_within_50_ms() {
         );
     }
 }
+
+/// `R` on an ended job asks the worker to resume it; on a job that is done or still running it
+/// says there is nothing to resume.
+#[test]
+fn r_resumes_an_ended_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = job("20261125-190000-1", "train", "m", JobState::Failed, None);
+    let done = job("20261125-180000-1", "train", "d", JobState::Done, None);
+    let mut app = jobs_app(dir.path(), &[&done, &failed]);
+    assert_eq!(app.selected_job().unwrap().id, failed.id);
+    app.take_requests();
+    app.on_key(KeyEvent::new(KeyCode::Char('R'), KeyModifiers::NONE));
+    assert!(matches!(app.take_requests().as_slice(), [Request::Resume(id)] if *id == failed.id));
+    assert!(app.notice.as_deref().unwrap().contains("resuming"));
+    key(&mut app, KeyCode::Char('j'));
+    app.take_requests();
+    app.on_key(KeyEvent::new(KeyCode::Char('R'), KeyModifiers::NONE));
+    assert!(app.take_requests().is_empty());
+    assert!(app.notice.as_deref().unwrap().contains("nothing to resume"));
+}

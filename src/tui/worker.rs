@@ -65,6 +65,8 @@ pub enum Request {
     Matrix(Vec<PathBuf>),
     Submit(Box<Submission>),
     Cancel(String),
+    /// Start an ended job again (`scmz jobs resume`).
+    Resume(String),
     /// The job whose log the log pane shows (sent again with each refresh), or none.
     JobLog(Option<String>),
 }
@@ -318,6 +320,16 @@ pub fn submit(s: &Sources, req: &Submission) -> Update {
     }
 }
 
+pub fn resume(s: &Sources, id: &str) -> Update {
+    match Registry::new(&s.jobs).resume(id) {
+        Ok(jobs) => Update::Notice(format!(
+            "job {} resumes job {id}",
+            jobs.first().map_or("", |j| j.id.as_str())
+        )),
+        Err(e) => Update::Notice(format!("resume {id}: {e}")),
+    }
+}
+
 pub fn cancel(s: &Sources, id: &str) -> Update {
     match Registry::new(&s.jobs).cancel(id, std::time::Duration::from_secs(30)) {
         Ok(j) => Update::Notice(format!("job {id}: {}", j.state)),
@@ -388,6 +400,10 @@ pub fn run(
             }
             Request::Submit(req) => {
                 send(submit(&s, &req));
+                send(jobs(&s));
+            }
+            Request::Resume(id) => {
+                send(resume(&s, &id));
                 send(jobs(&s));
             }
             Request::Cancel(id) => {

@@ -1,5 +1,5 @@
 //! The Jobs screen: the job list, the selected job's run followed live (its own part of the
-//! run's event log), its log pane (Enter) and cancelling (`c`, after asking).
+//! run's event log), its log pane (Enter), cancelling (`c`, after asking) and resuming (`R`).
 
 use std::path::PathBuf;
 
@@ -89,6 +89,19 @@ impl App {
                 }
                 Some(j) if !j.state.is_final() => self.overlay = Some(Overlay::ConfirmCancel(j.id.clone())),
                 Some(j) => self.notice = Some(format!("job {} already ended ({})", j.id, j.state)),
+                None => {}
+            },
+            KeyCode::Char('R') => match self.selected_job() {
+                Some(j) if j.backend == "terminal" => {
+                    self.notice =
+                        Some("this run belongs to a terminal: resume it there (scmz train ... --resume)".into())
+                }
+                Some(j) if j.state.is_final() && j.state != scmz::jobs::JobState::Done => {
+                    let id = j.id.clone();
+                    self.notice = Some(format!("resuming job {id}..."));
+                    self.outbox.push(Request::Resume(id));
+                }
+                Some(j) => self.notice = Some(format!("job {} is {}: nothing to resume", j.id, j.state)),
                 None => {}
             },
             _ => {}
