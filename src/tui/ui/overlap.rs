@@ -20,51 +20,31 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let lists_w = if area.width >= 100 { 34 } else { 26 };
     let [lists, report] = Layout::horizontal([Constraint::Length(lists_w), Constraint::Min(20)]).areas(area);
     let [dl, ml] = Layout::vertical([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(lists);
-    let item_style = |focus: bool| {
-        if focus {
+    // A list of the pair's side: `> ` and the selection's colour where the arrow keys move.
+    let mut list = |items: Vec<String>, title: &str, side: Focus, sel: usize, area: Rect| {
+        let focused = app.overlap_view.focus == side;
+        let style = if focused {
             app.theme.selected()
         } else {
             app.theme.muted().add_modifier(Modifier::REVERSED)
-        }
+        };
+        let title = if focused {
+            format!("> {title}")
+        } else {
+            title.to_string()
+        };
+        f.render_stateful_widget(
+            List::new(items.into_iter().map(ListItem::new).collect::<Vec<_>>())
+                .block(block(app, title))
+                .highlight_style(style),
+            area,
+            &mut ListState::default().with_selected(Some(sel)),
+        );
     };
-    let ds: Vec<ListItem> = app
-        .datasets
-        .iter()
-        .map(|d| ListItem::new(app.display_path(&d.path)))
-        .collect();
-    f.render_stateful_widget(
-        List::new(ds)
-            .block(block(
-                app,
-                if app.overlap_view.focus == Focus::Datasets {
-                    "> Dataset (A)"
-                } else {
-                    "Dataset (A)"
-                },
-            ))
-            .highlight_style(item_style(app.overlap_view.focus == Focus::Datasets)),
-        dl,
-        &mut ListState::default().with_selected(Some(app.overlap_view.dataset)),
-    );
-    let ms: Vec<ListItem> = app
-        .models
-        .iter()
-        .map(|m| ListItem::new(m.manifest.name.clone()))
-        .collect();
-    f.render_stateful_widget(
-        List::new(ms)
-            .block(block(
-                app,
-                if app.overlap_view.focus == Focus::Models {
-                    "> Model (B)"
-                } else {
-                    "Model (B)"
-                },
-            ))
-            .highlight_style(item_style(app.overlap_view.focus == Focus::Models)),
-        ml,
-        &mut ListState::default().with_selected(Some(app.overlap_view.model)),
-    );
+    let ds = app.datasets.iter().map(|d| app.display_path(&d.path)).collect();
+    list(ds, "Dataset (A)", Focus::Datasets, app.overlap_view.dataset, dl);
+    let ms = app.models.iter().map(|m| m.manifest.name.clone()).collect();
+    list(ms, "Model (B)", Focus::Models, app.overlap_view.model, ml);
     let title = "Overlap: the model's genes found in the dataset";
     let lines = match (&app.overlap_view.report, app.models.is_empty()) {
         _ if !app.models_loaded => vec![Line::from("loading the zoo...")],
