@@ -162,7 +162,8 @@ fn imported_scvi_models_give_scvi_tools_latents() {
         show.contains("imported") && show.contains("scvi-tools 1.4.2 SCVI"),
         "{show}"
     );
-    assert!(show.contains("15 epochs there"), "{show}");
+    let first = format!("{:.2}", history["elbo_train"][0].unwrap());
+    assert!(show.contains("15 epochs there") && show.contains(&first), "{show}");
     let o = scmz(&["models"], zoo.path());
     let list = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(

@@ -182,7 +182,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
             line(
                 "history",
                 format!(
-                    "{} epochs there: ELBO (train) {first:.2} to {last:.2}{val}; kept: {}",
+                    "{} epochs there: ELBO (train) {first} to {last}{val}; kept: {}",
                     elbo.len(),
                     i.history.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
@@ -232,6 +232,16 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
             m.genes.names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         ),
     );
+    if !a.classifier_labels.is_empty() {
+        line(
+            "classifier",
+            format!(
+                "{} labels: {}",
+                a.classifier_labels.len(),
+                scmz::data::dataset::preview(&a.classifier_labels, 6)
+            ),
+        );
+    }
     if let (Some(tr), Some(v)) = (&m.metrics.final_train, &m.metrics.final_val) {
         line(
             "loss",
