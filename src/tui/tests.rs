@@ -179,6 +179,9 @@ fn screens_say_loading_until_the_first_answer() {
         key(&mut app, KeyCode::Char(k));
         let text = render(&app, 80, 24);
         assert!(text.contains(want), "screen {k}:\n{text}");
+        if k == '4' {
+            snap("jobs_loading", &app);
+        }
         assert!(
             !text.contains("No models yet") && !text.contains("No jobs"),
             "screen {k}:\n{text}"
@@ -188,8 +191,26 @@ fn screens_say_loading_until_the_first_answer() {
     app.update(worker::jobs(&sources));
     key(&mut app, KeyCode::Char('2'));
     assert!(render(&app, 80, 24).contains("No models yet"));
+    snap("models_empty", &app);
     key(&mut app, KeyCode::Char('4'));
     assert!(render(&app, 80, 24).contains("No jobs"));
+    snap("jobs_empty", &app);
+}
+
+/// A failed job's panel says why, at both sizes.
+#[test]
+fn a_failed_job_shows_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failed = job("20261125-190000-1", "train", "pbmc-bad", JobState::Failed, None);
+    failed.reason = Some(
+        "exited with code 1: pbmc68k_counts.h5ad: no obs column `batch` for --batch-key; label-like columns: bulk_labels, louvain, phase"
+            .into(),
+    );
+    let app = jobs_app(dir.path(), &[&failed]);
+    for (w, h) in [(80, 24), (120, 40)] {
+        assert!(render(&app, w, h).contains("no obs column `batch`"), "{w}x{h}");
+    }
+    snap("job_failed", &app);
 }
 
 /// A prediction or overlap that arrives for a pair no longer selected (the user moved on while
@@ -395,6 +416,7 @@ fn a_finished_projection_names_its_output() {
     key(&mut app, KeyCode::Char('4'));
     let text = render(&app, 120, 40);
     assert!(text.contains("written to /tmp/projections/d.pbmc-tiny.h5ad"), "{text}");
+    snap("projection_done", &app);
     // The folder `p` writes into is made before the job is submitted.
     let mut spec = ProjectSpec::defaults("d.h5ad".into(), "m".into());
     let out = dir.path().join("data/projections/d.m.h5ad");

@@ -109,6 +109,16 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     let stats_h = 5;
     let [stats, rest] = Layout::vertical([Constraint::Length(stats_h), Constraint::Min(4)]).areas(area);
     draw_stats(f, app, job, stats);
+    if records.is_empty() && job.state.is_final() {
+        f.render_widget(
+            Paragraph::new("No epoch ran: the reason is above; Enter shows the job's whole log.")
+                .wrap(Wrap { trim: true })
+                .style(app.theme.muted())
+                .block(block(app, "Run")),
+            rest,
+        );
+        return;
+    }
     if roomy {
         let [upper, lower] = Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(rest);
         let [loss, latent] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(upper);
@@ -211,8 +221,16 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     } else if let Some(r) = job.note_among(&app.jobs) {
         l3.push(Span::styled(r, Style::default().fg(app.theme.warn)));
     }
+    // A reason too long for its line wraps onto the epoch's line when there is none.
+    let lines: Vec<Line> = [l1, l2, l3]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, l)| *i != 1 || !l.is_empty())
+        .map(|(_, l)| Line::from(l))
+        .collect();
     f.render_widget(
-        Paragraph::new(vec![Line::from(l1), Line::from(l2), Line::from(l3)])
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
             .block(block(app, format!("Run {}", job.name.clone().unwrap_or_default()))),
         area,
     );
