@@ -4,8 +4,13 @@ committed, so tests need no scvi-tools).
     python3 -m venv ~/.cache/scmz/bench-venv && ~/.cache/scmz/bench-venv/bin/pip install scvi-tools
     ~/.cache/scmz/bench-venv/bin/python scripts/make_scvi_fixtures.py [NAME ...]
 
-    # and the scvi-tools 1.0.x fixtures (the format of HLCA and other models of its time):
-    python3 -m venv ~/.cache/scmz/scvi10-venv && ~/.cache/scmz/scvi10-venv/bin/pip install scvi-tools==1.0.4
+    # and the scvi-tools 1.0.x fixtures (the format of HLCA and other models of its time); on
+    # Python 3.11 with today's index it needs these pins to import:
+    python3 -m venv ~/.cache/scmz/scvi10-venv && ~/.cache/scmz/scvi10-venv/bin/pip install scvi-tools==1.0.4 \
+        jax==0.4.23 jaxlib==0.4.23 flax==0.7.5 chex==0.1.85 optax==0.1.7 orbax-checkpoint==0.4.4 \
+        numpyro==0.13.2 pyro-ppl==1.8.6 'numpy<2' 'pandas<2.2' 'anndata<0.11' 'scipy<1.13' \
+        'lightning<2.2' 'torchmetrics<1.3' 'ml-dtypes<0.4' 'setuptools<70'
+    # (tests/scvi_tools.rs checks exports in it with SCMZ_SCVI_PYTHON=~/.cache/scmz/scvi10-venv/bin/python)
     ~/.cache/scmz/scvi10-venv/bin/python scripts/make_scvi_fixtures.py
 
 Small models (32 hidden, 8 latent) trained on 300 of the 700 cells of

@@ -380,13 +380,8 @@ pub fn export(zoo: &Zoo, name: &str, out: &Path, overwrite: bool) -> Result<Repo
             }
         }
     }
-    sd.items.push((
-        "pyro_param_store".into(),
-        dict(vec![
-            ("params", P::Dict(Vec::new())),
-            ("constraints", P::Dict(Vec::new())),
-        ]),
-    ));
+    // No `pyro_param_store`: scvi-tools 1.4 saves one and reads it only when there (1.0 refuses
+    // it as an unexpected key of the state dict).
 
     let genes: Vec<P> = m.genes.names.iter().map(|n| s(n)).collect();
     let n_cells: usize = m.datasets.iter().map(|d| d.n_cells).sum();
