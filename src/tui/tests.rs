@@ -341,6 +341,9 @@ fn filter_sort_help_and_ascii_mode() {
     for (w, h) in [(80, 24), (120, 40)] {
         let text = render(&app, w, h);
         assert!(text.is_ascii(), "{text}");
+        // Nothing drawn as `?` (the legend's squares were): the only one is the help key.
+        assert_eq!(text.matches('?').count(), 1, "{text}");
+        assert!(text.contains("#CD"), "the legend: {text}");
     }
     key(&mut app, KeyCode::Char('q'));
     assert!(app.quit);
