@@ -188,6 +188,17 @@ impl Theme {
 mod tests {
     use super::*;
 
+    /// Ten cell types (Kang's annotation, the demo's bulk labels) get ten different colours in
+    /// every bundled theme (high contrast had eight).
+    #[test]
+    fn bundled_themes_colour_ten_labels_apart() {
+        for (name, _) in BUNDLED {
+            let t = Theme::bundled(name);
+            let colours: std::collections::HashSet<String> = (0..10).map(|i| format!("{:?}", t.category(i))).collect();
+            assert_eq!(colours.len(), 10, "{name}");
+        }
+    }
+
     #[test]
     fn bundled_themes_parse_and_bad_ones_name_the_key() {
         for (name, _) in BUNDLED {
