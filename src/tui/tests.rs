@@ -153,8 +153,21 @@ fn render(app: &App, w: u16, h: u16) -> String {
 
 fn snap(name: &str, app: &App) {
     for (w, h) in [(80, 24), (120, 40)] {
-        insta::assert_snapshot!(format!("{name}_{w}x{h}"), render(app, w, h));
+        insta::assert_snapshot!(format!("{name}_{w}x{h}"), fixed_temp_names(render(app, w, h)));
     }
+}
+
+/// A screen with tempfile's folders (`.tmpAbC123`, named at random) named `.tmpXXXXXX`: the
+/// same width, so the same layout, on every run.
+fn fixed_temp_names(mut text: String) -> String {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("/.tmp") {
+        let start = from + at + "/.tmp".len();
+        let end = start + text[start..].chars().take(6).map(char::len_utf8).sum::<usize>();
+        text.replace_range(start..end, &"X".repeat(text[start..end].chars().count()));
+        from = end;
+    }
+    text
 }
 
 /// Before the worker's first answers every screen says it is loading, never "no models" or "no
