@@ -32,8 +32,19 @@ fn short(v: f64) -> String {
     }
 }
 
-/// Two line series in the theme's train and validation colours; the title (which names them) is
-/// the legend.
+/// The two curves' markers and the glyphs the title's legend draws them with: the first a fine
+/// braille line, the second dots (`*` and `#` with `--ascii`), so that they tell apart without
+/// colour and where they cross.
+fn curve_markers(app: &App) -> ([Marker; 2], [&'static str; 2]) {
+    if app.ascii {
+        ([Marker::Dot, Marker::Block], ["*", "#"])
+    } else {
+        ([Marker::Braille, Marker::Dot], ["⠤", "•"])
+    }
+}
+
+/// Two line series in the theme's train and validation colours, each its own marker; the title
+/// (which names them) is the legend.
 fn two_curves<'a>(
     app: &App,
     title: Line<'a>,
@@ -41,11 +52,12 @@ fn two_curves<'a>(
     (x_title, x_bounds, x_labels): (&'a str, [f64; 2], [String; 2]),
     (y_bounds, y_labels): ([f64; 2], Vec<String>),
 ) -> Chart<'a> {
-    let marker = if app.ascii { Marker::Dot } else { Marker::Braille };
+    let (markers, _) = curve_markers(app);
     let series = data
         .iter()
         .zip([app.theme.train, app.theme.validation])
-        .map(|(d, color)| {
+        .zip(markers)
+        .map(|((d, color), marker)| {
             Series::default()
                 .marker(marker)
                 .graph_type(GraphType::Line)
@@ -90,7 +102,7 @@ pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
             }
         }
     }
-    let dot = if app.ascii { "*" } else { "•" };
+    let (_, glyph) = curve_markers(app);
     let title = Line::from(vec![
         Span::styled(
             format!(
@@ -100,8 +112,11 @@ pub fn loss_chart(f: &mut Frame, app: &App, records: &[Record], area: Rect) {
             ),
             app.theme.accent(),
         ),
-        Span::styled(format!("{dot} train "), Style::default().fg(app.theme.train)),
-        Span::styled(format!("{dot} validation "), Style::default().fg(app.theme.validation)),
+        Span::styled(format!("{} train ", glyph[0]), Style::default().fg(app.theme.train)),
+        Span::styled(
+            format!("{} validation ", glyph[1]),
+            Style::default().fg(app.theme.validation),
+        ),
     ]);
     if train.is_empty() {
         f.render_widget(
@@ -296,12 +311,15 @@ pub fn comparison_chart(f: &mut Frame, app: &App, c: &scmz::zoo::comparison::Com
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    let dot = if app.ascii { "*" } else { "•" };
+    let (_, glyph) = curve_markers(app);
     let title = Line::from(vec![
         Span::styled(format!(" held-out log-lik. on {data} "), app.theme.accent()),
-        Span::styled(format!("{dot} pretrained "), Style::default().fg(app.theme.train)),
         Span::styled(
-            format!("{dot} from scratch "),
+            format!("{} pretrained ", glyph[0]),
+            Style::default().fg(app.theme.train),
+        ),
+        Span::styled(
+            format!("{} from scratch ", glyph[1]),
             Style::default().fg(app.theme.validation),
         ),
     ]);
