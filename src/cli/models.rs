@@ -35,10 +35,7 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
                 m.name.clone(),
                 m.created.clone(),
                 thousands(m.architecture.n_genes as u64),
-                match (&m.imported, m.datasets.is_empty()) {
-                    (Some(i), true) => i.n_cells.map(|n| thousands(n as u64)).unwrap_or("-".into()),
-                    _ => thousands(m.datasets.iter().map(|d| d.n_cells as u64).sum()),
-                },
+                m.n_cells().map_or("-".into(), |n| thousands(n as u64)),
                 m.architecture.likelihood.to_string(),
                 m.architecture.n_latent.to_string(),
                 match &m.imported {

@@ -203,6 +203,15 @@ impl Job {
     /// the job's end where it ended (a job that resumed the run writes on after it).
     pub fn own_records(&self, records: &[crate::events::Record]) -> Vec<crate::events::Record> {
         let mut own = crate::events::of_job(records, self.engine_job_id());
+        // A log whose runs name no job (older scmz, or a model copied in) is given whole: of it,
+        // only what came after this job was made (a job that failed before its run started
+        // showed the curves of an earlier model of its name).
+        let named = records
+            .iter()
+            .any(|r| matches!(&r.event, crate::events::Event::Start { job: Some(_), .. }));
+        if !named && self.engine_job_id().is_some() {
+            own.retain(|r| crate::events::not_after(&self.created, &r.t));
+        }
         if let Some(end) = self.ended.as_deref() {
             own.retain(|r| crate::events::not_after(&r.t, end));
         }
@@ -1175,6 +1184,22 @@ pub(crate) mod tests {
         reg.mark_resumed("a", "b").unwrap();
         let e = reg.resume_submission("a").unwrap_err().to_string();
         assert!(e.contains("resumed already, as job b"), "{e}");
+    }
+
+    /// Of a log whose runs name no job (a model copied in, older scmz), a job sees only what
+    /// came after it was made: one that failed before its run started showed an earlier run.
+    #[test]
+    fn a_job_does_not_take_an_older_unnamed_run_for_its_own() {
+        let rec = |t: &str| crate::events::Record {
+            t: t.into(),
+            event: crate::events::Event::Checkpoint { epoch: 0 },
+        };
+        let log = vec![rec("2026-11-25T10:00:00Z"), rec("2026-11-25T12:00:00Z")];
+        let mut j = Job::new("a".into(), train("m"), None);
+        j.created = "2026-11-25T11:00:00Z".into();
+        assert_eq!(j.own_records(&log).len(), 1);
+        j.created = "2026-11-25T13:00:00Z".into();
+        assert!(j.own_records(&log).is_empty());
     }
 
     /// Only a training keeps a checkpoint; a stopped projection is run again by `resume`.

@@ -129,6 +129,10 @@ impl App {
                     .min(self.visible_datasets().len().saturating_sub(1));
                 self.overlap_view.dataset = self.overlap_view.dataset.min(self.datasets.len().saturating_sub(1));
                 self.sync_details();
+                // The pair in view may be another now (a dataset gone): ask for its overlap.
+                if self.screen == Screen::Overlap {
+                    self.request_overlap();
+                }
             }
             Update::Models(m) => {
                 self.models = m;
@@ -142,6 +146,7 @@ impl App {
             }
             Update::Jobs(j) => {
                 self.jobs = j;
+                self.jobs_view.awaiting = false;
                 self.jobs_loaded = true;
                 self.jobs_view.sel = self.jobs_view.sel.min(self.jobs.len().saturating_sub(1));
                 if self.models_loaded {

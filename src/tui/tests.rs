@@ -289,7 +289,7 @@ fn the_run_monitor_follows_a_real_event_log() {
     assert!(text.contains("epoch 25/40"), "{text}");
     assert!(text.contains("Latent epoch 25"), "{text}");
     assert!(text.contains("/10 above 0.05 nats"), "{text}");
-    assert!(text.contains("CD14+ Mono"), "{text}");
+    assert!(text.contains("CD14+…cyte"), "{text}");
     // The Slurm job shows its backend and id in the row.
     assert!(text.contains("slurm 4211_2"), "{text}");
     // Log scale and the KL term change the chart's title.
@@ -474,6 +474,11 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     assert_eq!(spec.likelihood, scmz::spec::Likelihood::Zinb);
     assert_eq!(spec.label_key.as_deref(), Some("bulk_labels"));
     assert_eq!(app.screen, Screen::Jobs);
+    // Until the list shows the new job, `c` would act on the row selected before: it waits.
+    key(&mut app, KeyCode::Char('c'));
+    assert!(app.overlay.is_none() && app.notice.as_deref().unwrap().contains("on its way"));
+    let s = app.sources.clone();
+    app.update(worker::jobs(&s));
     // Cancel asks first; `n` keeps the job.
     key(&mut app, KeyCode::Char('c'));
     assert!(matches!(app.overlay, Some(Overlay::ConfirmCancel(_))));
@@ -924,4 +929,90 @@ fn r_resumes_an_ended_job() {
     app.on_key(KeyEvent::new(KeyCode::Char('R'), KeyModifiers::NONE));
     assert!(app.take_requests().is_empty());
     assert!(app.notice.as_deref().unwrap().contains("nothing to resume"));
+}
+
+/// From the trial: the form refuses a name the zoo has and 0 epochs (the job failed on them);
+/// `p` twice starts one projection; after a refresh that drops the dataset in view, the old
+/// pair's overlap is not shown for the pair selected now, which is asked for.
+#[test]
+fn the_form_the_projection_and_a_refresh_refuse_what_would_mislead() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('t'));
+    let name_len = app.form().unwrap().name.len();
+    for _ in 0..name_len {
+        key(&mut app, KeyCode::Backspace);
+    }
+    for c in "pbmc-tiny".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(app
+        .notice
+        .as_deref()
+        .unwrap()
+        .contains("has a model `pbmc-tiny` already"));
+    assert!(app.form().is_some() && !app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+    key(&mut app, KeyCode::Backspace);
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Tab);
+    for _ in 0..2 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    key(&mut app, KeyCode::Char('0'));
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert!(app.notice.as_deref().unwrap().contains("1 or more"), "{:?}", app.notice);
+    key(&mut app, KeyCode::Esc);
+    // p twice: one job.
+    key(&mut app, KeyCode::Char('o'));
+    app.take_requests();
+    app.on_key(KeyEvent::new(KeyCode::Char('p'), KeyModifiers::NONE));
+    app.on_key(KeyEvent::new(KeyCode::Char('p'), KeyModifiers::NONE));
+    let submits = app
+        .take_requests()
+        .iter()
+        .filter(|r| matches!(r, Request::Submit(_)))
+        .count();
+    assert_eq!(submits, 1);
+    assert!(app.notice.as_deref().unwrap().contains("under way already"));
+    // The dataset in view leaves the catalog: its overlap is not shown for the next one.
+    let gone = app.overlap_dataset().unwrap().path.clone();
+    assert!(app.overlap_view.report.is_some());
+    let rest: Vec<_> = app.datasets.iter().filter(|d| d.path != gone).cloned().collect();
+    app.update(worker::Update::Datasets(rest));
+    let pair = app.overlap_pair();
+    assert!(app.overlap_view.shown(&app.overlap_view.report, pair.clone()).is_none());
+    let (d, m) = pair.unwrap();
+    assert!(app
+        .take_requests()
+        .iter()
+        .any(|r| matches!(r, Request::Overlap { dataset, model } if *dataset == d && *model == m)));
+}
+
+/// A file that cannot be read is not offered for training or projection, and says why (it was
+/// called "normalised values").
+#[test]
+fn an_unreadable_file_is_not_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    std::fs::write(data_dir.join("broken.h5ad"), b"not hdf5 at all").unwrap();
+    let sources = Sources {
+        data_dirs: vec![data_dir],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+        scan_worker: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::datasets(&sources));
+    assert!(app.selected_dataset().unwrap().error.is_some());
+    key(&mut app, KeyCode::Char('t'));
+    assert!(app.form().is_none());
+    let notice = app.notice.clone().unwrap();
+    assert!(
+        notice.contains("cannot be read") && !notice.contains("normalised"),
+        "{notice}"
+    );
 }

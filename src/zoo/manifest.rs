@@ -245,6 +245,16 @@ pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String
 }
 
 impl Manifest {
+    /// The cells it was trained on: its datasets', or for an imported model without its data what
+    /// its registry says; None when unknown.
+    pub fn n_cells(&self) -> Option<usize> {
+        match (&self.imported, self.datasets.is_empty()) {
+            (Some(i), true) => i.n_cells,
+            (None, true) => None,
+            _ => Some(self.datasets.iter().map(|d| d.n_cells).sum()),
+        }
+    }
+
     /// The model's genes as a list to match datasets against.
     pub fn gene_list(&self) -> crate::genes::GeneList {
         crate::genes::GeneList {

@@ -183,6 +183,10 @@ impl App {
     fn open_form(&mut self) {
         let mut data: Vec<PathBuf> = self.datasets_view.marked.iter().cloned().collect();
         data.sort();
+        if let Some(e) = self.selected_dataset().and_then(|d| d.error.clone()) {
+            self.notice = Some(format!("this file cannot be read ({e}); nothing to train on"));
+            return;
+        }
         let current = self
             .selected_dataset()
             .map(|d| (d.path.clone(), d.values.clone(), d.label_columns.clone()));

@@ -42,6 +42,9 @@ pub struct Jobs {
     /// The selected row (newest first).
     pub sel: usize,
     pub run: RunView,
+    /// A job was submitted and the list does not show it yet: keys that act on the selected job
+    /// wait (they would act on the row selected before).
+    pub awaiting: bool,
 }
 
 impl App {
@@ -73,6 +76,10 @@ impl App {
     }
 
     pub(in crate::tui) fn jobs_key(&mut self, k: KeyEvent) {
+        if self.jobs_view.awaiting && matches!(k.code, KeyCode::Enter | KeyCode::Char('c' | 'R')) {
+            self.notice = Some("the new job is on its way to the list: press again in a moment".into());
+            return;
+        }
         match k.code {
             KeyCode::Enter => {
                 if let Some(id) = self.selected_job().map(|j| j.id.clone()) {

@@ -59,6 +59,17 @@ impl Default for Overlap {
     }
 }
 
+impl Overlap {
+    /// A result, if it answers `pair` (the pair selected now): after a refresh that moved the
+    /// selection (a dataset gone), the old pair's result is not shown for the new one.
+    pub fn shown<'a, T>(&self, result: &'a ForPair<T>, pair: Option<(PathBuf, String)>) -> &'a ForPair<T> {
+        match (result, pair) {
+            (Some((d, m, _)), Some((pd, pm))) if *d == pd && *m == pm => result,
+            _ => &None,
+        }
+    }
+}
+
 impl App {
     pub fn overlap_dataset(&self) -> Option<&Summary> {
         self.datasets.get(self.overlap_view.dataset)
@@ -147,6 +158,10 @@ impl App {
         let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
             return;
         };
+        if let Some(e) = &d.error {
+            self.notice = Some(format!("this file cannot be read ({e}); nothing to project"));
+            return;
+        }
         let least = 100.0 * ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone()).min_overlap;
         let found = match (&self.overlap_view.report, self.overlap_pair()) {
             (Some((od, om, Ok(r))), Some((pd, pm))) if *od == pd && *om == pm => Some(r.pct_b_found),
@@ -170,6 +185,14 @@ impl App {
         let out = scmz::dirs::data_dir()
             .join("projections")
             .join(format!("{stem}.{}.h5ad", m.manifest.name));
+        // `p` twice: one job (the second would write the same file).
+        let under_way = self.jobs.iter().any(|j| {
+            !j.state.is_final() && matches!(&j.request, EngineRequest::Project(s) if s.output.as_ref() == Some(&out))
+        });
+        if under_way || self.jobs_view.awaiting {
+            self.notice = Some(format!("a projection into {} is under way already", out.display()));
+            return;
+        }
         let mut spec = ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone());
         spec.zoo = Some(self.sources.zoo.clone());
         spec.output = Some(out.clone());
@@ -181,6 +204,7 @@ impl App {
             ..Submission::local(EngineRequest::Project(Box::new(spec)))
         };
         self.outbox.push(Request::Submit(Box::new(req)));
+        self.jobs_view.awaiting = true;
         self.notice = Some(format!("projecting into {}", out.display()));
     }
 }

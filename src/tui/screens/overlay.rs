@@ -144,7 +144,14 @@ impl TrainForm {
             .epochs
             .trim()
             .parse()
-            .map_err(|_| "epochs: give a whole number".to_string())?;
+            .ok()
+            .filter(|&e| e > 0)
+            .ok_or_else(|| "epochs: give a whole number of 1 or more".to_string())?;
+        if zoo.join(name).exists() {
+            return Err(format!(
+                "name: the zoo has a model `{name}` already; pick another name (or `scmz train ... --overwrite` to replace it)"
+            ));
+        }
         fn choice<T: clap::ValueEnum>(form: &TrainForm, f: Field) -> Result<T, String> {
             T::from_str(form.value(f), false).map_err(|e| format!("{}: {e}", f.label()))
         }
@@ -229,6 +236,7 @@ impl App {
                         self.outbox.push(Request::Submit(Box::new(req)));
                         self.screen = Screen::Jobs;
                         self.jobs_view.sel = 0;
+                        self.jobs_view.awaiting = true;
                     }
                     Some(Err(e)) => {
                         self.notice = Some(e);

@@ -225,10 +225,26 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
     }
 }
 
+/// A label in `n` characters: its start and its end around `…` when longer (cell types differ
+/// at their ends as often as at their starts: `CD4+…T Reg`, `CD4+…emory`).
+fn shortened(label: &str, n: usize) -> String {
+    let chars: Vec<char> = label.chars().collect();
+    if chars.len() <= n {
+        return label.to_string();
+    }
+    let tail = (n - 1) / 2;
+    let head = n - 1 - tail;
+    chars[..head]
+        .iter()
+        .chain(['…'].iter())
+        .chain(&chars[chars.len() - tail..])
+        .collect()
+}
+
 /// The legend's labels for `lines` lines of `width` cells (each label a square, itself and a
-/// space): every category, shortened to 10, 6, then 4 characters until all fit (shorter ones
-/// would all read `CD`); where even that is too long, those that fit and how many are left out
-/// (said as `+N`).
+/// space): every category, shortened (start and end) to 10, 8 or 6 characters until all fit
+/// while still told apart; where none does, as many as fit of the shortest that tell apart, and
+/// how many are left out (said as `+N`).
 fn legend(cats: &[String], width: usize, lines: usize) -> (Vec<String>, usize) {
     // Whether labels fill no more than `lines` lines, a label never split over two.
     let fits = |labels: &[String], reserve: usize| {
@@ -243,14 +259,19 @@ fn legend(cats: &[String], width: usize, lines: usize) -> (Vec<String>, usize) {
         }
         line < lines || (line == lines && used + reserve <= width)
     };
-    let short = |n: usize| -> Vec<String> { cats.iter().map(|c| c.chars().take(n).collect()).collect() };
-    for n in [10, 6, 4] {
+    let short = |n: usize| -> Vec<String> { cats.iter().map(|c| shortened(c, n)).collect() };
+    let apart = |labels: &[String]| labels.iter().collect::<std::collections::HashSet<_>>().len() == labels.len();
+    for n in [10, 8, 6] {
         let labels = short(n);
-        if fits(&labels, 0) {
+        if fits(&labels, 0) && apart(&labels) {
             return (labels, 0);
         }
     }
-    let mut labels = short(4);
+    let mut labels = [6, 8, 10, 14, 20]
+        .into_iter()
+        .map(short)
+        .find(|l| apart(l))
+        .unwrap_or_else(|| short(20));
     while !labels.is_empty() && !fits(&labels, format!("+{}", cats.len() - labels.len() + 1).len()) {
         labels.pop();
     }
@@ -373,26 +394,23 @@ mod tests {
         assert!(lo < -1.0);
     }
 
-    /// Ten cell types in one line of 60 cells: all of them, shortened; in 34 (the scatter at
-    /// 80x24) or 12 cells, those that fit and how many do not.
+    /// Ten cell types told apart at their ends: in three lines of 34 cells all of them,
+    /// shortened; in one line of 34 (the scatter at 80x24) or 12 cells, those that fit and how
+    /// many do not; each label shown is told apart from the others.
     #[test]
     fn the_legend_shortens_labels_before_leaving_any_out() {
         let cats: Vec<String> = (0..10).map(|i| format!("CD4+/CD25-type{i}")).collect();
-        let (labels, hidden) = super::legend(&cats, 60, 1);
-        assert_eq!((labels.len(), hidden), (10, 0));
-        assert!(labels.iter().all(|l| l.chars().count() == 4), "{labels:?}");
-        let (labels, hidden) = super::legend(&cats, 34, 1);
-        assert_eq!((labels.len(), hidden), (5, 5));
         let (labels, hidden) = super::legend(&cats, 34, 3);
         assert_eq!((labels.len(), hidden), (10, 0));
-        assert!(labels.iter().all(|l| l.chars().count() == 6), "{labels:?}");
+        assert_eq!(labels[3], "CD4…e3");
+        let (labels, hidden) = super::legend(&cats, 34, 1);
+        assert_eq!((labels.len(), hidden), (4, 6), "{labels:?}");
         let (labels, hidden) = super::legend(&cats, 12, 1);
-        assert_eq!(labels.len() + hidden, 10);
         assert_eq!((labels.len(), hidden), (1, 9), "{labels:?} +{hidden}");
         let (labels, hidden) = super::legend(&cats[..2], 80, 1);
         assert_eq!(
             (labels, hidden),
-            (vec!["CD4+/CD25-".to_string(), "CD4+/CD25-".to_string()], 0)
+            (vec!["CD4+/…ype0".to_string(), "CD4+/…ype1".to_string()], 0)
         );
     }
 }

@@ -198,7 +198,7 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
                 l2.extend([key("  ETA"), Span::raw(scmz::human::format_duration(eta))]);
             }
             l2.extend([key("  val ELBO"), Span::raw(format!("{val:.1}"))]);
-        } else {
+        } else if !job.state.is_final() {
             l2.push(Span::raw("first epoch running..."));
         }
     } else {

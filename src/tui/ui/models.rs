@@ -38,7 +38,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             Row::new(vec![
                 m.name.clone(),
                 thousands(m.architecture.n_genes),
-                thousands(m.datasets.iter().map(|d| d.n_cells).sum()),
+                m.n_cells().map_or("-".into(), thousands),
                 m.architecture.n_latent.to_string(),
                 m.architecture.likelihood.to_string(),
                 match &m.imported {
@@ -174,6 +174,19 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, m.name.clone())),
         details,
     );
+    if let (Some(i), true) = (&m.imported, entry.history.is_empty()) {
+        f.render_widget(
+            Paragraph::new(format!(
+                "Trained in {} {}: no curve of it here (`scmz model show {}` sums up the history it came with).",
+                i.tool, i.tool_version, m.name
+            ))
+            .wrap(Wrap { trim: true })
+            .style(app.theme.muted())
+            .block(block(app, "Training")),
+            chart,
+        );
+        return;
+    }
     match entry.comparisons.first() {
         Some(c) => {
             let [loss, cmp] = Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(chart);

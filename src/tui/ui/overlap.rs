@@ -46,7 +46,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let ms = app.models.iter().map(|m| m.manifest.name.clone()).collect();
     list(ms, "Model (B)", Focus::Models, app.overlap_view.model, ml);
     let title = "Overlap: the model's genes found in the dataset";
-    let lines = match (&app.overlap_view.report, app.models.is_empty()) {
+    let lines = match (
+        &app.overlap_view.shown(&app.overlap_view.report, app.overlap_pair()),
+        app.models.is_empty(),
+    ) {
         _ if !app.models_loaded => vec![Line::from("loading the zoo...")],
         (_, true) => vec![Line::from(
             "No model in the zoo yet: train one first (Datasets screen, t).",
@@ -127,7 +130,7 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
             Span::raw(format!(" {:.1}% of the dataset's counts", 100.0 * c)),
         ]));
     }
-    let predicted = match &app.overlap_view.predicted {
+    let predicted = match &app.overlap_view.shown(&app.overlap_view.predicted, app.overlap_pair()) {
         Some((_, _, Ok(p))) => Span::raw(p.clone()),
         Some((_, _, Err(e))) => Span::styled(e.clone(), app.theme.muted()),
         None => Span::styled("predicting...", app.theme.muted()),
