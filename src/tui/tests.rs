@@ -1016,3 +1016,14 @@ fn an_unreadable_file_is_not_trained_on() {
         "{notice}"
     );
 }
+
+/// A notice longer than the terminal is wide wraps onto more lines: its end (what to do) is
+/// not cut.
+#[test]
+fn a_long_notice_is_not_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    app.notice = Some(format!("{} so do this at the end", "a long reason ".repeat(8)));
+    let text = render(&app, 80, 24);
+    assert!(text.contains("so do this at the end"), "{text}");
+}

@@ -11,7 +11,7 @@ mod overlays;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, BorderType, Borders, Paragraph};
+use ratatui::widgets::{Block, BorderType, Borders, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, Screen};
@@ -20,8 +20,14 @@ use super::keys;
 pub fn draw(f: &mut Frame, app: &App) {
     let area = f.area();
     f.render_widget(Block::default().style(app.theme.base()), area);
+    // A notice longer than the width takes up to three lines: what to do is at its end.
+    let footer_h = app.notice.as_ref().map_or(1, |n| {
+        (n.chars().count() + 1)
+            .div_ceil(usize::from(area.width.max(1)))
+            .clamp(1, 3) as u16
+    });
     let [tabs, body, footer] =
-        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(area);
+        Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(footer_h)]).areas(area);
     draw_tabs(f, app, tabs);
     match app.screen {
         Screen::Datasets => datasets::draw(f, app, body),
@@ -90,7 +96,7 @@ fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
         }
         Line::from(spans)
     };
-    f.render_widget(Paragraph::new(line), area);
+    f.render_widget(Paragraph::new(line).wrap(Wrap { trim: false }), area);
 }
 
 /// A bordered block with a title, in the theme's colours.
