@@ -1027,3 +1027,26 @@ fn a_long_notice_is_not_cut() {
     let text = render(&app, 80, 24);
     assert!(text.contains("so do this at the end"), "{text}");
 }
+
+/// The log pane of an ended job does not say it is following it, and its footer lists its own
+/// keys, not the screen's.
+#[test]
+fn the_log_pane_of_an_ended_job_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = job("20261125-190000-1", "train", "m", JobState::Failed, None);
+    let mut app = jobs_app(dir.path(), &[&failed]);
+    key(&mut app, KeyCode::Enter);
+    app.update(worker::Update::JobLog {
+        job: failed.id.clone(),
+        lines: vec!["error: something".into()],
+    });
+    let text = render(&app, 80, 24);
+    assert!(
+        text.contains("ended, at its end") && !text.contains("following"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Esc/Enter/q close") && !text.contains("c cancel"),
+        "{text}"
+    );
+}

@@ -16,6 +16,7 @@ use ratatui::Frame;
 
 use super::app::{App, Screen};
 use super::keys;
+use super::screens::overlay::Overlay;
 
 pub fn draw(f: &mut Frame, app: &App) {
     let area = f.area();
@@ -70,6 +71,12 @@ fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
 fn draw_footer(f: &mut Frame, app: &App, area: Rect) {
     let line = if let Some(n) = &app.notice {
         Line::from(Span::styled(format!(" {n}"), Style::default().fg(app.theme.warn)))
+    } else if matches!(app.overlay, Some(Overlay::Log(_))) {
+        // The log pane takes every key: its own, not the screen's.
+        Line::from(Span::styled(
+            " ↑↓ j/k scroll  PgUp/PgDn page  g start  G end  Esc/Enter/q close",
+            app.theme.muted(),
+        ))
     } else if app.datasets_view.filtering {
         Line::from(vec![
             Span::styled(" filter: ", app.theme.accent()),

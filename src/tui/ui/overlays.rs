@@ -115,8 +115,9 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         }
         let start = wrapped.len().saturating_sub(rows);
         let lines: Vec<Line> = wrapped[start..].iter().map(|l| Line::raw(l.as_str())).collect();
+        let ended = app.jobs.iter().any(|j| j.id == view.job && j.state.is_final());
         let state = if view.scroll == 0 {
-            "following".to_string()
+            if ended { "ended, at its end" } else { "following" }.to_string()
         } else {
             format!("{} lines up", view.scroll)
         };
