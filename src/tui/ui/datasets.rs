@@ -178,7 +178,7 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
 
 /// `text` in at most `width` characters: when longer, its start and its end (the end is longer:
 /// file names differ there) around an ellipsis (`~` with `--ascii`).
-fn middle_cut(text: &str, width: usize, ascii: bool) -> String {
+pub(super) fn middle_cut(text: &str, width: usize, ascii: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
     if chars.len() <= width || width < 5 {
         return text.to_string();

@@ -56,7 +56,8 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         })
         .collect();
     let widths = [
-        Constraint::Length(20),
+        // A resumed sweep's ids are 22 characters (`20261206-071636-1053-1`).
+        Constraint::Length(22),
         Constraint::Length(7),
         Constraint::Length(18),
         Constraint::Length(9),

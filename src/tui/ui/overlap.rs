@@ -41,7 +41,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             &mut ListState::default().with_selected(Some(sel)),
         );
     };
-    let ds = app.datasets.iter().map(|d| app.display_path(&d.path)).collect();
+    // Names lose their middle, not their end, so that two 10x files of one folder tell apart.
+    let name_w = usize::from(lists_w.saturating_sub(2));
+    let ds = app
+        .datasets
+        .iter()
+        .map(|d| super::datasets::middle_cut(&app.display_path(&d.path), name_w, app.ascii))
+        .collect();
     list(ds, "Dataset (A)", Focus::Datasets, app.overlap_view.dataset, dl);
     let ms = app.models.iter().map(|m| m.manifest.name.clone()).collect();
     list(ms, "Model (B)", Focus::Models, app.overlap_view.model, ml);
