@@ -628,15 +628,13 @@ fn find(
     if depth >= 8 {
         return None;
     }
-    let (address, items): (usize, Vec<Value>) = match v {
-        Value::Dict(d) => (
-            std::rc::Rc::as_ptr(d) as *const u8 as usize,
-            d.borrow().iter().map(|(_, x)| x.clone()).collect(),
-        ),
-        Value::List(l) => (std::rc::Rc::as_ptr(l) as *const u8 as usize, l.borrow().clone()),
-        Value::Tuple(t) => (std::rc::Rc::as_ptr(t) as *const u8 as usize, t.to_vec()),
+    let items: Vec<Value> = match v {
+        Value::Dict(d) => d.borrow().iter().map(|(_, x)| x.clone()).collect(),
+        Value::List(l) => l.borrow().clone(),
+        Value::Tuple(t) => t.to_vec(),
         _ => return None,
     };
+    let address = super::pickle::address(v)?;
     if !seen.insert(address) {
         return None;
     }

@@ -357,7 +357,7 @@ impl Drop for Machine<'_> {
 }
 
 /// A container's address, its identity while the pickle runs.
-fn address(v: &Value) -> Option<usize> {
+pub(crate) fn address(v: &Value) -> Option<usize> {
     match v {
         Value::List(x) | Value::Set(x) => Some(Rc::as_ptr(x) as *const u8 as usize),
         Value::Tuple(x) => Some(Rc::as_ptr(x) as *const u8 as usize),

@@ -163,8 +163,8 @@ impl App {
             return;
         }
         let least = 100.0 * ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone()).min_overlap;
-        let found = match (&self.overlap_view.report, self.overlap_pair()) {
-            (Some((od, om, Ok(r))), Some((pd, pm))) if *od == pd && *om == pm => Some(r.pct_b_found),
+        let found = match self.overlap_view.shown(&self.overlap_view.report, self.overlap_pair()) {
+            Some((_, _, Ok(r))) => Some(r.pct_b_found),
             _ => None,
         };
         match found {
