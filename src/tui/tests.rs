@@ -300,6 +300,29 @@ fn the_run_monitor_follows_a_real_event_log() {
 }
 
 #[test]
+fn names_sort_as_people_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let one = app.datasets[0].clone();
+    app.datasets = ["c10.h5ad", "c2.h5ad", "C1.h5ad", "b.h5ad"]
+        .iter()
+        .map(|n| scmz::data::catalog::Summary {
+            path: data().join(n),
+            ..one.clone()
+        })
+        .collect();
+    let names = |app: &App| -> Vec<String> {
+        app.visible_datasets()
+            .iter()
+            .map(|d| app.display_path(&d.path))
+            .collect()
+    };
+    assert_eq!(names(&app), ["b.h5ad", "C1.h5ad", "c2.h5ad", "c10.h5ad"]);
+    key(&mut app, KeyCode::Char('S'));
+    assert_eq!(names(&app), ["c10.h5ad", "c2.h5ad", "C1.h5ad", "b.h5ad"]);
+}
+
+#[test]
 fn filter_sort_help_and_ascii_mode() {
     let dir = tempfile::tempdir().unwrap();
     let mut app = loaded_app(dir.path());

@@ -88,16 +88,24 @@ impl App {
             .iter()
             .filter(|d| f.split_whitespace().all(|term| self.filter_text(d).contains(term)))
             .collect();
-        let key = |d: &&Summary| -> (String, usize) {
+        // Text columns in natural order (c2 before c10), then by name; numbers by value.
+        let text = |d: &Summary| -> String {
             match view.sort {
-                SortColumn::Cells => (String::new(), d.n_cells),
-                SortColumn::Genes => (String::new(), d.n_genes),
-                SortColumn::Ids => (scmz::data::catalog::id_kind_label(d), 0),
-                SortColumn::Values => (d.values.clone(), 0),
-                SortColumn::Name => (self.display_path(&d.path), 0),
+                SortColumn::Ids => scmz::data::catalog::id_kind_label(d),
+                SortColumn::Values => d.values.clone(),
+                _ => String::new(),
             }
         };
-        v.sort_by_key(key);
+        let number = |d: &Summary| match view.sort {
+            SortColumn::Cells => d.n_cells,
+            SortColumn::Genes => d.n_genes,
+            _ => 0,
+        };
+        v.sort_by(|a, b| {
+            natord::compare_ignore_case(&text(a), &text(b))
+                .then(number(a).cmp(&number(b)))
+                .then_with(|| natord::compare_ignore_case(&self.display_path(&a.path), &self.display_path(&b.path)))
+        });
         if view.descending {
             v.reverse();
         }
