@@ -454,12 +454,17 @@ pub fn slot_of(device: DeviceChoice) -> &'static str {
     match device {
         DeviceChoice::Cuda => "gpu",
         DeviceChoice::Cpu => "cpu",
-        DeviceChoice::Auto if Path::new("/dev/nvidia0").exists() => "gpu",
+        DeviceChoice::Auto if has_gpu() => "gpu",
         DeviceChoice::Auto => "cpu",
     }
 }
 
-/// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
+/// Whether this machine has an NVIDIA GPU (its driver's first device node), as a local job's
+/// `--device auto` will find it.
+pub fn has_gpu() -> bool {
+    Path::new("/dev/nvidia0").exists()
+}
+
 /// This machine's name, as job records keep it (`Job::host`).
 pub(crate) fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -467,6 +472,7 @@ pub(crate) fn hostname() -> Option<String> {
         .map(|h| h.trim().to_string())
 }
 
+/// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
 pub fn engine_path(scmz: &Path) -> PathBuf {
     scmz.with_file_name("scmz-engine")
 }

@@ -471,6 +471,10 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     let mut app = loaded_app(dir.path());
     select_dataset(&mut app, "pbmc68k_counts.h5ad");
     key(&mut app, KeyCode::Char('t'));
+    // The same snapshot on a machine with a GPU.
+    if let Some(Overlay::Form(f)) = &mut app.overlay {
+        f.gpu = false;
+    }
     let form = app.form().cloned().expect("form open");
     assert_eq!(form.label_key.as_str(), "bulk_labels");
     // Name field: replace it; likelihood: next choice; epochs: 3.
@@ -510,6 +514,30 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     key(&mut app, KeyCode::Char('c'));
     app.on_key(KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE));
     assert!(matches!(app.take_requests().as_slice(), [Request::Cancel(id)] if id == "20261125-182040-3"));
+}
+
+#[test]
+fn the_form_offers_cuda_only_where_there_is_a_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('t'));
+    let devices = |app: &mut App, gpu: bool| -> Vec<String> {
+        if let Some(Overlay::Form(f)) = &mut app.overlay {
+            f.gpu = gpu;
+            f.focus = super::screens::overlay::Field::Device;
+        }
+        (0..3)
+            .map(|_| {
+                key(app, KeyCode::Right);
+                app.form().unwrap().device.clone()
+            })
+            .collect()
+    };
+    assert_eq!(devices(&mut app, false), ["cpu", "auto", "cpu"]);
+    assert!(render(&app, 80, 24).contains("no GPU here"));
+    assert_eq!(devices(&mut app, true), ["cuda", "auto", "cpu"]);
+    assert!(!render(&app, 80, 24).contains("no GPU here"));
 }
 
 #[test]

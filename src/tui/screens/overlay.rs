@@ -66,15 +66,6 @@ impl Field {
             Field::Device => "device",
         }
     }
-
-    /// The values left and right cycle through; empty for free text.
-    pub fn choices(self) -> &'static [&'static str] {
-        match self {
-            Field::Likelihood => &["nb", "zinb", "poisson"],
-            Field::Device => &["auto", "cpu", "cuda"],
-            _ => &[],
-        }
-    }
 }
 
 /// The training form.
@@ -90,6 +81,8 @@ pub struct TrainForm {
     pub focus: Field,
     /// The dataset's obs columns, when known: the batch and label keys must name one.
     pub columns: Option<Vec<String>>,
+    /// Whether this machine has a GPU: `cuda` is offered only then (jobs from the form run here).
+    pub gpu: bool,
 }
 
 impl TrainForm {
@@ -112,6 +105,17 @@ impl TrainForm {
             device: "auto".into(),
             focus: Field::Name,
             columns: None,
+            gpu: scmz::jobs::has_gpu(),
+        }
+    }
+
+    /// The values left and right cycle through; empty for free text.
+    pub fn choices(&self, f: Field) -> &'static [&'static str] {
+        match f {
+            Field::Likelihood => &["nb", "zinb", "poisson"],
+            Field::Device if self.gpu => &["auto", "cpu", "cuda"],
+            Field::Device => &["auto", "cpu"],
+            _ => &[],
         }
     }
 
@@ -183,7 +187,7 @@ impl TrainForm {
     fn key(&mut self, k: KeyEvent, zoo: &Path) -> Option<Result<Submission, String>> {
         let i = Field::ALL.iter().position(|f| *f == self.focus).unwrap_or(0);
         let n = Field::ALL.len();
-        let choices = self.focus.choices();
+        let choices = self.choices(self.focus);
         match k.code {
             KeyCode::Tab | KeyCode::Down => self.focus = Field::ALL[(i + 1) % n],
             KeyCode::BackTab | KeyCode::Up => self.focus = Field::ALL[(i + n - 1) % n],

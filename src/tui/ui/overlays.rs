@@ -65,10 +65,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         for field in Field::ALL {
             let (label, value) = (field.label(), form.value(field));
             let focused = field == form.focus;
-            let shown = if field.choices().is_empty() {
+            let shown = if form.choices(field).is_empty() {
                 format!("{value}{}", if focused { "_" } else { "" })
             } else {
                 format!("< {value} >")
+            };
+            let note = if field == Field::Device && !form.gpu {
+                "  no GPU here: runs on the CPU"
+            } else {
+                ""
             };
             lines.push(Line::from(vec![
                 Span::styled(format!("{label:>11}: "), app.theme.muted()),
@@ -80,6 +85,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                         app.theme.base()
                     },
                 ),
+                Span::styled(note, app.theme.muted()),
             ]));
         }
         lines.push(Line::from(Span::styled(
