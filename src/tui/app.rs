@@ -82,6 +82,8 @@ pub struct App {
     pub notice: Option<String>,
     /// Start a short training job when the zoo is empty (the demo's first run).
     pub demo: Option<PathBuf>,
+    /// Where `p` on the Overlap screen writes (scmz's data folder's `projections`).
+    pub projections: PathBuf,
     pub quit: bool,
     pub(in crate::tui) outbox: Vec<Request>,
 }
@@ -108,6 +110,7 @@ impl App {
             overlay: None,
             notice: None,
             demo: None,
+            projections: scmz::dirs::data_dir().join("projections"),
             quit: false,
             outbox: Vec::new(),
         }

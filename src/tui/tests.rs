@@ -880,6 +880,47 @@ fn projecting_a_low_overlap_pair_asks_before_forcing() {
     assert!(forced(&mut app), "y projects with --force");
 }
 
+/// `p` on a pair projected before asks before replacing the earlier output, and a low-overlap
+/// confirmation given first carries through.
+#[test]
+fn projecting_a_pair_again_asks_before_replacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    app.projections = dir.path().join("projections");
+    let p = KeyEvent::new(KeyCode::Char('p'), KeyModifiers::NONE);
+    let y = KeyEvent::new(KeyCode::Char('y'), KeyModifiers::NONE);
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    let model = app.overlap_model().unwrap().manifest.name.clone();
+    let out = app.projections.join(format!("mouse_10k_subset.{model}.h5ad"));
+    std::fs::create_dir_all(&app.projections).unwrap();
+    std::fs::write(&out, b"earlier").unwrap();
+    app.on_key(p);
+    app.on_key(y);
+    // Low overlap confirmed; now the earlier output.
+    let Some(Overlay::ConfirmReplace { output, force: true }) = app.overlay.clone() else {
+        panic!("asks before replacing: {:?}", app.overlay);
+    };
+    assert_eq!(output, out);
+    assert!(app.take_requests().is_empty());
+    let text = render(&app, 80, 24);
+    assert!(
+        text.contains("projected before") && text.contains("Replace it?"),
+        "{text}"
+    );
+    key(&mut app, KeyCode::Char('n'));
+    assert!(app.overlay.is_none() && app.take_requests().is_empty());
+    assert!(app.notice.as_deref().unwrap().contains("kept"));
+    app.on_key(p);
+    app.on_key(y);
+    app.on_key(y);
+    let sub = submission(&mut app);
+    let EngineRequest::Project(spec) = &sub.request else {
+        panic!("not a projection: {sub:?}")
+    };
+    assert!(spec.force && spec.overwrite && spec.output.as_ref() == Some(&out));
+}
+
 /// A cancelled job resumed by another: the first shows its run up to its end, the second the
 /// whole run, and no end while it trains (the part before it ended cancelled).
 #[test]

@@ -169,11 +169,13 @@ impl App {
         };
         match found {
             Some(pct) if pct < least => self.overlay = Some(Overlay::ConfirmForce { found: pct, least }),
-            _ => self.submit_projection(false),
+            _ => self.submit_projection(false, false),
         }
     }
 
-    pub(in crate::tui) fn submit_projection(&mut self, force: bool) {
+    /// Starts the projection of the pair in view into scmz's projections folder; an earlier
+    /// projection of the pair is replaced only once `replace` says so (else it asks).
+    pub(in crate::tui) fn submit_projection(&mut self, force: bool, replace: bool) {
         let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
             return;
         };
@@ -182,9 +184,7 @@ impl App {
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
-        let out = scmz::dirs::data_dir()
-            .join("projections")
-            .join(format!("{stem}.{}.h5ad", m.manifest.name));
+        let out = self.projections.join(format!("{stem}.{}.h5ad", m.manifest.name));
         // `p` twice: one job (the second would write the same file).
         let under_way = self.jobs.iter().any(|j| {
             !j.state.is_final() && matches!(&j.request, EngineRequest::Project(s) if s.output.as_ref() == Some(&out))
@@ -193,10 +193,14 @@ impl App {
             self.notice = Some(format!("a projection into {} is under way already", out.display()));
             return;
         }
+        if out.exists() && !replace {
+            self.overlay = Some(Overlay::ConfirmReplace { output: out, force });
+            return;
+        }
         let mut spec = ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone());
         spec.zoo = Some(self.sources.zoo.clone());
         spec.output = Some(out.clone());
-        // scmz's own projections folder: projecting the pair again replaces the older copy.
+        // Asked above: projecting the pair again replaces the older copy.
         spec.overwrite = true;
         spec.force = force;
         let req = Submission {

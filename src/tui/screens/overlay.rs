@@ -23,6 +23,12 @@ pub enum Overlay {
         found: f64,
         least: f64,
     },
+    /// `p` on a pair projected before: the earlier output, until `y` replaces it or another key
+    /// keeps it; `force` carries a low-overlap confirmation given already.
+    ConfirmReplace {
+        output: PathBuf,
+        force: bool,
+    },
     /// Enter on a job: its stderr log, followed while open.
     Log(LogView),
 }
@@ -222,7 +228,14 @@ impl App {
             Some(Overlay::Help) => {}
             Some(Overlay::ConfirmForce { .. }) => {
                 if yes {
-                    self.submit_projection(true);
+                    self.submit_projection(true, false);
+                }
+            }
+            Some(Overlay::ConfirmReplace { force, .. }) => {
+                if yes {
+                    self.submit_projection(force, true);
+                } else {
+                    self.notice = Some("the earlier projection is kept".into());
                 }
             }
             Some(Overlay::ConfirmCancel(id)) => {

@@ -147,6 +147,25 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, "Low overlap")),
             r,
         );
+    } else if let Overlay::ConfirmReplace { output, .. } = overlay {
+        let written = std::fs::metadata(output)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok())
+            .map(|t| format!(" (written {} UTC)", t.strftime("%Y-%m-%d %H:%M")))
+            .unwrap_or_default();
+        let r = centered(area, 60, 6);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(format!(
+                "This pair was projected before: {}{written}. Replace it?  y / n",
+                output.display()
+            ))
+            .wrap(Wrap { trim: true })
+            .style(app.theme.base())
+            .block(block(app, "Projection exists")),
+            r,
+        );
     } else if let Overlay::ConfirmCancel(id) = overlay {
         let r = centered(area, 50, 4);
         f.render_widget(Clear, r);
