@@ -724,7 +724,8 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
         .skip(2)
         .filter(|l| l.starts_with('│') && !l.starts_with("│ "))
     {
-        let cells: Vec<&str> = line.trim_matches('│').get(11..).unwrap().split_whitespace().collect();
+        // After the row's number and name.
+        let cells: Vec<&str> = line.trim_matches('│').split_whitespace().skip(2).collect();
         assert_eq!(cells.len(), 7, "{line}");
         assert!(
             cells
@@ -748,8 +749,40 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     assert!(render(&app, 60, 12).contains(&format!("columns {}-{} of {n}", n - 7, n - 1)));
     key(&mut app, KeyCode::Char('g'));
     assert_eq!(render(&app, 60, 12), first);
+    // G: the last rows and columns at once.
+    key(&mut app, KeyCode::Char('G'));
+    assert_eq!(render(&app, 60, 12), last);
+    key(&mut app, KeyCode::Up);
+    assert!(render(&app, 60, 12).contains(&format!("Rows {}-{}", n - 7, n - 1)));
+    // Row labels keep the ends of the names, which tell copies of a file apart.
+    assert!(first.contains(" 1 10x…19_chr21"), "{first}");
     // The arrows scrolled the matrix, not the lists behind it.
     assert_eq!((app.overlap_view.focus, app.overlap_view.dataset), (Focus::Datasets, 0));
+}
+
+/// A file the catalog could not read is not in the matrix, and the matrix says so by name.
+#[test]
+fn the_matrix_names_the_files_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let all = app.datasets.len();
+    app.datasets[1].error = Some("not an HDF5 file".into());
+    let gone = app.display_path(&app.datasets[1].path);
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('m'));
+    let n = app
+        .overlap_view
+        .matrix
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .len()
+        .isqrt();
+    assert_eq!(n, all - 1);
+    let text = render(&app, 120, 40);
+    assert!(text.contains("1 unreadable left out: "), "{text}");
+    assert!(text.contains(&gone[..12]), "{gone} in {text}");
 }
 
 /// The start of a part of run `run` of model `m`, by job `job`.

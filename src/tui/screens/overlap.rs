@@ -41,6 +41,10 @@ pub struct Overlap {
     pub report: ForPair<Box<OverlapReport>>,
     pub predicted: ForPair<String>,
     pub matrix: Option<Result<Vec<OverlapReport>, String>>,
+    /// The matrix's datasets, in its row (and column) order, and those left out of it because
+    /// they cannot be read.
+    pub matrix_paths: Vec<PathBuf>,
+    pub matrix_left_out: Vec<PathBuf>,
 }
 
 impl Default for Overlap {
@@ -55,6 +59,8 @@ impl Default for Overlap {
             report: None,
             predicted: None,
             matrix: None,
+            matrix_paths: Vec::new(),
+            matrix_left_out: Vec::new(),
         }
     }
 }
@@ -123,6 +129,9 @@ impl App {
             KeyCode::Right | KeyCode::Char('l') => *col = (*col + 1).min(n.saturating_sub(fit_cols)),
             KeyCode::Left | KeyCode::Char('h') => *col = col.saturating_sub(1),
             KeyCode::Home | KeyCode::Char('g') => view.scroll = (0, 0),
+            KeyCode::End | KeyCode::Char('G') => {
+                view.scroll = (n.saturating_sub(fit_rows), n.saturating_sub(fit_cols));
+            }
             _ => return false,
         }
         true
@@ -136,12 +145,11 @@ impl App {
                 let view = &mut self.overlap_view;
                 view.matrix_shown = !view.matrix_shown;
                 if view.matrix_shown && view.matrix.is_none() {
-                    let paths = self
-                        .datasets
-                        .iter()
-                        .filter(|d| d.error.is_none())
-                        .map(|d| d.path.clone())
-                        .collect();
+                    let (readable, unreadable): (Vec<&Summary>, Vec<&Summary>) =
+                        self.datasets.iter().partition(|d| d.error.is_none());
+                    let paths: Vec<PathBuf> = readable.iter().map(|d| d.path.clone()).collect();
+                    view.matrix_left_out = unreadable.iter().map(|d| d.path.clone()).collect();
+                    view.matrix_paths = paths.clone();
                     self.outbox.push(Request::Matrix(paths));
                 } else {
                     self.request_overlap();

@@ -172,8 +172,12 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
     lines
 }
 
+/// The least width of the matrix's row labels (number and name); room the columns leave widens
+/// them up to 30.
+const LABEL: u16 = 14;
+
 fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
-    let title = "Pairwise overlap: % of the column's genes found in the row's dataset (m: back)";
+    let title = "Pairwise overlap: % of column dataset's genes found in row's (m: back)";
     let reports = match &app.overlap_view.matrix {
         None => return f.render_widget(Paragraph::new("computing...").block(block(app, title)), area),
         Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
@@ -182,15 +186,17 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
     let n = reports.len().isqrt();
     // Whole numbers or none: a column is 5 characters and a space, a row one line, and what
     // does not fit is scrolled to with the arrows.
-    let fit_cols = (area.width.saturating_sub(2 + 11) as usize / 6).max(1);
+    let fit_cols = (area.width.saturating_sub(2 + LABEL + 1) as usize / 6).max(1);
     let fit_rows = (area.height.saturating_sub(3) as usize).max(1);
     app.overlap_view.fit.set((fit_rows, fit_cols));
     let row0 = app.overlap_view.scroll.0.min(n.saturating_sub(fit_rows));
     let col0 = app.overlap_view.scroll.1.min(n.saturating_sub(fit_cols));
     let cols = col0..n.min(col0 + fit_cols);
+    let spare = (area.width as usize).saturating_sub(3 + LABEL as usize + 6 * cols.len());
+    let label_w = LABEL as usize + spare.min(16);
     let title = if n > fit_cols || n > fit_rows {
         format!(
-            "Rows {}-{}, columns {}-{} of {n}: % of column's genes in row's (arrows; m: back)",
+            "Rows {}-{}, columns {}-{} of {n}: % of column's genes in row's (arrows, m)",
             row0 + 1,
             n.min(row0 + fit_rows),
             cols.start + 1,
@@ -199,19 +205,32 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
     } else {
         title.to_string()
     };
-    let names: Vec<String> = reports.iter().take(n).map(|r| r.b.clone()).collect();
-    let short = |s: &str, w: usize| {
-        let s = std::path::Path::new(s)
-            .file_stem()
-            .map(|x| x.to_string_lossy().to_string())
-            .unwrap_or_else(|| s.to_string());
-        s.chars().take(w).collect::<String>()
+    // Names relative to the data folder, cut in the middle (copies of a file differ at the end).
+    let view = &app.overlap_view;
+    let names: Vec<String> = if view.matrix_paths.len() == n {
+        view.matrix_paths
+            .iter()
+            .map(|p| {
+                let shown = app.display_path(p);
+                shown.strip_suffix(".h5ad").map(str::to_string).unwrap_or(shown)
+            })
+            .collect()
+    } else {
+        reports.iter().take(n).map(|r| r.b.clone()).collect()
     };
+    let short = |s: &str, w: usize| super::datasets::middle_cut(s, w, app.ascii);
     let mut header = vec![String::new()];
-    header.extend(names[cols.clone()].iter().map(|n| short(n, 5)));
+    // Columns by number (5 characters cannot name a file), rows by number and name.
+    header.extend(cols.clone().map(|j| format!("{:>5}", j + 1)));
     let rows: Vec<Row> = (row0..n.min(row0 + fit_rows))
         .map(|i| {
-            let mut cells = vec![Span::raw(short(&reports[i * n].a, 10))];
+            let digits = n.to_string().len();
+            let label = format!(
+                "{:>digits$} {}",
+                i + 1,
+                short(&names[i], label_w.saturating_sub(digits + 1))
+            );
+            let mut cells = vec![Span::raw(label)];
             for j in cols.clone() {
                 let r = &reports[i * n + j];
                 let c = if r.pct_b_found >= 90.0 {
@@ -226,12 +245,24 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
             Row::new(cells)
         })
         .collect();
-    let mut widths = vec![Constraint::Length(10)];
+    let mut widths = vec![Constraint::Length(label_w as u16)];
     widths.extend(std::iter::repeat_n(Constraint::Length(5), cols.len()));
+    let mut frame = block(app, &title);
+    if !view.matrix_left_out.is_empty() {
+        let names: Vec<String> = view.matrix_left_out.iter().map(|p| app.display_path(p)).collect();
+        frame = frame.title_bottom(Span::styled(
+            format!(
+                " {} unreadable left out: {} ",
+                names.len(),
+                short(&names.join(", "), area.width.saturating_sub(30) as usize)
+            ),
+            Style::default().fg(app.theme.warn),
+        ));
+    }
     f.render_widget(
         Table::new(rows, widths)
             .header(Row::new(header).style(app.theme.muted().add_modifier(Modifier::BOLD)))
-            .block(block(app, &title)),
+            .block(frame),
         area,
     );
 }
