@@ -108,16 +108,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             ..area
         };
         let rows = r.height.saturating_sub(2) as usize;
-        // Long lines (an error naming a path) wrap, so that nothing is cut.
+        // Long lines (an error naming a path) wrap between words, so that nothing is cut and no
+        // number is split; a word longer than the pane (a path) is broken where it must be.
         let width = r.width.saturating_sub(2).max(1) as usize;
         let end = view.lines.len().saturating_sub(view.scroll);
         let mut wrapped: Vec<String> = Vec::new();
         for l in &view.lines[..end] {
-            let chars: Vec<char> = l.chars().collect();
-            if chars.is_empty() {
-                wrapped.push(String::new());
-            }
-            wrapped.extend(chars.chunks(width).map(|c| c.iter().collect::<String>()));
+            wrapped.extend(wrap_words(l, width));
         }
         let start = wrapped.len().saturating_sub(rows);
         let lines: Vec<Line> = wrapped[start..].iter().map(|l| Line::raw(l.as_str())).collect();
@@ -183,5 +180,37 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             .block(block(app, "Cancel")),
             r,
         );
+    }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (kept indentation included);
+/// an empty text is one empty line.
+pub(super) fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let options = textwrap::Options::new(width.max(1))
+        .word_separator(textwrap::WordSeparator::AsciiSpace)
+        .break_words(true);
+    textwrap::wrap(text, options)
+        .into_iter()
+        .map(|l| l.into_owned())
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn log_lines_wrap_between_words() {
+        let line = "epoch 12/400  ELBO 1234.567  KL 12.345  val ELBO 1240.001";
+        let lines = super::wrap_words(line, 20);
+        assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
+        // Every number whole on one line.
+        for number in ["1234.567", "12.345", "1240.001", "12/400"] {
+            assert!(lines.iter().any(|l| l.contains(number)), "{number} split in {lines:?}");
+        }
+        // A word longer than the width is broken; nothing is lost.
+        let path = "/a/very/long/path/without/any/spaces/at/all.h5ad";
+        let lines = super::wrap_words(path, 16);
+        assert_eq!(lines.concat(), path);
+        assert_eq!(super::wrap_words("", 10), [""]);
     }
 }
