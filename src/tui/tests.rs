@@ -785,6 +785,47 @@ fn the_matrix_names_the_files_it_leaves_out() {
     assert!(text.contains(&gone[..12]), "{gone} in {text}");
 }
 
+/// More models than the table shows: its title says which rows are in view, and they are the
+/// rows drawn (the selection among them).
+#[test]
+fn a_table_says_which_rows_it_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    let one = app.models[0].clone();
+    app.models = (1..=12)
+        .map(|i| {
+            let mut m = one.clone();
+            m.manifest.name = format!("model-{i:02}");
+            m
+        })
+        .collect();
+    key(&mut app, KeyCode::Char('2'));
+    for _ in 0..8 {
+        key(&mut app, KeyCode::Down);
+    }
+    let text = render(&app, 80, 24);
+    let title = text.lines().find(|l| l.contains("Zoo ")).unwrap();
+    let (a, b) = title
+        .split("rows ")
+        .nth(1)
+        .and_then(|r| r.split(" of 12").next())
+        .and_then(|r| r.split_once('-'))
+        .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
+        .unwrap_or_else(|| panic!("no rows in the title: {title}"));
+    assert!(a <= 9 && 9 <= b && b < 12, "{title}");
+    for i in 1..=12 {
+        assert_eq!(
+            text.contains(&format!("model-{i:02} ")),
+            (a..=b).contains(&i),
+            "model-{i:02}: {text}"
+        );
+    }
+    // Few enough to fit: no word of rows.
+    app.models.truncate(2);
+    app.models_view.sel = 0;
+    assert!(!render(&app, 80, 24).contains("rows "));
+}
+
 /// The start of a part of run `run` of model `m`, by job `job`.
 fn run_start(run: &str, job: &str, first_epoch: usize, max_epochs: usize) -> Event {
     Event::Start {

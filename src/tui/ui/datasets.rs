@@ -17,8 +17,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area)
     };
     let rows = app.visible_datasets();
+    let in_view = super::rows_shown(
+        rows.len(),
+        list.height.saturating_sub(3) as usize,
+        app.datasets_view.sel,
+    )
+    .map_or(String::new(), |(a, b)| format!(", rows {a}-{b}"));
     let title = format!(
-        "Datasets {} of {}  sorted by {}{}{}",
+        "Datasets {} of {}{in_view}  sorted by {}{}{}",
         rows.len(),
         app.datasets.len(),
         app.datasets_view.sort.name(),

@@ -138,6 +138,26 @@ pub fn block_line<'a>(app: &App, title: Line<'a>) -> Block<'a> {
         .title(title)
 }
 
+/// The first and last rows (from 1) of a list of `total` rows that shows only `visible` at once,
+/// with the selection `sel` in view (ratatui scrolls it to the bottom); None when all fit.
+pub fn rows_shown(total: usize, visible: usize, sel: usize) -> Option<(usize, usize)> {
+    if total <= visible || visible == 0 {
+        return None;
+    }
+    let first = sel.min(total - 1).saturating_sub(visible - 1);
+    Some((first + 1, first + visible))
+}
+
+/// "  rows 5-12 of 40" (`compact`: " 5-12/40") when not all rows fit, else nothing: rows out of
+/// view are never hidden without a word.
+pub fn rows_in_view(total: usize, visible: usize, sel: usize, compact: bool) -> String {
+    match rows_shown(total, visible, sel) {
+        None => String::new(),
+        Some((a, b)) if compact => format!(" {a}-{b}/{total}"),
+        Some((a, b)) => format!("  rows {a}-{b} of {total}"),
+    }
+}
+
 /// Thousands separators: 12,345.
 pub fn thousands(n: usize) -> String {
     scmz::human::thousands(n as u64)

@@ -29,6 +29,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         return;
     }
     let table_h = (app.models.len() as u16 + 3).min(area.height / 3).max(4);
+    let title = format!(
+        "{title}{}",
+        super::rows_in_view(n, table_h.saturating_sub(3) as usize, app.models_view.sel, false)
+    );
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(6)]).areas(area);
     let rows: Vec<Row> = app
         .models

@@ -28,10 +28,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         } else {
             app.theme.muted().add_modifier(Modifier::REVERSED)
         };
+        let more = super::rows_in_view(items.len(), area.height.saturating_sub(2) as usize, sel, true);
         let title = if focused {
-            format!("> {title}")
+            format!("> {title}{more}")
         } else {
-            title.to_string()
+            format!("{title}{more}")
         };
         f.render_stateful_widget(
             List::new(items.into_iter().map(ListItem::new).collect::<Vec<_>>())
