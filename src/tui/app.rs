@@ -308,8 +308,9 @@ impl App {
             KeyCode::Char(c @ '1'..='4') => self.set_screen(Screen::ALL[c as usize - '1' as usize]),
             KeyCode::Down | KeyCode::Char('j') => self.move_sel(1, None),
             KeyCode::Up | KeyCode::Char('k') => self.move_sel(-1, None),
-            KeyCode::PageDown => self.move_sel(10, None),
-            KeyCode::PageUp => self.move_sel(-10, None),
+            // On Overlap they scroll the report.
+            KeyCode::PageDown if self.screen != Screen::Overlap => self.move_sel(10, None),
+            KeyCode::PageUp if self.screen != Screen::Overlap => self.move_sel(-10, None),
             KeyCode::Home | KeyCode::Char('g') => self.move_sel(0, Some(false)),
             KeyCode::End | KeyCode::Char('G') => self.move_sel(0, Some(true)),
             KeyCode::Char('r') => self.refresh_all(),

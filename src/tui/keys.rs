@@ -50,6 +50,7 @@ pub const BINDINGS: &[Binding] = &[
     ),
     b("m", "pairwise matrix of all datasets", "matrix", &[Overlap], true),
     b("p", "project the dataset with the model", "project", &[Overlap], true),
+    b("PgUp/PgDn", "scroll the overlap report", "scroll", &[Overlap], true),
     b("Enter", "the job's log (scroll, Esc closes)", "log", &[Jobs], true),
     b("c", "cancel the job", "cancel", &[Jobs], true),
     b(

@@ -1216,3 +1216,72 @@ fn the_log_pane_of_an_ended_job_says_so() {
         "{text}"
     );
 }
+
+/// At 60x20: the help shows every key of the screen in view (those of other screens as room
+/// allows, counted when not); the Models table drops columns whole rather than cut a value; the
+/// overlap report scrolls with PgUp/PgDn and says which lines are in view.
+#[test]
+fn a_small_terminal_drops_and_scrolls_rather_than_cuts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    for (k, screen) in [
+        ('1', Screen::Datasets),
+        ('2', Screen::Models),
+        ('3', Screen::Overlap),
+        ('4', Screen::Jobs),
+    ] {
+        key(&mut app, KeyCode::Char(k));
+        key(&mut app, KeyCode::Char('?'));
+        let text = render(&app, 60, 20);
+        for b in super::keys::for_screen(screen) {
+            assert!(
+                text.contains(&format!("│{:<10}", b.keys)),
+                "{} on {screen:?}: {text}",
+                b.keys
+            );
+        }
+        assert!(
+            text.contains("any key closes this help") || text.contains("keys of other screens not shown"),
+            "{text}"
+        );
+        key(&mut app, KeyCode::Esc);
+    }
+    key(&mut app, KeyCode::Char('2'));
+    let text = render(&app, 60, 20);
+    let header = text.lines().find(|l| l.contains("model ")).unwrap();
+    assert!(header.contains("val ELBO") && !header.contains("created"), "{header}");
+    assert!(!text.contains("2026-1│"), "{text}");
+    assert!(render(&app, 120, 40)
+        .lines()
+        .any(|l| l.contains("model ") && l.contains("created")));
+
+    key(&mut app, KeyCode::Char('3'));
+    let lines_shown = |app: &App| -> (usize, usize, usize) {
+        let text = render(app, 60, 20);
+        let at = text.find(" lines ").unwrap_or_else(|| panic!("not scrollable: {text}"));
+        let rest = &text[at + 7..];
+        let (range, rest) = rest.split_once(" of ").unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let total: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        (a.parse().unwrap(), b.parse().unwrap(), total.parse().unwrap())
+    };
+    let (a, b, total) = lines_shown(&app);
+    assert_eq!(a, 1);
+    assert!(b < total, "{b} {total}");
+    key(&mut app, KeyCode::PageDown);
+    assert_eq!(lines_shown(&app).0, 6);
+    for _ in 0..20 {
+        key(&mut app, KeyCode::PageDown);
+    }
+    assert_eq!(lines_shown(&app).1, total, "the end, and no further");
+    for _ in 0..20 {
+        key(&mut app, KeyCode::PageUp);
+    }
+    assert_eq!(lines_shown(&app).0, 1);
+    // Another pair starts at its top.
+    key(&mut app, KeyCode::PageDown);
+    key(&mut app, KeyCode::Down);
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    assert_eq!(app.overlap_view.report_scroll, 0);
+}

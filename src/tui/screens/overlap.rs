@@ -38,6 +38,9 @@ pub struct Overlap {
     pub scroll: (usize, usize),
     /// How many of the matrix's rows and columns the last drawing showed at once.
     pub fit: std::cell::Cell<(usize, usize)>,
+    /// The report's first shown line (PgUp/PgDn), and the most it can be, as last drawn.
+    pub report_scroll: usize,
+    pub report_scroll_max: std::cell::Cell<usize>,
     pub report: ForPair<Box<OverlapReport>>,
     pub predicted: ForPair<String>,
     pub matrix: Option<Result<Vec<OverlapReport>, String>>,
@@ -56,6 +59,8 @@ impl Default for Overlap {
             matrix_shown: false,
             scroll: (0, 0),
             fit: std::cell::Cell::new((usize::MAX, usize::MAX)),
+            report_scroll: 0,
+            report_scroll_max: std::cell::Cell::new(0),
             report: None,
             predicted: None,
             matrix: None,
@@ -109,6 +114,7 @@ impl App {
         {
             view.report = None;
             view.predicted = None;
+            view.report_scroll = 0;
             self.outbox.push(Request::Overlap { dataset, model });
         }
     }
@@ -156,6 +162,15 @@ impl App {
                 }
             }
             KeyCode::Char('p') => self.project(),
+            KeyCode::PageDown | KeyCode::PageUp => {
+                let view = &mut self.overlap_view;
+                let page = 5;
+                view.report_scroll = if k.code == KeyCode::PageDown {
+                    (view.report_scroll + page).min(view.report_scroll_max.get())
+                } else {
+                    view.report_scroll.saturating_sub(page)
+                };
+            }
             _ => {}
         }
     }

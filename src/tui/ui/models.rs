@@ -9,6 +9,9 @@ use ratatui::Frame;
 use super::{block, charts, table, thousands};
 use crate::tui::app::App;
 
+/// A column of the table: its header, its width and its value for a model.
+type Column = (&'static str, u16, fn(&scmz::zoo::Manifest) -> String);
+
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let n = app.models.len();
     let title = format!(
@@ -34,46 +37,46 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         super::rows_in_view(n, table_h.saturating_sub(3) as usize, app.models_view.sel, false)
     );
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(6)]).areas(area);
+    // Columns by priority: where the table is too narrow, the last ones go first (a column is
+    // dropped whole; its values are never cut).
+    let columns: [Column; 8] = [
+        ("model", 12, |m| m.name.clone()),
+        ("cells", 7, |m| m.n_cells().map_or("-".into(), thousands)),
+        ("epochs", 7, |m| match &m.imported {
+            Some(_) => "import".into(),
+            None => format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
+        }),
+        ("val ELBO", 9, |m| {
+            m.metrics.best_val_elbo.map_or("-".into(), |v| format!("{v:.1}"))
+        }),
+        ("genes", 6, |m| thousands(m.architecture.n_genes)),
+        ("latent", 6, |m| m.architecture.n_latent.to_string()),
+        ("lik.", 7, |m| m.architecture.likelihood.to_string()),
+        ("created", 10, |m| m.created.get(..10).unwrap_or(&m.created).to_string()),
+    ];
+    let inner = top.width.saturating_sub(2);
+    let mut shown = columns.len();
+    while shown > 1 && columns[..shown].iter().map(|c| c.1 + 1).sum::<u16>() > inner + 1 {
+        shown -= 1;
+    }
+    let columns = &columns[..shown];
     let rows: Vec<Row> = app
         .models
         .iter()
-        .map(|m| {
-            let m = &m.manifest;
-            Row::new(vec![
-                m.name.clone(),
-                thousands(m.architecture.n_genes),
-                m.n_cells().map_or("-".into(), thousands),
-                m.architecture.n_latent.to_string(),
-                m.architecture.likelihood.to_string(),
-                match &m.imported {
-                    Some(_) => "import".into(),
-                    None => format!("{}/{}", m.training.epochs_run, m.training.max_epochs),
-                },
-                m.metrics.best_val_elbo.map_or("-".into(), |v| format!("{v:.1}")),
-                m.created.get(..10).unwrap_or(&m.created).to_string(),
-            ])
+        .map(|m| Row::new(columns.iter().map(|c| (c.2)(&m.manifest)).collect::<Vec<_>>()))
+        .collect();
+    let widths: Vec<Constraint> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if i == 0 {
+                Constraint::Min(c.1)
+            } else {
+                Constraint::Length(c.1)
+            }
         })
         .collect();
-    let widths = [
-        Constraint::Min(12),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(7),
-        Constraint::Length(7),
-        Constraint::Length(13),
-        Constraint::Length(10),
-    ];
-    let header = [
-        "model",
-        "genes",
-        "cells",
-        "latent",
-        "lik.",
-        "epochs",
-        "best val ELBO",
-        "created",
-    ];
+    let header: Vec<&str> = columns.iter().map(|c| c.0).collect();
     let widget = table(app, title, &header, rows, widths);
     f.render_stateful_widget(
         widget,

@@ -66,12 +66,37 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             e.clone(),
             Style::default().fg(app.theme.error),
         ))],
-        (Some((_, _, Ok(r))), _) => report_lines(app, r),
+        (Some((_, _, Ok(r))), _) => report_lines(app, r, report.width.saturating_sub(2) as usize),
     };
+    // Longer than the panel: PgUp/PgDn scroll it, and its bottom border says where it is.
+    let width = report.width.saturating_sub(2) as usize;
+    let total: usize = lines
+        .iter()
+        .map(|l| {
+            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
+            super::overlays::wrap_words(&text, width).len()
+        })
+        .sum();
+    let visible = report.height.saturating_sub(2) as usize;
+    let view = &app.overlap_view;
+    view.report_scroll_max.set(total.saturating_sub(visible));
+    let top = view.report_scroll.min(total.saturating_sub(visible));
+    let mut frame = block(app, title);
+    if total > visible {
+        frame = frame.title_bottom(Span::styled(
+            format!(
+                " lines {}-{} of {total}, PgUp/PgDn ",
+                top + 1,
+                (top + visible).min(total)
+            ),
+            app.theme.muted(),
+        ));
+    }
     f.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
-            .block(block(app, title)),
+            .scroll((top as u16, 0))
+            .block(frame),
         report,
     );
 }
@@ -95,8 +120,12 @@ fn bar(app: &App, pct: f64, width: usize) -> Span<'static> {
     )
 }
 
-fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
-    let key = |k: &str| Span::styled(format!("{k:<18}"), app.theme.muted());
+/// The report in `width` columns: narrower than 52, each bar goes under its name, and bars
+/// shrink (to 5) before their numbers are cut.
+fn report_lines<'a>(app: &App, r: &OverlapReport, width: usize) -> Vec<Line<'a>> {
+    let key = |k: &str| Span::styled(format!("{k:<19}"), app.theme.muted());
+    let narrow = width < 52;
+    let bar_w = width.saturating_sub(if narrow { 0 } else { 19 } + 24).clamp(5, 20);
     let mut lines = vec![
         Line::from(vec![
             key("dataset (A)"),
@@ -111,31 +140,40 @@ fn report_lines<'a>(app: &App, r: &OverlapReport) -> Vec<Line<'a>> {
             Span::raw(format!("{} ({})", r.key, r.reason)),
         ]),
         Line::from(""),
-        Line::from(vec![
-            key("model genes found"),
-            bar(app, r.pct_b_found, 20),
-            Span::styled(
-                format!(
-                    " {:.1}%  {} of {}",
-                    r.pct_b_found,
-                    thousands(r.found),
-                    thousands(r.b_genes)
-                ),
-                app.theme.accent(),
-            ),
-        ]),
-        Line::from(vec![
-            key("dataset genes used"),
-            bar(app, r.pct_a_used, 20),
-            Span::raw(format!(" {:.1}%", r.pct_a_used)),
-        ]),
     ];
+    let mut bar_line = |name: &str, pct: f64, text: Span<'a>| {
+        let bar = bar(app, pct, bar_w);
+        if narrow {
+            lines.push(Line::from(Span::styled(name.to_string(), app.theme.muted())));
+            lines.push(Line::from(vec![bar, text]));
+        } else {
+            lines.push(Line::from(vec![key(name), bar, text]));
+        }
+    };
+    bar_line(
+        "model genes found",
+        r.pct_b_found,
+        Span::styled(
+            format!(
+                " {:.1}%  {} of {}",
+                r.pct_b_found,
+                thousands(r.found),
+                thousands(r.b_genes)
+            ),
+            app.theme.accent(),
+        ),
+    );
+    bar_line(
+        "dataset genes used",
+        r.pct_a_used,
+        Span::raw(format!(" {:.1}%", r.pct_a_used)),
+    );
     if let Some(c) = r.counts_coverage {
-        lines.push(Line::from(vec![
-            key("counts covered"),
-            bar(app, 100.0 * c, 20),
+        bar_line(
+            "counts covered",
+            100.0 * c,
             Span::raw(format!(" {:.1}% of the dataset's counts", 100.0 * c)),
-        ]));
+        );
     }
     let predicted = match &app.overlap_view.shown(&app.overlap_view.predicted, app.overlap_pair()) {
         Some((_, _, Ok(p))) => Span::raw(p.clone()),

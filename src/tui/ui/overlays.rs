@@ -25,29 +25,50 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         return;
     };
     if let Overlay::Help = overlay {
-        let mut lines: Vec<Line> = BINDINGS
-            .iter()
-            .map(|b| {
-                let where_ = if b.screens.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        " ({})",
-                        b.screens.iter().map(|s| s.title()).collect::<Vec<_>>().join(", ")
-                    )
-                };
-                Line::from(vec![
-                    Span::styled(format!("{:<10}", b.keys), app.theme.accent()),
-                    Span::raw(b.what),
-                    Span::styled(where_, app.theme.muted()),
-                ])
-            })
-            .collect();
-        lines.push(Line::from(Span::styled("any key closes this help", app.theme.muted())));
-        let r = centered(area, 64, lines.len() as u16 + 2);
+        // This screen's keys first, then the others' with where they work; each wraps under its
+        // description, and what a short terminal cannot show is counted, not cut.
+        let width = area.width.min(64).saturating_sub(2).max(20) as usize;
+        let room = area.height.saturating_sub(3) as usize;
+        let here: Vec<_> = crate::tui::keys::for_screen(app.screen).collect();
+        let others = BINDINGS.iter().filter(|b| !here.iter().any(|h| h.keys == b.keys));
+        let mut lines: Vec<Line> = Vec::new();
+        let mut left_out = 0;
+        for (i, b) in here.iter().copied().chain(others).enumerate() {
+            let where_ = if i < here.len() || b.screens.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    b.screens.iter().map(|s| s.title()).collect::<Vec<_>>().join(", ")
+                )
+            };
+            let text = format!("{}{where_}", b.what);
+            let wrapped = wrap_words(&text, width.saturating_sub(10));
+            if left_out > 0 || lines.len() + wrapped.len() > room {
+                left_out += 1;
+                continue;
+            }
+            for (j, part) in wrapped.into_iter().enumerate() {
+                let keys = if j == 0 { b.keys } else { "" };
+                lines.push(Line::from(vec![
+                    Span::styled(format!("{keys:<10}"), app.theme.accent()),
+                    Span::raw(part),
+                ]));
+            }
+        }
+        let last = if left_out > 0 {
+            format!("+{left_out} keys of other screens not shown; any key closes")
+        } else {
+            "any key closes this help".to_string()
+        };
+        lines.push(Line::from(Span::styled(last, app.theme.muted())));
+        let r = centered(area, width as u16 + 2, lines.len() as u16 + 2);
         f.render_widget(Clear, r);
         f.render_widget(
-            Paragraph::new(lines).style(app.theme.base()).block(block(app, "Keys")),
+            Paragraph::new(lines)
+                .wrap(Wrap { trim: false })
+                .style(app.theme.base())
+                .block(block(app, "Keys")),
             r,
         );
     } else if let Overlay::Form(form) = overlay {
