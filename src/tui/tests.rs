@@ -812,7 +812,7 @@ fn a_table_says_which_rows_it_shows() {
         .and_then(|r| r.split_once('-'))
         .map(|(a, b)| (a.parse::<usize>().unwrap(), b.parse::<usize>().unwrap()))
         .unwrap_or_else(|| panic!("no rows in the title: {title}"));
-    assert!(a <= 9 && 9 <= b && b < 12, "{title}");
+    assert!(a <= 9 && (9..12).contains(&b), "{title}");
     for i in 1..=12 {
         assert_eq!(
             text.contains(&format!("model-{i:02} ")),
