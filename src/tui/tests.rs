@@ -550,6 +550,27 @@ fn normalised_data_is_not_offered_for_training_and_no_color_drops_colours() {
     assert!(app.notice.as_deref().unwrap().contains("raw counts"));
     let t = Theme::bundled("high-contrast").without_color();
     assert!(t.monochrome && t.accent == ratatui::style::Color::Reset);
+    // Without colour the latent's categories are letters, in the plot and its legend.
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('4'));
+    app.theme = t;
+    let text = render(&app, 120, 40);
+    let legend = text
+        .lines()
+        .find(|l| l.contains("aCD4+"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(legend.contains(" bCD4+") && legend.contains(" cCD4+"), "{legend}");
+    let plot: String = text
+        .lines()
+        .skip_while(|l| !l.contains("Latent epoch"))
+        .take(10)
+        .collect();
+    let letters: std::collections::HashSet<char> = plot
+        .split('│')
+        .filter(|part| part.chars().all(|c| c == ' ' || c.is_ascii_alphabetic()))
+        .flat_map(|part| part.chars().filter(char::is_ascii_alphabetic))
+        .collect();
+    assert!(letters.len() >= 3, "{letters:?} in {plot}");
 }
 
 #[test]

@@ -198,17 +198,32 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
         .y_bounds([y0, y1])
         .paint(|ctx| {
             for (i, g) in groups.iter().enumerate() {
-                ctx.draw(&Points {
-                    coords: g,
-                    color: theme.category(i),
-                });
+                if theme.monochrome {
+                    // Without colour a category is told by its letter, point by point.
+                    for &(x, y) in g {
+                        ctx.print(x, y, category_letter(i).to_string());
+                    }
+                } else {
+                    ctx.draw(&Points {
+                        coords: g,
+                        color: theme.category(i),
+                    });
+                }
             }
         });
     f.render_widget(canvas, area);
     if legend_h > 0 {
         let mut spans = Vec::new();
         for (i, c) in legend.iter().enumerate() {
-            spans.push(Span::styled("■", Style::default().fg(theme.category(i))));
+            if theme.monochrome {
+                // Reversed, so that it reads apart from its label.
+                spans.push(Span::styled(
+                    category_letter(i).to_string(),
+                    Style::default().add_modifier(ratatui::style::Modifier::REVERSED),
+                ));
+            } else {
+                spans.push(Span::styled("■", Style::default().fg(theme.category(i))));
+            }
             spans.push(Span::styled(format!("{c} "), theme.muted()));
         }
         if hidden > 0 {
@@ -222,6 +237,16 @@ pub fn latent_scatter(f: &mut Frame, app: &App, records: &[Record], area: Rect) 
         };
         f.render_widget(Clear, r);
         f.render_widget(Paragraph::new(Line::from(spans)).wrap(Wrap { trim: false }), r);
+    }
+}
+
+/// The letter that stands for category `i` where there is no colour: a to z, then A to Z, then
+/// `+` for the rest.
+fn category_letter(i: usize) -> char {
+    match i {
+        0..26 => char::from(b'a' + i as u8),
+        26..52 => char::from(b'A' + (i - 26) as u8),
+        _ => '+',
     }
 }
 
