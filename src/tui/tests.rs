@@ -1275,6 +1275,11 @@ fn a_small_terminal_drops_and_scrolls_rather_than_cuts() {
     assert!(render(&app, 120, 40)
         .lines()
         .any(|l| l.contains("model ") && l.contains("created")));
+    // Jobs: ids and states whole; the backend and the note only where there is room.
+    key(&mut app, KeyCode::Char('4'));
+    let text = render(&app, 60, 20);
+    assert!(text.contains("20261125-182040-3") && text.contains("running"), "{text}");
+    assert!(render(&app, 120, 40).contains("slurm 4211_2"));
 
     key(&mut app, KeyCode::Char('3'));
     let lines_shown = |app: &App| -> (usize, usize, usize) {

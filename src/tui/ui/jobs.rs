@@ -21,6 +21,9 @@ fn backend(j: &Job) -> String {
     }
 }
 
+/// A column of the job table: its header, its width and its cell for a job.
+type Column = (&'static str, u16, fn(&Job, &App) -> Span<'static>);
+
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     if !app.jobs_loaded {
         f.render_widget(Paragraph::new("loading jobs...").block(block(app, "Jobs")), area);
@@ -39,37 +42,55 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let table_h = (app.jobs.len() as u16 + 3).min(if area.height < 30 { 6 } else { 10 });
     let shown = usize::from(table_h.saturating_sub(3));
     let [top, bottom] = Layout::vertical([Constraint::Length(table_h), Constraint::Min(8)]).areas(area);
+    // Columns by priority, the last dropped first where the table is narrow (an id or a state
+    // is never cut); the note (at least 14 wide, before the backend in priority) takes what
+    // is left, last.
+    let columns: [Column; 5] = [
+        ("job", 22, |j, _| Span::raw(j.id.clone())),
+        ("state", 9, |j, app| {
+            let state = j.state.to_string();
+            Span::styled(state.clone(), app.theme.state(&state))
+        }),
+        ("model", 18, |j, _| Span::raw(j.name.clone().unwrap_or_default())),
+        ("kind", 7, |j, _| Span::raw(j.kind())),
+        ("backend", 13, |j, _| Span::raw(backend(j))),
+    ];
+    const NOTE: u16 = 14;
+    let inner = top.width.saturating_sub(2);
+    let width_of = |n: usize, note: bool| -> u16 {
+        columns[..n].iter().map(|c| c.1 + 1).sum::<u16>() + if note { NOTE } else { 0 }
+    };
+    let (shown_cols, with_note) = [(5, true), (4, true), (4, false), (3, false), (2, false)]
+        .into_iter()
+        .find(|&(n, note)| width_of(n, note) <= inner)
+        .unwrap_or((1, false));
+    let columns = &columns[..shown_cols];
     let rows: Vec<Row> = app
         .jobs
         .iter()
         .rev()
         .map(|j| {
-            let state = j.state.to_string();
-            Row::new(vec![
-                Span::raw(j.id.clone()),
-                Span::raw(j.kind()),
-                Span::raw(j.name.clone().unwrap_or_default()),
-                Span::styled(state.clone(), app.theme.state(&state)),
-                Span::raw(backend(j)),
-                Span::styled(j.note_among(&app.jobs).unwrap_or_default(), app.theme.muted()),
-            ])
+            let mut cells: Vec<Span> = columns.iter().map(|c| (c.2)(j, app)).collect();
+            if with_note {
+                cells.push(Span::styled(
+                    j.note_among(&app.jobs).unwrap_or_default(),
+                    app.theme.muted(),
+                ));
+            }
+            Row::new(cells)
         })
         .collect();
-    let widths = [
-        // A resumed sweep's ids are 22 characters (`20261206-071636-1053-1`).
-        Constraint::Length(22),
-        Constraint::Length(7),
-        Constraint::Length(18),
-        Constraint::Length(9),
-        Constraint::Length(13),
-        Constraint::Min(10),
-    ];
-    let header = ["job", "kind", "model", "state", "backend", "note"];
-    let title = if app.jobs.len() > shown {
-        format!("Jobs ({}, {shown} in view: j/k scroll)", app.jobs.len())
-    } else {
-        format!("Jobs ({})", app.jobs.len())
-    };
+    let mut widths: Vec<Constraint> = columns.iter().map(|c| Constraint::Length(c.1)).collect();
+    let mut header: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    if with_note {
+        widths.push(Constraint::Min(NOTE));
+        header.push("note");
+    }
+    let title = format!(
+        "Jobs ({}){}",
+        app.jobs.len(),
+        super::rows_in_view(app.jobs.len(), shown, app.jobs_view.sel, false)
+    );
     let widget = table(app, title, &header, rows, widths);
     f.render_stateful_widget(
         widget,
