@@ -678,6 +678,48 @@ fn job_polling_is_answered_while_the_matrix_computes() {
     assert_eq!(order, ["jobs", "matrix"]);
 }
 
+/// A matrix under way stops when another is asked for (the user left it, or came back to it):
+/// the first answer is the newer matrix's, and the one left is never sent.
+#[test]
+fn a_matrix_under_way_gives_way_to_a_newer_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..120)
+        .map(|i| {
+            let p = dir.path().join(format!("copy{i:03}.h5ad"));
+            std::fs::copy(data().join("pbmc68k_counts.h5ad"), &p).unwrap();
+            p
+        })
+        .collect();
+    assert!(worker::matrix_unless(&paths, || true).is_none());
+    let sources = Sources {
+        data_dirs: vec![dir.path().to_path_buf()],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+        scan_worker: None,
+    };
+    let (req_tx, req_rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        worker::run(sources, PathBuf::from("scmz-engine"), req_rx, move |u| {
+            let _ = tx.send(u);
+        })
+    });
+    req_tx.send(Request::Matrix(paths.clone())).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    req_tx.send(Request::Matrix(paths[..2].to_vec())).unwrap();
+    loop {
+        if let worker::Update::Matrix(m) = rx.recv_timeout(std::time::Duration::from_secs(120)).unwrap() {
+            assert_eq!(m.unwrap().len(), 2 * 2, "the newer matrix first");
+            break;
+        }
+    }
+    assert!(
+        !rx.try_iter().any(|u| matches!(u, worker::Update::Matrix(_))),
+        "the older matrix is not sent"
+    );
+}
+
 /// Enter on a job opens its log (the engine's stderr), at its end and followed; it scrolls, and
 /// Esc closes it and stops following.
 #[test]

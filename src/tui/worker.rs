@@ -234,26 +234,33 @@ pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Upd
     }
 }
 
-/// Every ordered pair of datasets (gene lists only: no matrix is read).
+#[cfg(test)]
 pub fn matrix(paths: &[PathBuf]) -> Update {
-    let result = (|| {
-        let lists: Vec<GeneList> = paths
-            .iter()
-            .map(|p| {
-                Dataset::open(p)
-                    .map(|ds| GeneList::from_table(label(&ds), &ds.info().genes))
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::new();
-        for a in &lists {
-            for b in &lists {
-                out.push(compare_lists(a, b));
-            }
+    matrix_unless(paths, || false).unwrap_or(Update::Matrix(Err("cancelled".into())))
+}
+
+/// Every ordered pair of datasets (gene lists only: no matrix is read), unless `cancelled` says,
+/// between two files or two rows, that the user has moved on (a newer overlap, matrix or refresh
+/// was asked for): then None, and nothing is sent.
+pub fn matrix_unless(paths: &[PathBuf], cancelled: impl Fn() -> bool) -> Option<Update> {
+    let mut lists: Vec<GeneList> = Vec::with_capacity(paths.len());
+    for p in paths {
+        if cancelled() {
+            return None;
         }
-        Ok(out)
-    })();
-    Update::Matrix(result)
+        match Dataset::open(p) {
+            Ok(ds) => lists.push(GeneList::from_table(label(&ds), &ds.info().genes)),
+            Err(e) => return Some(Update::Matrix(Err(e.to_string()))),
+        }
+    }
+    let mut out = Vec::with_capacity(lists.len() * lists.len());
+    for a in &lists {
+        if cancelled() {
+            return None;
+        }
+        out.extend(lists.iter().map(|b| compare_lists(a, b)));
+    }
+    Some(Update::Matrix(Ok(out)))
 }
 
 /// The last 2,000 lines (at most 256 KiB) of job `job`'s stderr log, each printable.
@@ -348,10 +355,18 @@ pub fn run(
     send: impl Fn(Update) + Send + Clone + 'static,
 ) {
     let (slow_tx, slow_rx) = mpsc::channel::<Request>();
+    // Counts the requests that supersede slow work under way (overlap, matrix, full refresh).
+    let newer = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     {
-        let (s, send) = (s.clone(), send.clone());
-        std::thread::spawn(move || slow_work(&s, &engine, slow_rx, send));
+        let (s, send, newer) = (s.clone(), send.clone(), newer.clone());
+        std::thread::spawn(move || slow_work(&s, &engine, slow_rx, &newer, send));
     }
+    let forward = |req: Request| {
+        if !matches!(req, Request::Details(_)) {
+            newer.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        let _ = slow_tx.send(req);
+    };
     let mut tails: HashMap<PathBuf, LogTail> = HashMap::new();
     let mut followed: Option<PathBuf> = None;
     let mut log_of: Option<String> = None;
@@ -365,7 +380,7 @@ pub fn run(
             }
             Request::Refresh { all } => {
                 if all {
-                    let _ = slow_tx.send(Request::Refresh { all });
+                    forward(Request::Refresh { all });
                 }
                 send(jobs(&s));
                 if let Some(job) = &log_of {
@@ -395,9 +410,7 @@ pub fn run(
                     });
                 }
             }
-            slow @ (Request::Details(_) | Request::Overlap { .. } | Request::Matrix(_)) => {
-                let _ = slow_tx.send(slow);
-            }
+            slow @ (Request::Details(_) | Request::Overlap { .. } | Request::Matrix(_)) => forward(slow),
             Request::Submit(req) => {
                 send(submit(&s, &req));
                 send(jobs(&s));
@@ -424,10 +437,13 @@ fn slow_work(
     s: &Sources,
     engine: &Path,
     requests: mpsc::Receiver<Request>,
+    newer: &std::sync::atomic::AtomicU64,
     send: impl Fn(Update) + Send + Clone + 'static,
 ) {
     while let Ok(first) = requests.recv() {
         let batch: Vec<Request> = std::iter::once(first).chain(requests.try_iter()).collect();
+        // What had been asked when this batch was taken: a matrix stops when more comes.
+        let seen = newer.load(std::sync::atomic::Ordering::SeqCst);
         let last = |is: fn(&Request) -> bool| batch.iter().rposition(is);
         let newest = [
             last(|r| matches!(r, Request::Refresh { .. })),
@@ -451,7 +467,12 @@ fn slow_work(
                     let (s2, e2, send2) = (s.clone(), engine.to_path_buf(), send.clone());
                     std::thread::spawn(move || send2(predicted(&s2, &e2, &dataset, &model)));
                 }
-                Request::Matrix(paths) => send(matrix(&paths)),
+                Request::Matrix(paths) => {
+                    let moved_on = || newer.load(std::sync::atomic::Ordering::SeqCst) != seen;
+                    if let Some(u) = matrix_unless(&paths, moved_on) {
+                        send(u);
+                    }
+                }
                 _ => {}
             }
         }
