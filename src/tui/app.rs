@@ -84,6 +84,8 @@ pub struct App {
     pub demo: Option<PathBuf>,
     /// Where `p` on the Overlap screen writes (scmz's data folder's `projections`).
     pub projections: PathBuf,
+    /// Ticks seen (four a second): the frame of the spinner shown while an answer is awaited.
+    pub ticks: usize,
     pub quit: bool,
     pub(in crate::tui) outbox: Vec<Request>,
 }
@@ -111,9 +113,35 @@ impl App {
             notice: None,
             demo: None,
             projections: scmz::dirs::data_dir().join("projections"),
+            ticks: 0,
             quit: false,
             outbox: Vec::new(),
         }
+    }
+
+    /// A spinner's frame, then `what` ("predicting..."): something is being computed.
+    pub fn waiting(&self, what: &str) -> String {
+        const FRAMES: [&str; 4] = ["⠋", "⠙", "⠸", "⠴"];
+        const ASCII: [&str; 4] = ["|", "/", "-", "\\"];
+        let frames = if self.ascii { ASCII } else { FRAMES };
+        format!("{} {what}", frames[self.ticks % frames.len()])
+    }
+
+    /// Whether something on screen awaits an answer (its spinner turns on each tick).
+    pub fn awaiting_answer(&self) -> bool {
+        let view = &self.overlap_view;
+        !self.loaded
+            || !self.models_loaded
+            || !self.jobs_loaded
+            || (self.screen == Screen::Overlap
+                && if view.matrix_shown {
+                    view.matrix.is_none()
+                } else {
+                    let pair = self.overlap_pair();
+                    pair.is_some()
+                        && (view.shown(&view.report, pair.clone()).is_none()
+                            || view.shown(&view.predicted, pair).is_none())
+                })
     }
 
     /// Requests produced since the last call.

@@ -151,6 +151,8 @@ fn event_loop(
                 }
                 _ = tokio::time::sleep_until(next_draw), if dirty => {}
                 _ = tick.tick() => {
+                    app.ticks += 1;
+                    dirty |= app.awaiting_answer();
                     if last_full.elapsed() > Duration::from_secs(10) {
                         last_full = Instant::now();
                         last_refresh = last_full;

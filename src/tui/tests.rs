@@ -678,6 +678,29 @@ fn job_polling_is_answered_while_the_matrix_computes() {
     assert_eq!(order, ["jobs", "matrix"]);
 }
 
+/// While the pair's prediction is awaited a spinner turns (a frame a tick) before "predicting...",
+/// and the app asks for redraws on ticks only while something is awaited.
+#[test]
+fn a_spinner_turns_while_the_prediction_is_awaited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    key(&mut app, KeyCode::Char('3'));
+    assert!(app.awaiting_answer());
+    let first = render(&app, 120, 40);
+    assert!(first.contains("⠋ predicting..."), "{first}");
+    app.ticks += 1;
+    assert!(render(&app, 120, 40).contains("⠙ predicting..."));
+    app.ascii = true;
+    assert!(render(&app, 120, 40).contains("/ predicting..."));
+    let pair = app.overlap_pair().unwrap();
+    app.update(worker::Update::Predicted {
+        dataset: pair.0,
+        model: pair.1,
+        result: Ok("0.2 of the latent spread".into()),
+    });
+    assert!(!app.awaiting_answer() && !render(&app, 120, 40).contains("predicting..."));
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

@@ -40,7 +40,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         }
     );
     if !app.loaded {
-        f.render_widget(Paragraph::new("scanning...").block(block(app, title)), list);
+        f.render_widget(
+            Paragraph::new(app.waiting("scanning...")).block(block(app, title)),
+            list,
+        );
         return;
     }
     // The name column gets what the fixed columns, their gaps and the border leave; a longer

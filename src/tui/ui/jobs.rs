@@ -26,7 +26,10 @@ type Column = (&'static str, u16, fn(&Job, &App) -> Span<'static>);
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     if !app.jobs_loaded {
-        f.render_widget(Paragraph::new("loading jobs...").block(block(app, "Jobs")), area);
+        f.render_widget(
+            Paragraph::new(app.waiting("loading jobs...")).block(block(app, "Jobs")),
+            area,
+        );
         return;
     }
     if app.jobs.is_empty() {

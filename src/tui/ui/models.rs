@@ -20,7 +20,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         if n == 1 { "" } else { "s" }
     );
     if !app.models_loaded {
-        f.render_widget(Paragraph::new("loading the zoo...").block(block(app, title)), area);
+        f.render_widget(
+            Paragraph::new(app.waiting("loading the zoo...")).block(block(app, title)),
+            area,
+        );
         return;
     }
     if app.models.is_empty() {

@@ -57,11 +57,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         &app.overlap_view.shown(&app.overlap_view.report, app.overlap_pair()),
         app.models.is_empty(),
     ) {
-        _ if !app.models_loaded => vec![Line::from("loading the zoo...")],
+        _ if !app.models_loaded => vec![Line::from(app.waiting("loading the zoo..."))],
         (_, true) => vec![Line::from(
             "No model in the zoo yet: train one first (Datasets screen, t).",
         )],
-        (None, _) => vec![Line::from("computing...")],
+        (None, _) => vec![Line::from(app.waiting("computing the overlap..."))],
         (Some((_, _, Err(e))), _) => vec![Line::from(Span::styled(
             e.clone(),
             Style::default().fg(app.theme.error),
@@ -178,7 +178,7 @@ fn report_lines<'a>(app: &App, r: &OverlapReport, width: usize) -> Vec<Line<'a>>
     let predicted = match &app.overlap_view.shown(&app.overlap_view.predicted, app.overlap_pair()) {
         Some((_, _, Ok(p))) => Span::raw(p.clone()),
         Some((_, _, Err(e))) => Span::styled(e.clone(), app.theme.muted()),
-        None => Span::styled("predicting...", app.theme.muted()),
+        None => Span::styled(app.waiting("predicting..."), app.theme.muted()),
     };
     lines.push(Line::from(vec![key("predicted mapping"), predicted]));
     if !r.routes.is_empty() {
@@ -218,7 +218,13 @@ const LABEL: u16 = 14;
 fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
     let title = "Pairwise overlap: % of column dataset's genes found in row's (m: back)";
     let reports = match &app.overlap_view.matrix {
-        None => return f.render_widget(Paragraph::new("computing...").block(block(app, title)), area),
+        None => {
+            let text = app.waiting(&format!(
+                "computing over {} datasets...",
+                app.overlap_view.matrix_paths.len()
+            ));
+            return f.render_widget(Paragraph::new(text).block(block(app, title)), area);
+        }
         Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
         Some(Ok(r)) => r,
     };
