@@ -211,6 +211,9 @@ impl App {
             }
             Update::Matrix(m) => self.overlap_view.matrix = Some(m),
             Update::Notice(n) => self.notice = Some(n),
+            Update::Summary { job, lines } => {
+                self.jobs_view.summaries.insert(job, lines);
+            }
             Update::JobLog { job, lines } => {
                 if let Some(Overlay::Log(view)) = self
                     .overlay

@@ -115,6 +115,7 @@ fn serve(app: &mut App, s: &Sources) {
                 Request::Overlap { dataset, model } => app.update(worker::overlap(s, &dataset, &model)),
                 Request::Matrix(paths) => app.update(worker::matrix(&paths)),
                 Request::JobLog(Some(job)) => app.update(worker::job_log(s, &job)),
+                Request::Summary(job) => app.update(worker::summary(s, &job)),
                 _ => {}
             }
         }
@@ -451,10 +452,26 @@ fn a_finished_projection_names_its_output() {
     let mut done = Job::new("20261125-190000-9".into(), EngineRequest::Project(Box::new(spec)), None);
     done.state = JobState::Done;
     done.created = "2026-11-25T19:00:00Z".into();
+    // Its report, as the engine printed it into the job's stdout log.
+    let job_dir = Registry::new(dir.path()).job_dir(&done.id);
+    std::fs::create_dir_all(&job_dir).unwrap();
+    std::fs::write(
+        job_dir.join("stdout.log"),
+        "model      pbmc-tiny (765 genes)\ngenes      700 of the model's genes found (91.5 %); symbol\n\
+         labels     CD14+ Monocyte (129), Dendritic (240) (mean confidence 0.81)\nwrote      /tmp/projections/d.pbmc-tiny.h5ad\n",
+    )
+    .unwrap();
     app.update(worker::Update::Jobs(vec![done]));
     key(&mut app, KeyCode::Char('4'));
+    let s = app.sources.clone();
+    serve(&mut app, &s);
     let text = render(&app, 120, 40);
     assert!(text.contains("written to /tmp/projections/d.pbmc-tiny.h5ad"), "{text}");
+    assert!(
+        text.contains("labels     CD14+ Monocyte (129), Dendritic (240) (mean confidence 0.81)")
+            && text.contains("700 of the model's genes found"),
+        "{text}"
+    );
     snap("projection_done", &app);
     // The folder `p` writes into is made before the job is submitted.
     let mut spec = ProjectSpec::defaults("d.h5ad".into(), "m".into());

@@ -69,6 +69,8 @@ pub enum Request {
     Resume(String),
     /// The job whose log the log pane shows (sent again with each refresh), or none.
     JobLog(Option<String>),
+    /// What a finished projection job reported (its labels, its predicted mapping).
+    Summary(String),
 }
 
 #[derive(Debug)]
@@ -97,6 +99,11 @@ pub enum Update {
     Notice(String),
     /// The last lines of a job's stderr log.
     JobLog {
+        job: String,
+        lines: Vec<String>,
+    },
+    /// The report lines of a finished projection job (`Request::Summary`).
+    Summary {
         job: String,
         lines: Vec<String>,
     },
@@ -263,6 +270,38 @@ pub fn matrix_unless(paths: &[PathBuf], cancelled: impl Fn() -> bool) -> Option<
     Some(Update::Matrix(Ok(out)))
 }
 
+/// The lines of a projection job's report (its stdout) that say what it found: the labels it
+/// transferred and the mapping it predicted; read from the last 64 KiB, each printable.
+pub fn summary(s: &Sources, job: &str) -> Update {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = Registry::new(&s.jobs).job_dir(job).join("stdout.log");
+    let text = (|| -> Result<String, String> {
+        let mut f = scmz::files::open_regular(&path).map_err(|e| e.to_string())?;
+        let io = |e: std::io::Error| format!("{}: {e}", path.display());
+        let len = f.metadata().map_err(io)?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).map_err(io)?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    })();
+    let lines = match text {
+        Ok(t) => t
+            .lines()
+            .filter(|l| {
+                ["labels ", "predicted ", "genes ", "warning:"]
+                    .iter()
+                    .any(|k| l.starts_with(k))
+            })
+            .map(|l| scmz::files::printable(l).to_string())
+            .collect(),
+        Err(e) => vec![format!("its report cannot be read ({e})")],
+    };
+    Update::Summary {
+        job: job.to_string(),
+        lines,
+    }
+}
+
 /// The last 2,000 lines (at most 256 KiB) of job `job`'s stderr log, each printable.
 pub fn job_log(s: &Sources, job: &str) -> Update {
     use std::io::{Read, Seek, SeekFrom};
@@ -372,6 +411,7 @@ pub fn run(
     let mut log_of: Option<String> = None;
     for req in requests {
         match req {
+            Request::Summary(job) => send(summary(&s, &job)),
             Request::JobLog(job) => {
                 log_of = job;
                 if let Some(job) = &log_of {

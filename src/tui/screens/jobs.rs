@@ -45,6 +45,9 @@ pub struct Jobs {
     /// A job was submitted and the list does not show it yet: keys that act on the selected job
     /// wait (they would act on the row selected before).
     pub awaiting: bool,
+    /// The report lines of finished projection jobs, by job id, once asked for (empty until
+    /// the answer comes).
+    pub summaries: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl App {
@@ -53,8 +56,19 @@ impl App {
         self.jobs.iter().rev().nth(self.jobs_view.sel)
     }
 
-    /// Follows the selected job's event log while the Jobs screen is in view.
+    /// Follows the selected job's event log while the Jobs screen is in view; asks once for a
+    /// finished projection's report.
     pub(in crate::tui) fn sync_follow(&mut self) {
+        if let Some(j) = self
+            .selected_job()
+            .filter(|j| self.screen == Screen::Jobs && j.kind() == "project" && j.state == scmz::jobs::JobState::Done)
+        {
+            let id = j.id.clone();
+            if !self.jobs_view.summaries.contains_key(&id) {
+                self.jobs_view.summaries.insert(id.clone(), Vec::new());
+                self.outbox.push(Request::Summary(id));
+            }
+        }
         let (want, job) = match (self.screen, self.selected_job()) {
             (Screen::Jobs, Some(j)) => (j.event_log(), Some(j.clone())),
             _ => (None, None),

@@ -124,8 +124,13 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
             job.state,
             job.note_among(&app.jobs).map(|r| format!(" ({r})")).unwrap_or_default()
         );
+        // A finished projection: what it found, as its report says.
+        let mut lines = vec![Line::from(text)];
+        if let Some(report) = app.jobs_view.summaries.get(&job.id) {
+            lines.extend(report.iter().map(|l| Line::from(l.clone())));
+        }
         f.render_widget(
-            Paragraph::new(text).wrap(Wrap { trim: true }).block(block(app, "Run")),
+            Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(app, "Run")),
             area,
         );
         return;
