@@ -718,6 +718,17 @@ fn a_spinner_turns_while_the_prediction_is_awaited() {
     assert!(!app.awaiting_answer() && !render(&app, 120, 40).contains("predicting..."));
 }
 
+#[test]
+fn the_prediction_says_its_units() {
+    let p = serde_json::json!({"predicted_displacement": 1.1224, "predicted_agreement": 0.136});
+    assert_eq!(
+        worker::prediction_text(&p),
+        "latent displacement 1.122 of the latent spread; 14% of labels as with all genes"
+    );
+    let none = serde_json::json!({"predicted_displacement": null});
+    assert!(worker::prediction_text(&none).contains("no reference counts"));
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

@@ -205,6 +205,21 @@ pub fn overlap(s: &Sources, dataset: &Path, model: &str) -> Update {
     }
 }
 
+/// The engine's mapping prediction (`scmz project --predict-only --json`) for people, in its
+/// units: the latent displacement as a share of the latent spread, and the labels kept.
+pub fn prediction_text(p: &serde_json::Value) -> String {
+    match p["predicted_displacement"].as_f64() {
+        Some(d) => format!(
+            "latent displacement {d:.3} of the latent spread{}",
+            p["predicted_agreement"]
+                .as_f64()
+                .map(|a| format!("; {:.0}% of labels as with all genes", 100.0 * a))
+                .unwrap_or_default()
+        ),
+        None => "- (the model keeps no reference counts)".into(),
+    }
+}
+
 /// The mapping quality the engine predicts (a child process: the TUI never loads libtorch).
 pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Update {
     let mut spec = ProjectSpec::prediction(dataset, model);
@@ -216,16 +231,7 @@ pub fn predicted(s: &Sources, engine: &Path, dataset: &Path, model: &str) -> Upd
     let result = match out {
         Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
             .map_err(|e| e.to_string())
-            .map(|p| match p["predicted_displacement"].as_f64() {
-                Some(d) => format!(
-                    "{d:.3} latent displacement{}",
-                    p["predicted_agreement"]
-                        .as_f64()
-                        .map(|a| format!(", {:.0}% of labels as with all genes", 100.0 * a))
-                        .unwrap_or_default()
-                ),
-                None => "- (the model keeps no reference counts)".into(),
-            }),
+            .map(|p| prediction_text(&p)),
         Ok(o) => Err(String::from_utf8_lossy(&o.stderr)
             .lines()
             .last()
