@@ -37,7 +37,7 @@ pub fn start_watcher(reg: &Registry) -> Result<(), JobError> {
         .spawn()
         .map_err(|e| {
             JobError::Backend(format!(
-                "{}: cannot start the queue's watcher ({e}); reinstall scmz",
+                "{}: cannot start the queue's watcher ({e}); if scmz was moved or reinstalled while running, start it again",
                 reg.scmz.display()
             ))
         })?;
@@ -55,7 +55,7 @@ impl Backend for Local {
             let mut cmd = detached(reg, &["jobs", "supervise", &job.id, "--dir"]);
             let mut child = cmd.arg(&reg.dir).spawn().map_err(|e| {
                 JobError::Backend(format!(
-                    "{}: cannot start the job supervisor ({e}); reinstall scmz",
+                    "{}: cannot start the job supervisor ({e}); if scmz was moved or reinstalled while running, start it again",
                     reg.scmz.display()
                 ))
             })?;

@@ -472,6 +472,16 @@ pub(crate) fn hostname() -> Option<String> {
         .map(|h| h.trim().to_string())
 }
 
+/// The running `scmz`'s path. Rebuilt or reinstalled while it runs, Linux names it `PATH
+/// (deleted)`: then the binary now at PATH, which is the same program, newer.
+pub fn running_scmz() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("scmz"));
+    match exe.to_str().and_then(|p| p.strip_suffix(" (deleted)")) {
+        Some(p) if Path::new(p).is_file() => PathBuf::from(p),
+        _ => exe,
+    }
+}
+
 /// The `scmz-engine` that sits next to the `scmz` binary `scmz`.
 pub fn engine_path(scmz: &Path) -> PathBuf {
     scmz.with_file_name("scmz-engine")
@@ -479,9 +489,7 @@ pub fn engine_path(scmz: &Path) -> PathBuf {
 
 /// The `scmz-engine` installed beside the running `scmz`.
 pub fn this_engine() -> PathBuf {
-    std::env::current_exe()
-        .map(|p| engine_path(&p))
-        .unwrap_or_else(|_| PathBuf::from("scmz-engine"))
+    engine_path(&running_scmz())
 }
 
 /// The engine at `engine` as a command, with the environment it runs best in. libtorch's OpenMP
@@ -508,8 +516,10 @@ pub struct Registry {
 impl Registry {
     /// A registry in `dir` whose jobs are supervised by the running `scmz` binary.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        let scmz = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("scmz"));
-        Registry { dir: dir.into(), scmz }
+        Registry {
+            dir: dir.into(),
+            scmz: running_scmz(),
+        }
     }
 
     pub fn job_dir(&self, id: &str) -> PathBuf {
@@ -576,7 +586,18 @@ impl Registry {
     fn start_startable(&self) -> Result<(), JobError> {
         let mut jobs = self.take_startable()?;
         for job in jobs.iter_mut() {
-            local::Local.start(self, std::slice::from_mut(job))?;
+            if let Err(e) = local::Local.start(self, std::slice::from_mut(job)) {
+                // Taken as running, never started: failed with the reason, and its slot free.
+                let _lock = self.lock()?;
+                let mut j = self.load(&job.id)?;
+                if j.state == JobState::Running && j.supervisor_pid.is_none() {
+                    j.state = JobState::Failed;
+                    j.ended = Some(now_rfc3339());
+                    j.reason = Some(e.to_string());
+                    self.save(&j)?;
+                }
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -1190,6 +1211,26 @@ pub(crate) mod tests {
         reg.mark_resumed("a", "b").unwrap();
         let e = reg.resume_submission("a").unwrap_err().to_string();
         assert!(e.contains("resumed already, as job b"), "{e}");
+    }
+
+    /// A job whose supervisor cannot start (scmz moved while running) is recorded failed with
+    /// the reason, not running for ever with its slot taken.
+    #[test]
+    fn a_job_that_cannot_start_is_failed_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry {
+            dir: dir.path().to_path_buf(),
+            scmz: dir.path().join("gone/scmz"),
+        };
+        let e = reg
+            .submit_request(&Submission::local(train("m")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot start the job supervisor"), "{e}");
+        let jobs: Vec<Job> = reg.records().into_iter().map(Result::unwrap).collect();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].state, JobState::Failed, "{:?}", jobs[0]);
+        assert!(jobs[0].reason.as_deref().unwrap().contains("cannot start"));
     }
 
     /// Of a log whose runs name no job (a model copied in, older scmz), a job sees only what

@@ -80,7 +80,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         jobs: scmz::jobs::default_dir(),
         cache: Some(scmz::data::catalog::default_cache()),
         // Files are opened in a child process: one that crashes libhdf5 must not end the TUI.
-        scan_worker: std::env::current_exe().ok(),
+        scan_worker: Some(scmz::jobs::running_scmz()),
     };
     let mut app = app::App::new(sources.clone(), theme, ascii);
     app.demo = opts.demo.clone();
