@@ -152,13 +152,41 @@ impl App {
     pub fn update(&mut self, u: Update) {
         match u {
             Update::Datasets(d) => {
+                // The selections stay on their datasets when rows come and go.
+                let selected = self.selected_dataset().map(|d| d.path.clone());
+                let paired = self.overlap_dataset().map(|d| d.path.clone());
+                let same = |a: &[Summary], b: &[Summary]| {
+                    a.len() == b.len()
+                        && a.iter().zip(b).all(|(x, y)| {
+                            Summary {
+                                cached: false,
+                                ..x.clone()
+                            } == Summary {
+                                cached: false,
+                                ..y.clone()
+                            }
+                        })
+                };
+                if !same(&self.datasets, &d) {
+                    // Files changed: the matrix and the details read before are stale.
+                    self.overlap_view.matrix = None;
+                    self.datasets_view.details.clear();
+                }
+                let stale = self.overlap_view.matrix.is_none();
                 self.datasets = d;
                 self.loaded = true;
-                self.datasets_view.sel = self
-                    .datasets_view
-                    .sel
-                    .min(self.visible_datasets().len().saturating_sub(1));
-                self.overlap_view.dataset = self.overlap_view.dataset.min(self.datasets.len().saturating_sub(1));
+                let visible = self.visible_datasets();
+                self.datasets_view.sel = selected
+                    .and_then(|p| visible.iter().position(|d| d.path == p))
+                    .unwrap_or(self.datasets_view.sel)
+                    .min(visible.len().saturating_sub(1));
+                self.overlap_view.dataset = paired
+                    .and_then(|p| self.datasets.iter().position(|d| d.path == p))
+                    .unwrap_or(self.overlap_view.dataset)
+                    .min(self.datasets.len().saturating_sub(1));
+                if stale && self.overlap_view.matrix_shown {
+                    self.request_matrix();
+                }
                 self.sync_details();
                 // The pair in view may be another now (a dataset gone): ask for its overlap.
                 if self.screen == Screen::Overlap {
@@ -166,9 +194,16 @@ impl App {
                 }
             }
             Update::Models(m) => {
+                let name = |e: Option<&ModelEntry>| e.map(|e| e.manifest.name.clone());
+                let (selected, paired) = (name(self.models.get(self.models_view.sel)), name(self.overlap_model()));
                 self.models = m;
-                self.models_view.sel = self.models_view.sel.min(self.models.len().saturating_sub(1));
-                self.overlap_view.model = self.overlap_view.model.min(self.models.len().saturating_sub(1));
+                let at = |n: Option<String>, old: usize, models: &[ModelEntry]| {
+                    n.and_then(|n| models.iter().position(|e| e.manifest.name == n))
+                        .unwrap_or(old)
+                        .min(models.len().saturating_sub(1))
+                };
+                self.models_view.sel = at(selected, self.models_view.sel, &self.models);
+                self.overlap_view.model = at(paired, self.overlap_view.model, &self.models);
                 self.models_loaded = true;
                 // Models and jobs come from different worker threads, in either order.
                 if self.jobs_loaded {
@@ -176,10 +211,20 @@ impl App {
                 }
             }
             Update::Jobs(j) => {
+                // The selection stays on its job as new ones arrive above it (after a submit, on
+                // the newest: the one submitted).
+                let selected = self
+                    .selected_job()
+                    .map(|j| j.id.clone())
+                    .filter(|_| !self.jobs_view.awaiting);
                 self.jobs = j;
                 self.jobs_view.awaiting = false;
                 self.jobs_loaded = true;
-                self.jobs_view.sel = self.jobs_view.sel.min(self.jobs.len().saturating_sub(1));
+                let newest_first = self.jobs.iter().rev();
+                self.jobs_view.sel = selected
+                    .and_then(|id| newest_first.clone().position(|j| j.id == id))
+                    .unwrap_or(self.jobs_view.sel)
+                    .min(self.jobs.len().saturating_sub(1));
                 if self.models_loaded {
                     self.maybe_start_demo();
                 }

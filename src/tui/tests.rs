@@ -729,6 +729,62 @@ fn the_prediction_says_its_units() {
     assert!(worker::prediction_text(&none).contains("no reference counts"));
 }
 
+/// Rows that come and go on a refresh do not move the selections off what the user picked
+/// (p or t would act on another dataset or model); a changed file makes the matrix read again.
+#[test]
+fn selections_stay_on_their_items_and_the_matrix_follows_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    let mut more = app.datasets.clone();
+    more.insert(
+        0,
+        scmz::data::catalog::Summary {
+            path: data().join("0_new.h5ad"),
+            ..more[0].clone()
+        },
+    );
+    app.update(worker::Update::Datasets(more.clone()));
+    assert!(app.selected_dataset().unwrap().path.ends_with("pbmc68k_counts.h5ad"));
+    // Overlap: the model picked stays picked when a new one sorts before it.
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('l'));
+    key(&mut app, KeyCode::Down);
+    let picked = app.overlap_model().unwrap().manifest.name.clone();
+    let mut models = app.models.clone();
+    let mut first = models[0].clone();
+    first.manifest.name = "a-new-model".into();
+    models.insert(0, first);
+    app.update(worker::Update::Models(models));
+    assert_eq!(app.overlap_model().unwrap().manifest.name, picked);
+    // Jobs: a new job above the selected one.
+    key(&mut app, KeyCode::Char('4'));
+    key(&mut app, KeyCode::Down);
+    let job_id = app.selected_job().unwrap().id.clone();
+    let mut jobs = app.jobs.clone();
+    jobs.push(job(
+        "20261125-200000-9",
+        "train",
+        "later",
+        scmz::jobs::JobState::Queued,
+        None,
+    ));
+    app.update(worker::Update::Jobs(jobs));
+    assert_eq!(app.selected_job().unwrap().id, job_id);
+    // The matrix: computed, then a file changes: asked for again while shown.
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('m'));
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    assert!(app.overlap_view.matrix.is_some());
+    app.update(worker::Update::Datasets(more.clone()));
+    assert!(app.overlap_view.matrix.is_some(), "the same files: kept");
+    more[1].n_cells += 1;
+    app.update(worker::Update::Datasets(more));
+    assert!(app.overlap_view.matrix.is_none());
+    assert!(app.take_requests().iter().any(|r| matches!(r, Request::Matrix(_))));
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

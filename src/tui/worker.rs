@@ -111,7 +111,8 @@ pub enum Update {
 
 pub fn datasets(s: &Sources) -> Update {
     let mut rows = catalog::scan(&s.data_dirs, s.cache.as_deref(), s.scan_worker.as_deref());
-    rows.sort_by(|a, b| a.path.cmp(&b.path));
+    // As people read names (c2 before c10), the order of the Overlap lists and the matrix.
+    rows.sort_by(|a, b| natord::compare_ignore_case(&a.path.to_string_lossy(), &b.path.to_string_lossy()));
     Update::Datasets(rows)
 }
 
@@ -135,7 +136,7 @@ pub fn models(s: &Sources) -> Update {
             }
         })
         .collect();
-    out.sort_by(|a, b| a.manifest.name.cmp(&b.manifest.name));
+    out.sort_by(|a, b| natord::compare_ignore_case(&a.manifest.name, &b.manifest.name));
     Update::Models(out)
 }
 

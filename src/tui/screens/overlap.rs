@@ -119,6 +119,18 @@ impl App {
         }
     }
 
+    /// Asks for the pairwise matrix of the readable datasets (those the catalog cannot read are
+    /// named as left out).
+    pub(in crate::tui) fn request_matrix(&mut self) {
+        let (readable, unreadable): (Vec<&Summary>, Vec<&Summary>) =
+            self.datasets.iter().partition(|d| d.error.is_none());
+        let paths: Vec<PathBuf> = readable.iter().map(|d| d.path.clone()).collect();
+        let view = &mut self.overlap_view;
+        view.matrix_left_out = unreadable.iter().map(|d| d.path.clone()).collect();
+        view.matrix_paths = paths.clone();
+        self.outbox.push(Request::Matrix(paths));
+    }
+
     /// The matrix, while shown, scrolls with the arrows; other keys go on.
     pub(in crate::tui) fn matrix_key(&mut self, k: KeyEvent) -> bool {
         let view = &mut self.overlap_view;
@@ -151,12 +163,7 @@ impl App {
                 let view = &mut self.overlap_view;
                 view.matrix_shown = !view.matrix_shown;
                 if view.matrix_shown && view.matrix.is_none() {
-                    let (readable, unreadable): (Vec<&Summary>, Vec<&Summary>) =
-                        self.datasets.iter().partition(|d| d.error.is_none());
-                    let paths: Vec<PathBuf> = readable.iter().map(|d| d.path.clone()).collect();
-                    view.matrix_left_out = unreadable.iter().map(|d| d.path.clone()).collect();
-                    view.matrix_paths = paths.clone();
-                    self.outbox.push(Request::Matrix(paths));
+                    self.request_matrix();
                 } else {
                     self.request_overlap();
                 }
