@@ -785,6 +785,42 @@ fn selections_stay_on_their_items_and_the_matrix_follows_the_files() {
     assert!(app.take_requests().iter().any(|r| matches!(r, Request::Matrix(_))));
 }
 
+/// Marks a filter hides are counted in the title (t trains on them); a filter that matches
+/// nothing says so (not "no datasets here"); --ascii bars are ASCII.
+#[test]
+fn hidden_marks_no_matches_and_ascii_bars_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    key(&mut app, KeyCode::Char(' '));
+    assert!(render(&app, 120, 40).contains("1 marked  sorted"));
+    key(&mut app, KeyCode::Char('/'));
+    for c in "pbmc".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    key(&mut app, KeyCode::Enter);
+    assert!(render(&app, 120, 40).contains("1 marked (1 hidden by the filter)"));
+    key(&mut app, KeyCode::Char('/'));
+    for c in "zzz".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    let text = render(&app, 120, 40);
+    assert!(
+        text.contains("no dataset matches \"pbmczzz\"") && !text.contains("no datasets here"),
+        "{text}"
+    );
+    app.ascii = true;
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('3'));
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    let text = render(&app, 120, 40);
+    assert!(
+        !text.contains('█') && !text.contains('░') && text.contains("#"),
+        "{text}"
+    );
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]
@@ -1444,7 +1480,8 @@ fn a_small_terminal_drops_and_scrolls_rather_than_cuts() {
     assert_eq!(a, 1);
     assert!(b < total, "{b} {total}");
     key(&mut app, KeyCode::PageDown);
-    assert_eq!(lines_shown(&app).0, 6);
+    // A page: the last line in view comes first.
+    assert_eq!(lines_shown(&app).0, b);
     for _ in 0..20 {
         key(&mut app, KeyCode::PageDown);
     }

@@ -41,6 +41,8 @@ pub struct Overlap {
     /// The report's first shown line (PgUp/PgDn), and the most it can be, as last drawn.
     pub report_scroll: usize,
     pub report_scroll_max: std::cell::Cell<usize>,
+    /// Lines PgUp/PgDn move: the report's height, less one kept in view.
+    pub report_page: std::cell::Cell<usize>,
     pub report: ForPair<Box<OverlapReport>>,
     pub predicted: ForPair<String>,
     pub matrix: Option<Result<Vec<OverlapReport>, String>>,
@@ -61,6 +63,7 @@ impl Default for Overlap {
             fit: std::cell::Cell::new((usize::MAX, usize::MAX)),
             report_scroll: 0,
             report_scroll_max: std::cell::Cell::new(0),
+            report_page: std::cell::Cell::new(5),
             report: None,
             predicted: None,
             matrix: None,
@@ -171,7 +174,7 @@ impl App {
             KeyCode::Char('p') => self.project(),
             KeyCode::PageDown | KeyCode::PageUp => {
                 let view = &mut self.overlap_view;
-                let page = 5;
+                let page = view.report_page.get();
                 view.report_scroll = if k.code == KeyCode::PageDown {
                     (view.report_scroll + page).min(view.report_scroll_max.get())
                 } else {

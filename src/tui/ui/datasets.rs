@@ -23,8 +23,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         app.datasets_view.sel,
     )
     .map_or(String::new(), |(a, b)| format!(", rows {a}-{b}"));
+    // Marks the filter hides are still marks (t trains on them): counted, never out of sight.
+    let marked = &app.datasets_view.marked;
+    let hidden = marked.iter().filter(|p| !rows.iter().any(|d| &d.path == *p)).count();
+    let marks = match (marked.len(), hidden) {
+        (0, _) => String::new(),
+        (n, 0) => format!("  {n} marked"),
+        (n, h) => format!("  {n} marked ({h} hidden by the filter)"),
+    };
     let title = format!(
-        "Datasets {} of {}{in_view}  sorted by {}{}{}",
+        "Datasets {} of {}{in_view}{marks}  sorted by {}{}{}",
         rows.len(),
         app.datasets.len(),
         app.datasets_view.sort.name(),
@@ -77,7 +85,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 Span::raw(middle_cut(&app.display_path(&d.path), name_width, app.ascii)),
                 Span::raw(count(d.n_cells)),
                 Span::raw(count(d.n_genes)),
-                Span::raw(scmz::data::catalog::id_kind_label(d)),
+                Span::raw(if d.error.is_some() {
+                    "-".to_string()
+                } else {
+                    scmz::data::catalog::id_kind_label(d)
+                }),
                 Span::raw(d.species.clone().unwrap_or_else(|| "-".into())),
                 Span::styled(values.clone(), app.theme.state(&values)),
             ])
@@ -102,8 +114,16 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
 fn draw_details(f: &mut Frame, app: &App, area: Rect) {
     let Some(d) = app.selected_dataset() else {
         f.render_widget(
-            Paragraph::new("no datasets here: run scmz in a folder with .h5ad files or 10x outputs")
-                .block(block(app, "Details")),
+            Paragraph::new(if app.datasets.is_empty() {
+                "no datasets here: run scmz in a folder with .h5ad files or 10x outputs".to_string()
+            } else {
+                format!(
+                    "no dataset matches \"{}\" (of {}): / edits the filter, Esc in it clears it",
+                    app.datasets_view.filter,
+                    app.datasets.len()
+                )
+            })
+            .block(block(app, "Details")),
             area,
         );
         return;

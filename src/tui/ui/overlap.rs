@@ -80,6 +80,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let visible = report.height.saturating_sub(2) as usize;
     let view = &app.overlap_view;
     view.report_scroll_max.set(total.saturating_sub(visible));
+    view.report_page.set(visible.saturating_sub(1).max(1));
     let top = view.report_scroll.min(total.saturating_sub(visible));
     let mut frame = block(app, title);
     if total > visible {
@@ -110,11 +111,12 @@ fn bar(app: &App, pct: f64, width: usize) -> Span<'static> {
     } else {
         app.theme.error
     };
+    let (full, empty) = if app.ascii { ("#", ".") } else { ("█", "░") };
     Span::styled(
         format!(
             "{}{}",
-            "█".repeat(filled.min(width)),
-            "░".repeat(width - filled.min(width))
+            full.repeat(filled.min(width)),
+            empty.repeat(width - filled.min(width))
         ),
         Style::default().fg(color),
     )
@@ -182,7 +184,11 @@ fn report_lines<'a>(app: &App, r: &OverlapReport, width: usize) -> Vec<Line<'a>>
     };
     lines.push(Line::from(vec![key("predicted mapping"), predicted]));
     if !r.routes.is_empty() {
-        let routes: Vec<String> = r.routes.iter().map(|(route, n)| format!("{route:?} {n}")).collect();
+        let routes: Vec<String> = r
+            .routes
+            .iter()
+            .map(|(route, n)| format!("{} {n}", route.describe()))
+            .collect();
         lines.push(Line::from(vec![
             key("routes"),
             Span::styled(routes.join(", "), app.theme.muted()),

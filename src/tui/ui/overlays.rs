@@ -154,11 +154,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             r,
         );
     } else if let Overlay::ConfirmForce { found, least } = overlay {
-        let r = centered(area, 60, 6);
+        let r = centered(area, 64, 8);
         f.render_widget(Clear, r);
         f.render_widget(
             Paragraph::new(format!(
-                "Only {found:.1} % of the model's genes are in this dataset, below the {least:.0} % a projection needs: its latent and labels will be poor. Project anyway (--force)?  y / n"
+                "Only {found:.1} % of the model's genes are in this dataset, below the {least:.0} % scmz projects without --force (the missing genes are masked).{} Project anyway (--force)?  y / n",
+                match app.overlap_view.shown(&app.overlap_view.predicted, app.overlap_pair()) {
+                    Some((_, _, Ok(p))) => format!(" Predicted: {p}."),
+                    _ => String::new(),
+                }
             ))
             .wrap(Wrap { trim: true })
             .style(app.theme.base())
