@@ -225,6 +225,16 @@ fn a_failed_job_shows_its_reason() {
         assert!(render(&app, w, h).contains("no obs column `batch`"), "{w}x{h}");
     }
     snap("job_failed", &app);
+    // However long the path before it, the reason's end shows.
+    let mut long = failed.clone();
+    long.reason = Some(format!(
+        "exited with code 1: {}/x.h5ad: no obs column `nosuch` for --batch-key",
+        "/very_long_directory_name".repeat(12)
+    ));
+    let app = jobs_app(dir.path(), &[&long]);
+    for (w, h) in [(80, 24), (60, 20)] {
+        assert!(render(&app, w, h).contains("for --batch-key"), "{w}x{h}");
+    }
 }
 
 /// A prediction or overlap that arrives for a pair no longer selected (the user moved on while

@@ -136,19 +136,35 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
         return;
     }
     let roomy = area.height >= 24;
-    let stats_h = 5;
-    let [stats, rest] = Layout::vertical([Constraint::Length(stats_h), Constraint::Min(4)]).areas(area);
-    draw_stats(f, app, job, stats);
+    let mut lines = stats_lines(app, job);
+    let title = format!("Run {}", job.name.clone().unwrap_or_default());
     if records.is_empty() && job.state.is_final() {
+        // No epoch ran: the whole panel for the reason, wrapped, however long.
+        lines.push(Line::from(Span::styled(
+            "No epoch ran; Enter shows the job's whole log.",
+            app.theme.muted(),
+        )));
         f.render_widget(
-            Paragraph::new("No epoch ran: the reason is above; Enter shows the job's whole log.")
-                .wrap(Wrap { trim: true })
-                .style(app.theme.muted())
-                .block(block(app, "Run")),
-            rest,
+            Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(app, title)),
+            area,
         );
         return;
     }
+    // As high as its lines wrap to (a number never falls off its end), at most half the panel.
+    let width = area.width.saturating_sub(2) as usize;
+    let rows: usize = lines
+        .iter()
+        .map(|l| {
+            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
+            super::overlays::wrap_words(&text, width).len()
+        })
+        .sum();
+    let stats_h = (rows as u16 + 2).clamp(5, (area.height / 2).max(5));
+    let [stats, rest] = Layout::vertical([Constraint::Length(stats_h), Constraint::Min(4)]).areas(area);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(app, title)),
+        stats,
+    );
     if roomy {
         let [upper, lower] = Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)]).areas(rest);
         let [loss, latent] = Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(upper);
@@ -162,7 +178,8 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     }
 }
 
-fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
+/// The run's state, progress and end (or reason), a line each.
+fn stats_lines<'a>(app: &App, job: &Job) -> Vec<Line<'a>> {
     let records = &app.jobs_view.run.records;
     let start = records.iter().find_map(|r| match &r.event {
         Event::Start {
@@ -251,17 +268,9 @@ fn draw_stats(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     } else if let Some(r) = job.note_among(&app.jobs) {
         l3.push(Span::styled(r, Style::default().fg(app.theme.warn)));
     }
-    // A reason too long for its line wraps onto the epoch's line when there is none.
-    let lines: Vec<Line> = [l1, l2, l3]
+    [l1, l2, l3]
         .into_iter()
-        .enumerate()
-        .filter(|(i, l)| *i != 1 || !l.is_empty())
-        .map(|(_, l)| Line::from(l))
-        .collect();
-    f.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
-            .block(block(app, format!("Run {}", job.name.clone().unwrap_or_default()))),
-        area,
-    );
+        .filter(|l| !l.is_empty())
+        .map(Line::from)
+        .collect()
 }
