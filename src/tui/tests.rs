@@ -831,6 +831,23 @@ fn hidden_marks_no_matches_and_ascii_bars_are_told() {
     );
 }
 
+/// Obs columns that do not fit the Details panel are counted, never dropped without a word.
+#[test]
+fn details_count_the_columns_they_leave_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    let small = render(&app, 80, 24);
+    assert!(
+        small.contains("obs columns (4)") && small.contains("more (scmz inspect shows all)"),
+        "{small}"
+    );
+    let big = render(&app, 120, 40);
+    assert!(!big.contains("more (scmz inspect") && big.contains("phase"), "{big}");
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

@@ -161,9 +161,13 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             Span::styled(d.values.clone(), app.theme.state(&d.values)),
             Span::raw(format!(" in {}", d.matrix)),
         ]));
+        let mut col_lines: Vec<Line> = Vec::new();
         match app.datasets_view.details.get(&d.path) {
             Some(Ok(cols)) if !cols.is_empty() => {
-                lines.push(Line::from(Span::styled("obs columns", app.theme.accent())));
+                lines.push(Line::from(Span::styled(
+                    format!("obs columns ({})", cols.len()),
+                    app.theme.accent(),
+                )));
                 for c in cols {
                     let mut spans = vec![Span::raw(format!(" {} ", c.name))];
                     if c.top.is_empty() {
@@ -175,7 +179,7 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
                             app.theme.muted(),
                         ));
                     }
-                    lines.push(Line::from(spans));
+                    col_lines.push(Line::from(spans));
                 }
             }
             Some(Err(e)) => lines.push(Line::from(Span::styled(
@@ -185,17 +189,48 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
             _ => {}
         }
         // The count of duplicated names, unless a warning says it already (with what to do).
+        let mut warn_lines: Vec<Line> = Vec::new();
         let said = d.warnings.iter().any(|w| w.contains("duplicated gene names"));
         for w in d.warnings.iter().chain(
             (!d.duplicated_genes.is_empty() && !said)
                 .then(|| format!("{} duplicated gene names", d.duplicated_genes.len()))
                 .iter(),
         ) {
-            lines.push(Line::from(Span::styled(
+            warn_lines.push(Line::from(Span::styled(
                 format!("! {w}"),
                 Style::default().fg(app.theme.warn),
             )));
         }
+        // Columns as room allows, the warnings kept; those left out are counted, not cut.
+        let width = area.width.saturating_sub(2) as usize;
+        let rows = |l: &Line| -> usize {
+            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
+            super::overlays::wrap_words(&text, width).len()
+        };
+        let room = (area.height.saturating_sub(2) as usize)
+            .saturating_sub(lines.iter().chain(&warn_lines).map(rows).sum::<usize>());
+        let all: usize = col_lines.iter().map(rows).sum();
+        if all <= room {
+            lines.extend(col_lines);
+        } else {
+            let mut used = 1; // the line saying how many are left out
+            let n = col_lines.len();
+            let mut kept = 0;
+            for l in col_lines {
+                let r = rows(&l);
+                if used + r > room {
+                    break;
+                }
+                used += r;
+                kept += 1;
+                lines.push(l);
+            }
+            lines.push(Line::from(Span::styled(
+                format!(" +{} more (scmz inspect shows all)", n - kept),
+                app.theme.muted(),
+            )));
+        }
+        lines.extend(warn_lines);
     }
     f.render_widget(
         Paragraph::new(lines)
