@@ -193,12 +193,13 @@ fn at_most(s: &str, max: usize) -> Result<usize, String> {
 fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => Err(format!("`{s}` is far too large")),
         _ => Err(format!("`{s}` must be a whole number of at least 1")),
     }
 }
 
 /// Epochs: at least 1, at most a million (a longer run is a typo, not a plan).
-fn epochs(s: &str) -> Result<usize, String> {
+pub fn epochs(s: &str) -> Result<usize, String> {
     match positive(s)? {
         n if n <= 1_000_000 => Ok(n),
         _ => Err(format!(

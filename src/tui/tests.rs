@@ -432,7 +432,10 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
     key(&mut app, KeyCode::Char('t'));
     let form = app.form().cloned().expect("form open");
     assert!(
-        form.columns.as_ref().unwrap().contains(&"bulk_labels".to_string()),
+        form.columns
+            .as_ref()
+            .unwrap()
+            .contains(&("bulk_labels".to_string(), true)),
         "{form:?}"
     );
     // Focus the batch key (name, likelihood, epochs, batch key) and type a column it lacks.
@@ -450,6 +453,51 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
     );
     assert!(app.form().is_some());
     assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+    // A column that is there but holds numbers: refused, naming the categorical ones.
+    for _ in 0.."nosuch".len() {
+        key(&mut app, KeyCode::Backspace);
+    }
+    for c in "n_counts".chars() {
+        key(&mut app, KeyCode::Char(c));
+    }
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let notice = app.notice.clone().unwrap_or_default();
+    assert!(
+        notice.contains("batch key `n_counts`: not categorical") && notice.contains("bulk_labels, louvain"),
+        "{notice}"
+    );
+    assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+}
+
+/// The form reads epochs as `scmz train --epochs` does, and a long name shows its end.
+#[test]
+fn the_form_reads_epochs_as_the_cli_and_shows_the_end_of_long_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('t'));
+    let long = format!("{}-end", "abcdefghij".repeat(6));
+    if let Some(Overlay::Form(f)) = &mut app.overlay {
+        f.name = long.clone();
+    }
+    let text = render(&app, 80, 24);
+    assert!(text.contains("…") && text.contains("ghij-end_"), "{text}");
+    for (epochs, says) in [
+        ("99999999999999999999999", "far too large"),
+        ("2000000", "more than 1,000,000"),
+        ("0", "at least 1"),
+    ] {
+        if let Some(Overlay::Form(f)) = &mut app.overlay {
+            f.name = "ok-name".into();
+            f.epochs = epochs.into();
+        }
+        app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+        let notice = app.notice.clone().unwrap_or_default();
+        assert!(
+            notice.starts_with("epochs: ") && notice.contains(says),
+            "{epochs}: {notice}"
+        );
+    }
 }
 
 /// A finished projection job says where it wrote.
@@ -1361,7 +1409,14 @@ fn the_form_the_projection_and_a_refresh_refuse_what_would_mislead() {
     }
     key(&mut app, KeyCode::Char('0'));
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
-    assert!(app.notice.as_deref().unwrap().contains("1 or more"), "{:?}", app.notice);
+    assert!(
+        app.notice
+            .as_deref()
+            .unwrap()
+            .contains("epochs: `0` must be a whole number of at least 1"),
+        "{:?}",
+        app.notice
+    );
     key(&mut app, KeyCode::Esc);
     // p twice: one job.
     key(&mut app, KeyCode::Char('o'));

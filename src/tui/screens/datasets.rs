@@ -219,7 +219,9 @@ impl App {
         }
         let label = current.and_then(|c| c.2.first().map(|l| l.name.clone()));
         let columns = match self.datasets_view.details.get(&data[0]) {
-            Some(Ok(cols)) if !cols.is_empty() => Some(cols.iter().map(|c| c.name.clone()).collect()),
+            Some(Ok(cols)) if !cols.is_empty() => {
+                Some(cols.iter().map(|c| (c.name.clone(), c.kind == "categorical")).collect())
+            }
             _ => None,
         };
         self.overlay = Some(Overlay::Form(TrainForm {

@@ -85,8 +85,9 @@ pub struct TrainForm {
     pub label_key: String,
     pub device: String,
     pub focus: Field,
-    /// The dataset's obs columns, when known: the batch and label keys must name one.
-    pub columns: Option<Vec<String>>,
+    /// The dataset's obs columns, when known, and whether each is categorical: the batch and
+    /// label keys must name a categorical one.
+    pub columns: Option<Vec<(String, bool)>>,
     /// Whether this machine has a GPU: `cuda` is offered only then (jobs from the form run here).
     pub gpu: bool,
 }
@@ -150,13 +151,8 @@ impl TrainForm {
     pub(in crate::tui) fn submission(&self, zoo: &Path) -> Result<Submission, String> {
         let name = self.name.trim();
         scmz::zoo::check_name(name)?;
-        let epochs: usize = self
-            .epochs
-            .trim()
-            .parse()
-            .ok()
-            .filter(|&e| e > 0)
-            .ok_or_else(|| "epochs: give a whole number of 1 or more".to_string())?;
+        // As `scmz train --epochs` reads it.
+        let epochs = scmz::spec::epochs(self.epochs.trim()).map_err(|e| format!("epochs: {e}"))?;
         if zoo.join(name).exists() {
             return Err(format!(
                 "name: the zoo has a model `{name}` already; pick another name (or `scmz train ... --overwrite` to replace it)"
@@ -175,12 +171,27 @@ impl TrainForm {
         let optional = |f: Field| Some(self.value(f).trim().to_string()).filter(|v| !v.is_empty());
         for f in [Field::BatchKey, Field::LabelKey] {
             if let (Some(key), Some(columns)) = (optional(f), &self.columns) {
-                if !columns.contains(&key) {
-                    return Err(format!(
-                        "{} `{key}`: no such obs column (has {})",
-                        f.label(),
-                        columns.join(", ")
-                    ));
+                let categorical: Vec<&str> = columns.iter().filter(|c| c.1).map(|c| c.0.as_str()).collect();
+                match columns.iter().find(|c| c.0 == key) {
+                    None => {
+                        return Err(format!(
+                            "{} `{key}`: no such obs column (has {})",
+                            f.label(),
+                            columns.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ")
+                        ))
+                    }
+                    Some((_, false)) => {
+                        return Err(format!(
+                            "{} `{key}`: not categorical; it needs categories (categorical: {})",
+                            f.label(),
+                            if categorical.is_empty() {
+                                "none".to_string()
+                            } else {
+                                categorical.join(", ")
+                            }
+                        ))
+                    }
+                    Some(_) => {}
                 }
             }
         }

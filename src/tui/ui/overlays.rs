@@ -87,6 +87,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             let (label, value) = (field.label(), form.value(field));
             let focused = field == form.focus;
             let shown = if form.choices(field).is_empty() {
+                // A value longer than its room shows its end, where the typing is.
+                let room = 44usize;
+                let n = value.chars().count();
+                let value = if n > room {
+                    let tail: String = value.chars().skip(n - (room - 1)).collect();
+                    format!("{}{tail}", if app.ascii { "~" } else { "…" })
+                } else {
+                    value.to_string()
+                };
                 format!("{value}{}", if focused { "_" } else { "" })
             } else {
                 format!("< {value} >")
