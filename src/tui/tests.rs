@@ -896,6 +896,32 @@ fn details_count_the_columns_they_leave_out() {
     assert!(!big.contains("more (scmz inspect") && big.contains("phase"), "{big}");
 }
 
+/// An empty folder and zoo: the matrix, p and t say why there is nothing to do.
+#[test]
+fn nothing_to_do_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("empty")).unwrap();
+    let sources = Sources {
+        data_dirs: vec![dir.path().join("empty")],
+        zoo: dir.path().join("zoo"),
+        jobs: dir.path().join("jobs"),
+        cache: None,
+        scan_worker: None,
+    };
+    let mut app = App::new(sources.clone(), Theme::bundled("dark"), false);
+    app.update(worker::datasets(&sources));
+    app.update(worker::models(&sources));
+    app.update(worker::jobs(&sources));
+    key(&mut app, KeyCode::Char('t'));
+    assert!(app.notice.as_deref().unwrap().contains("no dataset selected"));
+    key(&mut app, KeyCode::Char('3'));
+    key(&mut app, KeyCode::Char('p'));
+    assert!(app.notice.as_deref().unwrap().contains("no dataset to project"));
+    key(&mut app, KeyCode::Char('m'));
+    serve(&mut app, &sources);
+    assert!(render(&app, 80, 24).contains("No readable dataset to compare"));
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

@@ -20,15 +20,17 @@ pub enum SortColumn {
     Cells,
     Genes,
     Ids,
+    Species,
     Values,
 }
 
 impl SortColumn {
-    pub const ALL: [SortColumn; 5] = [
+    pub const ALL: [SortColumn; 6] = [
         SortColumn::Name,
         SortColumn::Cells,
         SortColumn::Genes,
         SortColumn::Ids,
+        SortColumn::Species,
         SortColumn::Values,
     ];
 
@@ -38,6 +40,7 @@ impl SortColumn {
             SortColumn::Cells => "cells",
             SortColumn::Genes => "genes",
             SortColumn::Ids => "ids",
+            SortColumn::Species => "species",
             SortColumn::Values => "values",
         }
     }
@@ -92,6 +95,7 @@ impl App {
         let text = |d: &Summary| -> String {
             match view.sort {
                 SortColumn::Ids => scmz::data::catalog::id_kind_label(d),
+                SortColumn::Species => d.species.clone().unwrap_or_default(),
                 SortColumn::Values => d.values.clone(),
                 _ => String::new(),
             }
@@ -201,7 +205,10 @@ impl App {
         if data.is_empty() {
             match &current {
                 Some((p, _, _)) => data.push(p.clone()),
-                None => return,
+                None => {
+                    self.notice = Some("no dataset selected to train on".into());
+                    return;
+                }
             }
         }
         if data.len() > 1 {

@@ -189,6 +189,11 @@ impl App {
     /// than the projection accepts (the engine would refuse it without `--force`).
     fn project(&mut self) {
         let (Some(d), Some(m)) = (self.overlap_dataset(), self.overlap_model()) else {
+            self.notice = Some(if self.datasets.is_empty() {
+                "no dataset to project: run scmz in a folder with .h5ad files or 10x outputs".into()
+            } else {
+                "no model in the zoo to project with: train one first (Datasets screen, t)".into()
+            });
             return;
         };
         if let Some(e) = &d.error {

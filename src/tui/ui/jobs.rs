@@ -68,6 +68,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .find(|&(n, note)| width_of(n, note) <= inner)
         .unwrap_or((1, false));
     let columns = &columns[..shown_cols];
+    let note_w = usize::from(inner.saturating_sub(width_of(shown_cols, false)));
     let rows: Vec<Row> = app
         .jobs
         .iter()
@@ -75,10 +76,15 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .map(|j| {
             let mut cells: Vec<Span> = columns.iter().map(|c| (c.2)(j, app)).collect();
             if with_note {
-                cells.push(Span::styled(
-                    j.note_among(&app.jobs).unwrap_or_default(),
-                    app.theme.muted(),
-                ));
+                // Cut with a mark where it does not fit (the panel below has it whole).
+                let note = j.note_among(&app.jobs).unwrap_or_default();
+                let note = if note.chars().count() > note_w {
+                    let kept: String = note.chars().take(note_w.saturating_sub(1)).collect();
+                    format!("{kept}{}", if app.ascii { "~" } else { "…" })
+                } else {
+                    note
+                };
+                cells.push(Span::styled(note, app.theme.muted()));
             }
             Row::new(cells)
         })

@@ -234,6 +234,13 @@ fn draw_matrix(f: &mut Frame, app: &App, area: Rect) {
         Some(Err(e)) => return f.render_widget(Paragraph::new(e.clone()).block(block(app, title)), area),
         Some(Ok(r)) => r,
     };
+    if reports.is_empty() {
+        let text = "No readable dataset to compare: run scmz in a folder with .h5ad files or 10x outputs.";
+        return f.render_widget(
+            Paragraph::new(text).wrap(Wrap { trim: true }).block(block(app, title)),
+            area,
+        );
+    }
     let n = reports.len().isqrt();
     // Whole numbers or none: a column is 5 characters and a space, a row one line, and what
     // does not fit is scrolled to with the arrows.
