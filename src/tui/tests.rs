@@ -711,22 +711,28 @@ fn the_demo_starts_a_training_job_only_when_its_zoo_is_empty_and_none_is_under_w
     assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
 }
 
-/// The monitor is never held up by slow work: with the pairwise matrix computing over 60
-/// datasets, a refresh of the jobs (and the followed log) is answered first.
-#[test]
-fn job_polling_is_answered_while_the_matrix_computes() {
-    let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..60)
+/// `n` copies of a small dataset in `dir`.
+fn copies(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (0..n)
         .map(|i| {
-            let p = dir.path().join(format!("copy{i:02}.h5ad"));
+            let p = dir.join(format!("copy{i:03}.h5ad"));
             std::fs::copy(data().join("pbmc68k_counts.h5ad"), &p).unwrap();
             p
         })
-        .collect();
+        .collect()
+}
+
+/// The real worker threads over the datasets in `dir`: where requests go, and its answers.
+fn worker_over(
+    dir: &Path,
+) -> (
+    std::sync::mpsc::Sender<Request>,
+    std::sync::mpsc::Receiver<worker::Update>,
+) {
     let sources = Sources {
-        data_dirs: vec![dir.path().to_path_buf()],
-        zoo: dir.path().join("zoo"),
-        jobs: dir.path().join("jobs"),
+        data_dirs: vec![dir.to_path_buf()],
+        zoo: dir.join("zoo"),
+        jobs: dir.join("jobs"),
         cache: None,
         scan_worker: None,
     };
@@ -737,6 +743,16 @@ fn job_polling_is_answered_while_the_matrix_computes() {
             let _ = tx.send(u);
         })
     });
+    (req_tx, rx)
+}
+
+/// The monitor is never held up by slow work: with the pairwise matrix computing over 60
+/// datasets, a refresh of the jobs (and the followed log) is answered first.
+#[test]
+fn job_polling_is_answered_while_the_matrix_computes() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = copies(dir.path(), 60);
+    let (req_tx, rx) = worker_over(dir.path());
     req_tx.send(Request::Matrix(paths)).unwrap();
     req_tx.send(Request::Refresh { all: false }).unwrap();
     let mut order = Vec::new();
@@ -927,28 +943,9 @@ fn nothing_to_do_is_said() {
 #[test]
 fn a_matrix_under_way_gives_way_to_a_newer_request() {
     let dir = tempfile::tempdir().unwrap();
-    let paths: Vec<PathBuf> = (0..120)
-        .map(|i| {
-            let p = dir.path().join(format!("copy{i:03}.h5ad"));
-            std::fs::copy(data().join("pbmc68k_counts.h5ad"), &p).unwrap();
-            p
-        })
-        .collect();
+    let paths = copies(dir.path(), 120);
     assert!(worker::matrix_unless(&paths, || true).is_none());
-    let sources = Sources {
-        data_dirs: vec![dir.path().to_path_buf()],
-        zoo: dir.path().join("zoo"),
-        jobs: dir.path().join("jobs"),
-        cache: None,
-        scan_worker: None,
-    };
-    let (req_tx, req_rx) = std::sync::mpsc::channel();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        worker::run(sources, PathBuf::from("scmz-engine"), req_rx, move |u| {
-            let _ = tx.send(u);
-        })
-    });
+    let (req_tx, rx) = worker_over(dir.path());
     req_tx.send(Request::Matrix(paths.clone())).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     req_tx.send(Request::Matrix(paths[..2].to_vec())).unwrap();

@@ -277,21 +277,23 @@ pub fn matrix_unless(paths: &[PathBuf], cancelled: impl Fn() -> bool) -> Option<
     Some(Update::Matrix(Ok(out)))
 }
 
+/// The last `bytes` of the regular file `path`, as text (invalid UTF-8 replaced).
+fn read_tail(path: &Path, bytes: u64) -> Result<String, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = scmz::files::open_regular(path).map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let len = f.metadata().map_err(io)?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(bytes))).map_err(io)?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).map_err(io)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// The lines of a projection job's report (its stdout) that say what it found: the labels it
 /// transferred and the mapping it predicted; read from the last 64 KiB, each printable.
 pub fn summary(s: &Sources, job: &str) -> Update {
-    use std::io::{Read, Seek, SeekFrom};
     let path = Registry::new(&s.jobs).job_dir(job).join("stdout.log");
-    let text = (|| -> Result<String, String> {
-        let mut f = scmz::files::open_regular(&path).map_err(|e| e.to_string())?;
-        let io = |e: std::io::Error| format!("{}: {e}", path.display());
-        let len = f.metadata().map_err(io)?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(64 << 10))).map_err(io)?;
-        let mut bytes = Vec::new();
-        f.read_to_end(&mut bytes).map_err(io)?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    })();
-    let lines = match text {
+    let lines = match read_tail(&path, 64 << 10) {
         Ok(t) => t
             .lines()
             .filter(|l| {
@@ -311,21 +313,11 @@ pub fn summary(s: &Sources, job: &str) -> Update {
 
 /// The last 2,000 lines (at most 256 KiB) of job `job`'s stderr log, each printable.
 pub fn job_log(s: &Sources, job: &str) -> Update {
-    use std::io::{Read, Seek, SeekFrom};
     let lines = if job.starts_with("run:") {
         vec!["a run started in a terminal: its output went to that terminal".to_string()]
     } else {
         let path = Registry::new(&s.jobs).job_dir(job).join("stderr.log");
-        let read = (|| -> Result<String, String> {
-            let mut f = scmz::files::open_regular(&path).map_err(|e| e.to_string())?;
-            let io = |e: std::io::Error| format!("{}: {e}", path.display());
-            let len = f.metadata().map_err(io)?.len();
-            f.seek(SeekFrom::Start(len.saturating_sub(256 << 10))).map_err(io)?;
-            let mut bytes = Vec::new();
-            f.read_to_end(&mut bytes).map_err(io)?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        })();
-        match read {
+        match read_tail(&path, 256 << 10) {
             Ok(text) => {
                 // A progress line rewritten with \r shows as its last state.
                 let all: Vec<String> = text

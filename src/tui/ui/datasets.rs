@@ -203,10 +203,7 @@ fn draw_details(f: &mut Frame, app: &App, area: Rect) {
         }
         // Columns as room allows, the warnings kept; those left out are counted, not cut.
         let width = area.width.saturating_sub(2) as usize;
-        let rows = |l: &Line| -> usize {
-            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
-            super::overlays::wrap_words(&text, width).len()
-        };
+        let rows = |l: &Line| super::overlays::wrapped_rows(l, width);
         let room = (area.height.saturating_sub(2) as usize)
             .saturating_sub(lines.iter().chain(&warn_lines).map(rows).sum::<usize>());
         let all: usize = col_lines.iter().map(rows).sum();

@@ -158,13 +158,7 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
     }
     // As high as its lines wrap to (a number never falls off its end), at most half the panel.
     let width = area.width.saturating_sub(2) as usize;
-    let rows: usize = lines
-        .iter()
-        .map(|l| {
-            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
-            super::overlays::wrap_words(&text, width).len()
-        })
-        .sum();
+    let rows: usize = lines.iter().map(|l| super::overlays::wrapped_rows(l, width)).sum();
     let stats_h = (rows as u16 + 2).clamp(5, (area.height / 2).max(5));
     let [stats, rest] = Layout::vertical([Constraint::Length(stats_h), Constraint::Min(4)]).areas(area);
     f.render_widget(

@@ -70,13 +70,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     };
     // Longer than the panel: PgUp/PgDn scroll it, and its bottom border says where it is.
     let width = report.width.saturating_sub(2) as usize;
-    let total: usize = lines
-        .iter()
-        .map(|l| {
-            let text: String = l.spans.iter().map(|s| s.content.as_ref()).collect();
-            super::overlays::wrap_words(&text, width).len()
-        })
-        .sum();
+    let total: usize = lines.iter().map(|l| super::overlays::wrapped_rows(l, width)).sum();
     let visible = report.height.saturating_sub(2) as usize;
     let view = &app.overlap_view;
     view.report_scroll_max.set(total.saturating_sub(visible));

@@ -217,6 +217,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     }
 }
 
+/// How many rows `line` takes wrapped between words in `width` columns.
+pub(super) fn wrapped_rows(line: &Line, width: usize) -> usize {
+    let text: String = line.spans.iter().map(|s| s.content.as_ref()).collect();
+    wrap_words(&text, width).len()
+}
+
 /// `text` in lines of at most `width` characters, broken at spaces (kept indentation included);
 /// an empty text is one empty line.
 pub(super) fn wrap_words(text: &str, width: usize) -> Vec<String> {
