@@ -1002,6 +1002,18 @@ fn the_log_pane_shows_a_jobs_stderr() {
     assert!(matches!(w, worker::Update::JobLog { lines, .. } if lines[0].contains("terminal")));
 }
 
+/// How many datasets the matrix the app holds compares.
+fn matrix_side(app: &App) -> usize {
+    app.overlap_view
+        .matrix
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .len()
+        .isqrt()
+}
+
 /// More datasets than fit: the pairwise matrix shows whole numbers only, says which rows and
 /// columns it shows, and the arrows scroll to the rest and stop at the last.
 #[test]
@@ -1010,15 +1022,7 @@ fn the_overlap_matrix_scrolls_when_it_does_not_fit() {
     let mut app = loaded_app(dir.path());
     key(&mut app, KeyCode::Char('3'));
     key(&mut app, KeyCode::Char('m'));
-    let n = app
-        .overlap_view
-        .matrix
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .len()
-        .isqrt();
+    let n = matrix_side(&app);
     assert!(n > 7, "the test needs more datasets than fit in 60 columns");
     let first = render(&app, 60, 12);
     assert!(first.contains(&format!("columns 1-7 of {n}")), "{first}");
@@ -1074,15 +1078,7 @@ fn the_matrix_names_the_files_it_leaves_out() {
     let gone = app.display_path(&app.datasets[1].path);
     key(&mut app, KeyCode::Char('3'));
     key(&mut app, KeyCode::Char('m'));
-    let n = app
-        .overlap_view
-        .matrix
-        .as_ref()
-        .unwrap()
-        .as_ref()
-        .unwrap()
-        .len()
-        .isqrt();
+    let n = matrix_side(&app);
     assert_eq!(n, all - 1);
     let text = render(&app, 120, 40);
     assert!(text.contains("1 unreadable left out: "), "{text}");
