@@ -36,6 +36,19 @@ fn job(id: &str, kind: &str, name: &str, state: JobState, events: Option<PathBuf
     j
 }
 
+/// Types `text` key by key.
+fn typed(app: &mut App, text: &str) {
+    for c in text.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+/// Enter, and what the app says to it.
+fn enter_notice(app: &mut App) -> String {
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    app.notice.clone().unwrap_or_default()
+}
+
 /// Moves the Datasets selection to the dataset whose file name is `name`.
 fn select_dataset(app: &mut App, name: &str) {
     let i = app
@@ -339,9 +352,7 @@ fn filter_sort_help_and_ascii_mode() {
     let mut app = loaded_app(dir.path());
     let all = app.visible_datasets().len();
     key(&mut app, KeyCode::Char('/'));
-    for c in "pbmc".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
+    typed(&mut app, "pbmc");
     key(&mut app, KeyCode::Enter);
     let names: Vec<String> = app
         .visible_datasets()
@@ -442,11 +453,8 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
     for _ in 0..3 {
         key(&mut app, KeyCode::Tab);
     }
-    for c in "nosuch".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
-    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
-    let notice = app.notice.clone().unwrap_or_default();
+    typed(&mut app, "nosuch");
+    let notice = enter_notice(&mut app);
     assert!(
         notice.contains("batch key `nosuch`: no such obs column") && notice.contains("bulk_labels"),
         "{notice}"
@@ -457,11 +465,8 @@ fn the_training_form_refuses_what_the_job_would_fail_on() {
     for _ in 0.."nosuch".len() {
         key(&mut app, KeyCode::Backspace);
     }
-    for c in "n_counts".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
-    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
-    let notice = app.notice.clone().unwrap_or_default();
+    typed(&mut app, "n_counts");
+    let notice = enter_notice(&mut app);
     assert!(
         notice.contains("batch key `n_counts`: not categorical") && notice.contains("bulk_labels, louvain"),
         "{notice}"
@@ -556,9 +561,7 @@ fn the_training_form_submits_a_job_and_cancel_asks_first() {
     for _ in 0..form.name.len() {
         key(&mut app, KeyCode::Backspace);
     }
-    for c in "mine".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
+    typed(&mut app, "mine");
     key(&mut app, KeyCode::Tab);
     key(&mut app, KeyCode::Right);
     key(&mut app, KeyCode::Tab);
@@ -869,15 +872,11 @@ fn hidden_marks_no_matches_and_ascii_bars_are_told() {
     key(&mut app, KeyCode::Char(' '));
     assert!(render(&app, 120, 40).contains("1 marked  sorted"));
     key(&mut app, KeyCode::Char('/'));
-    for c in "pbmc".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
+    typed(&mut app, "pbmc");
     key(&mut app, KeyCode::Enter);
     assert!(render(&app, 120, 40).contains("1 marked (1 hidden by the filter)"));
     key(&mut app, KeyCode::Char('/'));
-    for c in "zzz".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
+    typed(&mut app, "zzz");
     let text = render(&app, 120, 40);
     assert!(
         text.contains("no dataset matches \"pbmczzz\"") && !text.contains("no datasets here"),
@@ -1410,9 +1409,7 @@ fn the_form_the_projection_and_a_refresh_refuse_what_would_mislead() {
     for _ in 0..name_len {
         key(&mut app, KeyCode::Backspace);
     }
-    for c in "pbmc-tiny".chars() {
-        key(&mut app, KeyCode::Char(c));
-    }
+    typed(&mut app, "pbmc-tiny");
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     assert!(app
         .notice
