@@ -206,9 +206,7 @@ fn screens_say_loading_until_the_first_answer() {
         key(&mut app, KeyCode::Char(k));
         let text = render(&app, 80, 24);
         assert!(text.contains(want), "screen {k}:\n{text}");
-        if k == '4' {
-            snap("jobs_loading", &app);
-        }
+        snap(&format!("{}_loading", app.screen.title().to_lowercase()), &app);
         assert!(
             !text.contains("No models yet") && !text.contains("No jobs"),
             "screen {k}:\n{text}"
@@ -219,9 +217,20 @@ fn screens_say_loading_until_the_first_answer() {
     key(&mut app, KeyCode::Char('2'));
     assert!(render(&app, 80, 24).contains("No models yet"));
     snap("models_empty", &app);
+    key(&mut app, KeyCode::Char('3'));
+    assert!(render(&app, 80, 24).contains("No model in the zoo yet"));
+    snap("overlap_empty", &app);
     key(&mut app, KeyCode::Char('4'));
     assert!(render(&app, 80, 24).contains("No jobs"));
     snap("jobs_empty", &app);
+    // A folder with no datasets.
+    std::fs::create_dir_all(dir.path().join("nothing")).unwrap();
+    app.sources.data_dirs = vec![dir.path().join("nothing")];
+    let s = app.sources.clone();
+    app.update(worker::datasets(&s));
+    key(&mut app, KeyCode::Char('1'));
+    assert!(render(&app, 80, 24).contains("no datasets here"));
+    snap("datasets_empty", &app);
 }
 
 /// A failed job's panel says why, at both sizes.
@@ -273,6 +282,10 @@ fn late_answers_for_another_pair_are_dropped() {
     );
     app.update(predicted(&dataset, "some-other-model", "0.010"));
     assert!(app.overlap_view.predicted.is_none());
+    // What the screen shows after those late answers: the pair's own prediction only.
+    let text = render(&app, 120, 40);
+    assert!(!text.contains("1.122") && !text.contains("0.010"), "{text}");
+    snap("overlap_late_answers_dropped", &app);
     app.update(predicted(&dataset, &model, "0.2 latent displacement"));
     assert_eq!(
         app.overlap_view.predicted.as_ref().map(|p| p.2.clone()),
@@ -984,7 +997,7 @@ fn the_log_pane_shows_a_jobs_stderr() {
         "{text}"
     );
     assert!(!text.contains("epoch 1/40 line"), "{text}");
-    insta::assert_snapshot!("log_pane_80x24", text);
+    snap("log_pane", &app);
     for _ in 0..30 {
         key(&mut app, KeyCode::Up);
     }
