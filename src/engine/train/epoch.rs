@@ -197,12 +197,12 @@ impl Run {
 
     /// The validation pass of `epoch`: the ELBO's estimate from a sampled latent, as scvi-tools
     /// validates (decoding the mean instead reads several units better than the ELBO is). On
-    /// some epochs (40 a run) it also records the latent sample.
+    /// some epochs (`latent_due`) it also records the latent sample.
     pub fn validate(&mut self, epoch: usize, batches: Batches) -> anyhow::Result<Validated> {
         let dev = self.dev;
         let (mut vr, mut vk, mut vn) = (0.0, 0.0, 0usize);
         let mut kl_dims = vec![0f64; self.args.n_latent];
-        let latent_epoch = epoch.is_multiple_of((self.max_epochs / 40).max(1));
+        let latent_epoch = latent_due(epoch, self.max_epochs);
         let (mut sample_mu, mut sample_rows) = (Vec::<f32>::new(), Vec::<usize>::new());
         tch::no_grad(|| -> anyhow::Result<()> {
             for p in batches {
@@ -249,5 +249,33 @@ impl Run {
             n_cells: vn,
             kl_per_dim: kl_dims,
         })
+    }
+}
+
+/// Whether `epoch` records the latent sample: every epoch of the first 16, then ever more
+/// sparsely (about 8 per doubling of the epoch, never sparser than 40 a run) and the last planned
+/// epoch. A run planned long and stopped early (or resumed far in) still shows a recent latent;
+/// a million-epoch log holds about 140 samples, not 40 spread where the run never gets.
+pub(crate) fn latent_due(epoch: usize, max_epochs: usize) -> bool {
+    let step = (max_epochs / 40).max(1).min((epoch / 8).max(1).next_power_of_two());
+    epoch.is_multiple_of(step) || epoch + 1 == max_epochs
+}
+
+#[cfg(test)]
+mod latent_schedule {
+    #[test]
+    fn latent_samples_follow_the_run_where_it_goes() {
+        let due = |max: usize, upto: usize| (0..upto).filter(|&e| super::latent_due(e, max)).collect::<Vec<_>>();
+        // A short run: every epoch.
+        assert_eq!(due(20, 20).len(), 20);
+        // 400 epochs: no gap over 20 epochs, and the last.
+        let d = due(400, 400);
+        assert!(d.windows(2).all(|w| w[1] - w[0] <= 20) && d.contains(&399), "{d:?}");
+        // Planned for 100,000, stopped at 341: a sample within the last 64 epochs.
+        let d = due(100_000, 341);
+        assert!(*d.last().unwrap() >= 341 - 64, "{d:?}");
+        // A million epochs: about 8 per doubling.
+        let n = due(1_000_000, 1_000_000).len();
+        assert!((100..200).contains(&n), "{n}");
     }
 }
