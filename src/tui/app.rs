@@ -57,6 +57,9 @@ impl Term {
 /// The model the demo trains when its zoo is empty.
 pub const DEMO_MODEL: &str = "pbmc-demo";
 
+/// What `r` says until the datasets come back.
+const REREADING: &str = "reading the datasets, the zoo and the jobs again";
+
 pub struct App {
     pub screen: Screen,
     pub theme: Theme,
@@ -67,6 +70,8 @@ pub struct App {
     pub jobs: Vec<Job>,
     pub loaded: bool,
     pub models_loaded: bool,
+    /// Why each zoo folder that cannot be read cannot (the Models title counts them).
+    pub models_unreadable: Vec<String>,
     /// The first answer about jobs has come (until then the screen says "loading", not "none").
     pub jobs_loaded: bool,
     /// Each screen's own state.
@@ -102,6 +107,7 @@ impl App {
             jobs: Vec::new(),
             loaded: false,
             models_loaded: false,
+            models_unreadable: Vec::new(),
             jobs_loaded: false,
             datasets_view: Datasets::default(),
             models_view: Models::default(),
@@ -168,9 +174,15 @@ impl App {
                         })
                 };
                 if !same(&self.datasets, &d) {
-                    // Files changed: the matrix and the details read before are stale.
+                    // Files changed: the matrix, the details and the pair's report read before
+                    // are stale.
                     self.overlap_view.matrix = None;
                     self.datasets_view.details.clear();
+                    self.overlap_view.report = None;
+                    self.overlap_view.predicted = None;
+                }
+                if self.notice.as_deref().is_some_and(|n| n.starts_with(REREADING)) {
+                    self.notice = None;
                 }
                 let stale = self.overlap_view.matrix.is_none();
                 self.datasets = d;
@@ -193,7 +205,8 @@ impl App {
                     self.request_overlap();
                 }
             }
-            Update::Models(m) => {
+            Update::Models(m, unreadable) => {
+                self.models_unreadable = unreadable;
                 let name = |e: Option<&ModelEntry>| e.map(|e| e.manifest.name.clone());
                 let (selected, paired) = (name(self.models.get(self.models_view.sel)), name(self.overlap_model()));
                 self.models = m;
@@ -302,7 +315,7 @@ impl App {
 
     fn refresh_all(&mut self) {
         self.outbox.push(Request::Refresh { all: true });
-        self.notice = Some("reading the datasets, the zoo and the jobs again...".into());
+        self.notice = Some(format!("{REREADING}..."));
     }
 
     fn list_len(&self) -> usize {

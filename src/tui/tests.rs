@@ -845,7 +845,7 @@ fn selections_stay_on_their_items_and_the_matrix_follows_the_files() {
     let mut first = models[0].clone();
     first.manifest.name = "a-new-model".into();
     models.insert(0, first);
-    app.update(worker::Update::Models(models));
+    app.update(worker::Update::Models(models, Vec::new()));
     assert_eq!(app.overlap_model().unwrap().manifest.name, picked);
     // Jobs: a new job above the selected one.
     key(&mut app, KeyCode::Char('4'));
@@ -948,6 +948,69 @@ fn nothing_to_do_is_said() {
     key(&mut app, KeyCode::Char('m'));
     serve(&mut app, &sources);
     assert!(render(&app, 80, 24).contains("No readable dataset to compare"));
+}
+
+/// From the second trial: a changed file drops the pair's report (it showed the old file's
+/// numbers after r); the report says zero-filled for a model without a mask; a long epochs value
+/// is whole; an unreadable zoo folder is counted; r's notice goes when the answer comes; the
+/// filter leads the Datasets title.
+#[test]
+fn second_trial_findings_stay_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "pbmc68k_counts.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    assert!(app.overlap_view.report.is_some());
+    let text = render(&app, 120, 40);
+    let masked = app.overlap_model().unwrap().manifest.architecture.masked_input;
+    if !app
+        .overlap_view
+        .report
+        .as_ref()
+        .unwrap()
+        .2
+        .as_ref()
+        .unwrap()
+        .missing
+        .is_empty()
+    {
+        assert_eq!(text.contains("zero-filled when projecting"), !masked, "{text}");
+    }
+    key(&mut app, KeyCode::Char('r'));
+    assert!(app.notice.as_deref().unwrap().starts_with("reading the datasets"));
+    let mut changed = app.datasets.clone();
+    let i = changed
+        .iter()
+        .position(|d| d.path.ends_with("pbmc68k_counts.h5ad"))
+        .unwrap();
+    changed[i].n_genes += 1;
+    app.update(worker::Update::Datasets(changed));
+    assert!(app.overlap_view.report.is_none(), "the old file's report is dropped");
+    assert!(app.notice.is_none(), "r's notice goes with its answer");
+    assert!(app
+        .take_requests()
+        .iter()
+        .any(|r| matches!(r, Request::Overlap { dataset, .. } if dataset.ends_with("pbmc68k_counts.h5ad"))));
+    // Models: 341 of 100,000 epochs whole; an unreadable folder counted.
+    let mut models = app.models.clone();
+    models[0].manifest.training.epochs_run = 341;
+    models[0].manifest.training.max_epochs = 100_000;
+    app.update(worker::Update::Models(
+        models,
+        vec!["zz-bad/manifest.json: not valid JSON".into()],
+    ));
+    key(&mut app, KeyCode::Char('2'));
+    for (w, h) in [(60, 20), (80, 24), (120, 40)] {
+        let text = render(&app, w, h);
+        assert!(text.contains("341/100000"), "{w}x{h}: {text}");
+    }
+    assert!(render(&app, 120, 40).contains("1 folder unreadable"));
+    key(&mut app, KeyCode::Char('1'));
+    key(&mut app, KeyCode::Char('/'));
+    typed(&mut app, "pbmc");
+    assert!(render(&app, 80, 24).contains("Datasets matching \"pbmc\": 2 of"));
 }
 
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):

@@ -76,7 +76,8 @@ pub enum Request {
 #[derive(Debug)]
 pub enum Update {
     Datasets(Vec<Summary>),
-    Models(Vec<ModelEntry>),
+    /// The zoo's models, and why each folder that cannot be read cannot.
+    Models(Vec<ModelEntry>, Vec<String>),
     Jobs(Vec<Job>),
     Details(PathBuf, Result<Vec<ObsColumn>, String>),
     /// New records of the followed log (`reset`: the log started over or another was chosen).
@@ -118,8 +119,9 @@ pub fn datasets(s: &Sources) -> Update {
 
 pub fn models(s: &Sources) -> Update {
     let zoo = Zoo::new(&s.zoo);
-    let mut out: Vec<ModelEntry> = zoo
-        .list()
+    let (good, bad): (Vec<_>, Vec<_>) = zoo.list().into_iter().partition(Result::is_ok);
+    let unreadable = bad.into_iter().filter_map(Result::err).map(|e| e.to_string()).collect();
+    let mut out: Vec<ModelEntry> = good
         .into_iter()
         .filter_map(Result::ok)
         .map(|manifest| {
@@ -137,7 +139,7 @@ pub fn models(s: &Sources) -> Update {
         })
         .collect();
     out.sort_by(|a, b| natord::compare_ignore_case(&a.manifest.name, &b.manifest.name));
-    Update::Models(out)
+    Update::Models(out, unreadable)
 }
 
 /// Jobs, then training runs started in a terminal (no job record) in the zoo shown.

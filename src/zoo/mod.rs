@@ -55,14 +55,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
             crate::files::printable(name)
         ));
     }
+    // Not `-` first either: such a name reads as an option on every command line.
     let ok = !name.is_empty()
-        && !name.starts_with('.')
+        && !name.starts_with(['.', '-'])
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "`{}` is not a valid model name: start with a letter, digit, `-` or `_`, then use letters, digits, `-`, `_` and `.`",
+            "`{}` is not a valid model name: start with a letter, digit or `_`, then use letters, digits, `-`, `_` and `.`",
             crate::files::printable(name)
         ))
     }
@@ -340,6 +341,9 @@ mod tests {
     fn names_that_would_be_a_run_lock_are_refused() {
         assert!(check_name("p1.lock").unwrap_err().contains("may not end in `.lock`"));
         assert!(check_name("p1.locked").is_ok() && check_name("lock").is_ok());
+        // A name that reads as an option is refused.
+        assert!(check_name("--help").unwrap_err().contains("not a valid model name"));
+        assert!(check_name("-x").is_err() && check_name("x-").is_ok());
     }
 
     /// Damaged weights or reference: an imported model is imported again, an own one trained.

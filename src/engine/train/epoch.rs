@@ -262,6 +262,7 @@ pub(crate) fn latent_due(epoch: usize, max_epochs: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod latent_schedule {
     #[test]
     fn latent_samples_follow_the_run_where_it_goes() {

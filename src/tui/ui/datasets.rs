@@ -31,8 +31,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         (n, 0) => format!("  {n} marked"),
         (n, h) => format!("  {n} marked ({h} hidden by the filter)"),
     };
+    // The filter first: of all the title says, it is what the user typed.
     let title = format!(
-        "Datasets {} of {}{in_view}{marks}  sorted by {}{}{}",
+        "Datasets {}{} of {}{in_view}{marks}  sorted by {}{}",
+        if app.datasets_view.filter.is_empty() {
+            String::new()
+        } else {
+            format!("matching \"{}\": ", app.datasets_view.filter)
+        },
         rows.len(),
         app.datasets.len(),
         app.datasets_view.sort.name(),
@@ -41,11 +47,6 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         } else {
             ""
         },
-        if app.datasets_view.filter.is_empty() {
-            String::new()
-        } else {
-            format!("  filter \"{}\"", app.datasets_view.filter)
-        }
     );
     if !app.loaded {
         f.render_widget(

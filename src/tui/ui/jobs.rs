@@ -54,7 +54,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             let state = j.state.to_string();
             Span::styled(state.clone(), app.theme.state(&state))
         }),
-        ("model", 18, |j, _| Span::raw(j.name.clone().unwrap_or_default())),
+        ("model", 18, |j, app| {
+            Span::raw(super::datasets::middle_cut(
+                &j.name.clone().unwrap_or_default(),
+                18,
+                app.ascii,
+            ))
+        }),
         ("kind", 7, |j, _| Span::raw(j.kind())),
         ("backend", 13, |j, _| Span::raw(backend(j))),
     ];

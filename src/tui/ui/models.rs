@@ -14,10 +14,16 @@ type Column = (&'static str, u16, fn(&scmz::zoo::Manifest) -> String);
 
 pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     let n = app.models.len();
+    let bad = app.models_unreadable.len();
     let title = format!(
-        "Zoo {}  {n} model{}",
+        "Zoo {}  {n} model{}{}",
         app.sources.zoo.display(),
-        if n == 1 { "" } else { "s" }
+        if n == 1 { "" } else { "s" },
+        match bad {
+            0 => String::new(),
+            1 => "  1 folder unreadable (scmz models says why)".into(),
+            _ => format!("  {bad} folders unreadable (scmz models says why)"),
+        }
     );
     if !app.models_loaded {
         f.render_widget(
@@ -57,29 +63,38 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         ("lik.", 7, |m| m.architecture.likelihood.to_string()),
         ("created", 10, |m| m.created.get(..10).unwrap_or(&m.created).to_string()),
     ];
-    let inner = top.width.saturating_sub(2);
-    let mut shown = columns.len();
-    while shown > 1 && columns[..shown].iter().map(|c| c.1 + 1).sum::<u16>() > inner + 1 {
-        shown -= 1;
-    }
-    let columns = &columns[..shown];
-    let rows: Vec<Row> = app
+    // Each column as wide as its widest value (341/100000 is not cut to 341/100).
+    let cells: Vec<Vec<String>> = app
         .models
         .iter()
-        .map(|m| Row::new(columns.iter().map(|c| (c.2)(&m.manifest)).collect::<Vec<_>>()))
+        .map(|m| columns.iter().map(|c| (c.2)(&m.manifest)).collect())
         .collect();
-    let widths: Vec<Constraint> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
+    let col_widths: Vec<u16> = (0..columns.len())
+        .map(|i| {
+            let widest = cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+            columns[i].1.max(widest.min(40) as u16)
+        })
+        .collect();
+    let width_of = |i: usize| col_widths[i];
+    let inner = top.width.saturating_sub(2);
+    let mut shown = columns.len();
+    while shown > 1 && (1..shown).map(|i| width_of(i) + 1).sum::<u16>() + columns[0].1 > inner {
+        shown -= 1;
+    }
+    let rows: Vec<Row> = cells
+        .into_iter()
+        .map(|r| Row::new(r.into_iter().take(shown).collect::<Vec<_>>()))
+        .collect();
+    let widths: Vec<Constraint> = (0..shown)
+        .map(|i| {
             if i == 0 {
-                Constraint::Min(c.1)
+                Constraint::Min(columns[0].1)
             } else {
-                Constraint::Length(c.1)
+                Constraint::Length(width_of(i))
             }
         })
         .collect();
-    let header: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    let header: Vec<&str> = columns[..shown].iter().map(|c| c.0).collect();
     let widget = table(app, title, &header, rows, widths);
     f.render_stateful_widget(
         widget,

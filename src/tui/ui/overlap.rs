@@ -204,7 +204,11 @@ fn report_lines<'a>(app: &App, r: &OverlapReport, width: usize) -> Vec<Line<'a>>
             ),
         ]));
         lines.push(Line::from(Span::styled(
-            "  missing genes are masked when projecting, not set to zero",
+            if app.overlap_model().is_some_and(|m| m.manifest.architecture.masked_input) {
+                "  missing genes are masked when projecting, not set to zero"
+            } else {
+                "  missing genes are zero-filled when projecting: this model was trained without a mask (scmz train --gene-dropout makes one that masks)"
+            },
             app.theme.muted(),
         )));
     }

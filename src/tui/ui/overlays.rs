@@ -167,7 +167,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Clear, r);
         f.render_widget(
             Paragraph::new(format!(
-                "Only {found:.1} % of the model's genes are in this dataset, below the {least:.0} % scmz projects without --force (the missing genes are masked).{} Project anyway (--force)?  y / n",
+                "Only {found:.1} % of the model's genes are in this dataset, below the {least:.0} % scmz projects without --force (the missing genes are {}).{} Project anyway (--force)?  y / n",
+                if app.overlap_model().is_some_and(|m| m.manifest.architecture.masked_input) {
+                    "masked"
+                } else {
+                    "zero-filled: the model was trained without a mask"
+                },
                 match app.overlap_view.shown(&app.overlap_view.predicted, app.overlap_pair()) {
                     Some((_, _, Ok(p))) => format!(" Predicted: {p}."),
                     _ => String::new(),
