@@ -114,7 +114,7 @@ fn the_tui_in_a_real_terminal_navigates_filters_helps_and_quits() {
     t.keys(&["2"]);
     t.wait_for("the zoo", |p| p.contains("pbmc-tiny") && p.contains("val ELBO"));
     t.keys(&["1", "/", "p", "b", "m", "c", "Enter"]);
-    let p = t.wait_for("the filtered table", |p| p.contains("filter \"pbmc\""));
+    let p = t.wait_for("the filtered table", |p| p.contains("matching \"pbmc\""));
     assert!(!p.contains("mouse_10k"), "{p}");
     t.keys(&["?"]);
     t.wait_for("the help", |p| p.contains("any key closes this help"));
