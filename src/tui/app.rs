@@ -174,12 +174,18 @@ impl App {
                         })
                 };
                 if !same(&self.datasets, &d) {
-                    // Files changed: the matrix, the details and the pair's report read before
-                    // are stale.
+                    // Files changed: the matrix and the details read before are stale, and the
+                    // pair's report if its dataset is one of them.
                     self.overlap_view.matrix = None;
                     self.datasets_view.details.clear();
-                    self.overlap_view.report = None;
-                    self.overlap_view.predicted = None;
+                    let row = |all: &[Summary], p: &PathBuf| all.iter().find(|x| &x.path == p).cloned();
+                    if let Some(p) = &paired {
+                        let (old, new) = (row(&self.datasets, p), row(&d, p));
+                        if !same(old.as_slice(), new.as_slice()) {
+                            self.overlap_view.report = None;
+                            self.overlap_view.predicted = None;
+                        }
+                    }
                 }
                 if self.notice.as_deref().is_some_and(|n| n.starts_with(REREADING)) {
                     self.notice = None;

@@ -1013,6 +1013,45 @@ fn second_trial_findings_stay_fixed() {
     assert!(render(&app, 80, 24).contains("Datasets matching \"pbmc\": 2 of"));
 }
 
+/// From the third trial: p before the pair's overlap is known waits (it started a job without
+/// the low-overlap question); normalised data is not projected; Esc leaves the matrix; the log
+/// pane shows a job's output (a projection's report) after its errors.
+#[test]
+fn third_trial_findings_stay_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = loaded_app(dir.path());
+    select_dataset(&mut app, "mouse_10k_subset.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    app.take_requests();
+    app.overlap_view.report = None;
+    key(&mut app, KeyCode::Char('p'));
+    assert!(app.notice.as_deref().unwrap().contains("still being computed"));
+    assert!(app.overlay.is_none() && !app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+    key(&mut app, KeyCode::Char('1'));
+    app.datasets_view.sel = 0;
+    select_dataset(&mut app, "pbmc68k_reduced.h5ad");
+    key(&mut app, KeyCode::Char('o'));
+    let s = app.sources.clone();
+    serve(&mut app, &s);
+    key(&mut app, KeyCode::Char('p'));
+    assert!(app.notice.as_deref().unwrap().contains("normalised values"));
+    assert!(!app.take_requests().iter().any(|r| matches!(r, Request::Submit(_))));
+    key(&mut app, KeyCode::Char('m'));
+    assert!(app.overlap_view.matrix_shown);
+    key(&mut app, KeyCode::Esc);
+    assert!(!app.overlap_view.matrix_shown);
+    // The log pane: stderr, then the job's output.
+    let reg = Registry::new(dir.path());
+    let id = "20261125-180000-1";
+    std::fs::write(reg.job_dir(id).join("stderr.log"), "progress\n").unwrap();
+    std::fs::write(reg.job_dir(id).join("stdout.log"), "labels     B (3), T (2)\n").unwrap();
+    let w = worker::job_log(&app.sources, id);
+    let worker::Update::JobLog { lines, .. } = w else {
+        panic!("{w:?}")
+    };
+    assert_eq!(lines, ["progress", "-- output --", "labels     B (3), T (2)"]);
+}
+
 /// A matrix under way stops when another is asked for (the user left it, or came back to it):
 /// the first answer is the newer matrix's, and the one left is never sent.
 #[test]

@@ -318,8 +318,15 @@ pub fn job_log(s: &Sources, job: &str) -> Update {
     let lines = if job.starts_with("run:") {
         vec!["a run started in a terminal: its output went to that terminal".to_string()]
     } else {
-        let path = Registry::new(&s.jobs).job_dir(job).join("stderr.log");
-        match read_tail(&path, 256 << 10) {
+        let dir = Registry::new(&s.jobs).job_dir(job);
+        let path = dir.join("stderr.log");
+        // What the job printed (a projection's report) follows its errors and progress.
+        let report = read_tail(&dir.join("stdout.log"), 64 << 10).unwrap_or_default();
+        let read = read_tail(&path, 256 << 10).map(|text| match report.trim() {
+            "" => text,
+            r => format!("{}\n-- output --\n{r}\n", text.trim_end()),
+        });
+        match read {
             Ok(text) => {
                 // A progress line rewritten with \r shows as its last state.
                 let all: Vec<String> = text

@@ -42,6 +42,9 @@ pub fn default_zoo() -> PathBuf {
 
 /// A model name must be a plain folder name.
 pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a model needs a name: letters, digits, `-`, `_` and `.`".into());
+    }
     if name.len() > 100 {
         return Err(format!(
             "a model name of {} characters is too long: use at most 100",

@@ -26,6 +26,25 @@ pub struct ProjectReport {
 }
 
 impl ProjectReport {
+    /// The labels transferred, the six largest by name and the rest counted (none silently left
+    /// out), with the mean confidence.
+    pub fn labels_line(&self) -> Option<String> {
+        if self.labels.is_empty() {
+            return None;
+        }
+        let top: Vec<String> = self.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
+        let rest: usize = self.labels.iter().skip(6).map(|(_, n)| n).sum();
+        Some(format!(
+            "{}{} (mean confidence {:.2})",
+            top.join(", "),
+            match self.labels.len().saturating_sub(6) {
+                0 => String::new(),
+                k => format!(", +{k} more ({rest} cells)"),
+            },
+            self.mean_confidence.unwrap_or(0.0)
+        ))
+    }
+
     /// The report as lines for people; `routes`: how many model genes each matching route found.
     pub fn print(&self, routes: &[(crate::genes::Route, usize)]) {
         // Labels, names and gene symbols come from files: control characters are shown escaped.
@@ -63,13 +82,8 @@ impl ProjectReport {
         if let Some((before, after)) = self.finetune_loss {
             println!("finetune   new batch: query ELBO per cell {before:.2} -> {after:.2}");
         }
-        if !self.labels.is_empty() {
-            let top: Vec<String> = self.labels.iter().take(6).map(|(l, n)| format!("{l} ({n})")).collect();
-            println!(
-                "labels     {} (mean confidence {:.2})",
-                top.join(", "),
-                self.mean_confidence.unwrap_or(0.0)
-            );
+        if let Some(line) = self.labels_line() {
+            println!("labels     {line}");
         }
         if !self.output.is_empty() {
             println!("wrote      {}", self.output);
@@ -77,5 +91,36 @@ impl ProjectReport {
         for w in &self.warnings {
             println!("warning: {w}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_labels_line_counts_what_it_does_not_name() {
+        let mut r = super::ProjectReport {
+            data: String::new(),
+            model: String::new(),
+            cells: 0,
+            model_genes: 0,
+            found: 0,
+            pct_found: 0.0,
+            key: String::new(),
+            missing_policy: crate::spec::Missing::Mask,
+            warnings: Vec::new(),
+            predicted_displacement: None,
+            predicted_agreement: None,
+            finetune_loss: None,
+            labels: (1..=8).map(|i| (format!("t{i}"), 100 - i)).collect(),
+            mean_confidence: Some(0.5),
+            output: String::new(),
+        };
+        let line = r.labels_line().unwrap_or_default();
+        assert!(
+            line.starts_with("t1 (99), t2 (98)") && line.contains("+2 more (185 cells)"),
+            "{line}"
+        );
+        r.labels.truncate(3);
+        assert!(!r.labels_line().unwrap_or_default().contains("more"));
     }
 }

@@ -149,6 +149,10 @@ impl App {
             KeyCode::Up | KeyCode::Char('k') => *row = row.saturating_sub(1),
             KeyCode::Right | KeyCode::Char('l') => *col = (*col + 1).min(n.saturating_sub(fit_cols)),
             KeyCode::Left | KeyCode::Char('h') => *col = col.saturating_sub(1),
+            KeyCode::Esc => {
+                view.matrix_shown = false;
+                self.request_overlap();
+            }
             KeyCode::Home | KeyCode::Char('g') => view.scroll = (0, 0),
             KeyCode::End | KeyCode::Char('G') => {
                 view.scroll = (n.saturating_sub(fit_rows), n.saturating_sub(fit_cols));
@@ -200,14 +204,30 @@ impl App {
             self.notice = Some(format!("this file cannot be read ({e}); nothing to project"));
             return;
         }
+        if d.values != "counts" {
+            self.notice = Some(
+                "this dataset holds normalised values; projecting needs raw counts: open the file that holds them"
+                    .into(),
+            );
+            return;
+        }
         let least = 100.0 * ProjectSpec::defaults(d.path.clone(), m.manifest.name.clone()).min_overlap;
+        // The question below the minimum needs the overlap: not before it is known.
         let found = match self.overlap_view.shown(&self.overlap_view.report, self.overlap_pair()) {
-            Some((_, _, Ok(r))) => Some(r.pct_b_found),
-            _ => None,
+            Some((_, _, Ok(r))) => r.pct_b_found,
+            Some((_, _, Err(e))) => {
+                self.notice = Some(format!("cannot project this pair: {e}"));
+                return;
+            }
+            None => {
+                self.notice = Some("the overlap is still being computed: press p again once it shows".into());
+                return;
+            }
         };
-        match found {
-            Some(pct) if pct < least => self.overlay = Some(Overlay::ConfirmForce { found: pct, least }),
-            _ => self.submit_projection(false, false),
+        if found < least {
+            self.overlay = Some(Overlay::ConfirmForce { found, least });
+        } else {
+            self.submit_projection(false, false);
         }
     }
 

@@ -141,6 +141,10 @@ fn monitor(f: &mut Frame, app: &App, job: &Job, area: Rect) {
         if let Some(report) = app.jobs_view.summaries.get(&job.id) {
             lines.extend(report.iter().map(|l| Line::from(l.clone())));
         }
+        lines.push(Line::from(Span::styled(
+            "Enter shows the job's whole log and report.",
+            app.theme.muted(),
+        )));
         f.render_widget(
             Paragraph::new(lines).wrap(Wrap { trim: true }).block(block(app, "Run")),
             area,
