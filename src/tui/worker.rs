@@ -299,7 +299,7 @@ pub fn summary(s: &Sources, job: &str) -> Update {
         Ok(t) => t
             .lines()
             .filter(|l| {
-                ["labels ", "predicted ", "genes ", "warning:"]
+                scmz::zoo::projection::ProjectReport::FINDINGS
                     .iter()
                     .any(|k| l.starts_with(k))
             })

@@ -26,6 +26,10 @@ pub struct ProjectReport {
 }
 
 impl ProjectReport {
+    /// How the lines of `print` that say what a projection found begin (genes found, the
+    /// predicted mapping, labels, warnings): the TUI shows a finished job's lines that do.
+    pub const FINDINGS: [&'static str; 4] = ["genes ", "predicted ", "labels ", "warning:"];
+
     /// The labels transferred, the six largest by name and the rest counted (none silently left
     /// out), with the mean confidence.
     pub fn labels_line(&self) -> Option<String> {

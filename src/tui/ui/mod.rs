@@ -22,10 +22,9 @@ pub fn draw(f: &mut Frame, app: &App) {
     let area = f.area();
     f.render_widget(Block::default().style(app.theme.base()), area);
     // A notice longer than the width takes up to three lines: what to do is at its end.
+    // Measured as it is drawn (wrapped between words, after a leading space).
     let footer_h = app.notice.as_ref().map_or(1, |n| {
-        (n.chars().count() + 1)
-            .div_ceil(usize::from(area.width.max(1)))
-            .clamp(1, 3) as u16
+        overlays::wrapped_rows(&Line::from(format!(" {n}")), usize::from(area.width.max(1))).clamp(1, 3) as u16
     });
     let [tabs, body, footer] =
         Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(footer_h)]).areas(area);
