@@ -107,6 +107,10 @@ pub struct TrainSpec {
     pub batch_size: usize,
     #[arg(long, default_value_t = 1e-3, value_parser = learning_rate, allow_negative_numbers = true)]
     pub lr: f64,
+    /// Steps over which Adam's step size rises linearly to --lr (0: none).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[serde(default)]
+    pub lr_warmup: usize,
     #[arg(long, default_value_t = 1e-6, value_parser = non_negative, allow_negative_numbers = true)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 128, value_parser = width, allow_negative_numbers = true)]

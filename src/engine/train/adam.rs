@@ -14,6 +14,8 @@ use crate::model::stored::{from_file, to_file};
 
 pub struct Adam {
     pub lr: f64,
+    /// Steps over which the step size rises linearly to `lr` (0: from the first step).
+    pub warmup: i64,
     beta1: f64,
     beta2: f64,
     eps: f64,
@@ -46,6 +48,7 @@ impl Adam {
         let on_cpu = params.iter().all(|p| p.device() == Device::Cpu);
         let mut adam = Adam {
             lr,
+            warmup: 0,
             beta1: 0.9,
             beta2: 0.999,
             eps,
@@ -104,7 +107,12 @@ impl Adam {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        let step_size = self.lr / bc1;
+        let ramp = if self.warmup > 0 {
+            (self.step as f64 / self.warmup as f64).min(1.0)
+        } else {
+            1.0
+        };
+        let step_size = self.lr * ramp / bc1;
         let inv_sqrt_bc2 = 1.0 / bc2.sqrt();
         if let Some(f) = &mut self.flat {
             if grads.iter().all(Tensor::defined) {
@@ -377,5 +385,34 @@ mod tests {
         for (a, b) in again.v.iter().zip(&fast.v) {
             assert!(a.equal(b));
         }
+    }
+
+    #[test]
+    fn warm_up_scales_the_first_steps_step_size() {
+        // Adam's first step moves each weight by about lr (sign of its gradient); with a warm-up of
+        // four steps it moves it by a quarter of that, and from step four on by the full step.
+        let moved = |warmup: i64, steps: usize| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let _ = vs.root().var("w", &[8], nn::Init::Const(0.0));
+            let mut opt = Adam::new(&vs, 1e-2, 0.0, 1e-12);
+            opt.warmup = warmup;
+            let mut last = 0.0;
+            for _ in 0..steps {
+                let before = vs.variables()["w"].copy();
+                let l = (&vs.variables()["w"] - 100.0).square().sum(Kind::Float);
+                opt.step(&Tensor::run_backward(&[l], opt.params(), false, false));
+                last = f64::try_from((&vs.variables()["w"] - before).abs().max()).unwrap();
+            }
+            last
+        };
+        assert!((moved(0, 1) - 1e-2).abs() < 1e-6, "{}", moved(0, 1));
+        assert!((moved(4, 1) - 2.5e-3).abs() < 1e-6, "{}", moved(4, 1));
+        assert!((moved(4, 2) - 5e-3).abs() < 1e-5, "{}", moved(4, 2));
+        assert!(
+            (moved(4, 6) - moved(0, 6)).abs() < 1e-4,
+            "{} {}",
+            moved(4, 6),
+            moved(0, 6)
+        );
     }
 }

@@ -196,7 +196,8 @@ impl Run {
         tch::manual_seed(args.seed as i64);
         let vs = nn::VarStore::new(dev);
         let vae = Vae::new(&vs.root(), arch.clone());
-        let opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
+        let mut opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
+        opt.warmup = args.lr_warmup as i64;
         let trace = Trace::start(&vs)?;
         let train_pass = match trace.as_ref().and_then(|t| t.fixed_noise) {
             Some(tenths) => Pass::TrainFixed { tenths },
