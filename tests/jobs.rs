@@ -326,7 +326,7 @@ fn a_local_sweep_runs_side_by_side_under_the_configured_limit_and_logs_follow_to
             "--name",
             "sw",
             "--epochs",
-            "8",
+            "60",
             "--device",
             "cpu",
             "--sweep",
@@ -346,7 +346,8 @@ fn a_local_sweep_runs_side_by_side_under_the_configured_limit_and_logs_follow_to
     assert!(stdout(&o).contains("model `sw-n_latent-4` saved"), "{}", stdout(&o));
     let a = wait_for(root.path(), &ids[0], "finished", |j| j["state"] == "done");
     let b = wait_for(root.path(), &ids[1], "finished", |j| j["state"] == "done");
-    // Two CPU slots from the config file: the second started before the first ended.
+    // Two CPU slots from the config file: the second started before the first ended (the times are
+    // to the second, so each job trains long enough to span several).
     assert!(
         b["started"].as_str().unwrap() < a["ended"].as_str().unwrap(),
         "{a:#} {b:#}"
