@@ -107,6 +107,20 @@ fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
     // kNN label accuracy of held-out cells: latent vs 10 random projections of log1p counts.
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(zoo.path().join("pbmc/manifest.json")).unwrap()).unwrap();
+    // The manifest records the step size and its warm-up the run used (the defaults here).
+    let defaults = scmz::spec::TrainSpec::defaults(pbmc.clone(), "pbmc".into());
+    assert_eq!(manifest["training"]["lr"], defaults.lr, "{manifest:#}");
+    assert_eq!(
+        manifest["training"]["lr_warmup_steps"], defaults.lr_warmup,
+        "{manifest:#}"
+    );
+    assert_eq!(
+        manifest["training"]["norm_momentum"], defaults.norm_momentum,
+        "{manifest:#}"
+    );
+    let o = scmz(&["model", "show", "pbmc"], zoo.path());
+    let shown = format!("lr {} (warm-up {} steps)", defaults.lr, defaults.lr_warmup);
+    assert!(stdout(&o).contains(&shown), "{}", stdout(&o));
     let reference: std::collections::HashSet<String> =
         serde_json::from_value(manifest["reference"]["cell_ids"].clone()).unwrap();
     let ds = Dataset::open(&pbmc).unwrap();

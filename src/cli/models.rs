@@ -189,12 +189,16 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
         line(
             "training",
             format!(
-                "{} of {} epochs (best {}), batch {}, lr {}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
+                "{} of {} epochs (best {}), batch {}, lr {}{}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
                 t.epochs_run,
                 t.max_epochs,
                 t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
                 t.batch_size,
                 t.lr,
+                match t.lr_warmup_steps {
+                    0 => String::new(),
+                    n => format!(" (warm-up {n} steps)"),
+                },
                 t.gene_dropout,
                 t.seed,
                 fmt_duration(t.seconds),

@@ -882,6 +882,8 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
                 best_epoch: None,
                 batch_size: 0,
                 lr: 0.0,
+                lr_warmup_steps: 0,
+                norm_momentum: 0.01,
                 weight_decay: 0.0,
                 kl_warmup_epochs: 0,
                 gene_dropout: 0.0,

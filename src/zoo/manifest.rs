@@ -89,6 +89,12 @@ pub struct Training {
     pub best_epoch: Option<usize>,
     pub batch_size: usize,
     pub lr: f64,
+    /// Steps over which the step size rose to `lr` (0 in manifests that predate it).
+    #[serde(default)]
+    pub lr_warmup_steps: usize,
+    /// BatchNorm's running-statistics momentum (scvi-tools' 0.01 in manifests that predate it).
+    #[serde(default = "scvi_norm_momentum")]
+    pub norm_momentum: f64,
     pub weight_decay: f64,
     pub kl_warmup_epochs: usize,
     pub gene_dropout: f64,
@@ -98,6 +104,10 @@ pub struct Training {
     pub label_key: Option<String>,
     pub seconds: f64,
     pub cells_per_s: f64,
+}
+
+fn scvi_norm_momentum() -> f64 {
+    0.01
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -64,6 +64,7 @@ impl<L: Module> Block<L> {
         linear: impl FnOnce(nn::Path) -> L,
         n_out: i64,
         norm: scmz::spec::Norm,
+        momentum: f64,
         dropout: f64,
     ) -> Self {
         let linear = linear(&p / "linear");
@@ -78,7 +79,7 @@ impl<L: Module> Block<L> {
             // [0, 1), which halves the layer's signal on average and all but silences some units:
             // on Kang CTRL -> STIM the latents then transfer labels markedly worse per epoch.
             let cfg = nn::BatchNormConfig {
-                momentum: 0.01,
+                momentum,
                 eps: 1e-3,
                 ws_init: nn::Init::Const(1.0),
                 bs_init: nn::Init::Const(0.0),

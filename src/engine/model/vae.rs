@@ -27,6 +27,8 @@ use scmz::zoo::manifest::Architecture;
 const EPS: f64 = 1e-8;
 /// The floor of the latent variance (scvi-tools' `var_eps`).
 const VAR_EPS: f64 = 1e-4;
+/// scvi-tools' BatchNorm momentum: running statistics move 1 % toward each training batch's.
+pub const SCVI_NORM_MOMENTUM: f64 = 0.01;
 
 pub struct Vae {
     pub arch: Architecture,
@@ -126,7 +128,14 @@ struct SparseFirst {
 }
 
 impl Vae {
+    /// A model whose BatchNorm layers keep their running statistics as scvi-tools' do (momentum
+    /// 0.01), for loading and fine-tuning.
     pub fn new(vs: &nn::Path, arch: Architecture) -> Self {
+        Vae::with_norm_momentum(vs, arch, SCVI_NORM_MOMENTUM)
+    }
+
+    /// A model whose BatchNorm running statistics move by `momentum` of each training batch's.
+    pub fn with_norm_momentum(vs: &nn::Path, arch: Architecture, momentum: f64) -> Self {
         let g = arch.n_genes as i64;
         let nb = arch.batch_categories.len() as i64;
         let h = arch.n_hidden as i64;
@@ -141,6 +150,7 @@ impl Vae {
             |p| InputLinear::new(p, n_in, h),
             h,
             arch.norm,
+            momentum,
             arch.dropout,
         );
         let encoder = (1..arch.n_layers.max(1))
@@ -150,18 +160,25 @@ impl Vae {
                     |p| linear(p, h + enc_deep, h),
                     h,
                     arch.norm,
+                    momentum,
                     arch.dropout,
                 )
             })
             .collect();
         let mean = linear(vs / "z_mean", h, l);
         let logvar = linear(vs / "z_logvar", h, l);
-        let first = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, 0.0);
+        let first = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, momentum, 0.0);
         let decoder = std::iter::once(first)
-            .chain(
-                (1..lay.decoder_layers.max(1))
-                    .map(|i| Block::new(vs / "decoder" / i, |p| linear(p, h + deep, h), h, arch.norm, 0.0)),
-            )
+            .chain((1..lay.decoder_layers.max(1)).map(|i| {
+                Block::new(
+                    vs / "decoder" / i,
+                    |p| linear(p, h + deep, h),
+                    h,
+                    arch.norm,
+                    momentum,
+                    0.0,
+                )
+            }))
             .collect();
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == Likelihood::Zinb).then(|| linear(vs / "px_dropout", h, g));
@@ -177,6 +194,7 @@ impl Vae {
                 |p| linear(p, g + if lay.encode_batch { nb } else { 0 }, h),
                 h,
                 arch.norm,
+                momentum,
                 arch.dropout,
             ),
             mean: linear(vs / "l_mean", h, 1),
@@ -195,6 +213,7 @@ impl Vae {
                         |p| linear(p, n_in, h),
                         h,
                         arch.norm,
+                        momentum,
                         arch.dropout,
                     )
                 })

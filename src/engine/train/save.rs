@@ -85,6 +85,8 @@ impl Run {
                 best_epoch: self.state.best_epoch,
                 batch_size: args.batch_size,
                 lr: args.lr,
+                lr_warmup_steps: args.lr_warmup,
+                norm_momentum: args.norm_momentum,
                 weight_decay: args.weight_decay,
                 kl_warmup_epochs: args.kl_warmup,
                 gene_dropout: args.gene_dropout,

@@ -302,6 +302,50 @@ fn trace_passes_are_deterministic() {
     assert!((dropped - 0.1).abs() < 0.01, "{dropped}");
 }
 
+/// A training pass moves the encoder's BatchNorm running mean (zero at the start) by the momentum
+/// the model was built with times the batch's mean: ten times as far at 0.1 as at scvi-tools' 0.01.
+/// (The same weights in both; the decoder's input is a random draw, so only the encoder compares.)
+#[test]
+fn batch_norm_running_statistics_move_by_the_given_momentum() {
+    let x = Tensor::randint(6, [16, 50], (Kind::Float, tch::Device::Cpu));
+    let ones = Tensor::ones([16, 50], (Kind::Float, tch::Device::Cpu));
+    let input = Input {
+        sparse: None,
+        lgamma_x1: None,
+        x: Some(&x),
+        measured: Some(&ones),
+        measured_groups: None,
+        visible: Some(&ones),
+        batch: None,
+        labels: None,
+    };
+    let mut a = arch("nb");
+    a.dropout = 0.0;
+    let slow_vs = nn::VarStore::new(tch::Device::Cpu);
+    let slow = Vae::with_norm_momentum(&slow_vs.root(), a.clone(), SCVI_NORM_MOMENTUM);
+    let mut fast_vs = nn::VarStore::new(tch::Device::Cpu);
+    let fast = Vae::with_norm_momentum(&fast_vs.root(), a, 0.1);
+    fast_vs.copy(&slow_vs).unwrap();
+    let running_mean = |vae: &Vae, vs: &nn::VarStore| {
+        let _ = vae.losses(&input, 1.0, Pass::Train);
+        let means: Vec<Tensor> = vs
+            .variables()
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("encoder") && n.ends_with("running_mean"))
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(means.len(), 1);
+        means[0].copy()
+    };
+    let (s, f) = (running_mean(&slow, &slow_vs), running_mean(&fast, &fast_vs));
+    assert!(
+        f64::try_from(s.abs().max()).unwrap() > 0.0,
+        "the running mean did not move"
+    );
+    let off = f64::try_from((&f - &s * 10.0).abs().max() / f.abs().max()).unwrap();
+    assert!(off < 1e-4, "{off}");
+}
+
 /// BatchNorm layers start as PyTorch's (and scvi-tools'): scale 1, shift 0. (tch's default
 /// scale is uniform in [0, 1); with it the latents transferred labels worse per epoch.)
 #[test]
