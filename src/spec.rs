@@ -111,7 +111,7 @@ pub struct TrainSpec {
     pub lr: f64,
     /// Steps over which Adam's step size rises linearly to --lr (0: none); without it the first
     /// steps at 5e-3 overshoot (validation ELBO after one epoch 15 % worse on Kang).
-    #[arg(long, default_value_t = 150, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 150, value_parser = warmup_steps, allow_negative_numbers = true)]
     #[serde(default)]
     pub lr_warmup: usize,
     /// How far BatchNorm's running statistics, which encoding uses, move toward each training
@@ -226,6 +226,14 @@ fn at_most_epochs(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n <= 1_000_000 => Ok(n),
         _ => Err(format!("`{s}` must be a whole number of epochs from 0 to 1,000,000")),
+    }
+}
+
+/// Warm-up steps: 0 (none) to 1,000,000,000.
+fn warmup_steps(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= 1_000_000_000 => Ok(n),
+        _ => Err(format!("`{s}` must be a whole number of steps from 0 to 1,000,000,000")),
     }
 }
 

@@ -845,13 +845,24 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--likelihood", "gaussian"),
         ("--epochs", "100000000000"),
         ("--lr", "1e30"),
+        ("--lr-warmup", "1e3"),
+        ("--lr-warmup", "18446744073709551615"),
+        ("--norm-momentum", "0"),
+        ("--norm-momentum", "1.5"),
     ] {
         let setting = format!("{flag}={value}");
         let o = scmz(root.path(), &["train", si, "--name", "bad", &setting]);
         refused(&o, 2, &[flag]);
     }
     // A negative number as its own argument is the setting's value, not a flag.
-    for flag in ["--lr", "--weight-decay", "--dropout", "--gene-dropout"] {
+    for flag in [
+        "--lr",
+        "--weight-decay",
+        "--dropout",
+        "--gene-dropout",
+        "--lr-warmup",
+        "--norm-momentum",
+    ] {
         let o = scmz(root.path(), &["train", si, "--name", "bad", flag, "-1"]);
         refused(&o, 2, &[flag, "`-1` must be"]);
     }
