@@ -64,7 +64,7 @@ with tempfile.TemporaryDirectory() as tmp:
                     "--epochs", str(a.epochs), "--seed", str(a.seed), "--device", "cpu", "--batch-size", "128",
                     "--likelihood", "nb", "--n-hidden", "128", "--n-latent", "10", "--n-layers", "1",
                     "--dropout", str(dropout), "--kl-warmup", str(a.kl_warmup), "--patience", "0",
-                    "--lr", "1e-3", "--lr-warmup", "0", "--norm-momentum", "0.01"],
+                    "--lr", "1e-3", "--lr-warmup", "0", "--norm-cells", "0"],
                    check=True, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     init = load_file(os.path.join(trace, "init.safetensors"))
     final = load_file(os.path.join(tmp_zoo, "parity", "weights.safetensors"))

@@ -847,8 +847,8 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--lr", "1e30"),
         ("--lr-warmup", "1e3"),
         ("--lr-warmup", "18446744073709551615"),
-        ("--norm-momentum", "0"),
-        ("--norm-momentum", "1.5"),
+        ("--norm-cells", "100001"),
+        ("--norm-cells", "1.5"),
     ] {
         let setting = format!("{flag}={value}");
         let o = scmz(root.path(), &["train", si, "--name", "bad", &setting]);
@@ -861,7 +861,7 @@ fn settings_out_of_range_fail_at_parse_time() {
         "--dropout",
         "--gene-dropout",
         "--lr-warmup",
-        "--norm-momentum",
+        "--norm-cells",
     ] {
         let o = scmz(root.path(), &["train", si, "--name", "bad", flag, "-1"]);
         refused(&o, 2, &[flag, "`-1` must be"]);

@@ -114,10 +114,7 @@ fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
         manifest["training"]["lr_warmup_steps"], defaults.lr_warmup,
         "{manifest:#}"
     );
-    assert_eq!(
-        manifest["training"]["norm_momentum"], defaults.norm_momentum,
-        "{manifest:#}"
-    );
+    assert_eq!(manifest["training"]["norm_cells"], defaults.norm_cells, "{manifest:#}");
     let o = scmz(&["model", "show", "pbmc"], zoo.path());
     let shown = format!("lr {} (warm-up {} steps)", defaults.lr, defaults.lr_warmup);
     assert!(stdout(&o).contains(&shown), "{}", stdout(&o));

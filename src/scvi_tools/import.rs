@@ -883,7 +883,7 @@ pub fn import(dir: &Path, name: &str, zoo: &Zoo) -> Result<Report, String> {
                 batch_size: 0,
                 lr: 0.0,
                 lr_warmup_steps: 0,
-                norm_momentum: 0.01,
+                norm_cells: 0,
                 weight_decay: 0.0,
                 kl_warmup_epochs: 0,
                 gene_dropout: 0.0,

@@ -92,9 +92,10 @@ pub struct Training {
     /// Steps over which the step size rose to `lr` (0 in manifests that predate it).
     #[serde(default)]
     pub lr_warmup_steps: usize,
-    /// BatchNorm's running-statistics momentum (scvi-tools' 0.01 in manifests that predate it).
-    #[serde(default = "scvi_norm_momentum")]
-    pub norm_momentum: f64,
+    /// Training cells BatchNorm's statistics were computed from at each epoch's end (0, and in
+    /// manifests that predate it: running averages at momentum 0.01, as scvi-tools).
+    #[serde(default)]
+    pub norm_cells: usize,
     pub weight_decay: f64,
     pub kl_warmup_epochs: usize,
     pub gene_dropout: f64,
@@ -104,10 +105,6 @@ pub struct Training {
     pub label_key: Option<String>,
     pub seconds: f64,
     pub cells_per_s: f64,
-}
-
-fn scvi_norm_momentum() -> f64 {
-    0.01
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

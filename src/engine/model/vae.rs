@@ -17,7 +17,7 @@ use crate::kernels::fused;
 use crate::kernels::math::lgamma_digamma_diff;
 use crate::kernels::sparse::{sparse_by_gene_times_rows, sparse_times_dense_par};
 use crate::model::input::{grad_mode, ByGene, Input, SparseX};
-use crate::model::layers::{linear, with_batch, Block, InputLinear};
+use crate::model::layers::{linear, with_batch, Block, InputLinear, Norm};
 use crate::tensor::cpu_slice;
 use likelihood::{log_nb, log_zinb};
 
@@ -128,14 +128,10 @@ struct SparseFirst {
 }
 
 impl Vae {
-    /// A model whose BatchNorm layers keep their running statistics as scvi-tools' do (momentum
-    /// 0.01), for loading and fine-tuning.
+    /// A model whose BatchNorm layers keep running averages of their statistics as scvi-tools'
+    /// do (momentum 0.01); training replaces them at each epoch's end (`population_norms`).
     pub fn new(vs: &nn::Path, arch: Architecture) -> Self {
-        Vae::with_norm_momentum(vs, arch, SCVI_NORM_MOMENTUM)
-    }
-
-    /// A model whose BatchNorm running statistics move by `momentum` of each training batch's.
-    pub fn with_norm_momentum(vs: &nn::Path, arch: Architecture, momentum: f64) -> Self {
+        let momentum = SCVI_NORM_MOMENTUM;
         let g = arch.n_genes as i64;
         let nb = arch.batch_categories.len() as i64;
         let h = arch.n_hidden as i64;
@@ -233,6 +229,70 @@ impl Vae {
             library,
             classifier,
         }
+    }
+
+    /// The model's BatchNorm layers (none with layer normalisation).
+    fn batch_norms(&self) -> Vec<&nn::BatchNorm> {
+        std::iter::once(&self.input.norm)
+            .chain(self.encoder.iter().map(|b| &b.norm))
+            .chain(self.decoder.iter().map(|b| &b.norm))
+            .chain(self.library.iter().map(|l| &l.block.norm))
+            .chain(self.classifier.iter().flat_map(|c| c.hidden.iter().map(|b| &b.norm)))
+            .filter_map(|n| match n {
+                Norm::Batch(b) => Some(b),
+                Norm::Layer(_) => None,
+            })
+            .collect()
+    }
+
+    /// Sets BatchNorm's running statistics, which encoding and validation use, to the mean of
+    /// the statistics of `inputs` (minibatches of training cells, of one size) in a training pass
+    /// with the present weights, as "precise BatchNorm" does (Wu and Johnson, 2021). Running
+    /// averages lag behind weights that move fast, and over the last few minibatches they
+    /// describe the last few chunks read rather than the data. Nothing changes without an input.
+    pub fn population_norms<'a>(&self, inputs: impl IntoIterator<Item = Input<'a>>) {
+        let norms = self.batch_norms();
+        if norms.is_empty() {
+            return;
+        }
+        tch::no_grad(|| {
+            let mut sums: Vec<(Tensor, Tensor)> = norms
+                .iter()
+                .map(|b| (b.running_mean.zeros_like(), b.running_var.zeros_like()))
+                .collect();
+            let mut n = 0usize;
+            for input in inputs {
+                // From zero, a training pass leaves momentum x the batch's statistics.
+                for b in &norms {
+                    let _ = b.running_mean.shallow_clone().zero_();
+                    let _ = b.running_var.shallow_clone().zero_();
+                }
+                self.normalised_layers(&input);
+                for ((mean, var), b) in sums.iter_mut().zip(&norms) {
+                    *mean += &b.running_mean / SCVI_NORM_MOMENTUM;
+                    *var += &b.running_var / SCVI_NORM_MOMENTUM;
+                }
+                n += 1;
+            }
+            if n > 0 {
+                for ((mean, var), b) in sums.iter().zip(&norms) {
+                    b.running_mean.shallow_clone().copy_(&(mean / n as f64));
+                    b.running_var.shallow_clone().copy_(&(var / n as f64));
+                }
+            }
+        });
+    }
+
+    /// A training pass through every layer that normalises (not the likelihood: the gene scale,
+    /// the costly part, comes after the last), as `losses` runs them.
+    fn normalised_layers(&self, input: &Input) {
+        let (mu, logvar, _) = self.encode_parts(input, true);
+        if let Some(c) = &self.classifier {
+            let _ = c.logits(&mu, true);
+        }
+        let _ = self.library_posterior(input, true);
+        let z = &mu + (&logvar * 0.5).exp() * mu.randn_like();
+        let _ = self.decode_hidden(z, input.batch, true);
     }
 
     /// The classifier's probabilities (cells x labels) for latent means, in evaluation mode;

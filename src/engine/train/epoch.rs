@@ -13,6 +13,7 @@ use scmz::events::{Event, LossTerms};
 use crate::model::vae::{Losses, Pass};
 use crate::train::feed::Batches;
 use crate::train::latent::{latent_event, LATENT_SAMPLE};
+use crate::train::minibatch::Prepared;
 use crate::train::setup::Run;
 use crate::train::stop::stop_requested;
 
@@ -88,6 +89,44 @@ impl DeviceSums {
     }
 }
 
+/// Minibatches kept from a training pass, a uniform sample (reservoir sampling) of those at
+/// least half the batch size, about `--norm-cells` cells in all, for `Vae::population_norms`.
+struct NormSample {
+    kept: Vec<Prepared>,
+    size: usize,
+    min_cells: usize,
+    seen: u64,
+    rng: scmz::stats::Rng,
+}
+
+impl NormSample {
+    fn new(args: &scmz::spec::TrainSpec, epoch: usize) -> NormSample {
+        let size = args.norm_cells.div_ceil(args.batch_size.max(1));
+        NormSample {
+            kept: Vec::with_capacity(size),
+            size,
+            min_cells: (args.batch_size / 2).max(2),
+            seen: 0,
+            rng: scmz::stats::Rng::new(args.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        }
+    }
+
+    fn offer(&mut self, p: Prepared) {
+        if self.size == 0 || p.n < self.min_cells {
+            return;
+        }
+        self.seen += 1;
+        if self.kept.len() < self.size {
+            self.kept.push(p);
+        } else {
+            let j = (self.rng.next_u64() % self.seen) as usize;
+            if j < self.size {
+                self.kept[j] = p;
+            }
+        }
+    }
+}
+
 impl Run {
     /// The training pass of `epoch`: one optimiser step per minibatch. `None` when a stop was
     /// asked for (the epoch is left unfinished).
@@ -103,6 +142,7 @@ impl Run {
         let (mut sce, mut nce) = (0.0, 0usize);
         // On a GPU the epoch's loss sums stay on the device (no wait for each step).
         let mut on_device = (dev != Device::Cpu && self.trace.is_none()).then(DeviceSums::default);
+        let mut sample = NormSample::new(&self.args, epoch);
         for p in batches {
             let p = p.map_err(anyhow::Error::msg)?.to(dev, self.args.gene_dropout);
             if stop_requested() {
@@ -142,6 +182,7 @@ impl Run {
             }
             n += m;
             self.state.step += 1;
+            sample.offer(p);
             if event_due {
                 progress.last_step_event = Instant::now();
                 let cps = n as f64 / started.elapsed().as_secs_f64().max(1e-9);
@@ -168,6 +209,7 @@ impl Run {
         if stop_requested() {
             return Ok(None);
         }
+        self.vae.population_norms(sample.kept.iter().map(|p| p.input()));
         if let Some(sums) = on_device.take() {
             (sr, sk, sce, nce) = sums.read();
             if !sr.is_finite() || !sk.is_finite() {

@@ -86,7 +86,7 @@ impl Run {
                 batch_size: args.batch_size,
                 lr: args.lr,
                 lr_warmup_steps: args.lr_warmup,
-                norm_momentum: args.norm_momentum,
+                norm_cells: args.norm_cells,
                 weight_decay: args.weight_decay,
                 kl_warmup_epochs: args.kl_warmup,
                 gene_dropout: args.gene_dropout,

@@ -195,7 +195,7 @@ impl Run {
         set_threads(ds.n_genes());
         tch::manual_seed(args.seed as i64);
         let vs = nn::VarStore::new(dev);
-        let vae = Vae::with_norm_momentum(&vs.root(), arch.clone(), args.norm_momentum);
+        let vae = Vae::new(&vs.root(), arch.clone());
         let mut opt = Adam::new(&vs, args.lr, args.weight_decay, 0.01);
         opt.warmup = args.lr_warmup as i64;
         let trace = Trace::start(&vs)?;

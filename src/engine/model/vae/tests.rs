@@ -302,17 +302,21 @@ fn trace_passes_are_deterministic() {
     assert!((dropped - 0.1).abs() < 0.01, "{dropped}");
 }
 
-/// A training pass moves the encoder's BatchNorm running mean (zero at the start) by the momentum
-/// the model was built with times the batch's mean: ten times as far at 0.1 as at scvi-tools' 0.01.
-/// (The same weights in both; the decoder's input is a random draw, so only the encoder compares.)
+/// `population_norms` sets every BatchNorm layer's running statistics to the mean of the given
+/// minibatches' statistics in a training pass: after one large minibatch, evaluation encodes it
+/// as training does (the variance differs by n / (n - 1) only); after three, each running
+/// statistic is the mean of those after each alone; with none, nothing changes.
 #[test]
-fn batch_norm_running_statistics_move_by_the_given_momentum() {
-    let x = Tensor::randint(6, [16, 50], (Kind::Float, tch::Device::Cpu));
-    let ones = Tensor::ones([16, 50], (Kind::Float, tch::Device::Cpu));
-    let input = Input {
+fn population_norms_are_the_minibatches_mean_statistics() {
+    let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(3);
+    let cpu = (Kind::Float, tch::Device::Cpu);
+    let xs: Vec<Tensor> = (0..3).map(|i| Tensor::randint(4 + 3 * i, [2000, 50], cpu)).collect();
+    let ones = Tensor::ones([2000, 50], cpu);
+    let input = |x| Input {
         sparse: None,
         lgamma_x1: None,
-        x: Some(&x),
+        x: Some(x),
         measured: Some(&ones),
         measured_groups: None,
         visible: Some(&ones),
@@ -321,29 +325,53 @@ fn batch_norm_running_statistics_move_by_the_given_momentum() {
     };
     let mut a = arch("nb");
     a.dropout = 0.0;
-    let slow_vs = nn::VarStore::new(tch::Device::Cpu);
-    let slow = Vae::with_norm_momentum(&slow_vs.root(), a.clone(), SCVI_NORM_MOMENTUM);
-    let mut fast_vs = nn::VarStore::new(tch::Device::Cpu);
-    let fast = Vae::with_norm_momentum(&fast_vs.root(), a, 0.1);
-    fast_vs.copy(&slow_vs).unwrap();
-    let running_mean = |vae: &Vae, vs: &nn::VarStore| {
-        let _ = vae.losses(&input, 1.0, Pass::Train);
-        let means: Vec<Tensor> = vs
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let vae = Vae::new(&vs.root(), a);
+    // The encoder's statistics, then the decoder's (whose input is a random draw).
+    let stats = || -> Vec<Tensor> {
+        let mut v: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()
-            .filter(|(n, _)| n.starts_with("encoder") && n.ends_with("running_mean"))
-            .map(|(_, t)| t)
+            .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
             .collect();
-        assert_eq!(means.len(), 1);
-        means[0].copy()
+        v.sort_by_key(|(n, _)| (!n.starts_with("encoder"), n.clone()));
+        v.into_iter().map(|(_, t)| t.copy()).collect()
     };
-    let (s, f) = (running_mean(&slow, &slow_vs), running_mean(&fast, &fast_vs));
-    assert!(
-        f64::try_from(s.abs().max()).unwrap() > 0.0,
-        "the running mean did not move"
-    );
-    let off = f64::try_from((&f - &s * 10.0).abs().max() / f.abs().max()).unwrap();
-    assert!(off < 1e-4, "{off}");
+    let max_diff = |x: &[Tensor], y: &[Tensor]| {
+        x.iter()
+            .zip(y)
+            .map(|(x, y)| f64::try_from((x - y).abs().max()).unwrap())
+            .fold(0.0, f64::max)
+    };
+    let start = stats();
+    assert_eq!(start.len(), 4, "encoder and decoder, mean and variance");
+    vae.population_norms(std::iter::empty());
+    assert_eq!(max_diff(&start, &stats()), 0.0);
+
+    let alone: Vec<Vec<Tensor>> = xs
+        .iter()
+        .map(|x| {
+            vae.population_norms([input(x)]);
+            stats()
+        })
+        .collect();
+    assert!(max_diff(&start, &alone[0]) > 0.1, "the statistics did not move");
+    let (train_mu, eval_mu) =
+        tch::no_grad(|| (vae.encode(&input(&xs[2]), true).0, vae.encode(&input(&xs[2]), false).0));
+    let off = f64::try_from((&train_mu - &eval_mu).abs().max() / train_mu.abs().max()).unwrap();
+    assert!(off < 2e-3, "evaluation encodes the batch {off} off training");
+
+    vae.population_norms(xs.iter().map(input));
+    let mean: Vec<Tensor> = (0..start.len())
+        .map(|i| (&alone[0][i] + &alone[1][i] + &alone[2][i]) / 3.0)
+        .collect();
+    let now = stats();
+    let off = max_diff(&mean[..2], &now[..2]);
+    assert!(off < 1e-4, "encoder {off}");
+    // The decoder's differ by the draws only.
+    let off = max_diff(&mean[2..], &now[2..]);
+    assert!(off < 0.1, "decoder {off}");
+    assert!(max_diff(&alone[0], &alone[2]) > 0.1, "the minibatches should differ");
 }
 
 /// BatchNorm layers start as PyTorch's (and scvi-tools'): scale 1, shift 0. (tch's default
