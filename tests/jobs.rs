@@ -104,7 +104,17 @@ fn sigkill_is_reported_as_failed_and_resume_finishes_the_run() {
     };
     let o = in_folder(
         &here,
-        &["train", "cells.h5ad", "--name", "killed", "--epochs", "300", "--detach"],
+        &[
+            "train",
+            "cells.h5ad",
+            "--name",
+            "killed",
+            "--epochs",
+            "300",
+            "--patience",
+            "0",
+            "--detach",
+        ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let id = stdout(&o).split_whitespace().nth(1).unwrap().to_string();
