@@ -116,7 +116,12 @@ fn training_lowers_validation_loss_and_the_latent_separates_cell_types() {
     );
     assert_eq!(manifest["training"]["norm_cells"], defaults.norm_cells, "{manifest:#}");
     let o = scmz(&["model", "show", "pbmc"], zoo.path());
-    let shown = format!("lr {} (warm-up {} steps)", defaults.lr, defaults.lr_warmup);
+    let shown = format!(
+        "lr {} (warm-up {} steps), BatchNorm statistics from {} cells each epoch",
+        defaults.lr,
+        defaults.lr_warmup,
+        scmz::human::thousands(defaults.norm_cells as u64)
+    );
     assert!(stdout(&o).contains(&shown), "{}", stdout(&o));
     let reference: std::collections::HashSet<String> =
         serde_json::from_value(manifest["reference"]["cell_ids"].clone()).unwrap();

@@ -189,7 +189,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
         line(
             "training",
             format!(
-                "{} of {} epochs (best {}), batch {}, lr {}{}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
+                "{} of {} epochs (best {}), batch {}, lr {}{}{}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
                 t.epochs_run,
                 t.max_epochs,
                 t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
@@ -198,6 +198,10 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
                 match t.lr_warmup_steps {
                     0 => String::new(),
                     n => format!(" (warm-up {n} steps)"),
+                },
+                match (t.norm_cells, m.architecture.norm) {
+                    (0, _) | (_, scmz::spec::Norm::Layer) => String::new(),
+                    (n, _) => format!(", BatchNorm statistics from {} cells each epoch", thousands(n as u64)),
                 },
                 t.gene_dropout,
                 t.seed,
