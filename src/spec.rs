@@ -248,11 +248,15 @@ fn learning_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Cells for BatchNorm's statistics: 0 (running averages) to 100,000 (they are kept in memory).
+/// Cells for BatchNorm's statistics: 0 (running averages), or 100 (fewer give noise: 2 cells at
+/// batch size 2 left validation ELBO 11,574 where 1,024 gave 789) to 100,000 (they are kept in
+/// memory).
 fn norm_cells(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if n <= 100_000 => Ok(n),
-        _ => Err(format!("`{s}` must be a whole number of cells from 0 to 100,000")),
+        Ok(n) if n == 0 || (100..=100_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "`{s}` must be 0 (running averages) or a whole number of cells from 100 to 100,000"
+        )),
     }
 }
 

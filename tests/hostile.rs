@@ -848,6 +848,7 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--lr-warmup", "1e3"),
         ("--lr-warmup", "18446744073709551615"),
         ("--norm-cells", "100001"),
+        ("--norm-cells", "99"),
         ("--norm-cells", "1.5"),
     ] {
         let setting = format!("{flag}={value}");
