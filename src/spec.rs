@@ -109,16 +109,15 @@ pub struct TrainSpec {
     /// transfer to the stimulated cells after 10 epochs 0.72 instead of 0.52 (README, quality).
     #[arg(long, default_value_t = 5e-3, value_parser = learning_rate, allow_negative_numbers = true)]
     pub lr: f64,
-    /// Steps over which Adam's step size rises linearly to --lr (0: none); without it the first
-    /// steps at 5e-3 overshoot (validation ELBO after one epoch 15 % worse on Kang).
+    /// Steps (minibatches) over which Adam's step size rises linearly to --lr (0: none); without
+    /// it the first steps at 5e-3 overshoot (validation ELBO after one epoch 15 % worse on Kang).
     #[arg(long, default_value_t = 150, value_parser = warmup_steps, allow_negative_numbers = true)]
     #[serde(default)]
     pub lr_warmup: usize,
-    /// Training cells from whose statistics BatchNorm's statistics (which encoding and validation
-    /// use) are computed again under the final weights at each epoch's end; 0 keeps running
-    /// averages at momentum 0.01, as scvi-tools, which lag behind weights moving at 5e-3 and
-    /// describe the last chunks read (Kang sorted by cell type: validation ELBO after one epoch
-    /// 2763.9 instead of 2534.6).
+    /// BatchNorm's statistics, which encoding and validation use, come from this many training
+    /// cells (0, or 100 to 100,000), passed through the model at each epoch's end. 0 keeps running
+    /// averages of the minibatches' statistics (momentum 0.01, as scvi-tools), which lag behind
+    /// weights moving at 5e-3 and describe the last chunks of the file read.
     #[arg(long, default_value_t = 1024, value_parser = norm_cells, allow_negative_numbers = true)]
     #[serde(default)]
     pub norm_cells: usize,

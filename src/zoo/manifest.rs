@@ -92,8 +92,9 @@ pub struct Training {
     /// Steps over which the step size rose to `lr` (0 in manifests that predate it).
     #[serde(default)]
     pub lr_warmup_steps: usize,
-    /// Training cells BatchNorm's statistics were computed from at each epoch's end (0, and in
-    /// manifests that predate it: running averages at momentum 0.01, as scvi-tools).
+    /// Training cells (at most) BatchNorm's statistics were computed from at each epoch's end (0
+    /// for layer normalisation, and for BatchNorm, as in manifests that predate it, running
+    /// averages at momentum 0.01, as scvi-tools).
     #[serde(default)]
     pub norm_cells: usize,
     pub weight_decay: f64,

@@ -86,7 +86,16 @@ impl Run {
                 batch_size: args.batch_size,
                 lr: args.lr,
                 lr_warmup_steps: args.lr_warmup,
-                norm_cells: args.norm_cells,
+                // The cells the statistics came from: no more than there are to train on, and
+                // none for layer normalisation, which keeps no statistics.
+                norm_cells: match self.arch.norm {
+                    scmz::spec::Norm::Layer => 0,
+                    scmz::spec::Norm::Batch => {
+                        let n = self.ds.n_cells();
+                        let n_train = (0..n).filter(|&i| !is_validation(args.seed, i)).count();
+                        args.norm_cells.min(n_train)
+                    }
+                },
                 weight_decay: args.weight_decay,
                 kl_warmup_epochs: args.kl_warmup,
                 gene_dropout: args.gene_dropout,
