@@ -5,6 +5,11 @@ use tch::{nn, nn::Module, nn::ModuleT, Tensor};
 
 use crate::model::stored::TRANSPOSED;
 
+/// BatchNorm's running averages move 1 % toward each training batch's statistics, as in
+/// scvi-tools; training replaces them at each epoch's end (`Vae::population_norms`, which relies
+/// on this value) unless `--norm-cells 0`.
+pub(crate) const NORM_MOMENTUM: f64 = 0.01;
+
 pub(crate) enum Norm {
     Batch(nn::BatchNorm),
     Layer(nn::LayerNorm),
@@ -64,7 +69,6 @@ impl<L: Module> Block<L> {
         linear: impl FnOnce(nn::Path) -> L,
         n_out: i64,
         norm: scmz::spec::Norm,
-        momentum: f64,
         dropout: f64,
     ) -> Self {
         let linear = linear(&p / "linear");
@@ -79,7 +83,7 @@ impl<L: Module> Block<L> {
             // [0, 1), which halves the layer's signal on average and all but silences some units:
             // on Kang CTRL -> STIM the latents then transfer labels markedly worse per epoch.
             let cfg = nn::BatchNormConfig {
-                momentum,
+                momentum: NORM_MOMENTUM,
                 eps: 1e-3,
                 ws_init: nn::Init::Const(1.0),
                 bs_init: nn::Init::Const(0.0),

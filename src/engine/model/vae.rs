@@ -17,7 +17,7 @@ use crate::kernels::fused;
 use crate::kernels::math::lgamma_digamma_diff;
 use crate::kernels::sparse::{sparse_by_gene_times_rows, sparse_times_dense_par};
 use crate::model::input::{grad_mode, ByGene, Input, SparseX};
-use crate::model::layers::{linear, with_batch, Block, InputLinear, Norm};
+use crate::model::layers::{linear, with_batch, Block, InputLinear, Norm, NORM_MOMENTUM};
 use crate::tensor::cpu_slice;
 use likelihood::{log_nb, log_zinb};
 
@@ -27,8 +27,6 @@ use scmz::zoo::manifest::Architecture;
 const EPS: f64 = 1e-8;
 /// The floor of the latent variance (scvi-tools' `var_eps`).
 const VAR_EPS: f64 = 1e-4;
-/// scvi-tools' BatchNorm momentum: running statistics move 1 % toward each training batch's.
-pub const SCVI_NORM_MOMENTUM: f64 = 0.01;
 
 pub struct Vae {
     pub arch: Architecture,
@@ -128,10 +126,7 @@ struct SparseFirst {
 }
 
 impl Vae {
-    /// A model whose BatchNorm layers keep running averages of their statistics as scvi-tools'
-    /// do (momentum 0.01); training replaces them at each epoch's end (`population_norms`).
     pub fn new(vs: &nn::Path, arch: Architecture) -> Self {
-        let momentum = SCVI_NORM_MOMENTUM;
         let g = arch.n_genes as i64;
         let nb = arch.batch_categories.len() as i64;
         let h = arch.n_hidden as i64;
@@ -146,7 +141,6 @@ impl Vae {
             |p| InputLinear::new(p, n_in, h),
             h,
             arch.norm,
-            momentum,
             arch.dropout,
         );
         let encoder = (1..arch.n_layers.max(1))
@@ -156,25 +150,18 @@ impl Vae {
                     |p| linear(p, h + enc_deep, h),
                     h,
                     arch.norm,
-                    momentum,
                     arch.dropout,
                 )
             })
             .collect();
         let mean = linear(vs / "z_mean", h, l);
         let logvar = linear(vs / "z_logvar", h, l);
-        let first = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, momentum, 0.0);
+        let first = Block::new(vs / "decoder", |p| linear(p, l + nb, h), h, arch.norm, 0.0);
         let decoder = std::iter::once(first)
-            .chain((1..lay.decoder_layers.max(1)).map(|i| {
-                Block::new(
-                    vs / "decoder" / i,
-                    |p| linear(p, h + deep, h),
-                    h,
-                    arch.norm,
-                    momentum,
-                    0.0,
-                )
-            }))
+            .chain(
+                (1..lay.decoder_layers.max(1))
+                    .map(|i| Block::new(vs / "decoder" / i, |p| linear(p, h + deep, h), h, arch.norm, 0.0)),
+            )
             .collect();
         let scale = linear(vs / "px_scale", h, g);
         let zi_logits = (arch.likelihood == Likelihood::Zinb).then(|| linear(vs / "px_dropout", h, g));
@@ -190,7 +177,6 @@ impl Vae {
                 |p| linear(p, g + if lay.encode_batch { nb } else { 0 }, h),
                 h,
                 arch.norm,
-                momentum,
                 arch.dropout,
             ),
             mean: linear(vs / "l_mean", h, 1),
@@ -209,7 +195,6 @@ impl Vae {
                         |p| linear(p, n_in, h),
                         h,
                         arch.norm,
-                        momentum,
                         arch.dropout,
                     )
                 })
@@ -269,8 +254,8 @@ impl Vae {
                 }
                 self.normalised_layers(&input);
                 for ((mean, var), b) in sums.iter_mut().zip(&norms) {
-                    *mean += &b.running_mean / SCVI_NORM_MOMENTUM;
-                    *var += &b.running_var / SCVI_NORM_MOMENTUM;
+                    *mean += &b.running_mean / NORM_MOMENTUM;
+                    *var += &b.running_var / NORM_MOMENTUM;
                 }
                 n += 1;
             }

@@ -90,11 +90,7 @@ impl Run {
                 // none for layer normalisation, which keeps no statistics.
                 norm_cells: match self.arch.norm {
                     scmz::spec::Norm::Layer => 0,
-                    scmz::spec::Norm::Batch => {
-                        let n = self.ds.n_cells();
-                        let n_train = (0..n).filter(|&i| !is_validation(args.seed, i)).count();
-                        args.norm_cells.min(n_train)
-                    }
+                    scmz::spec::Norm::Batch => args.norm_cells.min(self.n_train),
                 },
                 weight_decay: args.weight_decay,
                 kl_warmup_epochs: args.kl_warmup,

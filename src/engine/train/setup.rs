@@ -34,6 +34,8 @@ pub(crate) struct Run {
     pub cov: Arc<Covariates>,
     pub arch: Architecture,
     pub max_epochs: usize,
+    /// Cells on the training side of the seeded split.
+    pub n_train: usize,
     pub first_epoch: usize,
     pub vs: nn::VarStore,
     pub vae: Vae,
@@ -206,6 +208,7 @@ impl Run {
         // Read and checked before anything is written into the run folder.
         let resumed = resuming.then(|| checked_checkpoint(&run_dir)).transpose()?;
         let log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
+        let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
         let mut run = Run {
             path,
             dev,
@@ -214,6 +217,7 @@ impl Run {
             cov: Arc::new(cov),
             arch,
             max_epochs,
+            n_train: n_cells - n_val,
             first_epoch: 0,
             vs,
             vae,
@@ -238,13 +242,12 @@ impl Run {
                 .unwrap_or_else(|| format!("{}-{}", scmz::events::now_rfc3339(), std::process::id()))
         });
         run.state.run = Some(id.clone());
-        let n_val = (0..n_cells).filter(|&i| is_validation(run.args.seed, i)).count();
         run.log.write(Event::Start {
             name: run.args.name.clone(),
             config: serde_json::to_value(&run.args)?,
             device: format!("{dev:?}").to_lowercase(),
             data: vec![run.path.display().to_string()],
-            n_train: n_cells - n_val,
+            n_train: run.n_train,
             n_val,
             first_epoch: run.first_epoch,
             max_epochs,
