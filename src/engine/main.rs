@@ -62,8 +62,9 @@ enum Command {
     },
 }
 
-/// Unit tests that seed libtorch's global generator and compare runs hold this (tests run on
-/// parallel threads of one process).
+/// Unit tests that seed libtorch's global generator and compare runs hold this, and so do those
+/// that draw from it (building a model draws its weights) while another may be comparing (tests
+/// run on parallel threads of one process).
 #[cfg(test)]
 pub(crate) static TORCH_RNG_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 

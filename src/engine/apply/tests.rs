@@ -32,6 +32,7 @@ fn scvi_terms(name: &str) -> Vec<(f64, f64)> {
 
 #[test]
 fn imported_learned_library_and_batch_dispersion_give_scvi_tools_elbo_terms() {
+    let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let ds = Dataset::open(data("pbmc68k_counts.h5ad")).unwrap();
     let n = ds.n_cells();
     let Some(ColumnKind::Categorical { categories, codes, .. }) = ds.info().obs_column("phase").map(|c| &c.kind) else {

@@ -213,6 +213,7 @@ mod tests {
     /// library size, a dispersion per batch, a classifier, zero inflation, layer norm).
     #[test]
     fn imported_shapes_are_those_of_the_model_built() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         use scmz::zoo::manifest::{Architecture, Layout};
         let base = Architecture {
             n_genes: 30,
@@ -269,6 +270,7 @@ mod tests {
     /// A file of another model fails naming the file and the variable.
     #[test]
     fn a_file_of_another_model_is_refused_by_name() {
+        let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.safetensors");
         let (vs, _vae) = model();

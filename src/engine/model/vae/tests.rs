@@ -378,6 +378,7 @@ fn population_norms_are_the_minibatches_mean_statistics() {
 /// scale is uniform in [0, 1); with it the latents transferred labels worse per epoch.)
 #[test]
 fn batch_norm_starts_at_scale_one() {
+    let _rng = crate::TORCH_RNG_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let vs = nn::VarStore::new(tch::Device::Cpu);
     let mut a = arch("nb");
     a.classifier_labels = vec!["x".into(), "y".into()];
