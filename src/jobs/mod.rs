@@ -334,6 +334,16 @@ fn open_lock_file(path: &Path) -> Result<std::fs::File, JobError> {
         .map_err(io(path))
 }
 
+/// A job's id: its creation time to the second, the creating process's id (last four digits,
+/// zero-padded so that ids of one second still sort as text) and, after a clash, a count.
+fn job_id(stamp: &str, pid: u32, n: u32) -> String {
+    let pid = pid % 10_000;
+    match n {
+        0 => format!("{stamp}-{pid:04}"),
+        n => format!("{stamp}-{pid:04}-{n}"),
+    }
+}
+
 fn pid_of(pid: u32) -> Option<rustix::process::Pid> {
     i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
 }
@@ -855,11 +865,7 @@ impl Registry {
             .to_string();
         let mut n = 0;
         let id = loop {
-            let id = format!(
-                "{stamp}-{}{}",
-                std::process::id() % 10_000,
-                if n == 0 { String::new() } else { format!("-{n}") }
-            );
+            let id = job_id(&stamp, std::process::id(), n);
             let dir = self.job_dir(&id);
             // create_dir fails if it exists: two scmz processes never get the same id.
             match std::fs::create_dir(&dir) {
@@ -1066,6 +1072,23 @@ pub(crate) mod tests {
 
     pub(crate) fn train(name: &str) -> EngineRequest {
         EngineRequest::Train(Box::new(crate::spec::TrainSpec::defaults("d.h5ad".into(), name.into())))
+    }
+
+    /// Ids of one second sort in the order of their process ids whatever their digit count
+    /// (a job of pid 991 was once listed after one of pid 1009 created in the same second, so
+    /// the Jobs screen showed the newer job second and counted the older one "ahead" of it).
+    #[test]
+    fn ids_of_one_second_sort_as_numbers_do() {
+        let ids: Vec<String> = [(991, 0), (1009, 0), (1009, 1), (7, 0), (123_456, 0)]
+            .iter()
+            .map(|&(pid, n)| job_id("20261206-231156", pid, n))
+            .collect();
+        assert_eq!(ids[0], "20261206-231156-0991");
+        assert_eq!(ids[2], "20261206-231156-1009-1");
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(sorted, [&ids[3], &ids[0], &ids[1], &ids[2], &ids[4]].map(String::clone));
+        assert!(job_id("20261206-231156", 9999, 0) < job_id("20261206-231157", 1, 0));
     }
 
     /// Records of scmz before specs (`"args"`) load as the spec their command line gave; a
