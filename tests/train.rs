@@ -224,6 +224,48 @@ fn checkpoint_epoch(log: &Path) -> Option<usize> {
     })
 }
 
+/// A run without the step-size warm-up and with scvi-tools' running BatchNorm averages says so in
+/// `model show`; a warm-up longer than the whole run is warned about.
+#[test]
+fn model_show_names_settings_turned_off_and_a_warm_up_longer_than_the_run_is_warned_about() {
+    let zoo = tempfile::tempdir().unwrap();
+    let pbmc = data("pbmc68k_counts.h5ad");
+    let pbmc = pbmc.to_str().unwrap();
+    let o = engine(
+        &[
+            "train",
+            pbmc,
+            "--name",
+            "plain",
+            "--epochs",
+            "2",
+            "--lr-warmup",
+            "0",
+            "--norm-cells",
+            "0",
+        ],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("warm-up"), "{}", stderr(&o));
+    let o = scmz(&["model", "show", "plain"], zoo.path());
+    assert!(
+        stdout(&o).contains("(no warm-up), BatchNorm running averages (momentum 0.01)"),
+        "{}",
+        stdout(&o)
+    );
+    // pbmc68k: 700 cells, 630 to train on, 5 minibatches of 128 an epoch.
+    let o = engine(&["train", pbmc, "--name", "short", "--epochs", "2"], zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: --lr-warmup 150 steps is longer than the whole run (2 epochs of 5 steps)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = engine(&["train", pbmc, "--name", "long", "--epochs", "30"], zoo.path());
+    assert!(o.status.success() && !stderr(&o).contains("warm-up"), "{}", stderr(&o));
+}
+
 #[test]
 fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
     let zoo = tempfile::tempdir().unwrap();
@@ -256,8 +298,32 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
 
+    // A resume with other settings is refused, naming each with the value the run started
+    // with, before anything is written.
     let mut resume: Vec<&str> = args.to_vec();
     resume.push("--resume");
+    let events = std::fs::read(&log).unwrap();
+    let o = engine(
+        &[&resume[..], &["--lr", "0.001", "--n-hidden", "64"]].concat(),
+        zoo.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("--lr 0.005 (given 0.001)")
+            && e.contains("--n-hidden 128 (given 64)")
+            && e.contains("--restart")
+            && !e.contains("--epochs")
+            && e.lines().count() == 1,
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        events,
+        "the refused resume wrote to the run's log"
+    );
+    // How long it goes on may change.
+    resume.extend(["--patience", "100"]);
     let o = engine(&resume, zoo.path());
     assert!(o.status.success(), "{}", stderr(&o));
     let history = read_log(&zoo.path().join("killed/history.jsonl")).unwrap();

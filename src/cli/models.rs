@@ -196,11 +196,13 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
                 t.batch_size,
                 t.lr,
                 match t.lr_warmup_steps {
-                    0 => String::new(),
+                    0 => " (no warm-up)".to_string(),
                     n => format!(" (warm-up {n} steps)"),
                 },
+                // 0: --norm-cells 0, or a model from before the setting.
                 match (t.norm_cells, m.architecture.norm) {
-                    (0, _) | (_, scmz::spec::Norm::Layer) => String::new(),
+                    (_, scmz::spec::Norm::Layer) => String::new(),
+                    (0, _) => ", BatchNorm running averages (momentum 0.01)".to_string(),
                     (n, _) => format!(", BatchNorm statistics from {} cells each epoch", thousands(n as u64)),
                 },
                 t.gene_dropout,

@@ -28,6 +28,10 @@ pub(crate) struct Checkpoint {
     /// The run's id in its event log, kept by `--resume` (None in checkpoints of older scmz).
     #[serde(default)]
     pub run: Option<String>,
+    /// The settings the run started with (`TrainSpec` as JSON), which `--resume` must be given
+    /// again (None in checkpoints of older scmz: not checked).
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
 }
 
 impl Default for Checkpoint {
@@ -42,6 +46,7 @@ impl Default for Checkpoint {
             seconds: 0.0,
             epoch_files: true,
             run: None,
+            settings: None,
         }
     }
 }

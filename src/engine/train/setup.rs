@@ -112,6 +112,10 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
 /// An interrupted run of the name (its checkpoint) is continued or discarded only when asked.
 fn refuse_interrupted(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Result<()> {
     let json = run_dir.join("checkpoint.json");
+    if json.exists() && args.resume && !args.restart {
+        // `--detach` refuses a resume with other settings before it queues the job.
+        checked_checkpoint(run_dir, args)?;
+    }
     if !json.exists() || args.resume || args.restart {
         return Ok(());
     }
@@ -206,9 +210,19 @@ impl Run {
             None => Pass::Train,
         };
         // Read and checked before anything is written into the run folder.
-        let resumed = resuming.then(|| checked_checkpoint(&run_dir)).transpose()?;
+        let resumed = resuming.then(|| checked_checkpoint(&run_dir, &args)).transpose()?;
         let log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
         let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
+        let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
+        if args.lr_warmup > steps {
+            eprintln!(
+                "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
+                args.lr_warmup,
+                if max_epochs == 1 { "" } else { "s" },
+                steps / max_epochs,
+                args.lr
+            );
+        }
         let mut run = Run {
             path,
             dev,
@@ -231,8 +245,9 @@ impl Run {
             _lock: lock,
             args,
         };
-        if let Some(state) = resumed {
-            run.resume(state)?;
+        match resumed {
+            Some(state) => run.resume(state)?,
+            None => run.state.settings = Some(serde_json::to_value(&run.args)?),
         }
         let job = std::env::var("SCMZ_JOB_ID").ok();
         // One id for the run, however many jobs resume it: readers of a log that runs with this
@@ -294,7 +309,7 @@ impl Run {
 /// holds what no run writes (an edited or damaged `checkpoint.json`), is refused before anything
 /// is written: resuming from it would end the run without its model and remove the files it does
 /// have.
-fn checked_checkpoint(run_dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
+fn checked_checkpoint(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Result<Checkpoint> {
     let json = run_dir.join("checkpoint.json");
     let s: Checkpoint = serde_json::from_slice(&std::fs::read(&json)?)
         .with_context(|| format!("{}: damaged; run again with --restart", json.display()))?;
@@ -319,7 +334,60 @@ fn checked_checkpoint(run_dir: &std::path::Path) -> anyhow::Result<Checkpoint> {
             return Err(damaged(format!("it names {file}, which the run folder does not hold")));
         }
     }
+    if let Some(started) = &s.settings {
+        let changed = changed_settings(started, &serde_json::to_value(args)?);
+        if !changed.is_empty() {
+            bail!(
+                "`{}` was started with {}; --resume continues a run with its own settings: give them again, or pass --restart to start over with these",
+                args.name,
+                changed.join(", ")
+            );
+        }
+    }
     Ok(s)
+}
+
+/// Settings a resumed run may change: how long it goes on, where it runs and how it reads.
+const RESUMABLE_WITH_OTHER: &[&str] = &[
+    "data",
+    "zoo",
+    "epochs",
+    "patience",
+    "device",
+    "resume",
+    "restart",
+    "overwrite",
+    "check_only",
+    "chunk_rows",
+    "force",
+    "reference_cells",
+];
+
+/// The settings (as `TrainSpec` JSON) `given` changes from those a run `started` with, each as
+/// the flag and the value it started with: `--lr 0.001 (given 0.005)`.
+fn changed_settings(started: &serde_json::Value, given: &serde_json::Value) -> Vec<String> {
+    let (Some(started), Some(given)) = (started.as_object(), given.as_object()) else {
+        return Vec::new();
+    };
+    let shown = |v: Option<&serde_json::Value>| match v {
+        None | Some(serde_json::Value::Null) => "none".to_string(),
+        Some(serde_json::Value::String(s)) => scmz::files::printable(s).into_owned(),
+        Some(v) => v.to_string(),
+    };
+    // A setting newer than the run's scmz is not compared: the run had none.
+    started
+        .keys()
+        .filter(|k| !RESUMABLE_WITH_OTHER.contains(&k.as_str()))
+        .filter(|k| started.get(*k) != given.get(*k))
+        .map(|k| {
+            format!(
+                "--{} {} (given {})",
+                k.replace('_', "-"),
+                shown(started.get(k)),
+                shown(given.get(k))
+            )
+        })
+        .collect()
 }
 
 /// The batch and label columns, the presence mask, and with `--classifier` each cell's class and
