@@ -347,6 +347,15 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
     assert_eq!(last_ckpt.max(), Some(39));
     let o = scmz(&["model", "show", "killed"], zoo.path());
     assert!(stdout(&o).contains("40 of 40 epochs"), "{}", stdout(&o));
+    // The same run uninterrupted ends with the same weights: the resume went on as it would have.
+    let straight = ["train", pbmc.to_str().unwrap(), "--name", "straight", "--epochs", "40"];
+    let o = engine(&straight, zoo.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = |name: &str| std::fs::read(zoo.path().join(name).join("weights.safetensors")).unwrap();
+    assert!(
+        weights("killed") == weights("straight"),
+        "the resumed run's weights differ"
+    );
 }
 
 fn fixture_zoo() -> PathBuf {

@@ -62,6 +62,9 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
     TRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut outcome = Outcome::Finished;
     for epoch in run.first_epoch..run.max_epochs {
+        // libtorch's generator (dropout, the latent's noise) seeded for each epoch, as the
+        // minibatch order is: a resumed run trains as the run would have gone on.
+        tch::manual_seed((run.args.seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)) as i64);
         // Readers on threads run ahead: this epoch's training batches were started with the last
         // epoch; this epoch's validation batches and the next epoch's training batches start now,
         // while this epoch trains (each reader holds a bounded number of batches).
