@@ -283,6 +283,13 @@ impl Run {
             self.opt.load(&adam).context("loading the optimiser state")?;
         }
         self.first_epoch = self.state.epoch + 1;
+        if self.first_epoch >= self.max_epochs {
+            eprintln!(
+                "resuming `{}` from its checkpoint: {} epochs done, --epochs {}: saved as it is",
+                self.args.name, self.first_epoch, self.max_epochs
+            );
+            return Ok(());
+        }
         eprintln!(
             "resuming `{}` from its checkpoint: epoch {} of {} done{}",
             self.args.name,
