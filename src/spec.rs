@@ -147,7 +147,7 @@ pub struct TrainSpec {
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceChoice,
     /// Continue an interrupted run from its last checkpoint.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "restart")]
     pub resume: bool,
     /// Discard an interrupted run of the same name and start over.
     #[arg(long)]

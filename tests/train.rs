@@ -317,6 +317,22 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
             && e.lines().count() == 1,
         "{e}"
     );
+    // So is a resume on other data (here other genes), and --resume with --restart (which would
+    // discard the run); the checkpoint stays.
+    let o = engine(&[&resume[..], &["--genes", "hvg:100"]].concat(), zoo.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was started on 700 cells and 765 genes")
+            && stderr(&o).contains("gives 700 cells and 100 genes"),
+        "{}",
+        stderr(&o)
+    );
+    for run in [engine, scmz] {
+        let o = run(&[&resume[..], &["--restart"]].concat(), zoo.path());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("cannot be used with"), "{}", stderr(&o));
+    }
+    assert!(zoo.path().join(".runs/killed/checkpoint.json").exists());
     assert_eq!(
         std::fs::read(&log).unwrap(),
         events,

@@ -32,6 +32,34 @@ pub(crate) struct Checkpoint {
     /// again (None in checkpoints of older scmz: not checked).
     #[serde(default)]
     pub settings: Option<serde_json::Value>,
+    /// What the run trains on, which `--resume` must give again (None in older checkpoints).
+    #[serde(default)]
+    pub data: Option<DataPrint>,
+}
+
+/// A dataset as a run sees it, after `--genes`: its cells, and its genes in order (a digest).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct DataPrint {
+    pub cells: usize,
+    pub genes: usize,
+    pub genes_sha256: String,
+}
+
+impl DataPrint {
+    pub fn of(ds: &scmz::data::Dataset) -> DataPrint {
+        use sha2::{Digest, Sha256};
+        let index = &ds.info().genes.index;
+        let mut h = Sha256::new();
+        for g in index {
+            h.update(g.as_bytes());
+            h.update([0]);
+        }
+        DataPrint {
+            cells: ds.n_cells(),
+            genes: index.len(),
+            genes_sha256: format!("{:x}", h.finalize()),
+        }
+    }
 }
 
 impl Default for Checkpoint {
@@ -47,6 +75,7 @@ impl Default for Checkpoint {
             epoch_files: true,
             run: None,
             settings: None,
+            data: None,
         }
     }
 }

@@ -281,5 +281,12 @@ mod tests {
             left.sort();
             assert_eq!(left, ["checkpoint-1.safetensors", "checkpoint.json"]);
         }
+        // --resume with --restart (a job record can hold both, past the command line's check)
+        // would discard the run it is asked to continue: refused, the run left as it is.
+        let mut s = spec(zoo.path(), "r");
+        (s.resume, s.restart) = (true, true);
+        let e = train(s).unwrap_err().to_string();
+        assert!(e.contains("give one of them"), "{e}");
+        assert!(run_dir.join("checkpoint-1.safetensors").exists());
     }
 }

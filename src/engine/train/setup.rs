@@ -17,7 +17,7 @@ use scmz::zoo::Zoo;
 use crate::model::stored::load_stored;
 use crate::model::vae::{Pass, Vae};
 use crate::train::adam::Adam;
-use crate::train::checkpoint::{lock_run, refuse_links, Checkpoint};
+use crate::train::checkpoint::{lock_run, refuse_links, Checkpoint, DataPrint};
 use crate::train::covariates::{categorical, check_columns, classes, Covariates, Masks};
 use crate::train::loader::is_validation;
 use crate::train::trace::Trace;
@@ -68,6 +68,9 @@ pub fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
 /// is checked (so `--detach` refuses what the job would).
 pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, Device)>> {
     scmz::zoo::check_name(&args.name).map_err(anyhow::Error::msg)?;
+    if args.resume && args.restart {
+        bail!("--resume continues the interrupted run and --restart discards it: give one of them");
+    }
     if args.data.len() > 1 {
         bail!("train takes one dataset; combine several with `scmz merge A B ... -o merged.h5ad` first");
     }
@@ -114,7 +117,7 @@ fn refuse_interrupted(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Re
     let json = run_dir.join("checkpoint.json");
     if json.exists() && args.resume && !args.restart {
         // `--detach` refuses a resume with other settings before it queues the job.
-        checked_checkpoint(run_dir, args)?;
+        checked_checkpoint(run_dir, args, None)?;
     }
     if !json.exists() || args.resume || args.restart {
         return Ok(());
@@ -170,11 +173,18 @@ impl Run {
             ds.require_counts()
                 .map_err(|e| anyhow::anyhow!("{e}; pass --force to train anyway"))?;
         }
+        let data = DataPrint::of(&ds);
         let run_dir = zoo.run_dir(&args.name);
         // Before --restart may remove the folder.
         let lock = lock_run(&run_dir, &args.name)?;
         let ckpt_json = run_dir.join("checkpoint.json");
         let resuming = ckpt_json.exists() && args.resume;
+        if args.resume && !resuming {
+            eprintln!(
+                "--resume: `{}` has no interrupted run to continue; starting a new one",
+                args.name
+            );
+        }
         refuse_interrupted(&run_dir, &args)?;
         if args.restart && run_dir.exists() {
             std::fs::remove_dir_all(&run_dir)?;
@@ -210,11 +220,14 @@ impl Run {
             None => Pass::Train,
         };
         // Read and checked before anything is written into the run folder.
-        let resumed = resuming.then(|| checked_checkpoint(&run_dir, &args)).transpose()?;
+        let resumed = resuming
+            .then(|| checked_checkpoint(&run_dir, &args, Some(&data)))
+            .transpose()?;
         let log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
         let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
         let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
-        if args.lr_warmup > steps {
+        // A resumed run was warned when it started; its --epochs may only stop it.
+        if args.lr_warmup > steps && resumed.is_none() {
             eprintln!(
                 "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
                 args.lr_warmup,
@@ -247,7 +260,10 @@ impl Run {
         };
         match resumed {
             Some(state) => run.resume(state)?,
-            None => run.state.settings = Some(serde_json::to_value(&run.args)?),
+            None => {
+                run.state.settings = Some(serde_json::to_value(&run.args)?);
+                run.state.data = Some(data);
+            }
         }
         let job = std::env::var("SCMZ_JOB_ID").ok();
         // One id for the run, however many jobs resume it: readers of a log that runs with this
@@ -265,7 +281,7 @@ impl Run {
             n_train: run.n_train,
             n_val,
             first_epoch: run.first_epoch,
-            max_epochs,
+            max_epochs: run.max_epochs,
             run: Some(id),
             job,
         })?;
@@ -288,6 +304,8 @@ impl Run {
                 "resuming `{}` from its checkpoint: {} epochs done, --epochs {}: saved as it is",
                 self.args.name, self.first_epoch, self.max_epochs
             );
+            // The model's record says it ran the epochs it ran, of as many.
+            self.max_epochs = self.first_epoch;
             return Ok(());
         }
         eprintln!(
@@ -316,7 +334,11 @@ impl Run {
 /// holds what no run writes (an edited or damaged `checkpoint.json`), is refused before anything
 /// is written: resuming from it would end the run without its model and remove the files it does
 /// have.
-fn checked_checkpoint(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Result<Checkpoint> {
+fn checked_checkpoint(
+    run_dir: &std::path::Path,
+    args: &TrainSpec,
+    data: Option<&DataPrint>,
+) -> anyhow::Result<Checkpoint> {
     let json = run_dir.join("checkpoint.json");
     let s: Checkpoint = serde_json::from_slice(&std::fs::read(&json)?)
         .with_context(|| format!("{}: damaged; run again with --restart", json.display()))?;
@@ -351,6 +373,25 @@ fn checked_checkpoint(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Re
             );
         }
     }
+    if let (Some(started), Some(now)) = (&s.data, data) {
+        if started != now {
+            let other = if (started.cells, started.genes) == (now.cells, now.genes) {
+                "other "
+            } else {
+                ""
+            };
+            bail!(
+                "`{}` was started on {} cells and {} genes; {} with --genes {} gives {} cells and {} {other}genes: --resume continues a run on the data it started with; give that again, or pass --restart to start over on this",
+                args.name,
+                started.cells,
+                started.genes,
+                args.data[0].display(),
+                args.genes,
+                now.cells,
+                now.genes
+            );
+        }
+    }
     Ok(s)
 }
 
@@ -368,6 +409,8 @@ const RESUMABLE_WITH_OTHER: &[&str] = &[
     "chunk_rows",
     "force",
     "reference_cells",
+    // Compared by what it selects (`DataPrint`): one file may be named several ways.
+    "genes",
 ];
 
 /// The settings (as `TrainSpec` JSON) `given` changes from those a run `started` with, each as
@@ -377,9 +420,9 @@ fn changed_settings(started: &serde_json::Value, given: &serde_json::Value) -> V
         return Vec::new();
     };
     let shown = |v: Option<&serde_json::Value>| match v {
-        None | Some(serde_json::Value::Null) => "none".to_string(),
-        Some(serde_json::Value::String(s)) => scmz::files::printable(s).into_owned(),
-        Some(v) => v.to_string(),
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(scmz::files::printable(s).into_owned()),
+        Some(v) => Some(v.to_string()),
     };
     // A setting newer than the run's scmz is not compared: the run had none.
     started
@@ -387,12 +430,12 @@ fn changed_settings(started: &serde_json::Value, given: &serde_json::Value) -> V
         .filter(|k| !RESUMABLE_WITH_OTHER.contains(&k.as_str()))
         .filter(|k| started.get(*k) != given.get(*k))
         .map(|k| {
-            format!(
-                "--{} {} (given {})",
-                k.replace('_', "-"),
-                shown(started.get(k)),
-                shown(given.get(k))
-            )
+            let flag = format!("--{}", k.replace('_', "-"));
+            match (shown(started.get(k)), shown(given.get(k))) {
+                (Some(s), Some(g)) => format!("{flag} {s} (given {g})"),
+                (Some(s), None) => format!("{flag} {s} (given none)"),
+                (None, g) => format!("no {flag} (given {})", g.unwrap_or_default()),
+            }
         })
         .collect()
 }
