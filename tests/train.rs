@@ -338,9 +338,30 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
         events,
         "the refused resume wrote to the run's log"
     );
-    // How long it goes on may change.
+    // How long it goes on may change. A file a kill left half-written is gone once the resumed
+    // run has started (its start is logged after).
+    let half = zoo.path().join(".runs/killed/.optimizer-1.safetensors.AbC123.tmp");
+    std::fs::write(&half, b"half").unwrap();
     resume.extend(["--patience", "100"]);
-    let o = engine(&resume, zoo.path());
+    let child = Command::new(env!("CARGO_BIN_EXE_scmz-engine"))
+        .args(&resume)
+        .env("SCMZ_ZOO", zoo.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = || {
+        read_log(&log).map_or(0, |l| {
+            l.iter().filter(|r| matches!(r.event, Event::Start { .. })).count()
+        })
+    };
+    let t = Instant::now();
+    while started() < 2 && log.exists() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // (The run may have ended and its folder gone into the zoo already.)
+    assert!(!half.exists(), "the half-written file was left");
+    let o = child.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let history = read_log(&zoo.path().join("killed/history.jsonl")).unwrap();
     let starts: Vec<usize> = history

@@ -290,6 +290,14 @@ impl Run {
 
     /// Weights, optimiser moments and state from the run's checkpoint.
     fn resume(&mut self, state: Checkpoint) -> anyhow::Result<()> {
+        // Files a killed run was writing (`.NAME.XXXX.tmp`): the run's lock is held, so no one
+        // writes them now.
+        for e in std::fs::read_dir(&self.run_dir)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") && e.path().is_file() {
+                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
         self.state = state;
         self.seconds_before = self.state.seconds;
         load_stored(&self.vs, &self.run_dir.join(self.state.weights_file())).context("loading the checkpoint")?;
