@@ -1,6 +1,7 @@
 //! A run's checkpoints: written each epoch on a thread of their own (weights, optimiser moments
 //! and best weights as files named by epoch, `checkpoint.json` last, pointing at them), and the
-//! run's lock, so one engine trains a run and `--resume` starts from a complete epoch.
+//! run's lock, so one engine trains a run and `--resume` starts from a complete epoch, with the
+//! settings and the data (`DataPrint`) the run started with.
 
 use std::path::{Path, PathBuf};
 
