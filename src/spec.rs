@@ -780,7 +780,7 @@ mod tests {
             "b.h5ad --name=-m --zoo z --layer counts --genome mm10 --batch-key b --label-key l \
              --likelihood zinb --epochs 7 --batch-size 64 --lr 0.002 --weight-decay 0.00001 --n-hidden 32 \
              --n-latent 5 --n-layers 2 --dropout 0.2 --norm layer --kl-warmup 9 --gene-dropout 0.3 \
-             --patience 4 --seed 11 --device cuda --resume --restart --overwrite --force --chunk-rows 100 \
+             --patience 4 --seed 11 --device cuda --resume --overwrite --force --chunk-rows 100 \
              --reference-cells 50 --classifier --unlabeled-category Unknown --genes hvg:300 -- -weird.h5ad",
         );
         let project = words(
@@ -813,6 +813,10 @@ mod tests {
                 );
             }
         }
+        // --restart, which --resume excludes.
+        let r = EngineRequest::parse("train", &words("b.h5ad --name m --restart")).unwrap();
+        assert_eq!(EngineRequest::parse("train", &r.to_args().unwrap()[1..]).unwrap(), r);
+        assert!(EngineRequest::parse("train", &words("b.h5ad --name m --restart --resume")).is_err());
         let r = EngineRequest::parse("project", &words("d.h5ad --model m -o o.csv")).unwrap();
         let checked = r.check_only().to_args().unwrap();
         assert!(checked.contains(&"--check-only".to_string()), "{checked:?}");
