@@ -327,6 +327,13 @@ fn kill_9_then_resume_continues_and_the_zoo_never_holds_a_partial_model() {
         "{}",
         stderr(&o)
     );
+    // The same cells and genes scaled (not counts), which --force lets through where a run starts.
+    let reduced = data("pbmc68k_reduced.h5ad");
+    let mut other = resume.clone();
+    other[1] = reduced.to_str().unwrap();
+    let o = engine(&[&other[..], &["--force"]].concat(), zoo.path());
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force false (given true)"), "{}", stderr(&o));
     for run in [engine, scmz] {
         let o = run(&[&resume[..], &["--restart"]].concat(), zoo.path());
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -38,29 +38,37 @@ pub(crate) struct Checkpoint {
     pub data: Option<DataPrint>,
 }
 
-/// A dataset as a run sees it, after `--genes`: its cells, and its genes in order (a digest).
+/// A dataset as a run sees it, after `--genes`: its cells and its genes, each in order (with
+/// digests of their ids). The values are not read: a file of the same cells and genes passes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct DataPrint {
     pub cells: usize,
     pub genes: usize,
+    pub cells_sha256: String,
     pub genes_sha256: String,
 }
 
 impl DataPrint {
     pub fn of(ds: &scmz::data::Dataset) -> DataPrint {
-        use sha2::{Digest, Sha256};
-        let index = &ds.info().genes.index;
-        let mut h = Sha256::new();
-        for g in index {
-            h.update(g.as_bytes());
-            h.update([0]);
-        }
+        let info = ds.info();
         DataPrint {
             cells: ds.n_cells(),
-            genes: index.len(),
-            genes_sha256: format!("{:x}", h.finalize()),
+            genes: info.genes.index.len(),
+            cells_sha256: digest(&info.cell_ids),
+            genes_sha256: digest(&info.genes.index),
         }
     }
+}
+
+/// SHA-256 of ids, each ended by a NUL byte.
+fn digest(ids: &[String]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update([0]);
+    }
+    format!("{:x}", h.finalize())
 }
 
 impl Default for Checkpoint {

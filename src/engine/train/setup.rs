@@ -383,20 +383,18 @@ fn checked_checkpoint(
     }
     if let (Some(started), Some(now)) = (&s.data, data) {
         if started != now {
-            let other = if (started.cells, started.genes) == (now.cells, now.genes) {
-                "other "
-            } else {
-                ""
-            };
+            let other = |same_count: bool, same_ids: bool| if same_count && !same_ids { "other " } else { "" };
             bail!(
-                "`{}` was started on {} cells and {} genes; {} with --genes {} gives {} cells and {} {other}genes: --resume continues a run on the data it started with; give that again, or pass --restart to start over on this",
+                "`{}` was started on {} cells and {} genes; {} with --genes {} gives {} {}cells and {} {}genes: --resume continues a run on the data it started with; give that again, or pass --restart to start over on this",
                 args.name,
                 started.cells,
                 started.genes,
                 args.data[0].display(),
                 args.genes,
                 now.cells,
-                now.genes
+                other(started.cells == now.cells, started.cells_sha256 == now.cells_sha256),
+                now.genes,
+                other(started.genes == now.genes, started.genes_sha256 == now.genes_sha256),
             );
         }
     }
@@ -415,7 +413,6 @@ const RESUMABLE_WITH_OTHER: &[&str] = &[
     "overwrite",
     "check_only",
     "chunk_rows",
-    "force",
     "reference_cells",
     // Compared by what it selects (`DataPrint`): one file may be named several ways.
     "genes",
