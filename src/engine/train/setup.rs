@@ -108,6 +108,11 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
     if run_dir.exists() {
         drop(lock_run(&run_dir, &args.name)?);
         refuse_interrupted(&run_dir, args)?;
+        // `--detach` refuses a resume with other settings before it queues the job (the data
+        // is compared when the job starts, once `--genes` has selected).
+        if args.resume && run_dir.join("checkpoint.json").exists() {
+            checked_checkpoint(&run_dir, args, None)?;
+        }
     }
     Ok(None)
 }
@@ -115,10 +120,6 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
 /// An interrupted run of the name (its checkpoint) is continued or discarded only when asked.
 fn refuse_interrupted(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Result<()> {
     let json = run_dir.join("checkpoint.json");
-    if json.exists() && args.resume && !args.restart {
-        // `--detach` refuses a resume with other settings before it queues the job.
-        checked_checkpoint(run_dir, args, None)?;
-    }
     if !json.exists() || args.resume || args.restart {
         return Ok(());
     }
@@ -419,7 +420,7 @@ const RESUMABLE_WITH_OTHER: &[&str] = &[
 ];
 
 /// The settings (as `TrainSpec` JSON) `given` changes from those a run `started` with, each as
-/// the flag and the value it started with: `--lr 0.001 (given 0.005)`.
+/// the flag and the value it started with: `--lr 0.005 (given 0.001)`.
 fn changed_settings(started: &serde_json::Value, given: &serde_json::Value) -> Vec<String> {
     let (Some(started), Some(given)) = (started.as_object(), given.as_object()) else {
         return Vec::new();
