@@ -9,6 +9,7 @@
 //!   ends).
 //! - [`plain_name`], [`printable`]: names taken from files are checked before use and escaped
 //!   before they reach a terminal.
+//! - [`report_line`]: a result printed on standard output once its work is done and kept.
 
 use std::fs::File;
 use std::io::Write;
@@ -383,6 +384,17 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// Writes `line` and a line end to standard output: a report printed once the work it reports is
+/// done and kept. A reader that has gone (`| head`) is not an error, as the work is not lost; any
+/// other failure (a full disk behind `>`) is. `println!` would panic on either.
+pub fn report_line(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r,
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,27 @@
 //! The `scmz` binary: parses the command line and prints any error as one line.
 
+/// `print!` for the front end's results. A reader that has gone ends the process through SIGPIPE
+/// (see `main`); any other failure to write (a full disk behind `>`) is one line of error and exit
+/// status 1, where `print!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
+/// [`out!`] with a line's end, for `println!`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            crate::stdout_failed(&e);
+        }
+    }};
+}
+
 mod cli;
 mod tui;
 
@@ -17,4 +39,12 @@ fn main() {
         eprintln!("error: {}", scmz::files::printable(&line));
         std::process::exit(1);
     }
+}
+
+fn stdout_failed(e: &std::io::Error) -> ! {
+    eprintln!(
+        "error: cannot print the result on standard output: {}",
+        scmz::files::describe(e)
+    );
+    std::process::exit(1);
 }

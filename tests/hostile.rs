@@ -1799,3 +1799,81 @@ fn check_only_is_not_a_job_and_resume_checks_first() {
         "{records:?}"
     );
 }
+
+/// A reader that goes away (`scmz train 2>&1 | head -1`) does not stop the work: the engine
+/// trains on and saves the model, and `project` still writes its output. A full disk behind
+/// `> FILE` is one line of error, not a panic.
+#[test]
+fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+    let root = tempfile::tempdir().unwrap();
+    let input = data("pbmc68k_counts.h5ad");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["train", input.to_str().unwrap(), "--name", "piped", "--epochs", "12"])
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: every later line meets a closed pipe.
+    assert!(!first.is_empty());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status} after a closed stderr (first line: {first})");
+    let manifest = root.path().join("zoo/piped/manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(m["training"]["epochs_run"], 12, "{m}");
+
+    let out = root.path().join("out.h5ad");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "project",
+            input.to_str().unwrap(),
+            "--model",
+            "piped",
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status} after a closed stdout");
+    assert!(scmz::data::Dataset::open(&out).unwrap().n_cells() > 0);
+
+    let full = || std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out2 = root.path().join("out2.h5ad");
+    let o2 = out2.to_str().unwrap();
+    for args in [
+        &["models"][..],
+        &["model", "show", "piped"],
+        &["completions", "bash"],
+        &["project", input.to_str().unwrap(), "--model", "piped", "-o", o2],
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+            .args(args)
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+            .stdout(full())
+            .output()
+            .unwrap();
+        let line = refused(
+            &o,
+            1,
+            &["cannot print the result on standard output: no space left on device"],
+        );
+        assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {line}");
+    }
+}

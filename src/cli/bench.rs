@@ -84,7 +84,7 @@ fn bench_overlap(genes: usize, repeat: usize) -> anyhow::Result<()> {
         }
         rows.push(serde_json::json!({"case": name, "genes": genes, "found": found, "median_ms": median(ms)}));
     }
-    println!("{}", serde_json::json!({"reference_load_ms": load_ms, "cases": rows}));
+    outln!("{}", serde_json::json!({"reference_load_ms": load_ms, "cases": rows}));
     Ok(())
 }
 
@@ -131,7 +131,7 @@ pub fn run(b: Bench) -> anyhow::Result<()> {
                 "peak_rss_mib": peak_rss_mib(),
                 "sum_of_values": total,
             });
-            println!("{out}");
+            outln!("{out}");
             Ok(())
         }
     }

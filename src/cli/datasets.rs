@@ -23,7 +23,7 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
     let exe = std::env::current_exe().ok();
     let rows = scan(&dirs, (!no_cache).then_some(cache.as_path()), exe.as_deref());
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        outln!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -66,9 +66,9 @@ pub fn run(dirs: Vec<PathBuf>, json: bool, no_cache: bool) -> anyhow::Result<()>
             notes.push(format!("warning: {}: {w}", r.path.display()));
         }
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     if rows.is_empty() {
-        println!("no datasets found (looked for .h5ad, 10x .h5 and Matrix Market folders)");
+        outln!("no datasets found (looked for .h5ad, 10x .h5 and Matrix Market folders)");
     }
     for n in &notes {
         eprintln!("{n}");

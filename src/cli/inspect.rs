@@ -20,7 +20,7 @@ pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) ->
             summary: &'a Summary,
             info: &'a scmz::data::DatasetInfo,
         }
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&Out {
                 summary: &summary,
@@ -29,7 +29,7 @@ pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) ->
         );
         return Ok(());
     }
-    let line = |k: &str, v: String| println!("{k:<10} {}", scmz::files::printable(&v));
+    let line = |k: &str, v: String| outln!("{k:<10} {}", scmz::files::printable(&v));
     line("path", info.path.display().to_string());
     line("format", info.format.to_string());
     line(
@@ -122,7 +122,7 @@ pub fn run(path: &Path, opts: &OpenOptions, json: bool, require_counts: bool) ->
         line(if i == 0 { "obs" } else { "" }, format!("{}: {desc}", c.name));
     }
     for w in &summary.warnings {
-        println!("warning: {}", scmz::files::printable(w));
+        outln!("warning: {}", scmz::files::printable(w));
     }
     Ok(())
 }

@@ -86,7 +86,7 @@ pub fn submit(req: &Submission) -> anyhow::Result<Vec<Job>> {
             .as_ref()
             .map(|s| format!(" as Slurm job {s}"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "job {} submitted ({}{}{slurm}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
             job.id,
             job.kind(),
@@ -149,11 +149,11 @@ pub fn list(json: bool) -> anyhow::Result<()> {
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&jobs)?);
+        outln!("{}", serde_json::to_string_pretty(&jobs)?);
         return Ok(());
     }
     if jobs.is_empty() {
-        println!("no jobs (start one with `scmz train ... --detach`)");
+        outln!("no jobs (start one with `scmz train ... --detach`)");
         return Ok(());
     }
     let mut t = Table::new(&[
@@ -177,7 +177,7 @@ pub fn list(json: bool) -> anyhow::Result<()> {
             j.note_among(&jobs).unwrap_or_default(),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -194,7 +194,7 @@ pub fn logs(id: &str, follow: bool) -> anyhow::Result<()> {
 
 pub fn cancel(id: &str, grace_s: u64) -> anyhow::Result<()> {
     let job = registry().cancel(id, Duration::from_secs(grace_s))?;
-    println!("job {id}: {}", job.state);
+    outln!("job {id}: {}", job.state);
     Ok(())
 }
 
@@ -207,7 +207,7 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         super::check_before_queueing(&req.request, req.cwd.as_deref())?;
     }
     for new in submit(&req)? {
-        println!("job {} resumes job {id}", new.id);
+        outln!("job {} resumes job {id}", new.id);
         // A second `resume` of it is refused by the submission: one job per run.
         reg.mark_resumed(id, &new.id)?;
     }

@@ -350,7 +350,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             overlap::merge_cmd(&paths, &output, &open.options(), force, overwrite, json)
         }
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut documented_command(), "scmz", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a failed write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut documented_command(), "scmz", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
             Ok(())
         }
         Some(Command::Man { dir }) => man(dir.as_deref()),
@@ -391,14 +394,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Version) => {
-            println!("scmz {}", env!("CARGO_PKG_VERSION"));
-            println!("hdf5 {}", hdf5_version());
+            outln!("scmz {}", env!("CARGO_PKG_VERSION"));
+            outln!("hdf5 {}", hdf5_version());
             let engine = scmz::jobs::this_engine();
             // Everything that trains or projects runs there: an engine that cannot start is an
             // error (with its reason), not a line of the report.
             match engine_answer(&engine, &["devices"], std::time::Duration::from_secs(60)) {
                 Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim_start().starts_with('{') => {
-                    print!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout));
+                    out!("libtorch devices: {}", String::from_utf8_lossy(&o.stdout));
                     Ok(())
                 }
                 Ok(o) if o.status.success() => anyhow::bail!(

@@ -16,7 +16,7 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
     let all = zoo.list();
     if json {
         let ok: Vec<&Manifest> = all.iter().filter_map(|m| m.as_ref().ok()).collect();
-        println!("{}", serde_json::to_string_pretty(&ok)?);
+        outln!("{}", serde_json::to_string_pretty(&ok)?);
     } else {
         let mut t = Table::new(&[
             "name",
@@ -47,12 +47,12 @@ pub fn list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
             ]);
         }
         if all.is_empty() {
-            println!(
+            outln!(
                 "no models in {} (train one with `scmz train DATA --name NAME`)",
                 zoo.dir.display()
             );
         } else {
-            print!("{}", t.render());
+            out!("{}", t.render());
         }
     }
     let bad: Vec<String> = all
@@ -130,12 +130,12 @@ pub fn import(dir: &std::path::Path, name: &str, zoo_dir: Option<PathBuf>, overw
 pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> {
     let m = zoo(dir).load(name)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        outln!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(());
     }
     let a = &m.architecture;
     let t = &m.training;
-    let line = |k: &str, v: String| println!("{k:<12} {}", scmz::files::printable(&v));
+    let line = |k: &str, v: String| outln!("{k:<12} {}", scmz::files::printable(&v));
     line(
         "name",
         format!(

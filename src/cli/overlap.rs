@@ -44,11 +44,11 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
         for key in ["predicted_displacement", "predicted_agreement"] {
             v[key] = predicted.as_ref().map_or(serde_json::Value::Null, |p| p[key].clone());
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_report(&r);
         match &predicted {
-            Some(p) if !p["predicted_displacement"].is_null() => println!(
+            Some(p) if !p["predicted_displacement"].is_null() => outln!(
                 "predicted {:.3} latent displacement (share of the latent spread){}",
                 p["predicted_displacement"].as_f64().unwrap_or(0.0),
                 p["predicted_agreement"]
@@ -56,8 +56,8 @@ fn overlap_model(data: &Path, model: &str, opts: &OpenOptions, json: bool) -> an
                     .map(|a| format!("; {:.1} % of labels as with all genes", 100.0 * a))
                     .unwrap_or_default()
             ),
-            Some(_) => println!("predicted -: the model keeps no reference counts (trained by an older scmz)"),
-            None => println!("predicted -: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            Some(_) => outln!("predicted -: the model keeps no reference counts (trained by an older scmz)"),
+            None => outln!("predicted -: {}", String::from_utf8_lossy(&o.stderr).trim()),
         }
     }
     anyhow::ensure!(r.found > 0, "{}", zero_overlap_message(&r));
@@ -91,7 +91,7 @@ pub fn overlap(
             write_table(&mut genes_frame(&r, &a, &b)?, out)?;
         }
         if json {
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
         } else {
             print_report(&r);
         }
@@ -110,10 +110,10 @@ pub fn overlap(
         write_table(&mut pairs_frame(&reports)?, out)?;
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
     }
-    println!("% of the column's genes found in the row's dataset (key used in brackets)");
+    outln!("% of the column's genes found in the row's dataset (key used in brackets)");
     let labels: Vec<String> = ds.iter().map(label).collect();
     let mut header = vec!["A \\ B".to_string()];
     header.extend(labels.iter().cloned());
@@ -128,7 +128,7 @@ pub fn overlap(
         }
         t.row(row);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     Ok(())
 }
 
@@ -137,7 +137,7 @@ fn short_key(key: &str) -> &str {
 }
 
 fn print_report(r: &OverlapReport) {
-    let line = |k: &str, v: String| println!("{k:<9} {v}");
+    let line = |k: &str, v: String| outln!("{k:<9} {v}");
     line(
         "data A",
         format!("{}: {} genes, {}", r.a, thousands(r.a_genes as u64), r.a_ids),
@@ -197,7 +197,7 @@ fn print_report(r: &OverlapReport) {
         );
     }
     for w in &r.warnings {
-        println!("warning: {}", scmz::files::printable(w));
+        outln!("warning: {}", scmz::files::printable(w));
     }
 }
 
@@ -220,10 +220,10 @@ pub fn merge_cmd(
         },
     )?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
     }
-    println!(
+    outln!(
         "wrote {}: {} cells x {} genes (union on {}{})",
         out.display(),
         thousands(s.n_cells as u64),
@@ -242,9 +242,9 @@ pub fn merge_cmd(
             i.renamed_duplicates.to_string(),
         ]);
     }
-    print!("{}", t.render());
+    out!("{}", t.render());
     for w in &s.warnings {
-        println!("warning: {}", scmz::files::printable(w));
+        outln!("warning: {}", scmz::files::printable(w));
     }
     Ok(())
 }

@@ -3,6 +3,34 @@
 //! milliseconds and never carry libtorch's memory. `scmz` starts this binary as a child process
 //! (the job model of scmz: long work survives the terminal that started it).
 
+/// A line for the person at the terminal, on standard error. A terminal that has gone (`scmz train
+/// 2>&1 | head`, a closed SSH session) must not stop the work, so a failed write is dropped where
+/// `eprintln!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// [`say!`] without the line's end (progress redrawn in place after `\r`).
+macro_rules! say_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// A line of a result on standard output, through [`scmz::files::report_line`] (a reader that has
+/// gone is no error); in a function that returns `anyhow::Result`.
+macro_rules! report {
+    ($($arg:tt)*) => {
+        scmz::files::report_line(&format!($($arg)*)).map_err(|e| {
+            anyhow::anyhow!("cannot print the result on standard output: {}", scmz::files::describe(&e))
+        })?
+    };
+}
+
 mod apply;
 mod kernels;
 mod model;
@@ -77,7 +105,7 @@ fn main() {
     if let Err(e) = run(parse_cli()) {
         let msg = format!("{e:#}");
         let line = msg.split_whitespace().collect::<Vec<_>>().join(" ");
-        eprintln!("error: {}", scmz::files::printable(&line));
+        say!("error: {}", scmz::files::printable(&line));
         exit_now(1);
     }
 }
@@ -180,7 +208,7 @@ pub(crate) fn hand_over_if_orphaned(ending: Ending) {
         }
     }
     if let Err(e) = reg.save(&job) {
-        eprintln!("error: recording the end of job {id}: {e}");
+        say!("error: recording the end of job {id}: {e}");
         return;
     }
     if job.backend != "local" {
@@ -196,7 +224,7 @@ pub(crate) fn hand_over_if_orphaned(ending: Ending) {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .exec();
-    eprintln!("error: starting the next queued job: {err}");
+    say!("error: starting the next queued job: {err}");
 }
 
 /// libtorch allocates each intermediate tensor with malloc and frees it a moment later. glibc
@@ -216,7 +244,7 @@ fn tune_malloc() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Devices => {
-            println!("{}", tensor::devices_json());
+            report!("{}", tensor::devices_json());
             Ok(())
         }
         Command::Train(args) => finish(train::train(*args)?),
@@ -233,7 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             zoo.load(&model)?;
             let (ids, latent) =
                 apply::encode::encode_dataset(&zoo.model_dir(&model), &data, cells, batch_key.as_deref())?;
-            println!("{}", serde_json::json!({ "cell_ids": ids, "latent": latent }));
+            report!("{}", serde_json::json!({ "cell_ids": ids, "latent": latent }));
             Ok(())
         }
         Command::BenchStep {
@@ -252,7 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .zip(&from_rust)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            println!(
+            report!(
                 "{}",
                 serde_json::json!({ "cells": chunk.n_rows(), "genes": chunk.n_cols, "max_abs_diff": max_diff,
                     "first_log_library_size": from_torch.first() })

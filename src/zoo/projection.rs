@@ -49,11 +49,12 @@ impl ProjectReport {
         ))
     }
 
-    /// The report as lines for people; `routes`: how many model genes each matching route found.
-    pub fn print(&self, routes: &[(crate::genes::Route, usize)]) {
+    /// The report as lines for people on standard output ([`crate::files::report_line`]);
+    /// `routes`: how many model genes each matching route found.
+    pub fn print(&self, routes: &[(crate::genes::Route, usize)]) -> std::io::Result<()> {
         // Labels, names and gene symbols come from files: control characters are shown escaped.
         macro_rules! println {
-            ($($t:tt)*) => { std::println!("{}", crate::files::printable(&format!($($t)*))) };
+            ($($t:tt)*) => { crate::files::report_line(&crate::files::printable(&format!($($t)*)))? };
         }
         println!("model      {} ({} genes)", self.model, self.model_genes);
         println!("data       {} ({} cells)", self.data, self.cells);
@@ -95,6 +96,7 @@ impl ProjectReport {
         for w in &self.warnings {
             println!("warning: {w}");
         }
+        Ok(())
     }
 }
 

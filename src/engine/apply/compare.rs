@@ -173,7 +173,7 @@ pub fn compare(mut args: CompareSpec) -> anyhow::Result<Outcome> {
     // The sweep's overlaps are shares of the genes found: say how few those are, where a
     // projection would be refused (`scmz project --min-overlap`, 50 % by default).
     if share < 50.0 {
-        eprintln!(
+        say!(
             "warning: only {share:.1} % of model `{}`'s genes ({} of {}) are in {}; the overlaps below are shares of those, and `scmz project` refuses this pair without --force",
             m.name,
             matching.found(),
@@ -396,19 +396,28 @@ fn report(args: &CompareSpec, rows: &[Row]) -> anyhow::Result<()> {
         )
         });
     if args.json {
-        println!(
+        report!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({ "rows": rows, "verdicts": verdicts }))?
         );
         return saved;
     }
-    println!(
+    report!(
         "{:>7} {:>4} {:>6} {:>13} {:>13} {:>9} {:>9} {:>6} {:>8} {:>8}",
-        "overlap", "seed", "genes", "pretrained ll", "scratch ll", "pre acc", "scr acc", "ARI", "pre s", "scr s"
+        "overlap",
+        "seed",
+        "genes",
+        "pretrained ll",
+        "scratch ll",
+        "pre acc",
+        "scr acc",
+        "ARI",
+        "pre s",
+        "scr s"
     );
     for r in rows {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-        println!(
+        report!(
             "{:>6}% {:>4} {:>6} {:>13.2} {:>13.2} {:>9} {:>9} {:>6.3} {:>8.1} {:>8.1}",
             r.overlap_pct,
             r.seed,
@@ -423,7 +432,7 @@ fn report(args: &CompareSpec, rows: &[Row]) -> anyhow::Result<()> {
         );
     }
     for v in verdicts {
-        println!("verdict: {}", scmz::files::printable(&v.to_string()));
+        report!("verdict: {}", scmz::files::printable(&v.to_string()));
     }
     saved
 }

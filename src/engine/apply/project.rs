@@ -43,7 +43,7 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
     let chosen = crate::train::setup::device(args.device)?;
     let dev = if args.finetune > 0 && !args.predict_only {
         if chosen != Device::Cpu {
-            eprintln!("note: --finetune trains and encodes on the CPU");
+            say!("note: --finetune trains and encodes on the CPU");
         }
         Device::Cpu
     } else {
@@ -394,9 +394,14 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
         output: output.display().to_string(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        report!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        out.print(&report.routes);
+        out.print(&report.routes).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot print the result on standard output: {}",
+                scmz::files::describe(&e)
+            )
+        })?;
     }
     Ok(())
 }

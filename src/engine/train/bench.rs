@@ -64,7 +64,7 @@ pub fn bench_step(path: &Path, steps: usize, batch_size: usize, likelihood: Like
         opt.step(&grads);
     }
     let step_ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
-    println!(
+    report!(
         "{}",
         serde_json::json!({ "genes": ds.n_genes(), "batch": batch_size, "read_ms": read_ms, "prepare_ms": prep_ms, "step_ms": step_ms,
             "cells_per_s": batch_size as f64 / step_ms * 1e3, "threads": tch::get_num_threads() })

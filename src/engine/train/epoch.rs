@@ -195,7 +195,7 @@ impl Run {
                     cells_per_s: cps,
                 })?;
                 if progress.tty {
-                    eprint!(
+                    say_inline!(
                         "\repoch {}/{}  step {}  loss {:.1}  {:.0} cells/s   ",
                         epoch + 1,
                         self.max_epochs,

@@ -90,7 +90,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
         })?;
         last = Some((trained, validated, epoch + 1));
         if run.args.patience > 0 && run.state.since_best >= run.args.patience {
-            eprintln!(
+            say!(
                 "\nearly stop: no better validation ELBO for {} epochs",
                 run.args.patience
             );
@@ -99,7 +99,7 @@ pub fn train(args: TrainSpec) -> anyhow::Result<Outcome> {
         }
     }
     if progress.tty {
-        eprintln!();
+        say!();
     }
     checkpoints.finish()?;
     let epochs_run = last.as_ref().map_or(run.first_epoch, |l| l.2);
@@ -163,9 +163,9 @@ impl Run {
             scmz::human::format_duration(eta)
         );
         if progress.tty {
-            eprint!("\r{line}      ");
+            say_inline!("\r{line}      ");
         } else {
-            eprintln!("{line}");
+            say!("{line}");
         }
         Ok(best)
     }
@@ -186,7 +186,7 @@ impl Run {
         } else {
             ("no epoch had finished, so there is no checkpoint".to_string(), "")
         };
-        eprintln!("\ncancelled during epoch {}: {kept}{again}", epoch + 1);
+        say!("\ncancelled during epoch {}: {kept}{again}", epoch + 1);
         Ok(Outcome::Cancelled(kept))
     }
 }

@@ -48,7 +48,7 @@ impl Run {
         let history = std::fs::read(self.run_dir.join("events.jsonl"))?;
         scmz::files::write_atomic(&model_dir.join("history.jsonl"), &history)?;
         std::fs::remove_dir_all(&self.run_dir)?;
-        eprintln!(
+        say!(
             "model `{name}` saved in {} ({epochs_run} epochs, best validation ELBO {:.2} at epoch {})",
             model_dir.display(),
             self.state.best_val.unwrap_or(f64::NAN),
@@ -221,7 +221,7 @@ fn classifier_metrics(
     let correct: Vec<bool> = pred.iter().zip(&rows).map(|(&k, &r)| k == classes[r]).collect();
     let accuracy = correct.iter().filter(|&&c| c).count() as f64 / rows.len() as f64;
     let ece = manifest::expected_calibration_error(&conf, &correct);
-    eprintln!(
+    say!(
         "classifier on {} held-out labelled cells: accuracy {accuracy:.3}, expected calibration error {ece:.3}",
         rows.len()
     );

@@ -158,7 +158,7 @@ impl Run {
         let path = args.data[0].clone();
         let dup = scmz::data::dataset::GeneTable::duplicates(&ds.info().cell_ids);
         if !dup.is_empty() {
-            eprintln!(
+            say!(
                 "warning: {}: {} duplicated cell ids in obs ({}); labels and latents keyed by cell id will mix them up",
                 path.display(),
                 dup.len(),
@@ -167,7 +167,7 @@ impl Run {
         }
         if let Some(keep) = args.genes.keep(&ds)? {
             let n = keep.iter().filter(|&&k| k).count();
-            eprintln!("genes: {n} of {} ({})", ds.n_genes(), args.genes);
+            say!("genes: {n} of {} ({})", ds.n_genes(), args.genes);
             ds.keep_genes(&keep);
         }
         if !args.force {
@@ -181,7 +181,7 @@ impl Run {
         let ckpt_json = run_dir.join("checkpoint.json");
         let resuming = ckpt_json.exists() && args.resume;
         if args.resume && !resuming {
-            eprintln!(
+            say!(
                 "--resume: `{}` has no interrupted run to continue; starting a new one",
                 args.name
             );
@@ -229,7 +229,7 @@ impl Run {
         let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
         // A resumed run was warned when it started; its --epochs may only stop it.
         if args.lr_warmup > steps && resumed.is_none() {
-            eprintln!(
+            say!(
                 "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
                 args.lr_warmup,
                 if max_epochs == 1 { "" } else { "s" },
@@ -309,15 +309,17 @@ impl Run {
         }
         self.first_epoch = self.state.epoch + 1;
         if self.first_epoch >= self.max_epochs {
-            eprintln!(
+            say!(
                 "resuming `{}` from its checkpoint: {} epochs done, --epochs {}: saved as it is",
-                self.args.name, self.first_epoch, self.max_epochs
+                self.args.name,
+                self.first_epoch,
+                self.max_epochs
             );
             // The model's record says it ran the epochs it ran, of as many.
             self.max_epochs = self.first_epoch;
             return Ok(());
         }
-        eprintln!(
+        say!(
             "resuming `{}` from its checkpoint: epoch {} of {} done{}",
             self.args.name,
             self.first_epoch,
@@ -477,7 +479,7 @@ fn covariates(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<(Covariates, Vec
             names.len()
         );
     }
-    eprintln!(
+    say!(
         "classifier: {} labels, {labelled} of {} cells labelled",
         names.len(),
         ds.n_cells()

@@ -14,7 +14,7 @@ pub(crate) fn install_stop_handlers() {
     ONCE.call_once(|| {
         for sig in [libc::SIGTERM, libc::SIGINT] {
             if let Err(e) = signal_hook::flag::register(sig, std::sync::Arc::clone(&STOP)) {
-                eprintln!("warning: cannot handle signal {sig} ({e}); a cancel will lose the current epoch");
+                say!("warning: cannot handle signal {sig} ({e}); a cancel will lose the current epoch");
             }
         }
     });
