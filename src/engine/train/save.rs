@@ -100,7 +100,19 @@ impl Run {
                 batch_key: args.batch_key.clone(),
                 label_key: args.label_key.clone(),
                 seconds,
-                cells_per_s: last.map_or(0.0, |l| l.0.cells_per_s),
+                // A resume saved as it is ran no epoch: the speed of the last epoch on record.
+                cells_per_s: match last {
+                    Some(l) => l.0.cells_per_s,
+                    None => scmz::events::read_log(&self.run_dir.join("events.jsonl"))
+                        .unwrap_or_default()
+                        .iter()
+                        .rev()
+                        .find_map(|r| match r.event {
+                            scmz::events::Event::Epoch { cells_per_s, .. } => Some(cells_per_s),
+                            _ => None,
+                        })
+                        .unwrap_or(0.0),
+                },
             },
             genes: Genes {
                 names: g.index.clone(),
