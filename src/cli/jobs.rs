@@ -111,8 +111,14 @@ fn progress(job: &Job) -> (String, String, String) {
     let replaced = !events.is_empty();
     let events = job.own_records(&events);
     if replaced && events.is_empty() {
-        // A later run of this name restarted or replaced the run (and its log).
-        return ("replaced".into(), "-".into(), job.slot.clone());
+        // Nothing of this job's own yet: it has not started (a queued resume has the log of the
+        // run it continues), or a later run of this name restarted or replaced its run.
+        let what = match job.state {
+            JobState::Queued => "-",
+            JobState::Running => "starting",
+            _ => "replaced",
+        };
+        return (what.into(), "-".into(), job.slot.clone());
     }
     let start = events.iter().rev().find_map(|r| match &r.event {
         Event::Start { max_epochs, device, .. } => Some((*max_epochs, device.clone())),
@@ -212,4 +218,36 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
         reg.mark_resumed(id, &new.id)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A resume waits with the log of the run it continues, which another job started: it is
+    /// queued or starting, not "replaced" (that is for a job whose run a later one took over).
+    #[test]
+    fn a_job_without_records_of_its_own_is_replaced_only_once_it_has_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("zoo/.runs/m/events.jsonl");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        let spec = scmz::spec::TrainSpec::defaults("d.h5ad".into(), "m".into());
+        let config = serde_json::to_value(&spec).unwrap();
+        let start = serde_json::json!({"t": "2026-12-07T01:00:00Z", "event": "start", "name": "m",
+            "config": config, "device": "cpu", "data": ["d.h5ad"], "n_train": 9, "n_val": 1,
+            "first_epoch": 0, "max_epochs": 5, "run": "r1", "job": "first"});
+        std::fs::write(&log, format!("{start}\n")).unwrap();
+        let mut job = Job::new("second".into(), EngineRequest::Train(Box::new(spec)), Some(log.clone()));
+        job.created = "2026-12-07T01:05:00Z".into();
+        for (state, shown) in [
+            (JobState::Queued, "-"),
+            (JobState::Running, "starting"),
+            (JobState::Done, "replaced"),
+            (JobState::Failed, "replaced"),
+        ] {
+            job.state = state;
+            assert_eq!(progress(&job).0, shown, "{state}");
+        }
+    }
 }

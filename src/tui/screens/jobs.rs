@@ -30,9 +30,11 @@ impl RunView {
             .map_or_else(|| self.raw.clone(), |j| j.own_records(&self.raw));
     }
 
-    /// The log holds runs, but not this job's: a later run of its name restarted or replaced it.
+    /// The log holds runs, but not this job's, and the job has ended: a later run of its name
+    /// restarted or replaced it. (A resume that has not started yet holds the log of the run it
+    /// continues, with other jobs' records only.)
     pub fn replaced(&self) -> bool {
-        self.records.is_empty() && !self.raw.is_empty()
+        self.records.is_empty() && !self.raw.is_empty() && self.job.as_ref().is_none_or(|j| j.state.is_final())
     }
 }
 
@@ -126,6 +128,37 @@ impl App {
                 None => {}
             },
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resume_waiting_with_another_jobs_log_is_not_called_replaced() {
+        let spec = scmz::spec::TrainSpec::defaults("d.h5ad".into(), "m".into());
+        let start: Record = serde_json::from_value(serde_json::json!({"t": "2026-12-07T01:00:00Z",
+            "event": "start", "name": "m", "config": {}, "device": "cpu", "data": [], "n_train": 9,
+            "n_val": 1, "first_epoch": 0, "max_epochs": 5, "run": "r1", "job": "first"}))
+        .unwrap();
+        let mut job = Job::new("second".into(), scmz::spec::EngineRequest::Train(Box::new(spec)), None);
+        for (state, replaced) in [
+            (scmz::jobs::JobState::Queued, false),
+            (scmz::jobs::JobState::Running, false),
+            (scmz::jobs::JobState::Cancelled, true),
+        ] {
+            job.state = state;
+            let mut view = RunView {
+                job: Some(job.clone()),
+                raw: vec![start.clone()],
+                ..RunView::default()
+            };
+            view.refilter();
+            assert!(view.records.is_empty());
+            assert_eq!(view.replaced(), replaced, "{state}");
         }
     }
 }
