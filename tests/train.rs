@@ -264,6 +264,21 @@ fn model_show_names_settings_turned_off_and_a_warm_up_longer_than_the_run_is_war
     );
     let o = engine(&["train", pbmc, "--name", "long", "--epochs", "30"], zoo.path());
     assert!(o.status.success() && !stderr(&o).contains("warm-up"), "{}", stderr(&o));
+    // The check `--detach` makes in the terminal before it queues the job warns too.
+    let o = engine(
+        &["train", pbmc, "--name", "queued", "--epochs", "3", "--check-only"],
+        zoo.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o)
+            .matches("warning: --lr-warmup 150 steps is longer than the whole run (3 epochs of 5 steps)")
+            .count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+    assert!(!zoo.path().join("queued").exists());
 }
 
 #[test]

@@ -112,9 +112,36 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
         // is compared when the job starts, once `--genes` has selected).
         if args.resume && run_dir.join("checkpoint.json").exists() {
             checked_checkpoint(&run_dir, args, None)?;
+            return Ok(None);
         }
     }
+    // In the terminal of `--detach` too, not only in the job's log. (Before `--genes`, which
+    // selects genes, not cells.)
+    warn_long_warmup(args, ds.n_cells());
     Ok(None)
+}
+
+/// `--epochs`, or by default as many as make about 8M cell passes (scvi-tools' rule), 1 to 400.
+fn epochs_for(args: &TrainSpec, n_cells: usize) -> usize {
+    args.epochs
+        .unwrap_or_else(|| ((20_000.0 / n_cells as f64 * 400.0).round() as usize).clamp(1, 400))
+}
+
+/// A step-size warm-up longer than the whole run is warned about: the step size never reaches
+/// `--lr`.
+fn warn_long_warmup(args: &TrainSpec, n_cells: usize) {
+    let max_epochs = epochs_for(args, n_cells);
+    let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
+    let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
+    if args.lr_warmup > steps {
+        say!(
+            "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
+            args.lr_warmup,
+            if max_epochs == 1 { "" } else { "s" },
+            steps / max_epochs,
+            args.lr
+        );
+    }
 }
 
 /// An interrupted run of the name (its checkpoint) is continued or discarded only when asked.
@@ -193,9 +220,7 @@ impl Run {
         std::fs::create_dir_all(&run_dir)?;
         let n_cells = ds.n_cells();
         let (cov, class_names) = covariates(&ds, &args)?;
-        let max_epochs = args
-            .epochs
-            .unwrap_or_else(|| ((20_000.0 / n_cells as f64 * 400.0).round() as usize).clamp(1, 400));
+        let max_epochs = epochs_for(&args, n_cells);
         let arch = Architecture {
             n_genes: ds.n_genes(),
             n_hidden: args.n_hidden,
@@ -226,16 +251,9 @@ impl Run {
             .transpose()?;
         let log = EventLog::append_to(&run_dir.join("events.jsonl"))?;
         let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
-        let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
         // A resumed run was warned when it started; its --epochs may only stop it.
-        if args.lr_warmup > steps && resumed.is_none() {
-            say!(
-                "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
-                args.lr_warmup,
-                if max_epochs == 1 { "" } else { "s" },
-                steps / max_epochs,
-                args.lr
-            );
+        if resumed.is_none() {
+            warn_long_warmup(&args, n_cells);
         }
         let mut run = Run {
             path,
