@@ -729,6 +729,13 @@ fn sigterm_stops_training_cleanly_with_a_resumable_checkpoint() {
     let m: Value = serde_json::from_slice(&std::fs::read(zoo.path().join("stopped/manifest.json")).unwrap()).unwrap();
     assert_eq!(m["training"]["epochs_run"].as_u64(), Some(done as u64), "{m}");
     assert!(m["training"]["cells_per_s"].as_f64().unwrap() > 0.0, "{m}");
+    // A run saved for good leaves neither its folder nor its lock in `.runs`.
+    let runs: Vec<_> = std::fs::read_dir(zoo.path().join(".runs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(runs.is_empty(), "{runs:?}");
     let history = read_log(&zoo.path().join("stopped/history.jsonl")).unwrap();
     let first = history.iter().rev().find_map(|r| match r.event {
         Event::Start { first_epoch, .. } => Some(first_epoch),

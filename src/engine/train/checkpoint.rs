@@ -196,8 +196,6 @@ impl CheckpointWriter {
     }
 }
 
-/// Takes the run's lock (`.runs/NAME.lock`, beside its folder), or says who holds it: two
-/// engines training one run would overwrite each other's checkpoints.
 /// Nothing is written through a link planted in the zoo (a shared filesystem, say): not the
 /// run's lock, not its folder, not the folder of runs.
 pub(crate) fn refuse_links(run_dir: &Path, name: &str) -> anyhow::Result<()> {
@@ -217,6 +215,8 @@ pub(crate) fn refuse_links(run_dir: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Takes the run's lock (`.runs/NAME.lock`, beside its folder), or says who holds it: two
+/// engines training one run would overwrite each other's checkpoints.
 pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
@@ -226,19 +226,27 @@ pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::Fi
         std::fs::create_dir_all(parent)
             .map_err(|e| anyhow::anyhow!("{}: cannot create: {}", parent.display(), scmz::files::describe(&e)))?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .with_context(|| format!("{}: cannot open the run's lock", path.display()))?;
-    match f.try_lock() {
+    // A finished run removes its lock file while it holds it (`remove_lock`): a lock taken on
+    // a file that is no longer the one at `path` is taken again on the new one.
+    let mut f = loop {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("{}: cannot open the run's lock", path.display()))?;
+        match f.try_lock() {
+            Ok(()) if !same_file(&f, &path) => continue,
+            r => break (f, r),
+        }
+    };
+    match f.1 {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
-            let _ = f.read_to_string(&mut holder);
+            let _ = f.0.read_to_string(&mut holder);
             bail!(
                 "a run named `{name}` is in progress ({}); wait for it to end or cancel it (`scmz jobs`)",
                 holder.trim()
@@ -251,10 +259,26 @@ pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::Fi
     let job = std::env::var("SCMZ_JOB_ID")
         .map(|j| format!("job {j}, "))
         .unwrap_or_default();
+    let mut f = f.0;
     let _ = f.set_len(0);
     let _ = f.rewind();
     let _ = write!(f, "{job}engine pid {}", std::process::id());
     Ok(f)
+}
+
+/// Whether the open file `f` is the file at `path` (not one removed from there).
+fn same_file(f: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes the lock file of a run that has ended for good (its model saved), while the lock is
+/// still held: one file per model name ever trained would otherwise build up in `.runs`.
+pub(crate) fn remove_lock(run_dir: &Path, name: &str) {
+    let _ = std::fs::remove_file(run_dir.with_file_name(format!("{name}.lock")));
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {

@@ -48,6 +48,7 @@ impl Run {
         let history = std::fs::read(self.run_dir.join("events.jsonl"))?;
         scmz::files::write_atomic(&model_dir.join("history.jsonl"), &history)?;
         std::fs::remove_dir_all(&self.run_dir)?;
+        crate::train::checkpoint::remove_lock(&self.run_dir, &self.args.name);
         say!(
             "model `{name}` saved in {} ({epochs_run} epochs, best validation ELBO {:.2} at epoch {})",
             model_dir.display(),
