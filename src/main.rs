@@ -41,6 +41,22 @@ fn main() {
     }
 }
 
+/// Prints what a command did (jobs submitted, cancelled, resumed) once it is done. If standard
+/// output fails, the same lines go to standard error with the error, so that a job's id is not
+/// lost, and the exit status is 1.
+fn announce(lines: &[String]) {
+    use std::io::Write as _;
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    if let Err(e) = std::io::stdout().lock().write_all(text.as_bytes()) {
+        eprintln!(
+            "error: cannot print on standard output: {}; what the command did: {}",
+            scmz::files::describe(&e),
+            lines.join("; ")
+        );
+        std::process::exit(1);
+    }
+}
+
 fn stdout_failed(e: &std::io::Error) -> ! {
     eprintln!(
         "error: cannot print the result on standard output: {}",

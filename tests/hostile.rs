@@ -850,6 +850,10 @@ fn settings_out_of_range_fail_at_parse_time() {
         ("--norm-cells", "100001"),
         ("--norm-cells", "99"),
         ("--norm-cells", "1.5"),
+        ("--kl-warmup", "2.5"),
+        ("--kl-warmup", "18446744073709551615"),
+        ("--kl-warmup", ""),
+        ("--patience", "nan"),
     ] {
         let setting = format!("{flag}={value}");
         let o = scmz(root.path(), &["train", si, "--name", "bad", &setting]);
@@ -863,6 +867,8 @@ fn settings_out_of_range_fail_at_parse_time() {
         "--gene-dropout",
         "--lr-warmup",
         "--norm-cells",
+        "--kl-warmup",
+        "--patience",
     ] {
         let o = scmz(root.path(), &["train", si, "--name", "bad", flag, "-1"]);
         refused(&o, 2, &[flag, "`-1` must be"]);
@@ -1869,11 +1875,59 @@ fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
             .stdout(full())
             .output()
             .unwrap();
-        let line = refused(
-            &o,
-            1,
-            &["cannot print the result on standard output: no space left on device"],
-        );
+        let line = refused(&o, 1, &["on standard output", "no space left on device"]);
         assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {line}");
     }
+    // What a command did is not lost with its standard output: a detached job's id goes to
+    // standard error, and the job runs; its log into a full disk is an error too.
+    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args([
+            "train",
+            input.to_str().unwrap(),
+            "--name",
+            "queued",
+            "--epochs",
+            "2",
+            "--detach",
+        ])
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+        .env("SCMZ_CONFIG", root.path().join("config.toml"))
+        .env_remove("SCMZ_MAX_CPU_JOBS")
+        .stdout(full())
+        .output()
+        .unwrap();
+    refused(
+        &o,
+        1,
+        &["cannot print on standard output", "what the command did: job "],
+    );
+    let id = stderr(&o);
+    let id = id
+        .split("what the command did: job ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let o = scmz(root.path(), &["jobs", "--json"]);
+        let jobs: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let state = jobs.as_array().unwrap().iter().find(|j| j["id"] == id).unwrap()["state"].clone();
+        if state == "done" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "{state}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(root.path().join("zoo/queued/manifest.json").exists());
+    let logs = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["jobs", "logs", id])
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .stdout(full())
+        .output()
+        .unwrap();
+    refused(&logs, 1, &["no space left on device"]);
 }

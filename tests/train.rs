@@ -250,7 +250,7 @@ fn model_show_names_settings_turned_off_and_a_warm_up_longer_than_the_run_is_war
     assert!(!stderr(&o).contains("warm-up"), "{}", stderr(&o));
     let o = scmz(&["model", "show", "plain"], zoo.path());
     assert!(
-        stdout(&o).contains("(no warm-up), BatchNorm running averages (momentum 0.01)"),
+        stdout(&o).contains("(no warm-up), BatchNorm running averages (momentum 0.01), KL warm-up 100 epochs,"),
         "{}",
         stdout(&o)
     );
@@ -258,7 +258,7 @@ fn model_show_names_settings_turned_off_and_a_warm_up_longer_than_the_run_is_war
     let o = engine(&["train", pbmc, "--name", "short", "--epochs", "2"], zoo.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("warning: --lr-warmup 150 steps is longer than the whole run (2 epochs of 5 steps)"),
+        stderr(&o).contains("warning: --lr-warmup 75 steps is longer than the whole run (2 epochs of 5 steps)"),
         "{}",
         stderr(&o)
     );
@@ -272,7 +272,7 @@ fn model_show_names_settings_turned_off_and_a_warm_up_longer_than_the_run_is_war
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stderr(&o)
-            .matches("warning: --lr-warmup 150 steps is longer than the whole run (3 epochs of 5 steps)")
+            .matches("warning: --lr-warmup 75 steps is longer than the whole run (3 epochs of 5 steps)")
             .count(),
         1,
         "{}",

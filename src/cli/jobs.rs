@@ -73,6 +73,13 @@ pub fn submission(request: &EngineRequest, flags: JobFlags) -> anyhow::Result<Op
 
 /// Submits a job (or a sweep's jobs) and says how to follow them.
 pub fn submit(req: &Submission) -> anyhow::Result<Vec<Job>> {
+    let (jobs, lines) = submit_quietly(req)?;
+    crate::announce(&lines);
+    Ok(jobs)
+}
+
+/// [`submit`], with the lines that say how to follow the jobs returned, not printed.
+fn submit_quietly(req: &Submission) -> anyhow::Result<(Vec<Job>, Vec<String>)> {
     let reg = registry();
     if req.backend == "slurm" {
         if let Some(note) = scmz::jobs::slurm::shared_filesystem_note(&reg.dir) {
@@ -80,21 +87,24 @@ pub fn submit(req: &Submission) -> anyhow::Result<Vec<Job>> {
         }
     }
     let jobs = reg.submit_request(req)?;
-    for job in &jobs {
-        let slurm = job
-            .slurm_id
-            .as_ref()
-            .map(|s| format!(" as Slurm job {s}"))
-            .unwrap_or_default();
-        outln!(
-            "job {} submitted ({}{}{slurm}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
-            job.id,
-            job.kind(),
-            job.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
-            job.id
-        );
-    }
-    Ok(jobs)
+    let lines: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            let slurm = job
+                .slurm_id
+                .as_ref()
+                .map(|s| format!(" as Slurm job {s}"))
+                .unwrap_or_default();
+            format!(
+                "job {} submitted ({}{}{slurm}); follow it with `scmz jobs` or `scmz jobs logs {} --follow`",
+                job.id,
+                job.kind(),
+                job.name.as_ref().map(|n| format!(" {n}")).unwrap_or_default(),
+                job.id
+            )
+        })
+        .collect();
+    Ok((jobs, lines))
 }
 
 /// Runs in the detached supervisor (local) or the batch script (Slurm).
@@ -192,15 +202,19 @@ pub fn logs(id: &str, follow: bool) -> anyhow::Result<()> {
     scmz::jobs::follow(&registry(), id, "stderr.log", follow, |bytes| {
         let mut out = std::io::stdout().lock();
         // Progress bars redraw with \r; a log reads better one line each.
-        let _ = out.write_all(String::from_utf8_lossy(bytes).replace('\r', "\n").as_bytes());
-        let _ = out.flush();
+        if let Err(e) = out
+            .write_all(String::from_utf8_lossy(bytes).replace('\r', "\n").as_bytes())
+            .and_then(|()| out.flush())
+        {
+            crate::stdout_failed(&e);
+        }
     })?;
     Ok(())
 }
 
 pub fn cancel(id: &str, grace_s: u64) -> anyhow::Result<()> {
     let job = registry().cancel(id, Duration::from_secs(grace_s))?;
-    outln!("job {id}: {}", job.state);
+    crate::announce(&[format!("job {id}: {}", job.state)]);
     Ok(())
 }
 
@@ -212,11 +226,13 @@ pub fn resume(id: &str) -> anyhow::Result<()> {
     if req.cwd.as_deref().is_none_or(std::path::Path::is_dir) {
         super::check_before_queueing(&req.request, req.cwd.as_deref())?;
     }
-    for new in submit(&req)? {
-        outln!("job {} resumes job {id}", new.id);
+    let (jobs, mut lines) = submit_quietly(&req)?;
+    for new in jobs {
         // A second `resume` of it is refused by the submission: one job per run.
         reg.mark_resumed(id, &new.id)?;
+        lines.push(format!("job {} resumes job {id}", new.id));
     }
+    crate::announce(&lines);
     Ok(())
 }
 

@@ -189,7 +189,7 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
         line(
             "training",
             format!(
-                "{} of {} epochs (best {}), batch {}, lr {}{}{}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
+                "{} of {} epochs (best {}), batch {}, lr {}{}{}, {}, gene dropout {}, seed {}, {} on {}, {:.0} cells/s",
                 t.epochs_run,
                 t.max_epochs,
                 t.best_epoch.map_or("-".into(), |e| (e + 1).to_string()),
@@ -204,6 +204,10 @@ pub fn show(dir: Option<PathBuf>, name: &str, json: bool) -> anyhow::Result<()> 
                     (_, scmz::spec::Norm::Layer) => String::new(),
                     (0, _) => ", BatchNorm running averages (momentum 0.01)".to_string(),
                     (n, _) => format!(", BatchNorm statistics from {} cells each epoch", thousands(n as u64)),
+                },
+                match t.kl_warmup_epochs {
+                    0 => "KL at full weight from the start".to_string(),
+                    n => format!("KL warm-up {n} epochs"),
                 },
                 t.gene_dropout,
                 t.seed,

@@ -393,15 +393,17 @@ pub fn project(args: ProjectSpec) -> anyhow::Result<()> {
         mean_confidence: conf.as_ref().map(|c| c.iter().sum::<f64>() / c.len().max(1) as f64),
         output: output.display().to_string(),
     };
-    if args.json {
-        report!("{}", serde_json::to_string_pretty(&out)?);
+    let printed = if args.json {
+        scmz::files::report_line(&serde_json::to_string_pretty(&out)?)
     } else {
-        out.print(&report.routes).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot print the result on standard output: {}",
-                scmz::files::describe(&e)
-            )
-        })?;
-    }
+        out.print(&report.routes)
+    };
+    printed.map_err(|e| {
+        anyhow::anyhow!(
+            "{} is written, but its report cannot be printed on standard output: {}",
+            output.display(),
+            scmz::files::describe(&e)
+        )
+    })?;
     Ok(())
 }
