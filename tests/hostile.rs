@@ -947,7 +947,12 @@ fn one_engine_per_run() {
         root.path(),
         &["train", si, "--name", "twice", "--epochs", "2", "--restart"],
     );
-    refused(&o, 1, &["a run named `twice` is in progress", "pid"]);
+    // A terminal's run is stopped in its terminal (`scmz jobs` does not list it).
+    refused(
+        &o,
+        1,
+        &["a run named `twice` is in progress", "pid", "Ctrl-C in its terminal"],
+    );
     first.kill().unwrap();
     let _ = first.wait();
 }

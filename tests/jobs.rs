@@ -266,6 +266,16 @@ fn with_one_slot_two_jobs_run_one_after_the_other() {
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let want = format!("a job for model `two` is queued already (job {second})");
     assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    // So is a run in this terminal: the queued job would fail when its turn came.
+    let here = Command::new(env!("CARGO_BIN_EXE_scmz"))
+        .args(["train", pbmc.to_str().unwrap(), "--name", "two", "--epochs", "1"])
+        .env("SCMZ_ZOO", root.path().join("zoo"))
+        .env("SCMZ_STATE_DIR", root.path().join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(here.status.code(), Some(1), "{}", stdout(&here));
+    assert!(stderr(&here).contains(&want), "{}", stderr(&here));
+    assert!(!root.path().join("zoo/two").exists());
     let o = submit_limited("one", "10");
     assert!(!o.status.success(), "{}", stdout(&o));
     let running = format!("a job for model `one` is running already (job {first})");

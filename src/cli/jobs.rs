@@ -11,7 +11,7 @@ use scmz::spec::EngineRequest;
 
 use super::table::Table;
 
-fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     Registry::new(default_dir())
 }
 

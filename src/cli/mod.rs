@@ -459,6 +459,9 @@ fn engine(request: EngineRequest, flags: jobs::JobFlags) -> anyhow::Result<()> {
         jobs::submit(&req)?;
         return Ok(());
     }
+    if !request.is_check_only() {
+        jobs::registry().refuse_job_holding(&request)?;
+    }
     let code = models::run_engine(&args(&request)?)?;
     if code != 0 {
         std::process::exit(code);

@@ -235,6 +235,20 @@ impl Job {
     }
 }
 
+/// The event log of the run a training request trains (its zoo relative to `cwd`, where the
+/// engine runs); none for other requests.
+fn run_log_of(request: &EngineRequest, cwd: Option<&Path>) -> Option<PathBuf> {
+    let EngineRequest::Train(spec) = request else {
+        return None;
+    };
+    let zoo = spec
+        .zoo
+        .as_ref()
+        .map(|z| cwd.map_or(z.clone(), |c| c.join(z)))
+        .unwrap_or_else(crate::zoo::default_zoo);
+    Some(crate::zoo::Zoo::new(zoo).run_dir(&spec.name).join("events.jsonl"))
+}
+
 fn cpu_slot() -> String {
     "cpu".into()
 }
@@ -710,17 +724,7 @@ impl Registry {
             // The zoo of the submission's environment, kept in the record (relative to `cwd`,
             // where the engine runs, when `SCMZ_ZOO` is).
             request.pin_zoo(crate::zoo::default_zoo());
-            let events = match &request {
-                EngineRequest::Train(spec) => {
-                    let zoo = spec
-                        .zoo
-                        .as_ref()
-                        .map(|z| cwd.as_deref().map_or(z.clone(), |c| c.join(z)))
-                        .unwrap_or_else(crate::zoo::default_zoo);
-                    Some(crate::zoo::Zoo::new(zoo).run_dir(&spec.name).join("events.jsonl"))
-                }
-                _ => None,
-            };
+            let events = run_log_of(&request, cwd.as_deref());
             if let Some(events) = &events {
                 self.refuse_second_job_of(events, request.model_name(), &jobs)?;
             }
@@ -736,6 +740,26 @@ impl Registry {
         }
         drop(lock);
         self.submit(jobs)
+    }
+
+    /// A training started in this terminal is refused while a job for the same run is queued or
+    /// running: the job would fail when its turn came (its model saved meanwhile), or, with
+    /// `--overwrite`, replace the model trained here.
+    pub fn refuse_job_holding(&self, request: &EngineRequest) -> Result<(), JobError> {
+        let mut request = request.clone();
+        request.pin_zoo(crate::zoo::default_zoo());
+        let cwd = std::env::current_dir().ok();
+        let Some(events) = run_log_of(&request, cwd.as_deref()) else {
+            return Ok(());
+        };
+        // No jobs were ever made here: nothing to lock or read.
+        if !self.dir.is_dir() {
+            return Ok(());
+        }
+        let lock = self.lock()?;
+        let refused = self.refuse_second_job_of(&events, request.model_name(), &[]);
+        drop(lock);
+        refused
     }
 
     /// A training run is one job at a time: refuses a second while one for the same run

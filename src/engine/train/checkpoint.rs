@@ -247,9 +247,15 @@ pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::Fi
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = f.0.read_to_string(&mut holder);
+            let holder = holder.trim();
+            // "job ID, engine pid N" (a job), or "engine pid N" (a terminal's run).
+            let stop = match holder.strip_prefix("job ").and_then(|h| h.split(',').next()) {
+                Some(job) => format!("`scmz jobs cancel {}`", scmz::files::printable(job)),
+                None => "Ctrl-C in its terminal, or `kill` its pid".to_string(),
+            };
             bail!(
-                "a run named `{name}` is in progress ({}); wait for it to end or cancel it (`scmz jobs`)",
-                holder.trim()
+                "a run named `{name}` is in progress ({}); wait for it to end or stop it ({stop})",
+                scmz::files::printable(holder)
             );
         }
         Err(std::fs::TryLockError::Error(e)) => {
