@@ -232,4 +232,18 @@ fn highly_variable_genes_match_scanpy_and_become_the_model_genes() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("hvg:N"), "{}", stderr(&o));
+    // A list that is not there, or not a file, is named as the --genes file.
+    let gone = zoo.join("gone.txt");
+    for path in [gone.to_str().unwrap(), "/dev/null"] {
+        let o = scmz(
+            &["train", pbmc.to_str().unwrap(), "--name", "bad", "--genes", path],
+            &zoo,
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).starts_with(&format!("error: {path}: ")) && stderr(&o).contains("(the --genes file)"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }

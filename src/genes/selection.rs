@@ -224,7 +224,10 @@ fn solve3(a: [[f64; 3]; 3], b: [f64; 3]) -> Option<f64> {
 /// error listing a few of them.
 fn genes_from_file(ds: &Dataset, path: &Path) -> Result<Vec<bool>> {
     // A FIFO or a device would be waited on or read without end.
-    crate::files::require_regular(path).map_err(|e| DataError::file(path, e.message))?;
+    crate::files::require_regular(path).map_err(|e| {
+        DataError::file(path, format!("{} (the --genes file)", e.message))
+            .hint("give --genes a file with one gene per line, or hvg:N")
+    })?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| DataError::file(path, format!("cannot be read as a gene list: {e}")))?;
     let wanted: Vec<&str> = text
