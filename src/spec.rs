@@ -106,7 +106,7 @@ pub struct TrainSpec {
     #[arg(long, default_value_t = 128, value_parser = positive, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// Adam's step size. 5e-3 (scvi-tools: 1e-3) learns more per epoch: on Kang PBMCs, kNN label
-    /// transfer to the stimulated cells after 10 epochs 0.72 instead of 0.52 (README, quality).
+    /// transfer to the stimulated cells after 10 epochs 0.73 instead of 0.48 (README, quality).
     #[arg(long, default_value_t = 5e-3, value_parser = learning_rate, allow_negative_numbers = true)]
     pub lr: f64,
     /// Steps (minibatches) over which Adam's step size rises linearly to --lr (0: none); without
