@@ -1820,11 +1820,18 @@ fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
     use std::process::Stdio;
     let root = tempfile::tempdir().unwrap();
     let input = data("pbmc68k_counts.h5ad");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args(["train", input.to_str().unwrap(), "--name", "piped", "--epochs", "12"])
-        .env("SCMZ_ZOO", root.path().join("zoo"))
-        .env("SCMZ_STATE_DIR", root.path().join("state"))
-        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+    // `scmz ARGS` with this test's zoo, state, cache and config.
+    let command = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_scmz"));
+        c.args(args)
+            .env("SCMZ_ZOO", root.path().join("zoo"))
+            .env("SCMZ_STATE_DIR", root.path().join("state"))
+            .env("SCMZ_CACHE_DIR", root.path().join("cache"))
+            .env("SCMZ_CONFIG", root.path().join("config.toml"))
+            .env_remove("SCMZ_MAX_CPU_JOBS");
+        c
+    };
+    let mut child = command(&["train", input.to_str().unwrap(), "--name", "piped", "--epochs", "12"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1842,22 +1849,18 @@ fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
     assert_eq!(m["training"]["epochs_run"], 12, "{m}");
 
     let out = root.path().join("out.h5ad");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args([
-            "project",
-            input.to_str().unwrap(),
-            "--model",
-            "piped",
-            "-o",
-            out.to_str().unwrap(),
-        ])
-        .env("SCMZ_ZOO", root.path().join("zoo"))
-        .env("SCMZ_STATE_DIR", root.path().join("state"))
-        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command(&[
+        "project",
+        input.to_str().unwrap(),
+        "--model",
+        "piped",
+        "-o",
+        out.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     drop(child.stdout.take());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status} after a closed stdout");
@@ -1872,37 +1875,24 @@ fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
         &["completions", "bash"],
         &["project", input.to_str().unwrap(), "--model", "piped", "-o", o2],
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
-            .args(args)
-            .env("SCMZ_ZOO", root.path().join("zoo"))
-            .env("SCMZ_STATE_DIR", root.path().join("state"))
-            .env("SCMZ_CACHE_DIR", root.path().join("cache"))
-            .stdout(full())
-            .output()
-            .unwrap();
+        let o = command(args).stdout(full()).output().unwrap();
         let line = refused(&o, 1, &["on standard output", "no space left on device"]);
         assert_eq!(stderr(&o).lines().count(), 1, "{args:?}: {line}");
     }
     // What a command did is not lost with its standard output: a detached job's id goes to
     // standard error, and the job runs; its log into a full disk is an error too.
-    let o = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args([
-            "train",
-            input.to_str().unwrap(),
-            "--name",
-            "queued",
-            "--epochs",
-            "2",
-            "--detach",
-        ])
-        .env("SCMZ_ZOO", root.path().join("zoo"))
-        .env("SCMZ_STATE_DIR", root.path().join("state"))
-        .env("SCMZ_CACHE_DIR", root.path().join("cache"))
-        .env("SCMZ_CONFIG", root.path().join("config.toml"))
-        .env_remove("SCMZ_MAX_CPU_JOBS")
-        .stdout(full())
-        .output()
-        .unwrap();
+    let o = command(&[
+        "train",
+        input.to_str().unwrap(),
+        "--name",
+        "queued",
+        "--epochs",
+        "2",
+        "--detach",
+    ])
+    .stdout(full())
+    .output()
+    .unwrap();
     refused(
         &o,
         1,
@@ -1928,11 +1918,6 @@ fn a_closed_pipe_or_a_full_stdout_loses_no_work_and_panics_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(root.path().join("zoo/queued/manifest.json").exists());
-    let logs = Command::new(env!("CARGO_BIN_EXE_scmz"))
-        .args(["jobs", "logs", id])
-        .env("SCMZ_STATE_DIR", root.path().join("state"))
-        .stdout(full())
-        .output()
-        .unwrap();
+    let logs = command(&["jobs", "logs", id]).stdout(full()).output().unwrap();
     refused(&logs, 1, &["no space left on device"]);
 }
