@@ -3,7 +3,8 @@
 //! One package: this torch-free library, the `scmz` front end and the `scmz-engine` worker. Each
 //! module's header says the rest; each imports only those above it here.
 //!
-//! - [`files`]: atomic writes (`AtomicFile`), outputs that are never inputs, regular-file opens.
+//! - [`files`]: atomic writes (`AtomicFile`), outputs that are never inputs, regular-file opens,
+//!   results on standard output (`report_line`).
 //! - [`spec`]: what the front end asks of the engine, as types: `TrainSpec`, `ProjectSpec`,
 //!   `CompareSpec` and their choices (clap and serde), and `EngineRequest`, which a job's record
 //!   holds and whose flags start the engine.
