@@ -199,7 +199,7 @@ impl CheckpointWriter {
 /// Nothing is written through a link planted in the zoo (a shared filesystem, say): not the
 /// run's lock, not its folder, not the folder of runs.
 pub(crate) fn refuse_links(run_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let lock = run_dir.with_file_name(format!("{name}.lock"));
+    let lock = lock_path(run_dir, name);
     let linked = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
     for p in [run_dir.parent(), Some(run_dir), Some(lock.as_path())]
         .into_iter()
@@ -220,7 +220,7 @@ pub(crate) fn refuse_links(run_dir: &Path, name: &str) -> anyhow::Result<()> {
 pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::unix::fs::OpenOptionsExt;
-    let path = run_dir.with_file_name(format!("{name}.lock"));
+    let path = lock_path(run_dir, name);
     refuse_links(run_dir, name)?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
@@ -272,6 +272,11 @@ pub(crate) fn lock_run(run_dir: &Path, name: &str) -> anyhow::Result<std::fs::Fi
     Ok(f)
 }
 
+/// The run's lock file, beside its folder: `.runs/NAME.lock`.
+fn lock_path(run_dir: &Path, name: &str) -> PathBuf {
+    run_dir.with_file_name(format!("{name}.lock"))
+}
+
 /// Whether the open file `f` is the file at `path` (not one removed from there).
 fn same_file(f: &std::fs::File, path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -284,7 +289,7 @@ fn same_file(f: &std::fs::File, path: &Path) -> bool {
 /// Removes the lock file of a run that has ended for good (its model saved), while the lock is
 /// still held: one file per model name ever trained would otherwise build up in `.runs`.
 pub(crate) fn remove_lock(run_dir: &Path, name: &str) {
-    let _ = std::fs::remove_file(run_dir.with_file_name(format!("{name}.lock")));
+    let _ = std::fs::remove_file(lock_path(run_dir, name));
 }
 
 fn write_json_atomic(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {

@@ -92,7 +92,7 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
     }
     let ds = Dataset::open_with(path, &open)?;
     check_columns(&ds, args)?;
-    check_split(&ds, args)?;
+    let n_train = check_split(&ds, args)?;
     if args.batch_size < 2 && args.norm == Norm::Batch {
         bail!("--batch-size 1: BatchNorm needs at least 2 cells a minibatch; use 2 or more, or --norm layer");
     }
@@ -117,7 +117,7 @@ pub(crate) fn checked(args: &TrainSpec) -> anyhow::Result<Option<(Dataset, Zoo, 
     }
     // In the terminal of `--detach` too, not only in the job's log. (Before `--genes`, which
     // selects genes, not cells.)
-    warn_long_warmup(args, ds.n_cells());
+    warn_long_warmup(args, n_train, epochs_for(args, ds.n_cells()));
     Ok(None)
 }
 
@@ -127,12 +127,10 @@ fn epochs_for(args: &TrainSpec, n_cells: usize) -> usize {
         .unwrap_or_else(|| ((20_000.0 / n_cells as f64 * 400.0).round() as usize).clamp(1, 400))
 }
 
-/// A step-size warm-up longer than the whole run is warned about: the step size never reaches
-/// `--lr`.
-fn warn_long_warmup(args: &TrainSpec, n_cells: usize) {
-    let max_epochs = epochs_for(args, n_cells);
-    let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
-    let steps = (n_cells - n_val).div_ceil(args.batch_size) * max_epochs;
+/// A step-size warm-up longer than the whole run (`n_train` cells an epoch) is warned about: the
+/// step size never reaches `--lr`.
+fn warn_long_warmup(args: &TrainSpec, n_train: usize, max_epochs: usize) {
+    let steps = n_train.div_ceil(args.batch_size) * max_epochs;
     if args.lr_warmup > steps {
         say!(
             "warning: --lr-warmup {} steps is longer than the whole run ({max_epochs} epoch{} of {} steps): the step size never reaches --lr {}; use a shorter warm-up or more epochs",
@@ -162,8 +160,8 @@ fn refuse_interrupted(run_dir: &std::path::Path, args: &TrainSpec) -> anyhow::Re
 }
 
 /// Enough cells on each side of the seeded 90/10 split for a step and a validation: a file of
-/// one or two cells otherwise "trains" a model that learned nothing.
-fn check_split(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<()> {
+/// one or two cells otherwise "trains" a model that learned nothing. Gives the cells to train on.
+fn check_split(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<usize> {
     let n_cells = ds.n_cells();
     let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
     let n_train = n_cells - n_val;
@@ -176,7 +174,7 @@ fn check_split(ds: &Dataset, args: &TrainSpec) -> anyhow::Result<()> {
             if n_cells == 1 { "" } else { "s" }
         );
     }
-    Ok(())
+    Ok(n_train)
 }
 
 impl Run {
@@ -253,7 +251,7 @@ impl Run {
         let n_val = (0..n_cells).filter(|&i| is_validation(args.seed, i)).count();
         // A resumed run was warned when it started; its --epochs may only stop it.
         if resumed.is_none() {
-            warn_long_warmup(&args, n_cells);
+            warn_long_warmup(&args, n_cells - n_val, max_epochs);
         }
         let mut run = Run {
             path,
